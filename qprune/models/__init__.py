@@ -1,0 +1,46 @@
+"""Model zoo: a registry of CIFAR/MNIST CNNs built from `qprune.models.layers`.
+
+`create_model(name, num_classes, ...)` returns a Flax module; `init_variables` its variables.
+"""
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from qprune.models.alexnet import AlexNet
+from qprune.models.base import ZooModel, channel_overrides
+from qprune.models.counting import count_macs, count_params, layer_macs
+from qprune.models.lenet import LeNet5
+from qprune.models.resnet import ResNetCifar
+from qprune.models.vgg import VGG
+
+MODELS = {
+    'lenet5': LeNet5,
+    'alexnet': AlexNet,
+    'vgg11': functools.partial(VGG, depth=11),
+    'vgg16': functools.partial(VGG, depth=16),
+    'vgg19': functools.partial(VGG, depth=19),
+    'resnet20': functools.partial(ResNetCifar, depth=20),
+    'resnet32': functools.partial(ResNetCifar, depth=32),
+    'resnet56': functools.partial(ResNetCifar, depth=56),
+    'resnet110': functools.partial(ResNetCifar, depth=110),
+}
+
+
+def create_model(name: str, num_classes: int, *, width: float = 1.0, dtype: Any = jnp.float32,
+                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
+                 conv_impl: str = 'auto', channels=()) -> ZooModel:
+  """Builds a zoo model. `channels` maps layer names to widths (see ZooModel)."""
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r}; choose one of {sorted(MODELS)}')
+  if isinstance(channels, dict):
+    channels = channel_overrides(channels)
+  return MODELS[name](num_classes=num_classes, width=width, dtype=dtype, mean=tuple(mean),
+                      std=tuple(std), conv_impl=conv_impl, channels=tuple(channels))
+
+
+def init_variables(model: ZooModel, rng: jax.Array, input_shape: Sequence[int]):
+  """{'params', 'batch_stats'} for NHWC input of shape (H, W, C)."""
+  images = jnp.zeros((1, *input_shape), jnp.uint8)
+  return jax.jit(lambda r: model.init(r, images, train=False))(rng)

@@ -1,0 +1,51 @@
+"""Shared layers of the model zoo.
+
+`Conv` is a bias-free NHWC convolution (every conv in the zoo is followed by BatchNorm, so a bias
+would be redundant). It owns a `kernel` param of shape (kh, kw, in, out), exactly like
+`flax.linen.Conv`, so checkpoints and per-layer paths look the same; the convolution itself is
+computed by `qprune.ops.conv2d`, which picks a CPU-fast kernel-gradient path when it pays off.
+"""
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from qprune.ops import conv as conv_ops
+
+Dtype = Any
+
+
+class Conv(nn.Module):
+  """NHWC convolution without bias. x: [N, H, W, in] -> [N, H', W', features]."""
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  padding: str = 'SAME'
+  dtype: Dtype = jnp.float32
+  impl: str = 'auto'
+  kernel_init: Callable = nn.initializers.kaiming_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', self.kernel_init,
+                        (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return conv_ops.conv2d(x, kernel, tuple(self.strides), self.padding, impl=self.impl)
+
+
+def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> nn.BatchNorm:
+  """BatchNorm with the CIFAR-standard momentum 0.9 and eps 1e-5; statistics kept in float32."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def normalize_images(images, mean: Sequence[float], std: Sequence[float], dtype: Dtype):
+  """uint8 (or float in [0, 255]) NHWC images -> standardized float, per channel."""
+  mean = jnp.asarray(mean, jnp.float32) * 255.0
+  std = jnp.asarray(std, jnp.float32) * 255.0
+  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+
+
+def scaled(channels: int, width: float) -> int:
+  """Channels after a width multiplier; never below 1."""
+  return max(1, int(round(channels * width)))

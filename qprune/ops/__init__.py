@@ -1,0 +1,1 @@
+"""Low-level ops the models are built from."""

@@ -1,0 +1,116 @@
+"""Config schema, defaults and validation for the `qprune.main` binary.
+
+Config files in `configs/` call `base_config()` and change what their experiment needs;
+`validate(config)` turns every bad field into one `ConfigError` that names the field, the bad
+value and what is allowed, before any work starts.
+"""
+import ml_collections
+
+from qprune.data.sources import DATASETS
+from qprune.models import MODELS
+
+MODES = ('train', 'quantize', 'prune', 'pipeline')
+SCHEDULES = ('cosine', 'step', 'constant')
+AUGMENTS = ('none', 'crop_flip')
+DTYPES = ('float32', 'bfloat16')
+CONV_IMPLS = ('auto', 'xla', 'fast')
+
+# Fields that change how a run looks or where it reads from, not what it computes.
+NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_impl', 'eval_every')
+
+
+class ConfigError(ValueError):
+  """A config field has a bad value."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = 'train'
+  c.dataset = 'mnist'
+  c.data_dir = ''          # '' = look in ../shared/data-like dirs via $QPRUNE_DATA_DIR, else TFDS
+  c.cache_dir = ''         # '' = $QPRUNE_CACHE_DIR or ~/.cache/qprune
+  c.model = 'lenet5'
+  c.width = 1.0
+  c.epochs = 10
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.learning_rate = 0.1
+  c.lr_schedule = 'cosine'
+  c.warmup_epochs = 0.0
+  c.momentum = 0.9
+  c.nesterov = True
+  c.weight_decay = 5e-4
+  c.augment = 'none'
+  c.seed = 0
+  c.train_subset = 0       # first N training examples (0 = all)
+  c.eval_subset = 0        # first N test examples (0 = all)
+  c.eval_every = 1
+  c.init_from = ''         # a previous run's workdir to start from
+  c.compute_dtype = 'float32'
+  c.conv_impl = 'auto'
+  c.progress = True
+  c.overwrite = False      # allow reusing a workdir that holds a finished run of another config
+  return c
+
+
+def _check(problems, ok, field, value, allowed):
+  if not ok:
+    problems.append(f'{field}={value!r}: {allowed}')
+
+
+def _is_int(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(config) -> None:
+  """Raises ConfigError listing every bad field."""
+  p = []
+  _check(p, config.mode in MODES, 'mode', config.mode, f'must be one of {", ".join(MODES)}')
+  _check(p, config.dataset in DATASETS, 'dataset', config.dataset,
+         f'must be one of {", ".join(sorted(DATASETS))}')
+  _check(p, config.model in MODELS, 'model', config.model,
+         f'must be one of {", ".join(sorted(MODELS))}')
+  _check(p, isinstance(config.width, (int, float)) and config.width > 0, 'width', config.width,
+         'must be > 0')
+  _check(p, _is_int(config.epochs) and config.epochs >= 0, 'epochs', config.epochs,
+         'must be an integer >= 0')
+  for field in ('batch_size', 'eval_batch_size', 'eval_every'):
+    _check(p, _is_int(config[field]) and config[field] >= 1, field, config[field],
+           'must be an integer >= 1')
+  for field in ('train_subset', 'eval_subset'):
+    _check(p, _is_int(config[field]) and config[field] >= 0, field, config[field],
+           'must be an integer >= 0 (0 = the whole split)')
+  _check(p, _is_int(config.seed), 'seed', config.seed, 'must be an integer')
+  _check(p, config.learning_rate > 0, 'learning_rate', config.learning_rate, 'must be > 0')
+  _check(p, 0 <= config.momentum < 1, 'momentum', config.momentum, 'must be in [0, 1)')
+  _check(p, config.weight_decay >= 0, 'weight_decay', config.weight_decay, 'must be >= 0')
+  _check(p, config.warmup_epochs >= 0, 'warmup_epochs', config.warmup_epochs, 'must be >= 0')
+  _check(p, config.lr_schedule in SCHEDULES, 'lr_schedule', config.lr_schedule,
+         f'must be one of {", ".join(SCHEDULES)}')
+  _check(p, config.augment in AUGMENTS, 'augment', config.augment,
+         f'must be one of {", ".join(AUGMENTS)}')
+  _check(p, config.compute_dtype in DTYPES, 'compute_dtype', config.compute_dtype,
+         f'must be one of {", ".join(DTYPES)}')
+  _check(p, config.conv_impl in CONV_IMPLS, 'conv_impl', config.conv_impl,
+         f'must be one of {", ".join(CONV_IMPLS)}')
+  for hook in _VALIDATORS:
+    hook(config, p)
+  if p:
+    raise ConfigError('bad config: ' + '; '.join(p))
+
+
+_VALIDATORS = []
+
+
+def register_validator(fn):
+  """Modes add checks for their own sub-configs (config.quant, config.prune)."""
+  _VALIDATORS.append(fn)
+  return fn
+
+
+def semantic_dict(config) -> dict:
+  """The config fields that define what a run computes (to detect a reused workdir)."""
+  d = config.to_dict()
+  for field in NON_SEMANTIC_FIELDS:
+    d.pop(field, None)
+  return d

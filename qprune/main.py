@@ -1,0 +1,73 @@
+r"""qprune binary: train, quantize, prune or run the whole pipeline from a config.
+
+  python -m qprune.main --config=configs/mnist_lenet5.py --workdir=/tmp/lenet \
+      --config.data_dir=../shared/data --config.epochs=1
+
+Rerunning with the same workdir resumes an unfinished run and leaves a finished one untouched.
+Bad input (config values, data, init_from, workdir) ends with one 'qprune: error: ...' line and
+exit status 2.
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file in configs/.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def maybe_initialize_distributed():
+  """Multi-host (TPU pod / multi-node GPU): join the job when the environment says so."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if any(os.environ.get(k) for k in ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS')) or (
+      int(os.environ.get('JAX_NUM_PROCESSES', '1')) > 1):
+    jax.distributed.initialize()
+
+
+def run(config, workdir: str) -> dict:
+  """Validates, prepares the workdir and runs config.mode; returns results.json's content."""
+  # Imports here keep `--help` and config errors fast (no JAX start-up).
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  configs.validate(config)
+  from qprune.modes import MODES, common  # pylint: disable=g-import-not-at-top
+  from qprune.train import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+
+  finished = common.prepare_workdir(config, workdir)
+  if finished is not None:
+    print(f'{workdir} already holds this finished run; nothing to do.', flush=True)
+    return finished
+  maybe_initialize_distributed()
+  mesh = parallel.make_mesh()
+  start = time.time()
+  results = MODES[config.mode](config, workdir, mesh)
+  results = {'mode': config.mode, 'model': config.model, 'dataset': config.dataset,
+             **results, 'wall_time_s': time.time() - start, 'devices': int(mesh.devices.size)}
+  checkpoint.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), results)
+  return results
+
+
+def _summary(results: dict) -> str:
+  keys = ('mode', 'model', 'dataset', 'test_accuracy', 'params', 'macs', 'epochs_run',
+          'wall_time_s')
+  return json.dumps({k: results[k] for k in keys if k in results})
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from qprune.errors import USER_ERRORS  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  try:
+    results = run(_CONFIG.value, _WORKDIR.value)
+  except USER_ERRORS as e:
+    print(f'qprune: error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  print(_summary(results), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

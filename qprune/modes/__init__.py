@@ -1,0 +1,7 @@
+"""Modes of the binary: each composes data, models, training, quantization and pruning.
+
+A mode is `run(config, workdir, mesh) -> dict` (merged into results.json).
+"""
+from qprune.modes import train
+
+MODES = {'train': train.run}

@@ -1,0 +1,17 @@
+"""mode=train: train a model of the zoo (from scratch or from init_from) and save it."""
+import os
+
+from qprune.modes import common
+from qprune.train import loop
+
+
+def run(config, workdir: str, mesh) -> dict:
+  data = common.load_data(config, mesh)
+  spec, variables = common.initial_model(config)
+  model = common.build(spec, config)
+  result = loop.fit(model, variables, data, common.train_options(config), workdir, mesh=mesh)
+  variables = result.state.variables
+  common.save_model(workdir, spec, variables)
+  return {'test_accuracy': result.test_accuracy, 'epochs_run': result.epochs_run,
+          'train_examples': data.train.size, 'test_examples': data.test.size,
+          'history': result.history, **common.model_counts(spec, variables, config)}

@@ -1,0 +1,204 @@
+"""A small file for a power-of-two quantized model: bit-packed codes + exponent tables + float leaves.
+
+Layout (all integers little-endian):
+
+    magic   8 bytes  b'QPRUNEQ\\x00'
+    version uint16   FORMAT_VERSION
+    hlen    uint32   length of the compressed header
+    header  hlen     zlib(JSON): {'spec', 'payload_nbytes', 'payload_crc32', 'leaves': [...]}
+    payload          the leaves' bytes, back to back
+
+Each header leaf is {'path': 'params/conv1/kernel', 'shape', 'offset', 'nbytes', 'kind'} with
+kind 'codes' (quantized; plus 'exponents' and 'bits') or 'float32' (raw float32 C-order bytes).
+A quantized weight is a code of `bits = ceil(log2(2n+1))` bits (n = number of exponents):
+0 -> 0, i in 1..n -> +2^e_i, n+i -> -2^e_i (exponents ascending); codes are bit-packed LSB-first
+(`numpy.packbits(bitorder='little')` of each code's bits, low bit first) into ceil(N·bits/8) bytes.
+Weights not yet on their layer's set are quantized with eq. 3.1 when saved.
+"""
+import json
+import os
+import struct
+import tempfile
+import zlib
+from typing import Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from qprune.models.spec import model_from_spec
+from qprune.quant import targets as targets_lib
+
+MAGIC = b'QPRUNEQ\x00'
+FORMAT_VERSION = 1
+_PREAMBLE = struct.Struct('<8sHI')
+
+
+# ---------------------------------------------------------------------------------------------
+# Codes <-> values, bit packing.
+
+def code_table(exponents) -> np.ndarray:
+  """float32 [2n+1]: value of each code (0, +2^e ascending, then −2^e ascending)."""
+  powers = np.ldexp(np.float32(1.0), np.asarray(sorted(exponents), np.int32)).astype(np.float32)
+  return np.concatenate([np.zeros(1, np.float32), powers, -powers])
+
+
+def encode(quantized: np.ndarray, exponents) -> np.ndarray:
+  """uint32 codes of values that are all in the set (0 or ±2^e); raises ValueError otherwise."""
+  q = np.asarray(quantized, np.float32).reshape(-1)
+  n = len(exponents)
+  magnitudes = code_table(exponents)[:n + 1]  # 0, then 2^e ascending
+  index = np.minimum(np.searchsorted(magnitudes, np.abs(q)), n)
+  if not np.array_equal(magnitudes[index], np.abs(q)):
+    raise ValueError('value outside the target set; quantize before encoding')
+  return np.where(q < 0, index + n, index).astype(np.uint32)
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> bytes:
+  """Bit-packs codes (< 2^bits) LSB-first: ceil(len·bits/8) bytes."""
+  if bits == 0:
+    return b''
+  planes = (codes.reshape(-1, 1) >> np.arange(bits, dtype=np.uint32)) & 1
+  return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder='little').tobytes()
+
+
+def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
+  """Inverse of `pack_codes`: uint32 [count]."""
+  if bits == 0:
+    return np.zeros(count, np.uint32)
+  planes = np.unpackbits(np.frombuffer(data, np.uint8), count=count * bits, bitorder='little')
+  weights = (np.uint32(1) << np.arange(bits, dtype=np.uint32))
+  return planes.reshape(count, bits).astype(np.uint32) @ weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Save.
+
+def _quantized_leaf(path: str, w, exponents) -> Tuple[dict, bytes]:
+  exponents = tuple(sorted(int(e) for e in exponents))
+  q = np.asarray(targets_lib.quantize(w, np.asarray(exponents, np.int32)))
+  bits = targets_lib.bits_per_weight(len(exponents))
+  data = pack_codes(encode(q, exponents), bits)
+  meta = {'path': path, 'kind': 'codes', 'shape': list(np.shape(w)),
+          'exponents': list(exponents), 'bits': bits}
+  return meta, data
+
+
+def _float_leaf(path: str, x) -> Tuple[dict, bytes]:
+  data = np.ascontiguousarray(np.asarray(x, np.float32)).astype('<f4').tobytes()
+  return {'path': path, 'kind': 'float32', 'shape': list(np.shape(x))}, data
+
+
+def _targeted_paths(variables, targets, path_filter) -> dict:
+  """{'params/…/kernel': exponents} for the quantized leaves of variables['params']."""
+  out = {}
+  for path, leaf in traverse_util.flatten_dict(variables['params']).items():
+    name = targets_lib.layer_name(path)
+    if path_filter(path, leaf) and name in targets:
+      out['/'.join(('params',) + path)] = targets[name]
+  return out
+
+
+def encode_variables(variables, targets: targets_lib.Targets, spec: Mapping,
+                     path_filter: targets_lib.PathFilter = targets_lib.default_path_filter) -> bytes:
+  """The export file's bytes (see module docstring)."""
+  targeted = _targeted_paths(variables, targets, path_filter)
+  flat = traverse_util.flatten_dict(jax.device_get(variables), sep='/')
+  leaves, chunks, offset = [], [], 0
+  for path in sorted(flat):
+    meta, data = (_quantized_leaf(path, flat[path], targeted[path]) if path in targeted
+                  else _float_leaf(path, flat[path]))
+    meta.update(offset=offset, nbytes=len(data))
+    leaves.append(meta)
+    chunks.append(data)
+    offset += len(data)
+  payload = b''.join(chunks)
+  header = zlib.compress(json.dumps(
+      {'spec': dict(spec), 'payload_nbytes': len(payload),
+       'payload_crc32': zlib.crc32(payload), 'leaves': leaves},
+      separators=(',', ':')).encode(), 9)
+  return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload
+
+
+def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping,
+                   path_filter: targets_lib.PathFilter = targets_lib.default_path_filter) -> int:
+  """Writes the export atomically (temp file + os.replace); returns its size on disk in bytes."""
+  data = encode_variables(variables, targets, spec, path_filter)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.qpq')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return os.path.getsize(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Load.
+
+def _parse_header(data: bytes) -> Tuple[dict, memoryview]:
+  """(header, payload) after checking magic, version, lengths and checksum; ValueError if bad."""
+  if len(data) < _PREAMBLE.size:
+    raise ValueError(f'quantized export truncated: {len(data)} bytes, shorter than its preamble')
+  magic, version, header_nbytes = _PREAMBLE.unpack_from(data)
+  if magic != MAGIC:
+    raise ValueError(f'not a qprune quantized export (bad magic {magic!r})')
+  if version != FORMAT_VERSION:
+    raise ValueError(f'unsupported quantized export version {version}; this qprune reads version '
+                     f'{FORMAT_VERSION}')
+  start = _PREAMBLE.size + header_nbytes
+  if len(data) < start:
+    raise ValueError(f'quantized export truncated inside its header ({len(data)} of >= {start} bytes)')
+  try:
+    header = json.loads(zlib.decompress(data[_PREAMBLE.size:start]))
+  except (zlib.error, ValueError) as e:
+    raise ValueError(f'quantized export has a corrupt header: {e}') from e
+  payload = memoryview(data)[start:]
+  if len(payload) != header['payload_nbytes']:
+    raise ValueError(f'quantized export truncated or padded: payload is {len(payload)} bytes, '
+                     f'header says {header["payload_nbytes"]}')
+  if zlib.crc32(payload) != header['payload_crc32']:
+    raise ValueError('quantized export payload is corrupt (CRC32 mismatch)')
+  return header, payload
+
+
+def _decode_leaf(meta: dict, payload: memoryview) -> np.ndarray:
+  data = payload[meta['offset']:meta['offset'] + meta['nbytes']]
+  shape = tuple(meta['shape'])
+  if meta['kind'] == 'float32':
+    return np.frombuffer(data, '<f4').astype(np.float32).reshape(shape)
+  codes = unpack_codes(data, int(np.prod(shape, dtype=np.int64)), meta['bits'])
+  return code_table(meta['exponents'])[codes].reshape(shape)
+
+
+def decode_variables(data: bytes) -> Tuple[dict, dict]:
+  """(spec, variables as nested dicts of numpy float32) from export bytes."""
+  header, payload = _parse_header(data)
+  flat = {meta['path']: _decode_leaf(meta, payload) for meta in header['leaves']}
+  return header['spec'], traverse_util.unflatten_dict(flat, sep='/')
+
+
+def load_quantized(path: str):
+  """(model, variables) from `save_quantized`'s file; weights are the exact dequantized values."""
+  with open(path, 'rb') as f:
+    spec, variables = decode_variables(f.read())
+  return model_from_spec(spec), jax.tree.map(jnp.asarray, variables)
+
+
+def read_targets(path: str) -> dict:
+  """{layer_name: exponents} stored in an export (without decoding the weights)."""
+  with open(path, 'rb') as f:
+    header, _ = _parse_header(f.read())
+  return {targets_lib.layer_name(tuple(m['path'].split('/')[1:])): tuple(m['exponents'])
+          for m in header['leaves'] if m['kind'] == 'codes'}
+
+
+def float32_nbytes(variables) -> int:
+  """Size of all leaves stored as float32 (the uncompressed baseline)."""
+  return 4 * sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(variables))

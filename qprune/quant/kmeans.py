@@ -1,0 +1,285 @@
+"""Per-layer power-of-two target sets from 1-D k-means on log2|w| (the thesis' clustered targets).
+
+For every layer l and every k in 1..k_max, Lloyd's k-means clusters the layer's log2 magnitudes
+`x = log2|w|` into k clusters; the centers, rounded to integers and de-duplicated, are the layer's
+exponents, so its values are {0, ±2^e}. Everything (all layers, all k) runs in ONE compiled call:
+
+* Layers are flattened, padded to a common length N and stacked: x [L, N]. Zeros, and weights
+  smaller than `max|w|·2^-log2_range` (negligible; also avoids float32 denormals whose log2 is
+  -inf) are excluded from clustering; they become the zero code through the quantizer.
+* Each row is sorted once. In 1-D, with sorted centers, each cluster is a contiguous run of the
+  sorted data between the midpoints of adjacent centers, so one Lloyd step is k binary searches
+  plus prefix-sum differences: O(k log N) instead of O(k N). Rows are centered (mean subtracted)
+  before the prefix sum to keep float32 differences accurate.
+* Centers are padded to k_max; the k of a lane only masks which centers are live. `jax.vmap`
+  runs all (layer, k) lanes together; a `lax.while_loop` iterates until the largest center
+  shift of every lane is below `tol` (in log2 units) or `max_iter`.
+* Deterministic init: center c of k sits at the ((c + 1/2)/k)-quantile of the sorted values.
+  A layer with fewer distinct values than k gets duplicate or empty clusters; empty clusters are
+  dropped and duplicate rounded centers de-duplicated, so its set has fewer than k exponents.
+
+Lloyd's method finds a local optimum (like scikit-learn's KMeans with n_init=1); on well separated
+data it is the global one.
+
+Adaptive k (all on host from the [L, k_max] table of candidate sets and errors, no recompiles):
+fixed k; the smallest k whose relative L1 error Σ|W−Ŵ|/Σ|W| (eq. 3.2 normalised by the layer's
+L1 norm, so one tolerance fits every layer) is <= tol; or a global average bit budget per weight,
+spent greedily on the upgrade with the largest L1 error reduction per extra bit.
+"""
+import functools
+from typing import Mapping, NamedTuple, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qprune.quant import targets as targets_lib
+
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+class Clusters(NamedTuple):
+  """k-means results of L layers for every k = 1..K (index k-1), padded to K centers.
+
+  centers:   [L, K, K] float32 log2-space centers (sorted; lanes beyond k are padding).
+  sizes:     [L, K, K] int32 points per cluster.
+  exponents: [L, K, K] int32 rounded, de-duplicated, ascending exponents, compacted to the front.
+  valid:     [L, K, K] bool, which `exponents` entries are real.
+  """
+  centers: jax.Array
+  sizes: jax.Array
+  exponents: jax.Array
+  valid: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Data preparation.
+
+def _padded_log2_rows(layers: Sequence[jax.Array], log2_range: float):
+  """Stack layers as sorted log2|w| rows [L, N] (+inf padded) and their valid counts [L]."""
+  length = max(int(np.prod(w.shape)) for w in layers)
+  rows = []
+  for w in layers:  # over layers at trace time, not over weights
+    a = jnp.abs(jnp.asarray(w, jnp.float32).reshape(-1))
+    floor = jnp.maximum(jnp.max(a) * 2.0 ** -log2_range, _FLOAT32_TINY)
+    x = jnp.where(a >= floor, jnp.log2(jnp.maximum(a, _FLOAT32_TINY)), jnp.inf)
+    rows.append(jnp.pad(x, (0, length - x.shape[0]), constant_values=jnp.inf))
+  x = jnp.sort(jnp.stack(rows), axis=1)
+  return x, jnp.sum(jnp.isfinite(x), axis=1).astype(jnp.int32)
+
+
+def _centered_prefix_sums(sorted_x: jax.Array, count: jax.Array):
+  """(mean, prefix [N+1]) with prefix[i] = Σ_{j<i} (x_j − mean) over valid entries."""
+  valid = jnp.arange(sorted_x.shape[0]) < count
+  finite = jnp.where(valid, sorted_x, 0.0)
+  mean = jnp.sum(finite) / jnp.maximum(count, 1)
+  centered = jnp.where(valid, finite - mean, 0.0)
+  return mean, jnp.concatenate([jnp.zeros((1,), jnp.float32), jnp.cumsum(centered)])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-D Lloyd on sorted data.
+
+def _quantile_init(sorted_x, count, k, k_max):
+  """Center c < k at the ((c + 1/2)/k)-quantile; padding centers copy the largest value."""
+  c = jnp.arange(k_max)
+  index = ((2 * c + 1) * count) // (2 * k)
+  index = jnp.where(c < k, index, count - 1)
+  return jnp.where(count > 0, sorted_x[jnp.clip(index, 0, sorted_x.shape[0] - 1)], 0.0)
+
+
+def _cluster_bounds(sorted_x, count, k, centers):
+  """[K+1] run boundaries: cluster c owns sorted_x[b[c]:b[c+1]]; clusters >= k are empty."""
+  k_max = centers.shape[0]
+  mids = 0.5 * (centers[:-1] + centers[1:])
+  inner = jnp.minimum(jnp.searchsorted(sorted_x, mids, side='left'), count)
+  inner = jnp.where(jnp.arange(1, k_max) < k, inner, count)
+  return jnp.concatenate([jnp.zeros((1,), jnp.int32), inner.astype(jnp.int32), count[None]])
+
+
+def _lloyd_step(sorted_x, prefix, count, k, centers_centered, mean):
+  """One Lloyd step in centered coordinates: returns (new centers, cluster sizes)."""
+  bounds = _cluster_bounds(sorted_x, count, k, centers_centered + mean)
+  lo, hi = bounds[:-1], bounds[1:]
+  sizes = hi - lo
+  sums = prefix[hi] - prefix[lo]
+  new = jnp.where(sizes > 0, sums / jnp.maximum(sizes, 1), centers_centered)  # empty: stay
+  return new, sizes
+
+
+def _kmeans_1d(sorted_x, count, k, k_max: int, max_iter: int, tol: float):
+  """Lloyd's k-means of one sorted row for one k: (centers [K], sizes [K])."""
+  mean, prefix = _centered_prefix_sums(sorted_x, count)
+  init = _quantile_init(sorted_x, count, k, k_max) - mean
+
+  def keep_going(state):
+    _, _, shift, it = state
+    return (shift > tol) & (it < max_iter)
+
+  def body(state):
+    centers, _, _, it = state
+    new, sizes = _lloyd_step(sorted_x, prefix, count, k, centers, mean)
+    return new, sizes, jnp.max(jnp.abs(new - centers)), it + 1
+
+  sizes0 = jnp.zeros((k_max,), jnp.int32)
+  centers, _, _, _ = jax.lax.while_loop(keep_going, body, (init, sizes0, jnp.inf, 0))
+  # Sizes of the final assignment (the loop's are those of the step before its last update).
+  _, sizes = _lloyd_step(sorted_x, prefix, count, k, centers, mean)
+  return centers + mean, sizes
+
+
+def _rounded_unique_exponents(centers, sizes, k):
+  """Round live, non-empty centers; sort, de-duplicate, compact to the front. ([K] int, [K] bool)."""
+  k_max = centers.shape[0]
+  big = targets_lib.MAX_EXPONENT + 1
+  live = (jnp.arange(k_max) < k) & (sizes > 0)
+  e = jnp.clip(jnp.round(centers), targets_lib.MIN_EXPONENT, targets_lib.MAX_EXPONENT)
+  e = jnp.sort(jnp.where(live, e.astype(jnp.int32), big))
+  first = jnp.concatenate([jnp.ones((1,), bool), e[1:] != e[:-1]])
+  keep = (e < big) & first
+  e = jnp.sort(jnp.where(keep, e, big))  # compact survivors to the front, still ascending
+  valid = e < big
+  return jnp.where(valid, e, 0), valid
+
+
+def _cluster_row_all_k(sorted_x, count, k_max, max_iter, tol):
+  """All k = 1..K for one row: stacked Clusters fields [K, K]."""
+  def one_k(k):
+    centers, sizes = _kmeans_1d(sorted_x, count, k, k_max, max_iter, tol)
+    e, valid = _rounded_unique_exponents(centers, sizes, k)
+    return centers, sizes, e, valid
+  return jax.vmap(one_k)(jnp.arange(1, k_max + 1))
+
+
+@functools.partial(jax.jit, static_argnames=('k_max', 'max_iter', 'tol', 'log2_range'))
+def cluster_all(layers: Sequence[jax.Array], k_max: int = 8, max_iter: int = 100,
+                tol: float = 1e-4, log2_range: float = 24.0) -> Clusters:
+  """k-means on log2|w| of every layer (a list of arrays, any shapes) for every k = 1..k_max.
+
+  One compiled call per (layer shapes, k_max); see the module docstring for the method.
+  Returns `Clusters` with leading axis = layer order of `layers`.
+  """
+  sorted_x, counts = _padded_log2_rows(list(layers), log2_range)
+  per_row = functools.partial(_cluster_row_all_k, k_max=k_max, max_iter=max_iter, tol=tol)
+  return Clusters(*jax.vmap(per_row)(sorted_x, counts))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors of the candidate sets.
+
+@jax.jit
+def candidate_errors(layers: Sequence[jax.Array], exponents: jax.Array, valid: jax.Array):
+  """L1 errors (eq. 3.2) of quantizing each layer with each candidate set.
+
+  layers: list of L arrays; exponents/valid: [L, C, n] candidate sets (C candidates per layer).
+  Returns (errors [L, C], l1_norms [L]) with l1_norms = Σ|W| per layer.
+  """
+  errors, norms = [], []
+  for w, e, v in zip(layers, exponents, valid):  # over layers at trace time
+    flat = jnp.asarray(w, jnp.float32).reshape(-1)
+    quantize_with = lambda e_c, v_c: targets_lib.l1_error(flat, targets_lib.quantize(flat, e_c, v_c))
+    errors.append(jax.vmap(quantize_with)(e, v))
+    norms.append(jnp.sum(jnp.abs(flat)))
+  return jnp.stack(errors), jnp.stack(norms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side selection of k.
+
+class CandidateTable(NamedTuple):
+  """Per layer, the candidate sets for k = 1..K and their cost/error (host numpy / lists).
+
+  names: layer names; sets[l][k-1]: exponent tuple; bits [L, K]; errors [L, K] (Σ|W−Ŵ|);
+  l1_norms [L] (Σ|W|); num_weights [L].
+  """
+  names: Tuple[str, ...]
+  sets: Tuple[Tuple[Tuple[int, ...], ...], ...]
+  bits: np.ndarray
+  errors: np.ndarray
+  l1_norms: np.ndarray
+  num_weights: np.ndarray
+
+  @property
+  def relative_errors(self) -> np.ndarray:
+    return self.errors / np.where(self.l1_norms > 0, self.l1_norms, 1.0)[:, None]
+
+
+def exponent_sets(exponents: jax.Array, valid: jax.Array):
+  """Padded [..., n] exponents + mask -> nested lists of int tuples (host side, outside jit)."""
+  e, v = np.asarray(exponents), np.asarray(valid)
+  if e.ndim == 1:
+    return tuple(int(x) for x in e[v])
+  return [exponent_sets(e_i, v_i) for e_i, v_i in zip(e, v)]
+
+
+def candidate_table(layers: Mapping[str, jax.Array], k_max: int = 8, **kmeans_options
+                    ) -> CandidateTable:
+  """Clusters every layer for k = 1..k_max (one compiled call) and scores every candidate."""
+  names = tuple(layers)
+  arrays = [layers[n] for n in names]
+  clusters = cluster_all(arrays, k_max=k_max, **kmeans_options)
+  errors, norms = candidate_errors(arrays, clusters.exponents, clusters.valid)
+  sets = exponent_sets(clusters.exponents, clusters.valid)
+  bits = targets_lib.bits_per_weight_array(jnp.sum(clusters.valid, axis=-1))
+  return CandidateTable(names=names, sets=tuple(tuple(tuple(s) for s in row) for row in sets),
+                        bits=np.asarray(bits), errors=np.asarray(errors, np.float64),
+                        l1_norms=np.asarray(norms, np.float64),
+                        num_weights=np.array([int(np.prod(a.shape)) for a in arrays]))
+
+
+def select_fixed_k(table: CandidateTable, k: int) -> dict:
+  """Every layer uses its k-cluster set (k clipped to 1..K)."""
+  index = min(max(int(k), 1), table.bits.shape[1]) - 1
+  return {name: table.sets[l][index] for l, name in enumerate(table.names)}
+
+
+def select_by_tolerance(table: CandidateTable, tolerance: float) -> dict:
+  """Per layer the smallest k with Σ|W−Ŵ|/Σ|W| <= tolerance (the largest k if none is)."""
+  ok = table.relative_errors <= tolerance
+  index = np.where(ok.any(axis=1), ok.argmax(axis=1), ok.shape[1] - 1)
+  return {name: table.sets[l][index[l]] for l, name in enumerate(table.names)}
+
+
+def select_by_bit_budget(table: CandidateTable, bits_per_weight: float) -> dict:
+  """Greedy: spend Σ_l n_l·bits_l <= budget·Σ_l n_l on the largest error drop per extra bit.
+
+  Each layer starts at its cheapest candidate (k = 1); an upgrade moves a layer to any candidate
+  with more bits and less error; the upgrade with the best (error drop) / (extra bits · n_l)
+  that still fits is applied until none fits. Never exceeds the budget unless even the cheapest
+  choice does (then every layer keeps its cheapest candidate).
+  """
+  n = table.num_weights.astype(np.float64)
+  budget = float(bits_per_weight) * n.sum()
+  choice = [0] * len(table.names)
+  spent = float(np.sum(n * table.bits[:, 0]))
+  while True:
+    best = None
+    for l in range(len(choice)):  # over layers and candidates, not weights
+      b0, e0 = table.bits[l, choice[l]], table.errors[l, choice[l]]
+      for c in range(table.bits.shape[1]):
+        extra = (table.bits[l, c] - b0) * n[l]
+        gain = e0 - table.errors[l, c]
+        if extra > 0 and gain > 0 and spent + extra <= budget:
+          ratio = gain / extra
+          if best is None or ratio > best[0]:
+            best = (ratio, l, c, extra)
+    if best is None:
+      break
+    _, l, c, extra = best
+    choice[l], spent = c, spent + extra
+  return {name: table.sets[l][choice[l]] for l, name in enumerate(table.names)}
+
+
+def kmeans_targets(layers: Mapping[str, jax.Array], *, k: int | None = None,
+                   tolerance: float | None = None, bits_per_weight: float | None = None,
+                   k_max: int = 8, **kmeans_options) -> dict:
+  """Clustered target sets {layer: exponents}: exactly one of k, tolerance, bits_per_weight."""
+  chosen = [x is not None for x in (k, tolerance, bits_per_weight)]
+  if sum(chosen) != 1:
+    raise ValueError('give exactly one of k, tolerance, bits_per_weight')
+  table = candidate_table(layers, k_max=max(k_max, k or 1), **kmeans_options)
+  if k is not None:
+    return select_fixed_k(table, k)
+  if tolerance is not None:
+    return select_by_tolerance(table, tolerance)
+  return select_by_bit_budget(table, bits_per_weight)

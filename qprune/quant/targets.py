@@ -1,0 +1,168 @@
+"""Which leaves are quantized, their power-of-two target sets, and the nearest-target quantizer.
+
+A *target set* of a layer is a sorted tuple of integer exponents `(e_1 < ... < e_n)`; the values a
+weight may take are `P = {0} ∪ {±2^e_i}` (thesis / INQ notation `P_l`). Target sets are plain
+Python data, `Targets = {layer_path: (e_1, ..., e_n)}`, keyed like `quantizable_layers`.
+
+Quantizer (thesis eq. 3.1, our exact reading). Let `0 = m_0 < m_1 < ... < m_n` be the sorted
+target magnitudes (zero included). A weight maps to `sgn(w)·m_j` where `j` is the largest index
+with `(m_{j-1} + m_j)/2 <= |w|` (j = 0 if none): every threshold lies halfway between adjacent
+magnitudes, ties go to the larger magnitude, the smallest nonzero target `m_1` has lower
+threshold `m_1/2` (its neighbour is the zero target), and anything at or above the last threshold
+maps to the largest target — including `|w| >= 3·m_n/2`, which eq. 3.1 leaves out (with INQ's rule
+`max|W| < 3·2^n1/2`, so this clipping only matters for clustered sets). In short: nearest target,
+ties upward, clipped at the largest.
+
+Error (thesis eq. 3.2): `E = Σ |W − Ŵ|` over a layer (or summed over layers).
+Bits per weight: `ceil(log2(2n + 1))`: n exponents, two signs, one zero code.
+"""
+import math
+from typing import Callable, Mapping, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+Targets = Mapping[str, Tuple[int, ...]]
+PathFilter = Callable[[Tuple[str, ...], jax.Array], bool]
+
+# float32 normal range: exponents outside it are not representable exactly (or at all).
+MIN_EXPONENT, MAX_EXPONENT = -126, 127
+_KERNEL = 'kernel'
+
+
+def default_path_filter(path: Tuple[str, ...], leaf) -> bool:
+  """Every conv kernel (kh, kw, in, out) and dense kernel (in, out); biases and BatchNorm stay float."""
+  return path[-1] == _KERNEL and np.ndim(leaf) >= 2
+
+
+def layer_name(path: Tuple[str, ...]) -> str:
+  """'/'-joined module path of a leaf; a trailing 'kernel' is dropped ('stage1_block1/conv1')."""
+  return '/'.join(path[:-1] if path[-1] == _KERNEL and len(path) > 1 else path)
+
+
+def quantizable_layers(params, path_filter: PathFilter = default_path_filter) -> dict:
+  """{layer_name: leaf} of the leaves of a Flax `params` pytree selected by `path_filter`."""
+  flat = traverse_util.flatten_dict(params)
+  return {layer_name(path): leaf for path, leaf in flat.items() if path_filter(path, leaf)}
+
+
+def replace_layers(params, layers: Mapping[str, jax.Array],
+                   path_filter: PathFilter = default_path_filter):
+  """A copy of `params` where each selected leaf whose layer is in `layers` is replaced."""
+  flat = traverse_util.flatten_dict(params)
+  out = {path: layers.get(layer_name(path), leaf) if path_filter(path, leaf) else leaf
+         for path, leaf in flat.items()}
+  return traverse_util.unflatten_dict(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target sets.
+
+def inq_exponents(max_abs: float, bits: int) -> Tuple[int, ...]:
+  """INQ's rule: n1 = floor(log2(4·max|W|/3)), n2 = n1 + 1 − 2^(b−1)/2, exponents n2..n1.
+
+  b bits give 2^(b−2) exponents, i.e. 2^(b−1) + 1 codes, which fit exactly in b bits (b >= 2).
+  An all-zero layer gets no exponent (only the zero code).
+  """
+  if bits < 2:
+    raise ValueError(f'INQ needs bits >= 2 (one bit is the zero code), got {bits}')
+  if not max_abs > 0:
+    return ()
+  n1 = math.floor(math.log2(4.0 * float(max_abs) / 3.0))
+  n2 = n1 + 1 - 2 ** (bits - 1) // 2
+  return tuple(e for e in range(n2, n1 + 1) if MIN_EXPONENT <= e <= MAX_EXPONENT)
+
+
+def inq_targets(layers: Mapping[str, jax.Array], bits: int) -> dict:
+  """INQ target set of every layer from its max |w| (see `inq_exponents`)."""
+  max_abs = jax.device_get({name: jnp.max(jnp.abs(w)) for name, w in layers.items()})
+  return {name: inq_exponents(float(m), bits) for name, m in max_abs.items()}
+
+
+def num_codes(num_exponents: int) -> int:
+  """Codes of a set with n exponents: zero plus ±2^e for each e."""
+  return 2 * int(num_exponents) + 1
+
+
+def bits_per_weight(num_exponents: int) -> int:
+  """ceil(log2(2n + 1)); 0 for a layer with only the zero code."""
+  return int(math.ceil(math.log2(num_codes(num_exponents))))
+
+
+def bits_per_weight_array(num_exponents: jax.Array) -> jax.Array:
+  """Elementwise, jittable `bits_per_weight` (int32). Exact: integer bit length of 2n."""
+  n = jnp.asarray(num_exponents, jnp.int32)
+  # ceil(log2(2n+1)) == bit length of 2n for n >= 1; computed on integers to avoid float rounding.
+  two_n = 2 * n
+  return jnp.where(n > 0, 32 - jax.lax.clz(two_n), 0).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantizer (eq. 3.1) and error (eq. 3.2).
+
+def target_magnitudes(exponents: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Sorted magnitudes [n + 1]: 0 then 2^e. Invalid (padding) entries become extra zeros.
+
+  Duplicate magnitudes (repeated exponents, padding zeros) are harmless for `quantize`: the
+  threshold between two equal magnitudes equals them, so either copy gives the same value.
+  """
+  exponents = jnp.clip(jnp.asarray(exponents, jnp.int32), MIN_EXPONENT, MAX_EXPONENT)
+  powers = jnp.ldexp(jnp.ones(exponents.shape, jnp.float32), exponents)  # exact, unlike exp2
+  if valid is not None:
+    powers = jnp.where(valid, powers, 0.0)
+  return jnp.sort(jnp.concatenate([jnp.zeros((1,), jnp.float32), powers]))
+
+
+def nearest_magnitude(abs_w: jax.Array, magnitudes: jax.Array) -> jax.Array:
+  """Eq. 3.1 on magnitudes: the largest m_j whose lower threshold (m_{j-1}+m_j)/2 <= |w|."""
+  thresholds = 0.5 * (magnitudes[:-1] + magnitudes[1:])
+  # Target tables are tiny (<= ~20 entries): comparing against all of them vectorizes best.
+  index = jnp.searchsorted(thresholds, abs_w, side='right', method='compare_all')
+  return magnitudes[index]
+
+
+def quantize(w: jax.Array, exponents, valid: jax.Array | None = None) -> jax.Array:
+  """Ŵ = sgn(W)·nearest target magnitude (eq. 3.1), same shape and dtype float32 as `w`.
+
+  `exponents`: [n] ints (optionally padded, with a bool `valid` mask of the same shape).
+  Values already in the set are returned unchanged, bit for bit.
+  """
+  w = jnp.asarray(w, jnp.float32)
+  magnitudes = target_magnitudes(jnp.asarray(exponents, jnp.int32).reshape(-1),
+                                 None if valid is None else jnp.asarray(valid).reshape(-1))
+  return jnp.sign(w) * nearest_magnitude(jnp.abs(w), magnitudes)
+
+
+def quantize_layers(layers: Mapping[str, jax.Array], targets: Targets) -> dict:
+  """`quantize` every layer that has a target set; others are returned unchanged."""
+  return {name: quantize(w, _as_exponent_array(targets[name])) if name in targets else w
+          for name, w in layers.items()}
+
+
+def quantize_params(params, targets: Targets, path_filter: PathFilter = default_path_filter):
+  """A copy of `params` with every targeted layer quantized (all weights, fraction 1.0)."""
+  layers = quantizable_layers(params, path_filter)
+  return replace_layers(params, quantize_layers(layers, targets), path_filter)
+
+
+def l1_error(w: jax.Array, w_hat: jax.Array) -> jax.Array:
+  """Eq. 3.2 for one layer: Σ |W − Ŵ| (float32 scalar)."""
+  return jnp.sum(jnp.abs(jnp.asarray(w, jnp.float32) - jnp.asarray(w_hat, jnp.float32)))
+
+
+def relative_l1_error(w: jax.Array, w_hat: jax.Array) -> jax.Array:
+  """Σ|W − Ŵ| / Σ|W| (0 for an all-zero layer): the scale-free error adaptive k uses."""
+  total = jnp.sum(jnp.abs(jnp.asarray(w, jnp.float32)))
+  return jnp.where(total > 0, l1_error(w, w_hat) / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def in_target_set(w: jax.Array, exponents: Sequence[int]) -> jax.Array:
+  """Bool array: each element is exactly 0 or ±2^e with e in `exponents`."""
+  values = target_magnitudes(_as_exponent_array(exponents))
+  return jnp.any(jnp.abs(jnp.asarray(w, jnp.float32))[..., None] == values, axis=-1)
+
+
+def _as_exponent_array(exponents: Sequence[int]) -> jax.Array:
+  return jnp.asarray(np.asarray(tuple(exponents), np.int32).reshape(-1))

@@ -1,0 +1,128 @@
+"""Checkpoints (Orbax) and atomic files.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run
+killed mid-write leaves either the previous checkpoint or the new one, never half of one.
+A checkpoint holds a pytree ('state': arrays) and JSON metadata ('meta': epoch, step, history).
+"""
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+  """A checkpoint exists but cannot be used (corrupt, or from a different model/config)."""
+
+
+def write_json_atomic(path: str, obj: Any):
+  """Writes JSON to a temp file in the same folder, then renames it over `path`."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.json')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(obj, f, indent=2, default=_json_default)
+      f.write('\n')
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_lines_atomic(path: str, lines):
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-')
+  with os.fdopen(fd, 'w') as f:
+    f.writelines(line + '\n' for line in lines)
+  os.replace(tmp, path)
+
+
+def _json_default(o):
+  if isinstance(o, (np.generic, np.ndarray)) or hasattr(o, '__array__'):
+    return np.asarray(o).tolist()
+  raise TypeError(f'not JSON serializable: {type(o).__name__}')
+
+
+def read_json(path: str) -> Optional[dict]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
+def to_host(tree):
+  return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+class CheckpointStore:
+  """The checkpoints of one training stage, in `directory`, keeping the newest `keep`."""
+
+  def __init__(self, directory: str, keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, tree, meta: dict):
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, like) -> Optional[Tuple[Any, dict]]:
+    """(tree, meta) of the newest checkpoint, shaped like `like`; None when there is none."""
+    step = self.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'cannot restore checkpoint {self.directory}/{step}: it is corrupt or was written '
+          f'by a different model or config ({type(e).__name__}: {str(e)[:300]}). Use a new '
+          f'--workdir, or delete {self.directory} to start over.') from e
+    return restored['state'], restored['meta']
+
+  def close(self):
+    self._manager.close()
+
+
+def save_variables(directory: str, variables):
+  """Final model variables (params + batch_stats) as a standalone Orbax checkpoint."""
+  directory = os.path.abspath(directory)
+  with ocp.StandardCheckpointer() as checkpointer:
+    tmp = directory + '.tmp'
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+    checkpointer.save(tmp, to_host(variables))
+    checkpointer.wait_until_finished()
+  if os.path.exists(directory):
+    shutil.rmtree(directory)
+  os.replace(tmp, directory)
+
+
+def load_variables(directory: str, like=None):
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'no saved variables at {directory}')
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      if like is None:
+        return checkpointer.restore(directory)
+      return checkpointer.restore(
+          directory, jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'cannot read saved variables at {directory}: corrupt or from a '
+                          f'different model ({type(e).__name__}: {str(e)[:300]})') from e

@@ -1,0 +1,225 @@
+"""The one epoch loop every mode trains with.
+
+`fit` trains `variables` on `data` for `options.epochs` epochs, checkpointing under
+`<stage_dir>/checkpoints` after every epoch (and on SIGTERM, mid-epoch) and appending one JSON line
+per epoch to `<stage_dir>/metrics.jsonl`. A rerun with the same stage_dir resumes from the newest
+checkpoint and, because example order and augmentation are pure functions of (seed, epoch, step),
+ends with the same params bit for bit as an uninterrupted run.
+
+Modes shape training through `hooks`/`aux` (see steps.py) and `on_epoch_end`, a function
+`(epoch, state, extra) -> (extra, stop, record)`: `extra` is a pytree checkpointed with the state
+(e.g. the Early-Bird mask FIFO), `stop` ends training early, `record` is merged into the epoch's
+metrics line.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from qprune.data import pipeline
+from qprune.train import checkpoint, optim, parallel, steps
+from qprune.train.state import TrainState, create_state
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+  epochs: int = 1
+  batch_size: int = 128
+  eval_batch_size: int = 1000
+  learning_rate: float = 0.1
+  lr_schedule: str = 'cosine'
+  warmup_epochs: float = 0.0
+  momentum: float = 0.9
+  nesterov: bool = True
+  weight_decay: float = 5e-4
+  augment: str = 'none'
+  seed: int = 0
+  eval_every: int = 1
+  progress: bool = True
+
+  @classmethod
+  def from_config(cls, config, **overrides):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: config[k] for k in fields if k in config}
+    values.update(overrides)
+    return cls(**values)
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState
+  extra: Any
+  history: list
+  epochs_run: int
+  stopped_early: bool
+  test_accuracy: float
+  wall_time_s: float
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+  n = train_size // batch_size
+  if n < 1:
+    raise ValueError(f'batch_size={batch_size} is larger than the training set ({train_size} '
+                     f'examples); lower batch_size or raise train_subset')
+  return n
+
+
+def make_optimizer(options: TrainOptions, train_size: int):
+  per_epoch = steps_per_epoch(train_size, options.batch_size)
+  schedule = optim.lr_schedule(options.lr_schedule, options.learning_rate,
+                               per_epoch * options.epochs,
+                               int(options.warmup_epochs * per_epoch))
+  return optim.freezable(optim.sgd(schedule, options.momentum, options.weight_decay,
+                                   options.nesterov))
+
+
+def evaluate(model, variables, split: pipeline.Split, batch_size: int, mesh=None) -> dict:
+  """Accuracy and mean loss of `variables` on a whole split (one compiled call)."""
+  mesh = mesh or parallel.make_mesh()
+  devices = mesh.devices.size
+  batch_size = max(devices, min(batch_size, split.size) // devices * devices)
+  fn = steps.make_eval_fn(model, batch_size, parallel.batch_sharded(mesh))
+  sums = jax.device_get(fn(variables, split.images, split.labels))
+  count = max(int(sums['count']), 1)
+  return {'accuracy': float(sums['correct']) / count, 'loss': float(sums['loss']) / count}
+
+
+class _SigtermFlag:
+  """Turns SIGTERM (preemption notice) into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, nothing to restore
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir: Optional[str], *,
+        hooks: steps.StepHooks = steps.StepHooks(), aux: Any = None, extra: Any = None,
+        on_epoch_end: Optional[Callable] = None, mesh=None) -> FitResult:
+  """Trains and returns the final state; resumes from `<stage_dir>/checkpoints` if present."""
+  start_time = time.time()
+  mesh = mesh or parallel.make_mesh()
+  parallel.check_batch_divisible(options.batch_size, mesh)
+  replicated = parallel.replicated(mesh)
+  per_epoch = steps_per_epoch(data.train.size, options.batch_size)
+  tx = make_optimizer(options, data.train.size)
+  state = jax.device_put(create_state(variables, tx), replicated)
+  aux = jax.device_put(aux, replicated) if aux is not None else {}
+  train_step = steps.make_train_step(model, tx, options.batch_size,
+                                     pipeline.AUGMENTATIONS[options.augment], hooks,
+                                     parallel.batch_sharded(mesh))
+  key = jax.random.PRNGKey(options.seed)
+  store = checkpoint.CheckpointStore(os.path.join(stage_dir, 'checkpoints')) if stage_dir else None
+  metrics_path = os.path.join(stage_dir, 'metrics.jsonl') if stage_dir else None
+
+  epoch, index, history = 0, 0, []
+  metrics = steps.zero_metrics()
+  if store is not None:
+    restored = store.restore_latest({'state': state, 'extra': extra, 'metrics': metrics})
+    if restored is not None:
+      tree, meta = restored
+      state = jax.device_put(tree['state'], replicated)
+      extra, metrics = tree['extra'], jax.device_put(tree['metrics'], replicated)
+      epoch, index, history = meta['epoch'], meta['index'], meta['history']
+      checkpoint.write_lines_atomic(metrics_path, [json.dumps(h) for h in history])
+      print(f'Resuming {stage_dir} at epoch {epoch + 1}, step {index}/{per_epoch}', flush=True)
+
+  def save(epoch_, index_):
+    if store is not None:
+      store.save(epoch_ * per_epoch + index_, {'state': state, 'extra': extra, 'metrics': metrics},
+                 {'epoch': epoch_, 'index': index_, 'history': history})
+
+  stopped_early = bool(history and history[-1].get('stopped_early'))
+  test_accuracy = history[-1].get('test_accuracy', math.nan) if history else math.nan
+  with _SigtermFlag() as sigterm:
+    while epoch < options.epochs and not stopped_early:
+      perm = pipeline.epoch_permutation(key, epoch, data.train.size)
+      epoch_start = time.time()
+      bar = tqdm(total=per_epoch, initial=index, desc=f'epoch {epoch + 1}/{options.epochs}',
+                 disable=None if options.progress else True, leave=False, mininterval=1.0)
+      while index < per_epoch:
+        state, metrics = train_step(state, data.train.images, data.train.labels, perm,
+                                    jnp.int32(index), key, aux, metrics)
+        index += 1
+        bar.update(1)
+        if sigterm.raised:
+          bar.close()
+          save(epoch, index)
+          raise _preempted(stage_dir, epoch, index)
+      bar.close()
+      sums = jax.device_get(metrics)
+      train_loss = float(sums['loss']) / max(int(sums['count']), 1)
+      if not math.isfinite(train_loss):
+        raise TrainingDivergedError(
+            f'loss became {train_loss} in epoch {epoch + 1} (by step {int(state.step)}); the last '
+            f'good checkpoint in {stage_dir} is kept. Hint: lower learning_rate '
+            f'({options.learning_rate}) or add warmup_epochs.')
+      record = {'epoch': epoch + 1, 'step': int(state.step), 'train_loss': train_loss,
+                'train_accuracy': float(sums['correct']) / max(int(sums['count']), 1),
+                'epoch_time_s': time.time() - epoch_start}
+      if (epoch + 1) % options.eval_every == 0 or epoch + 1 == options.epochs:
+        test = evaluate(model, state.variables, data.test, options.eval_batch_size, mesh)
+        test_accuracy = test['accuracy']
+        record.update(test_accuracy=test['accuracy'], test_loss=test['loss'])
+      if on_epoch_end is not None:
+        extra, stop, extra_record = on_epoch_end(epoch + 1, state, extra)
+        record.update(extra_record or {})
+        stopped_early = bool(stop) and epoch + 1 < options.epochs
+        record['stopped_early'] = stopped_early
+      if options.progress:
+        print(_format_record(record), flush=True)
+      history.append(record)
+      epoch, index = epoch + 1, 0
+      metrics = jax.device_put(steps.zero_metrics(), replicated)
+      save(epoch, index)
+      if metrics_path:
+        with open(metrics_path, 'a') as f:
+          f.write(json.dumps(record) + '\n')
+  if math.isnan(test_accuracy):
+    test_accuracy = evaluate(model, state.variables, data.test, options.eval_batch_size,
+                             mesh)['accuracy']
+  if store is not None:
+    store.close()
+  return FitResult(state, extra, history, epoch, stopped_early, test_accuracy,
+                   time.time() - start_time)
+
+
+def _preempted(stage_dir, epoch, index):
+  return SystemExit(f'SIGTERM: saved a checkpoint in {stage_dir} at epoch {epoch + 1}, step '
+                    f'{index}; rerun the same command to resume.')
+
+
+def _format_record(record: dict) -> str:
+  parts = []
+  for k, v in record.items():
+    if isinstance(v, float):
+      parts.append(f'{k}={v:.4f}')
+    elif isinstance(v, (int, bool, str)):
+      parts.append(f'{k}={v}')
+  return '  '.join(parts)

@@ -1,0 +1,57 @@
+"""Optimizer: SGD with momentum and weight decay, LR schedules, element-wise freezing.
+
+`freezable(tx)` wraps any optax transformation so that elements marked True in a `freeze_mask`
+(bool pytree shaped like params, passed per call) get an update of exactly zero: their gradient
+is zeroed before `tx` and their final update is zeroed after it, so neither weight decay nor a
+momentum trace left from before the freeze can move them (INQ's frozen, quantized weights).
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def lr_schedule(kind: str, base_lr: float, total_steps: int, warmup_steps: int = 0,
+                boundaries=(0.5, 0.75), decay: float = 0.1) -> optax.Schedule:
+  """'cosine' (to 0, optional linear warmup), 'step' (x decay at fractions of training) or 'constant'."""
+  total_steps = max(int(total_steps), 1)
+  if kind == 'cosine':
+    if warmup_steps:
+      return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup_steps,
+                                                max(total_steps, warmup_steps + 1))
+    return optax.cosine_decay_schedule(base_lr, total_steps)
+  if kind == 'step':
+    return optax.piecewise_constant_schedule(
+        base_lr, {int(b * total_steps): decay for b in boundaries})
+  if kind == 'constant':
+    return optax.constant_schedule(base_lr)
+  raise ValueError(f'unknown lr schedule {kind!r}; choose cosine, step or constant')
+
+
+def decay_mask(params):
+  """Weight decay on conv/dense kernels only (not on biases or BatchNorm scale/shift)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+
+
+def sgd(schedule: optax.Schedule, momentum: float = 0.9, weight_decay: float = 5e-4,
+        nesterov: bool = True) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      optax.sgd(schedule, momentum=momentum, nesterov=nesterov))
+
+
+def _zero_where(tree, mask):
+  return jax.tree_util.tree_map(lambda u, m: jnp.where(m, jnp.zeros_like(u), u), tree, mask)
+
+
+def freezable(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """`tx` whose update takes an optional `freeze_mask=` pytree; frozen elements never move."""
+
+  def update(updates, state, params=None, *, freeze_mask=None, **extra):
+    del extra
+    if freeze_mask is None:
+      return tx.update(updates, state, params)
+    updates, state = tx.update(_zero_where(updates, freeze_mask), state, params)
+    return _zero_where(updates, freeze_mask), state
+
+  return optax.GradientTransformationExtraArgs(tx.init, update)

@@ -1,0 +1,106 @@
+"""Pure, jitted train and eval steps.
+
+The train step gathers its batch by index from the device-resident split (no host transfer),
+augments it on device, and takes one optimizer step. Everything that changes between calls
+(state, example order, step index, `aux`) is an argument, so it compiles once per run.
+
+`StepHooks` let other modes shape training without a loop of their own:
+  forward_params(params, aux) -> params  used for the forward pass (e.g. channel masks applied)
+  extra_loss(params, aux) -> scalar      added to the loss (e.g. L1 on BatchNorm gamma)
+  aux['freeze_mask'] (bool pytree)        elements that get no update (INQ), via optim.freezable
+"""
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from qprune.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepHooks:
+  forward_params: Optional[Callable[[Any, Any], Any]] = None
+  extra_loss: Optional[Callable[[Any, Any], jax.Array]] = None
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def zero_metrics():
+  return {'loss': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.int32),
+          'count': jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHooks = StepHooks(),
+                    batch_sharding=None, donate: bool = True):
+  """Returns jitted `step(state, images, labels, perm, index, key, aux, metrics)`.
+
+  images uint8 [N, H, W, C] and labels int32 [N] are the whole split; the batch is
+  perm[index * batch_size : (index + 1) * batch_size]. The augmentation key is
+  fold_in(key, state.step), so a run resumed from a checkpoint sees the same randomness.
+  metrics accumulates loss sum, correct count and example count on device (no host sync).
+  """
+
+  def step(state: TrainState, images, labels, perm, index, key, aux, metrics):
+    idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
+    x = augment(jax.random.fold_in(key, state.step), images[idx])
+    y = labels[idx]
+    if batch_sharding is not None:
+      x = jax.lax.with_sharding_constraint(x, batch_sharding)
+      y = jax.lax.with_sharding_constraint(y, batch_sharding)
+
+    def loss_fn(params):
+      used = hooks.forward_params(params, aux) if hooks.forward_params else params
+      logits, new_vars = model.apply({'params': used, 'batch_stats': state.batch_stats}, x,
+                                     train=True, mutable=['batch_stats'])
+      loss = cross_entropy(logits, y)
+      total = loss + hooks.extra_loss(params, aux) if hooks.extra_loss else loss
+      return total, (loss, logits, new_vars['batch_stats'])
+
+    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   freeze_mask=(aux or {}).get('freeze_mask'))
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    metrics = {'loss': metrics['loss'] + loss * batch_size,
+               'correct': metrics['correct'] + jnp.sum(jnp.argmax(logits, -1) == y),
+               'count': metrics['count'] + batch_size}
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=(0, 7) if donate else ())
+
+
+def make_eval_fn(model, batch_size: int, batch_sharding=None):
+  """Returns jitted `evaluate(variables, images, labels) -> {'loss', 'correct', 'count'}` sums.
+
+  The split is padded to a multiple of batch_size and scanned with lax.map (one compile per
+  split size); padded examples are masked out.
+  """
+
+  def evaluate(variables, images, labels):
+    n = labels.shape[0]
+    pad = (-n) % batch_size
+    images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
+    labels = jnp.pad(labels, (0, pad))
+    valid = jnp.arange(n + pad) < n
+    shape = (-1, batch_size)
+
+    def one_batch(batch):
+      x, y, v = batch
+      if batch_sharding is not None:
+        x = jax.lax.with_sharding_constraint(x, batch_sharding)
+      logits = model.apply(variables, x, train=False)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return (jnp.sum(jnp.where(v, losses, 0.0)),
+              jnp.sum(jnp.where(v, jnp.argmax(logits, -1) == y, False)))
+
+    losses, correct = jax.lax.map(
+        one_batch, (images.reshape(shape + images.shape[1:]), labels.reshape(shape),
+                    valid.reshape(shape)))
+    return {'loss': losses.sum(), 'correct': correct.sum(), 'count': jnp.asarray(n)}
+
+  return jax.jit(evaluate)

@@ -118,7 +118,8 @@ def chain_groups(params, *, dense: bool = False) -> Groups:
 def _blocks(params):
   """{stage: [block names in order]} for 'stage{s}_block{b}' entries."""
   pattern = re.compile(r'^stage(\d+)_block(\d+)$')
-  found = sorted((int(m.group(1)), int(m.group(2)), n) for n in params if (m := pattern.match(n)))
+  names = {n.split('/')[0] for n in params}
+  found = sorted((int(m.group(1)), int(m.group(2)), n) for n in names if (m := pattern.match(n)))
   stages: Dict[int, list] = {}
   for s, _, name in found:
     stages.setdefault(s, []).append(name)

@@ -1,0 +1,159 @@
+"""Vmapped candidate search: score K candidate masks in one compiled evaluation.
+
+A candidate is (criterion, ratio, selection) -> masks. `evaluate_candidates` takes the K masks
+stacked ({group: bool[K, C]}) and, per candidate, in one jit(vmap(...)):
+  1. re-estimates every BatchNorm's statistics on a few training batches: train-mode forward of
+     the masked model, per batch the mean and (biased) variance of each BN input, averaged over
+     batches (a precise-BN estimate; pruning shifts every downstream distribution, so the
+     pretraining running averages would misjudge all candidates);
+  2. evaluates eval-mode accuracy and mean cross-entropy on held-out images with those statistics.
+Masks are applied as activation gates (`apply_with_gates`), so weights stay unbatched and XLA
+folds K into the batch dimension; it compiles once for all K (shapes do not depend on the masks).
+
+Images are pre-batched: bn_images uint8[B, N, H, W, C]; eval_images uint8[E, M, H, W, C] with
+eval_labels int[E, M]. The batches run sequentially (lax.map) to bound memory: K * M images are
+live at a time.
+"""
+import dataclasses
+import functools
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from qprune.prune.criteria import score
+from qprune.prune.groups import Groups
+from qprune.prune.masks import apply_with_gates, stack_masks
+from qprune.prune.selection import select
+from qprune.prune.shrink import mask_cost
+
+
+def batched(x, batch_size: int):
+  """[N, ...] -> [N // batch_size, batch_size, ...] (the remainder is dropped)."""
+  n = (x.shape[0] // batch_size) * batch_size
+  if n == 0:
+    raise ValueError(f'need at least {batch_size} examples, got {x.shape[0]}')
+  return x[:n].reshape((n // batch_size, batch_size) + x.shape[1:])
+
+
+def _float_gates(masks):
+  return None if masks is None else {k: jnp.asarray(m, jnp.float32) for k, m in masks.items()}
+
+
+def reestimate_bn_stats(model, groups: Groups, variables, masks, bn_images):
+  """batch_stats of the masked model: mean over batches of each BN input's batch mean / var.
+
+  masks: {group: bool[C]} or None (unmasked). bn_images: uint8[B, N, H, W, C].
+  """
+  gates = _float_gates(masks)
+
+  def one_batch(images):
+    stats = {}
+    apply_with_gates(model, variables, images, groups, gates, train=True, bn_stats=stats)
+    return stats
+
+  per_batch = jax.lax.map(one_batch, bn_images)
+  flat = {}
+  for path, (mean, var) in per_batch.items():
+    flat[f'{path}/mean'] = mean.mean(axis=0)
+    flat[f'{path}/var'] = var.mean(axis=0)
+  return traverse_util.unflatten_dict(flat, sep='/')
+
+
+def evaluate_masks(model, groups: Groups, variables, masks, bn_images, eval_images, eval_labels):
+  """{'accuracy', 'loss'} (scalars) of one candidate; see the module docstring.
+
+  bn_images=None keeps the variables' own batch statistics.
+  """
+  gates = _float_gates(masks)
+  if bn_images is not None:
+    variables = {'params': variables['params'],
+                 'batch_stats': reestimate_bn_stats(model, groups, variables, masks, bn_images)}
+
+  def one_batch(batch):
+    images, labels = batch
+    logits = apply_with_gates(model, variables, images, groups, gates)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+    correct = (logits.argmax(-1) == labels).sum()
+    return loss, correct
+
+  losses, corrects = jax.lax.map(one_batch, (eval_images, eval_labels))
+  total = eval_labels.size
+  return {'accuracy': corrects.sum() / total, 'loss': losses.sum() / total}
+
+
+evaluate_masks_jit = jax.jit(evaluate_masks, static_argnums=(0, 1))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def evaluate_candidates(model, groups: Groups, variables, stacked_masks, bn_images, eval_images,
+                        eval_labels):
+  """evaluate_masks for K candidates at once: stacked_masks {group: bool[K, C]} -> {metric: [K]}."""
+  one = functools.partial(evaluate_masks, model, groups, variables)
+  return jax.vmap(one, in_axes=(0, None, None, None))(stacked_masks, bn_images, eval_images,
+                                                         eval_labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  criterion: str
+  ratio: float
+  selection: str
+
+  @property
+  def description(self) -> str:
+    return f'{self.criterion}/{self.selection}/ratio={self.ratio:g}'
+
+
+def candidate_grid(criteria: Sequence[str], ratios: Sequence[float],
+                   selections: Sequence[str]) -> List[Candidate]:
+  return [Candidate(c, float(r), s) for c in criteria for s in selections for r in ratios]
+
+
+def candidate_masks(variables, groups: Groups, candidates: Sequence[Candidate], **data):
+  """Masks of every candidate; each criterion is scored once. data: model=, batches=, rng=."""
+  scores = {c: score(c, variables, groups, **data) for c in {c.criterion for c in candidates}}
+  return [select(c.selection, scores[c.criterion], groups, c.ratio) for c in candidates]
+
+
+def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
+                max_macs: Optional[int] = None) -> int:
+  """Index of the best row: highest accuracy (then lowest loss) among rows within the budget.
+
+  rows: dicts with 'accuracy', 'loss', 'params', 'macs'. If no row fits, the cheapest row (by
+  params if max_params is set, else MACs) is returned so a run never ends without a model.
+  """
+  def fits(r):
+    return ((max_params is None or r['params'] <= max_params) and
+            (max_macs is None or r['macs'] <= max_macs))
+
+  feasible = [i for i, r in enumerate(rows) if fits(r)]
+  if not feasible:
+    key = 'params' if max_params is not None else 'macs'
+    return min(range(len(rows)), key=lambda i: rows[i][key])
+  return max(feasible, key=lambda i: (rows[i]['accuracy'], -rows[i]['loss']))
+
+
+def search(model, variables, groups: Groups, candidates: Sequence[Candidate], input_shape,
+           bn_images, eval_images, eval_labels, *, max_params=None, max_macs=None,
+           **data) -> Tuple[int, List[dict], List[Dict]]:
+  """Build, cost and score every candidate; returns (best index, rows, masks list).
+
+  rows[k] = {'description', 'criterion', 'ratio', 'selection', 'params', 'macs', 'accuracy',
+  'loss'} (JSON-able). data: model-free extras for criteria (batches=, rng=).
+  """
+  groups = tuple(groups)
+  masks = candidate_masks(variables, groups, candidates, model=model, **data)
+  metrics = jax.device_get(evaluate_candidates(model, groups, variables, stack_masks(masks),
+                                               bn_images, eval_images, eval_labels))
+  rows = []
+  for k, (cand, m) in enumerate(zip(candidates, masks)):
+    cost = mask_cost(model, variables, groups, m, input_shape)
+    rows.append({'description': cand.description, 'criterion': cand.criterion,
+                 'ratio': cand.ratio, 'selection': cand.selection, **cost,
+                 'accuracy': float(metrics['accuracy'][k]), 'loss': float(metrics['loss'][k])})
+  best = choose_best(rows, max_params=max_params, max_macs=max_macs)
+  return best, rows, [jax.tree_util.tree_map(np.asarray, m) for m in masks]

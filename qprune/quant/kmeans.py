@@ -11,15 +11,18 @@ exponents, so its values are {0, ±2^e}. Everything (all layers, all k) runs in 
   sorted data between the midpoints of adjacent centers, so one Lloyd step is k binary searches
   plus prefix-sum differences: O(k log N) instead of O(k N). Rows are centered (mean subtracted)
   before the prefix sum to keep float32 differences accurate.
+* Initialisation (deterministic, all k at once): each row's value range is cut into `num_bins`
+  equal bins, and dynamic programming finds the exact k-means optimum among partitions whose cuts
+  lie on bin edges (D_j[i] = min_m D_{j-1}[m] + SSE(bins m..i-1), O(k_max·B²) per layer, exact
+  cluster sums from the prefix sums). Lloyd's iterations then polish the split on the raw values.
+  Lloyd never increases the SSE, so the result is at least as good as the best bin-aligned
+  partition (the global optimum whenever no two values that the optimum separates share a bin,
+  e.g. on every small test case), and it is a Lloyd fixed point.
 * Centers are padded to k_max; the k of a lane only masks which centers are live. `jax.vmap`
   runs all (layer, k) lanes together; a `lax.while_loop` iterates until the largest center
   shift of every lane is below `tol` (in log2 units) or `max_iter`.
-* Deterministic init: center c of k sits at the ((c + 1/2)/k)-quantile of the sorted values.
-  A layer with fewer distinct values than k gets duplicate or empty clusters; empty clusters are
-  dropped and duplicate rounded centers de-duplicated, so its set has fewer than k exponents.
-
-Lloyd's method finds a local optimum (like scikit-learn's KMeans with n_init=1); on well separated
-data it is the global one.
+* A layer with fewer distinct values than k gets empty clusters (dropped) or duplicate rounded
+  centers (de-duplicated), so its set has fewer than k exponents. An all-zero layer gets none.
 
 Adaptive k (all on host from the [L, k_max] table of candidate sets and errors, no recompiles):
 fixed k; the smallest k whose relative L1 error Σ|W−Ŵ|/Σ|W| (eq. 3.2 normalised by the layer's
@@ -69,24 +72,71 @@ def _padded_log2_rows(layers: Sequence[jax.Array], log2_range: float):
 
 
 def _centered_prefix_sums(sorted_x: jax.Array, count: jax.Array):
-  """(mean, prefix [N+1]) with prefix[i] = Σ_{j<i} (x_j − mean) over valid entries."""
+  """(mean, prefix [N+1], prefix_sq [N+1]): running Σ(x − mean) and Σ(x − mean)² of valid x."""
   valid = jnp.arange(sorted_x.shape[0]) < count
   finite = jnp.where(valid, sorted_x, 0.0)
   mean = jnp.sum(finite) / jnp.maximum(count, 1)
   centered = jnp.where(valid, finite - mean, 0.0)
-  return mean, jnp.concatenate([jnp.zeros((1,), jnp.float32), jnp.cumsum(centered)])
+  zero = jnp.zeros((1,), jnp.float32)
+  return (mean, jnp.concatenate([zero, jnp.cumsum(centered)]),
+          jnp.concatenate([zero, jnp.cumsum(centered * centered)]))
 
 
 # ---------------------------------------------------------------------------------------------
-# 1-D Lloyd on sorted data.
+# Initialisation: exact k-means over bin-aligned partitions (dynamic programming).
 
-def _quantile_init(sorted_x, count, k, k_max):
-  """Center c < k at the ((c + 1/2)/k)-quantile; padding centers copy the largest value."""
-  c = jnp.arange(k_max)
-  index = ((2 * c + 1) * count) // (2 * k)
-  index = jnp.where(c < k, index, count - 1)
-  return jnp.where(count > 0, sorted_x[jnp.clip(index, 0, sorted_x.shape[0] - 1)], 0.0)
+def _bin_edges(sorted_x, count, num_bins: int):
+  """[B+1] positions in sorted_x of B equal-width bins spanning [min, max] of the valid values."""
+  lo = sorted_x[0]
+  hi = sorted_x[jnp.maximum(count - 1, 0)]
+  edges = lo + (hi - lo) * jnp.arange(1, num_bins, dtype=jnp.float32) / num_bins
+  inner = jnp.minimum(jnp.searchsorted(sorted_x, edges, side='left'), count).astype(jnp.int32)
+  return jnp.concatenate([jnp.zeros((1,), jnp.int32), inner, count[None]])
 
+
+def _run_costs(positions, prefix, prefix_sq):
+  """C [B+1, B+1]: SSE of one cluster holding bins m..i-1 (C[m, i], inf unless m < i)."""
+  n = (positions[None, :] - positions[:, None]).astype(jnp.float32)
+  s = prefix[positions][None, :] - prefix[positions][:, None]
+  q = prefix_sq[positions][None, :] - prefix_sq[positions][:, None]
+  cost = jnp.maximum(q - s * s / jnp.maximum(n, 1.0), 0.0)
+  m, i = jnp.indices(n.shape)
+  return jnp.where(m < i, cost, jnp.inf)
+
+
+def _best_starts(costs, k_max: int):
+  """A [K, B+1]: A[j-1, i] = first bin of cluster j in the best j-cluster split of bins [0, i).
+
+  D_1[i] = C[0, i];  D_j[i] = min_m D_{j-1}[m] + C[m, i]  (Bellman, O(K·B²) for all k at once).
+  """
+  def add_cluster(best, _):
+    total = best[:, None] + costs
+    return jnp.min(total, axis=0), jnp.argmin(total, axis=0).astype(jnp.int32)
+  first = jnp.zeros((costs.shape[0],), jnp.int32)
+  _, starts = jax.lax.scan(add_cluster, costs[0], None, length=k_max - 1)
+  return jnp.concatenate([first[None], starts])
+
+
+def _dp_centers(sorted_x, count, k, starts, positions, prefix, mean):
+  """Centers [K] of the best bin-aligned k-cluster split; clusters >= k and empty ones sit on the
+  next data value, so centers stay sorted."""
+  k_max, num_bins = starts.shape[0], starts.shape[1] - 1
+
+  def peel(end, j):  # j = K..1: cluster j spans bins [start, end)
+    active = j <= k
+    start = jnp.where(active, starts[j - 1, end], end)
+    return start, (start, end)
+
+  _, (lo, hi) = jax.lax.scan(peel, jnp.int32(num_bins), jnp.arange(k_max, 0, -1))
+  lo, hi = positions[lo[::-1]], positions[hi[::-1]]
+  sizes = hi - lo
+  means = (prefix[hi] - prefix[lo]) / jnp.maximum(sizes, 1) + mean
+  next_value = sorted_x[jnp.clip(lo, 0, jnp.maximum(count - 1, 0))]
+  return jnp.where(count > 0, jnp.where(sizes > 0, means, next_value), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lloyd polish on the raw sorted data.
 
 def _cluster_bounds(sorted_x, count, k, centers):
   """[K+1] run boundaries: cluster c owns sorted_x[b[c]:b[c+1]]; clusters >= k are empty."""
@@ -107,24 +157,19 @@ def _lloyd_step(sorted_x, prefix, count, k, centers_centered, mean):
   return new, sizes
 
 
-def _kmeans_1d(sorted_x, count, k, k_max: int, max_iter: int, tol: float):
-  """Lloyd's k-means of one sorted row for one k: (centers [K], sizes [K])."""
-  mean, prefix = _centered_prefix_sums(sorted_x, count)
-  init = _quantile_init(sorted_x, count, k, k_max) - mean
-
+def _lloyd(sorted_x, prefix, count, k, init, mean, max_iter: int, tol: float):
+  """Lloyd iterations from `init` until the largest center shift <= tol: (centers, sizes)."""
   def keep_going(state):
-    _, _, shift, it = state
+    _, shift, it = state
     return (shift > tol) & (it < max_iter)
 
   def body(state):
-    centers, _, _, it = state
-    new, sizes = _lloyd_step(sorted_x, prefix, count, k, centers, mean)
-    return new, sizes, jnp.max(jnp.abs(new - centers)), it + 1
+    centers, _, it = state
+    new, _ = _lloyd_step(sorted_x, prefix, count, k, centers, mean)
+    return new, jnp.max(jnp.abs(new - centers)), it + 1
 
-  sizes0 = jnp.zeros((k_max,), jnp.int32)
-  centers, _, _, _ = jax.lax.while_loop(keep_going, body, (init, sizes0, jnp.inf, 0))
-  # Sizes of the final assignment (the loop's are those of the step before its last update).
-  _, sizes = _lloyd_step(sorted_x, prefix, count, k, centers, mean)
+  centers, _, _ = jax.lax.while_loop(keep_going, body, (init - mean, jnp.inf, 0))
+  _, sizes = _lloyd_step(sorted_x, prefix, count, k, centers, mean)  # sizes of the final centers
   return centers + mean, sizes
 
 
@@ -142,25 +187,31 @@ def _rounded_unique_exponents(centers, sizes, k):
   return jnp.where(valid, e, 0), valid
 
 
-def _cluster_row_all_k(sorted_x, count, k_max, max_iter, tol):
+def _cluster_row_all_k(sorted_x, count, k_max, max_iter, tol, num_bins):
   """All k = 1..K for one row: stacked Clusters fields [K, K]."""
+  mean, prefix, prefix_sq = _centered_prefix_sums(sorted_x, count)
+  positions = _bin_edges(sorted_x, count, num_bins)
+  starts = _best_starts(_run_costs(positions, prefix, prefix_sq), k_max)
+
   def one_k(k):
-    centers, sizes = _kmeans_1d(sorted_x, count, k, k_max, max_iter, tol)
+    init = _dp_centers(sorted_x, count, k, starts, positions, prefix, mean)
+    centers, sizes = _lloyd(sorted_x, prefix, count, k, init, mean, max_iter, tol)
     e, valid = _rounded_unique_exponents(centers, sizes, k)
     return centers, sizes, e, valid
   return jax.vmap(one_k)(jnp.arange(1, k_max + 1))
 
 
-@functools.partial(jax.jit, static_argnames=('k_max', 'max_iter', 'tol', 'log2_range'))
+@functools.partial(jax.jit, static_argnames=('k_max', 'max_iter', 'tol', 'log2_range', 'num_bins'))
 def cluster_all(layers: Sequence[jax.Array], k_max: int = 8, max_iter: int = 100,
-                tol: float = 1e-4, log2_range: float = 24.0) -> Clusters:
+                tol: float = 1e-4, log2_range: float = 24.0, num_bins: int = 256) -> Clusters:
   """k-means on log2|w| of every layer (a list of arrays, any shapes) for every k = 1..k_max.
 
   One compiled call per (layer shapes, k_max); see the module docstring for the method.
   Returns `Clusters` with leading axis = layer order of `layers`.
   """
   sorted_x, counts = _padded_log2_rows(list(layers), log2_range)
-  per_row = functools.partial(_cluster_row_all_k, k_max=k_max, max_iter=max_iter, tol=tol)
+  per_row = functools.partial(_cluster_row_all_k, k_max=k_max, max_iter=max_iter, tol=tol,
+                              num_bins=num_bins)
   return Clusters(*jax.vmap(per_row)(sorted_x, counts))
 
 

@@ -4,7 +4,9 @@ For every layer l and every k in 1..k_max, Lloyd's k-means clusters the layer's 
 `x = log2|w|` into k clusters; the centers, rounded to integers and de-duplicated, are the layer's
 exponents, so its values are {0, ±2^e}. Everything (all layers, all k) runs in ONE compiled call:
 
-* Layers are flattened, padded to a common length N and stacked: x [L, N]. Zeros, and weights
+* Layers are flattened, padded and stacked: x [L, N]. Layers are split into at most
+  `max_groups` groups of similar size (least padding), one vmapped computation per group inside
+  the same compiled call, so small layers are not padded to the largest one. Zeros, and weights
   smaller than `max|w|·2^-log2_range` (negligible; also avoids float32 denormals whose log2 is
   -inf) are excluded from clustering; they become the zero code through the quantizer.
 * Each row is sorted once. In 1-D, with sorted centers, each cluster is a contiguous run of the
@@ -58,6 +60,30 @@ class Clusters(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Data preparation.
 
+def _length_groups(layers: Sequence[jax.Array], max_groups: int) -> list:
+  """Layer indices split into <= max_groups groups of similar size, minimising the padded total
+  Σ_group len(group)·max size (exact DP over the size-sorted layers; runs at trace time)."""
+  sizes = [int(np.prod(w.shape)) for w in layers]
+  order = sorted(range(len(sizes)), key=sizes.__getitem__)
+  sorted_sizes = [sizes[i] for i in order]
+  n, inf = len(order), float('inf')
+  # cost[g][i]: best padded total of the i smallest layers in g groups; cut[g][i]: last group start.
+  cost = [[0.0] + [inf] * n] + [[inf] * (n + 1) for _ in range(max_groups)]
+  cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+  for g in range(1, max_groups + 1):
+    for i in range(1, n + 1):
+      for j in range(i):
+        c = cost[g - 1][j] + (i - j) * sorted_sizes[i - 1]
+        if c < cost[g][i]:
+          cost[g][i], cut[g][i] = c, j
+  g = min(range(1, max_groups + 1), key=lambda g: cost[g][n])
+  groups, i = [], n
+  while i > 0:
+    groups.append(order[cut[g][i]:i])
+    i, g = cut[g][i], g - 1
+  return [grp for grp in groups[::-1] if grp]
+
+
 def _padded_log2_rows(layers: Sequence[jax.Array], log2_range: float):
   """Stack layers as sorted log2|w| rows [L, N] (+inf padded) and their valid counts [L]."""
   length = max(int(np.prod(w.shape)) for w in layers)
@@ -69,6 +95,20 @@ def _padded_log2_rows(layers: Sequence[jax.Array], log2_range: float):
     rows.append(jnp.pad(x, (0, length - x.shape[0]), constant_values=jnp.inf))
   x = jnp.sort(jnp.stack(rows), axis=1)
   return x, jnp.sum(jnp.isfinite(x), axis=1).astype(jnp.int32)
+
+
+def _per_length_group(row_fn, layers: Sequence[jax.Array], log2_range: float, max_groups: int):
+  """Applies `row_fn(sorted_x, count)` vmapped over each group of similar-length layers and
+  returns its outputs stacked in the original layer order. Padding every layer to the longest
+  one would waste most of the work on small layers; each group costs one more copy of the
+  computation to compile, hence few groups."""
+  outputs, order = [], []
+  for group in _length_groups(layers, max_groups):
+    sorted_x, counts = _padded_log2_rows([layers[i] for i in group], log2_range)
+    outputs.append(jax.vmap(row_fn)(sorted_x, counts))
+    order += group
+  inverse = np.argsort(np.asarray(order))
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs)[inverse], *outputs)
 
 
 def _centered_prefix_sums(sorted_x: jax.Array, count: jax.Array):
@@ -187,32 +227,48 @@ def _rounded_unique_exponents(centers, sizes, k):
   return jnp.where(valid, e, 0), valid
 
 
-def _cluster_row_all_k(sorted_x, count, k_max, max_iter, tol, num_bins):
-  """All k = 1..K for one row: stacked Clusters fields [K, K]."""
+def _row_init_all_k(sorted_x, count, k_max: int, num_bins: int):
+  """(centers [K, K] DP initial centers for k = 1..K, mean, prefix) of one row."""
   mean, prefix, prefix_sq = _centered_prefix_sums(sorted_x, count)
   positions = _bin_edges(sorted_x, count, num_bins)
   starts = _best_starts(_run_costs(positions, prefix, prefix_sq), k_max)
+  init = jax.vmap(lambda k: _dp_centers(sorted_x, count, k, starts, positions, prefix, mean))
+  return init(jnp.arange(1, k_max + 1)), mean, prefix
 
-  def one_k(k):
-    init = _dp_centers(sorted_x, count, k, starts, positions, prefix, mean)
+
+def _cluster_row_all_k(sorted_x, count, k_max, max_iter, tol, num_bins):
+  """All k = 1..K for one row: stacked Clusters fields [K, K]."""
+  inits, mean, prefix = _row_init_all_k(sorted_x, count, k_max, num_bins)
+
+  def one_k(k, init):
     centers, sizes = _lloyd(sorted_x, prefix, count, k, init, mean, max_iter, tol)
     e, valid = _rounded_unique_exponents(centers, sizes, k)
     return centers, sizes, e, valid
-  return jax.vmap(one_k)(jnp.arange(1, k_max + 1))
+  return jax.vmap(one_k)(jnp.arange(1, k_max + 1), inits)
 
 
-@functools.partial(jax.jit, static_argnames=('k_max', 'max_iter', 'tol', 'log2_range', 'num_bins'))
+@functools.partial(jax.jit, static_argnames=('k_max', 'max_iter', 'tol', 'log2_range', 'num_bins',
+                                             'max_groups'))
 def cluster_all(layers: Sequence[jax.Array], k_max: int = 8, max_iter: int = 100,
-                tol: float = 1e-4, log2_range: float = 24.0, num_bins: int = 256) -> Clusters:
+                tol: float = 1e-4, log2_range: float = 24.0, num_bins: int = 256,
+                max_groups: int = 3) -> Clusters:
   """k-means on log2|w| of every layer (a list of arrays, any shapes) for every k = 1..k_max.
 
   One compiled call per (layer shapes, k_max); see the module docstring for the method.
   Returns `Clusters` with leading axis = layer order of `layers`.
   """
-  sorted_x, counts = _padded_log2_rows(list(layers), log2_range)
   per_row = functools.partial(_cluster_row_all_k, k_max=k_max, max_iter=max_iter, tol=tol,
                               num_bins=num_bins)
-  return Clusters(*jax.vmap(per_row)(sorted_x, counts))
+  return Clusters(*_per_length_group(per_row, list(layers), log2_range, max_groups))
+
+
+@functools.partial(jax.jit, static_argnames=('k_max', 'log2_range', 'num_bins', 'max_groups'))
+def initial_centers(layers: Sequence[jax.Array], k_max: int = 8, log2_range: float = 24.0,
+                    num_bins: int = 256, max_groups: int = 3) -> jax.Array:
+  """[L, K, K] the deterministic DP initial centers `cluster_all` starts Lloyd from (for k at
+  index k-1 (its first k entries are live)); e.g. to give another k-means the same start."""
+  per_row = lambda x, c: _row_init_all_k(x, c, k_max, num_bins)[0]
+  return _per_length_group(per_row, list(layers), log2_range, max_groups)
 
 
 # ---------------------------------------------------------------------------------------------

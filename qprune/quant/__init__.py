@@ -5,7 +5,8 @@ from qprune.quant.export import (FORMAT_VERSION, float32_nbytes, load_quantized,
 from qprune.quant.inq import (DEFAULT_SCHEDULE, freeze_frozen_updates, freeze_mask, no_frozen,
                               run_inq, snap, zero_frozen)
 from qprune.quant.kmeans import (CandidateTable, Clusters, candidate_errors, candidate_table,
-                                 cluster_all, exponent_sets, kmeans_targets, select_by_bit_budget,
+                                 cluster_all, exponent_sets, initial_centers, kmeans_targets,
+                                 select_by_bit_budget,
                                  select_by_tolerance, select_fixed_k)
 from qprune.quant.report import average_bits, format_table, layer_report
 from qprune.quant.targets import (Targets, bits_per_weight, default_path_filter, in_target_set,

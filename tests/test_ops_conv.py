@@ -1,0 +1,93 @@
+"""The 'fast' conv (custom kernel gradient) matches lax.conv_general_dilated and its autodiff."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from qprune.ops import conv as conv_ops
+
+CASES = [
+    # (N, H, W, C_in, C_out, k, stride, padding)
+    (2, 8, 8, 16, 16, 3, 1, 'SAME'),
+    (3, 9, 7, 5, 7, 3, 1, 'SAME'),      # odd spatial, odd channels, patch path (C_in < 8)
+    (3, 9, 7, 9, 5, 3, 2, 'SAME'),      # stride 2, odd sizes -> asymmetric SAME padding
+    (2, 11, 11, 3, 6, 3, 2, 'VALID'),
+    (2, 7, 9, 10, 3, 1, 1, 'SAME'),     # 1x1
+    (2, 9, 9, 12, 5, 1, 2, 'VALID'),    # 1x1 stride 2
+    (2, 13, 13, 1, 4, 5, 1, 'VALID'),   # lenet-like 5x5, one input channel
+    (2, 12, 10, 9, 4, 5, 2, 'SAME'),    # 5x5 stride 2
+    (5, 6, 6, 8, 8, 3, 1, 'VALID'),
+]
+
+
+def _loss(conv, x, w, t):
+  return jnp.sum(conv(x, w) * t)
+
+
+@pytest.mark.parametrize('n,h,w,cin,cout,k,s,pad', CASES)
+def test_fast_matches_xla(n, h, w, cin, cout, k, s, pad):
+  kx, kw, kt = jax.random.split(jax.random.key(n * 100 + h * 10 + k), 3)
+  x = jax.random.normal(kx, (n, h, w, cin))
+  ker = jax.random.normal(kw, (k, k, cin, cout))
+  ref_conv = lambda x, w: conv_ops.xla_conv2d(x, w, (s, s), pad)
+  fast_conv = lambda x, w: conv_ops.conv2d(x, w, (s, s), pad, impl='fast')
+  y_ref = ref_conv(x, ker)
+  t = jax.random.normal(kt, y_ref.shape)
+  y = jax.jit(fast_conv)(x, ker)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
+  g_ref = jax.jit(jax.grad(lambda x, w: _loss(ref_conv, x, w, t), (0, 1)))(x, ker)
+  g = jax.jit(jax.grad(lambda x, w: _loss(fast_conv, x, w, t), (0, 1)))(x, ker)
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * float(jnp.max(jnp.abs(b))))
+
+
+def test_multi_block_scan():
+  """Batch large enough for several scan blocks (incl. a batch with no convenient divisor)."""
+  for n in (40, 37):
+    x = jax.random.normal(jax.random.key(n), (n, 32, 32, 8))
+    dy = jax.random.normal(jax.random.key(1), (n, 32, 32, 8))
+    ref = jax.vjp(lambda w: conv_ops.xla_conv2d(x, w), jnp.zeros((3, 3, 8, 8)))[1](dy)[0]
+    got = jax.jit(lambda x, dy: conv_ops.kernel_grad(x, dy, (3, 3), (1, 1), 'SAME',
+                                                    jnp.float32))(x, dy)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_bf16_inputs():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 8), jnp.bfloat16)
+  w = jax.random.normal(jax.random.key(1), (3, 3, 8, 4), jnp.bfloat16)
+  f = lambda impl: jax.grad(lambda x, w: conv_ops.conv2d(x, w, impl=impl).astype(jnp.float32).sum(),
+                            (0, 1))(x, w)
+  (dx, dw), (dx_ref, dw_ref) = f('fast'), f('xla')
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+  np.testing.assert_allclose(dw.astype(np.float32), dw_ref.astype(np.float32), rtol=3e-2, atol=0.5)
+  np.testing.assert_allclose(dx.astype(np.float32), dx_ref.astype(np.float32), rtol=3e-2, atol=0.5)
+
+
+def test_resolve_impl():
+  assert conv_ops.resolve_impl('xla') == 'xla'
+  assert conv_ops.resolve_impl('auto') == ('fast' if jax.default_backend() == 'cpu' else 'xla')
+  with pytest.raises(ValueError):
+    conv_ops.resolve_impl('nope')
+
+
+def test_resnet20_gradients_match():
+  from qprune.models import create_model, init_variables
+  images = jax.random.randint(jax.random.key(3), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)
+  labels = jnp.arange(4) % 10
+
+  def grads(impl):
+    model = create_model('resnet20', 10, width=0.25, conv_impl=impl)
+    variables = init_variables(model, jax.random.key(0), (32, 32, 3))
+
+    def loss(params):
+      logits, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, images,
+                              train=True, mutable=['batch_stats'])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    return jax.jit(jax.value_and_grad(loss))(variables['params'])
+
+  (l_fast, g_fast), (l_xla, g_xla) = grads('fast'), grads('xla')
+  np.testing.assert_allclose(l_fast, l_xla, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_xla)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * (1 + float(jnp.max(jnp.abs(b)))))

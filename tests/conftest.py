@@ -4,11 +4,18 @@ Without that data the real-data tests are skipped on a developer machine but FAI
 (CI=true), so a CI run can never pass by silently skipping them.
 """
 import os
-
-import numpy as np
-import pytest
+import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tests build many small models whose steps compile to the same HLO (and subprocesses repeat
+# them): XLA's persistent cache turns those repeats into cache hits. Set before JAX starts.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'qprune-test-jax-cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def shared_data_dir() -> str:

@@ -129,7 +129,8 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   replicated = parallel.replicated(mesh)
   per_epoch = steps_per_epoch(data.train.size, options.batch_size)
   tx = make_optimizer(options, data.train.size)
-  state = jax.device_put(create_state(variables, tx), replicated)
+  # A copy: the train step donates its state, and the caller keeps using `variables`.
+  state = jax.device_put(create_state(variables, tx), replicated, may_alias=False)
   aux = jax.device_put(aux, replicated) if aux is not None else {}
   train_step = steps.make_train_step(model, tx, options.batch_size,
                                      pipeline.AUGMENTATIONS[options.augment], hooks,

@@ -1,0 +1,147 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qprune import models
+from qprune.data import pipeline
+from qprune.train import loop, optim
+
+from conftest import REPO_ROOT
+
+
+def _lenet(seed=0):
+  model = models.create_model('lenet5', 10, mean=(0.1307,), std=(0.3081,))
+  return model, models.init_variables(model, jax.random.PRNGKey(seed), (28, 28, 1))
+
+
+def _subset(data, n_train, n_test=256):
+  cut = lambda s, n: pipeline.Split(s.images[:n], s.labels[:n])
+  return pipeline.Data(data.info, cut(data.train, n_train), cut(data.test, n_test))
+
+
+def _leaves_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                    jax.tree_util.tree_leaves(b)))
+
+
+@pytest.mark.real_data
+def test_lenet_learns_real_mnist(mnist_small):
+  model, variables = _lenet()
+  options = loop.TrainOptions(epochs=2, batch_size=64, learning_rate=0.05, progress=False)
+  result = loop.fit(model, variables, mnist_small, options, None)
+  assert result.epochs_run == 2 and len(result.history) == 2
+  assert result.history[1]['train_loss'] < result.history[0]['train_loss']
+  assert result.test_accuracy > 0.9  # 2048 real images, 2 epochs
+
+
+@pytest.mark.real_data
+def test_sigterm_mid_epoch_then_resume_gives_identical_params(mnist_small, tmp_path):
+  data = _subset(mnist_small, 512)
+  model, variables = _lenet()
+  options = loop.TrainOptions(epochs=3, batch_size=64, learning_rate=0.05, progress=False)
+  straight = loop.fit(model, variables, data, options, str(tmp_path / 'a'))
+
+  def preempt_after_first_epoch(epoch, state, extra):
+    if epoch == 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # noticed at the next step, mid-epoch 2
+    return extra, False, {}
+
+  with pytest.raises(SystemExit, match='SIGTERM'):
+    loop.fit(model, variables, data, options, str(tmp_path / 'b'),
+             on_epoch_end=preempt_after_first_epoch)
+  resumed = loop.fit(model, variables, data, options, str(tmp_path / 'b'))
+  assert _leaves_equal(straight.state.params, resumed.state.params)
+  assert _leaves_equal(straight.state.batch_stats, resumed.state.batch_stats)
+  lines = (tmp_path / 'b' / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
+  assert [h['train_loss'] for h in resumed.history] == [h['train_loss'] for h in straight.history]
+
+
+@pytest.mark.real_data
+def test_finished_run_is_not_retrained(mnist_small, tmp_path):
+  data = _subset(mnist_small, 256)
+  model, variables = _lenet()
+  options = loop.TrainOptions(epochs=1, batch_size=64, progress=False)
+  first = loop.fit(model, variables, data, options, str(tmp_path))
+  again = loop.fit(model, variables, data, options, str(tmp_path))
+  assert _leaves_equal(first.state.params, again.state.params)
+  assert len((tmp_path / 'metrics.jsonl').read_text().splitlines()) == 1
+
+
+@pytest.mark.real_data
+def test_frozen_elements_never_move(mnist_small):
+  data = _subset(mnist_small, 256)
+  model, variables = _lenet()
+  rng = np.random.default_rng(0)
+  freeze = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.random(p.shape) < 0.5),
+                                  variables['params'])
+  options = loop.TrainOptions(epochs=2, batch_size=64, weight_decay=1e-2, progress=False)
+  result = loop.fit(model, variables, data, options, None, aux={'freeze_mask': freeze})
+  for before, after, frozen in zip(*(jax.tree_util.tree_leaves(t) for t in
+                                     (variables['params'], result.state.params, freeze))):
+    np.testing.assert_array_equal(np.asarray(after)[np.asarray(frozen)],
+                                  np.asarray(before)[np.asarray(frozen)])
+    assert np.any(np.asarray(after)[~np.asarray(frozen)] != np.asarray(before)[~np.asarray(frozen)])
+
+
+def test_diverging_loss_stops_with_a_hint(tmp_path):
+  model, variables = _lenet()
+  rng = np.random.default_rng(0)
+  split = pipeline.Split(jnp.asarray(rng.integers(0, 256, (128, 28, 28, 1)), jnp.uint8),
+                         jnp.asarray(rng.integers(0, 10, 128), jnp.int32))
+  data = pipeline.Data(None, split, split)
+  options = loop.TrainOptions(epochs=2, batch_size=64, learning_rate=1e12, progress=False)
+  with pytest.raises(loop.TrainingDivergedError, match='lower learning_rate'):
+    loop.fit(model, variables, data, options, str(tmp_path))
+
+
+def test_freezable_optimizer_zeroes_updates_of_frozen_elements():
+  tx = optim.freezable(optim.sgd(optim.lr_schedule('constant', 0.1, 10), weight_decay=0.1))
+  params = {'kernel': jnp.array([1.0, -2.0, 3.0])}
+  grads = {'kernel': jnp.array([0.5, 0.5, 0.5])}
+  state = tx.init(params)
+  mask = {'kernel': jnp.array([True, False, True])}
+  for _ in range(3):
+    updates, state = jax.jit(tx.update)(grads, state, params, freeze_mask=mask)
+    np.testing.assert_array_equal(updates['kernel'][jnp.array([0, 2])], [0.0, 0.0])
+    assert updates['kernel'][1] != 0
+
+
+_TWO_DEVICE_SCRIPT = textwrap.dedent('''
+    import sys, jax, numpy as np
+    from qprune import models
+    from qprune.data import pipeline
+    from qprune.train import loop
+    data = pipeline.load_data('mnist', sys.argv[1], train_subset=256, eval_subset=64,
+                              cache_dir=sys.argv[2])
+    model = models.create_model('lenet5', 10)
+    variables = models.init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
+    options = loop.TrainOptions(epochs=1, batch_size=64, progress=False)
+    result = loop.fit(model, variables, data, options, None)
+    leaves = jax.tree_util.tree_leaves(result.state.params)
+    np.savez(sys.argv[3], n=jax.device_count(), *[np.asarray(l) for l in leaves])
+''')
+
+
+@pytest.mark.real_data
+def test_two_host_devices_match_one(data_dir, cache_dir, mnist_small, tmp_path):
+  outputs = {}
+  for n in (1, 2):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}',
+               PYTHONPATH=REPO_ROOT)
+    out = str(tmp_path / f'{n}.npz')
+    subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT, data_dir, cache_dir, out],
+                   env=env, check=True, capture_output=True, timeout=600)
+    outputs[n] = np.load(out)
+  assert int(outputs[1]['n']) == 1 and int(outputs[2]['n']) == 2
+  keys = [k for k in outputs[1].files if k != 'n']
+  for k in keys:
+    np.testing.assert_allclose(outputs[2][k], outputs[1][k], rtol=1e-4, atol=1e-5)

@@ -10,6 +10,7 @@ from qprune.data.sources import DATASETS
 from qprune.models import MODELS
 
 MODES = ('train', 'quantize', 'prune', 'pipeline')
+QUANT_METHODS = ('kmeans', 'inq')
 SCHEDULES = ('cosine', 'step', 'constant')
 AUGMENTS = ('none', 'crop_flip')
 DTYPES = ('float32', 'bfloat16')
@@ -50,7 +51,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.conv_impl = 'auto'
   c.progress = True
   c.overwrite = False      # allow reusing a workdir that holds a finished run of another config
+  c.quant = quant_config()
   return c
+
+
+def quant_config() -> ml_collections.ConfigDict:
+  """mode=quantize: power-of-two targets per layer, applied with INQ's incremental schedule."""
+  q = ml_collections.ConfigDict()
+  q.method = 'kmeans'      # 'kmeans' (clustered log2 targets, the thesis) or 'inq' (INQ's rule)
+  q.bits = 5               # inq: bit-width b of INQ's rule
+  q.k = 3                  # kmeans: clusters per layer (used when tolerance and bits_budget are 0)
+  q.tolerance = 0.0        # kmeans: smallest k per layer with relative L1 error <= tolerance
+  q.bits_budget = 0.0      # kmeans: average bits per weight over the network
+  q.k_max = 8
+  q.schedule = (0.5, 0.75, 0.875, 1.0)
+  q.retrain_epochs = 1     # per schedule step
+  q.learning_rate = 0.01
+  q.export_name = 'model.qpq'
+  return q
 
 
 def _check(problems, ok, field, value, allowed):
@@ -93,19 +111,34 @@ def validate(config) -> None:
          f'must be one of {", ".join(DTYPES)}')
   _check(p, config.conv_impl in CONV_IMPLS, 'conv_impl', config.conv_impl,
          f'must be one of {", ".join(CONV_IMPLS)}')
-  for hook in _VALIDATORS:
-    hook(config, p)
+  if config.mode in ('quantize', 'pipeline'):
+    _validate_quant(config.quant, p)
+  if config.mode == 'quantize' and not config.init_from:
+    p.append("init_from='': mode=quantize needs the workdir of a trained run to quantize")
   if p:
     raise ConfigError('bad config: ' + '; '.join(p))
 
 
-_VALIDATORS = []
-
-
-def register_validator(fn):
-  """Modes add checks for their own sub-configs (config.quant, config.prune)."""
-  _VALIDATORS.append(fn)
-  return fn
+def _validate_quant(q, p):
+  _check(p, q.method in QUANT_METHODS, 'quant.method', q.method,
+         f'must be one of {", ".join(QUANT_METHODS)}')
+  _check(p, _is_int(q.bits) and q.bits >= 2, 'quant.bits', q.bits, 'must be an integer >= 2')
+  _check(p, _is_int(q.k_max) and 1 <= q.k_max <= 16, 'quant.k_max', q.k_max, 'must be in 1..16')
+  _check(p, _is_int(q.k) and 1 <= q.k <= max(q.k_max, 1), 'quant.k', q.k,
+         f'must be an integer in 1..quant.k_max ({q.k_max})')
+  _check(p, 0 <= q.tolerance < 1, 'quant.tolerance', q.tolerance,
+         'must be in [0, 1) (relative L1 error; 0 = unused)')
+  _check(p, q.bits_budget == 0 or q.bits_budget >= 1, 'quant.bits_budget', q.bits_budget,
+         'must be 0 (unused) or >= 1 bit per weight')
+  _check(p, not (q.tolerance and q.bits_budget), 'quant.tolerance/bits_budget',
+         (q.tolerance, q.bits_budget), 'set at most one of them')
+  schedule = tuple(q.schedule)
+  _check(p, bool(schedule) and all(0 < f <= 1 for f in schedule) and
+         list(schedule) == sorted(set(schedule)) and schedule[-1] == 1.0, 'quant.schedule',
+         schedule, 'must be increasing fractions in (0, 1] ending at 1.0')
+  _check(p, _is_int(q.retrain_epochs) and q.retrain_epochs >= 0, 'quant.retrain_epochs',
+         q.retrain_epochs, 'must be an integer >= 0')
+  _check(p, q.learning_rate > 0, 'quant.learning_rate', q.learning_rate, 'must be > 0')
 
 
 def semantic_dict(config) -> dict:

@@ -2,6 +2,6 @@
 
 A mode is `run(config, workdir, mesh) -> dict` (merged into results.json).
 """
-from qprune.modes import train
+from qprune.modes import quantize, train
 
-MODES = {'train': train.run}
+MODES = {'train': train.run, 'quantize': quantize.run}

@@ -1,0 +1,76 @@
+"""mode=quantize: power-of-two weights with per-layer target sets, applied INQ-style.
+
+1. Target sets are fixed from the pretrained (init_from) weights: INQ's rule at quant.bits, or
+   k-means on log2|w| (fixed k, an L1-error tolerance, or a bit budget).
+2. For each fraction of quant.schedule the largest-|w| weights are snapped to their targets and
+   frozen (optax-level: exactly zero update); the rest is retrained for quant.retrain_epochs with
+   the common training loop, each step in its own resumable folder `inq_step<i>/`.
+3. The result is exported bit-packed (`qprune.load_quantized` reads it) and also saved as the
+   run's model (dequantized float weights) for `qprune.load_model`.
+"""
+import os
+
+import jax
+
+from qprune import quant
+from qprune.modes import common
+from qprune.train import loop
+
+
+def choose_targets(qconfig, params) -> dict:
+  layers = quant.quantizable_layers(params)
+  if qconfig.method == 'inq':
+    return quant.inq_targets(layers, qconfig.bits)
+  if qconfig.tolerance:
+    return quant.kmeans_targets(layers, tolerance=qconfig.tolerance, k_max=qconfig.k_max)
+  if qconfig.bits_budget:
+    return quant.kmeans_targets(layers, bits_per_weight=qconfig.bits_budget, k_max=qconfig.k_max)
+  return quant.kmeans_targets(layers, k=qconfig.k, k_max=qconfig.k_max)
+
+
+def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
+  """The INQ stage on `variables`; returns results (and writes export + model in `workdir`)."""
+  qconfig = config.quant
+  model = common.build(spec, config)
+  fp = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
+  targets = choose_targets(qconfig, variables['params'])
+  fp_rows = quant.layer_report(variables['params'], targets)
+  print(quant.format_table(fp_rows), flush=True)
+
+  options = common.train_options(config, epochs=qconfig.retrain_epochs,
+                                 learning_rate=qconfig.learning_rate)
+  batch_stats = variables['batch_stats']
+  steps_done = []
+
+  def retrain(params, freeze_mask):
+    nonlocal batch_stats
+    stage = os.path.join(workdir, f'inq_step{len(steps_done) + 1}')
+    result = loop.fit(model, {'params': params, 'batch_stats': batch_stats}, data, options,
+                      stage, aux={'freeze_mask': freeze_mask}, mesh=mesh)
+    batch_stats = result.state.batch_stats
+    steps_done.append({'step': len(steps_done) + 1, 'frozen_fraction': None,
+                       'test_accuracy': result.test_accuracy, 'epochs': result.epochs_run})
+    return result.state.params
+
+  params, _ = quant.run_inq(variables['params'], targets, retrain, tuple(qconfig.schedule))
+  for record, fraction in zip(steps_done, qconfig.schedule):
+    record['frozen_fraction'] = fraction
+  variables = {'params': jax.device_get(params), 'batch_stats': jax.device_get(batch_stats)}
+  test = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
+
+  export_path = os.path.join(workdir, qconfig.export_name)
+  export_bytes = quant.save_quantized(export_path, variables, targets, spec)
+  common.save_model(workdir, spec, variables)
+  return {
+      'test_accuracy': test['accuracy'], 'fp_test_accuracy': fp['accuracy'],
+      'method': qconfig.method, 'bits_per_weight': quant.average_bits(fp_rows),
+      'export_path': os.path.abspath(export_path), 'export_bytes': export_bytes,
+      'fp32_bytes': quant.float32_nbytes(variables),
+      'epochs_run': sum(s['epochs'] for s in steps_done), 'inq_steps': steps_done,
+      'layers': fp_rows, **common.model_counts(spec, variables, config)}
+
+
+def run(config, workdir: str, mesh) -> dict:
+  data = common.load_data(config, mesh)
+  spec, variables = common.initial_model(config)
+  return quantize_model(config, workdir, mesh, data, spec, variables)

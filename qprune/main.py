@@ -34,7 +34,8 @@ def run(config, workdir: str) -> dict:
   from qprune import configs  # pylint: disable=g-import-not-at-top
   configs.validate(config)
   from qprune.modes import MODES, common  # pylint: disable=g-import-not-at-top
-  from qprune.train import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+  from qprune import files  # pylint: disable=g-import-not-at-top
+  from qprune.train import parallel  # pylint: disable=g-import-not-at-top
 
   finished = common.prepare_workdir(config, workdir)
   if finished is not None:
@@ -46,7 +47,7 @@ def run(config, workdir: str) -> dict:
   results = MODES[config.mode](config, workdir, mesh)
   results = {'mode': config.mode, 'model': config.model, 'dataset': config.dataset,
              **results, 'wall_time_s': time.time() - start, 'devices': int(mesh.devices.size)}
-  checkpoint.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), results)
+  files.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), results)
   return results
 
 

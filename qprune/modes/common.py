@@ -14,7 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from qprune import configs
+from qprune import configs, files
 from qprune.data import pipeline, sources
 from qprune.models import count_macs, count_params, init_variables
 from qprune.models.spec import model_from_spec, model_spec
@@ -51,12 +51,12 @@ def build(spec, config):
 def save_model(directory: str, spec: dict, variables):
   """The model a stage hands on: spec + variables, the variables written first."""
   checkpoint.save_variables(os.path.join(directory, MODEL_DIR), variables)
-  checkpoint.write_json_atomic(os.path.join(directory, MODEL_JSON), spec)
+  files.write_json_atomic(os.path.join(directory, MODEL_JSON), spec)
 
 
 def load_saved_model(directory: str):
   """(spec, variables) of a finished run or stage; RunError when there is none."""
-  spec = checkpoint.read_json(os.path.join(directory, MODEL_JSON))
+  spec = files.read_json(os.path.join(directory, MODEL_JSON))
   if spec is None:
     raise RunError(f'{directory} holds no finished model ({MODEL_JSON} missing): point '
                    f'init_from to the workdir of a finished run')
@@ -97,7 +97,7 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
   Refuses a workdir holding a run of a different config unless config.overwrite is set.
   """
   os.makedirs(workdir, exist_ok=True)
-  previous = checkpoint.read_json(os.path.join(workdir, CONFIG_JSON))
+  previous = files.read_json(os.path.join(workdir, CONFIG_JSON))
   wanted = configs.semantic_dict(config)
   if previous is not None and previous != wanted and not config.overwrite:
     changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
@@ -109,7 +109,7 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
       if name != CONFIG_JSON:
         path = os.path.join(workdir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-  checkpoint.write_json_atomic(os.path.join(workdir, CONFIG_JSON), wanted)
+  files.write_json_atomic(os.path.join(workdir, CONFIG_JSON), wanted)
   if previous == wanted:
-    return checkpoint.read_json(os.path.join(workdir, RESULTS_JSON))
+    return files.read_json(os.path.join(workdir, RESULTS_JSON))
   return None

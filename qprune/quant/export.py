@@ -16,9 +16,7 @@ A quantized weight is a code of `bits = ceil(log2(2n+1))` bits (n = number of ex
 Weights not yet on their layer's set are quantized with eq. 3.1 when saved.
 """
 import json
-import os
 import struct
-import tempfile
 import zlib
 from typing import Mapping, Tuple
 
@@ -27,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from qprune import files
 from qprune.models.spec import model_from_spec
 from qprune.quant import targets as targets_lib
 
@@ -124,19 +123,7 @@ def encode_variables(variables, targets: targets_lib.Targets, spec: Mapping,
 def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping,
                    path_filter: targets_lib.PathFilter = targets_lib.default_path_filter) -> int:
   """Writes the export atomically (temp file + os.replace); returns its size on disk in bytes."""
-  data = encode_variables(variables, targets, spec, path_filter)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.qpq')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return os.path.getsize(path)
+  return files.write_bytes_atomic(path, encode_variables(variables, targets, spec, path_filter))
 
 
 # ---------------------------------------------------------------------------------------------

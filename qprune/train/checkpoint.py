@@ -4,10 +4,8 @@ Orbax writes each checkpoint into a temporary folder and renames it when complet
 killed mid-write leaves either the previous checkpoint or the new one, never half of one.
 A checkpoint holds a pytree ('state': arrays) and JSON metadata ('meta': epoch, step, history).
 """
-import json
 import os
 import shutil
-import tempfile
 from typing import Any, Optional, Tuple
 
 import jax
@@ -17,44 +15,6 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(ValueError):
   """A checkpoint exists but cannot be used (corrupt, or from a different model/config)."""
-
-
-def write_json_atomic(path: str, obj: Any):
-  """Writes JSON to a temp file in the same folder, then renames it over `path`."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.json')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=2, default=_json_default)
-      f.write('\n')
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def write_lines_atomic(path: str, lines):
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-')
-  with os.fdopen(fd, 'w') as f:
-    f.writelines(line + '\n' for line in lines)
-  os.replace(tmp, path)
-
-
-def _json_default(o):
-  if isinstance(o, (np.generic, np.ndarray)) or hasattr(o, '__array__'):
-    return np.asarray(o).tolist()
-  raise TypeError(f'not JSON serializable: {type(o).__name__}')
-
-
-def read_json(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
 
 
 def to_host(tree):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from qprune import files
 from qprune.data import pipeline
 from qprune.train import checkpoint, optim, parallel, steps
 from qprune.train.state import TrainState, create_state
@@ -148,7 +149,7 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
       state = jax.device_put(tree['state'], replicated)
       extra, metrics = tree['extra'], jax.device_put(tree['metrics'], replicated)
       epoch, index, history = meta['epoch'], meta['index'], meta['history']
-      checkpoint.write_lines_atomic(metrics_path, [json.dumps(h) for h in history])
+      files.write_lines_atomic(metrics_path, [json.dumps(h) for h in history])
       print(f'Resuming {stage_dir} at epoch {epoch + 1}, step {index}/{per_epoch}', flush=True)
 
   def save(epoch_, index_):

@@ -6,8 +6,9 @@ is zeroed before `tx` and their final update is zeroed after it, so neither weig
 momentum trace left from before the freeze can move them (INQ's frozen, quantized weights).
 """
 import jax
-import jax.numpy as jnp
 import optax
+
+from qprune.quant.inq import zero_frozen
 
 
 def lr_schedule(kind: str, base_lr: float, total_steps: int, warmup_steps: int = 0,
@@ -40,10 +41,6 @@ def sgd(schedule: optax.Schedule, momentum: float = 0.9, weight_decay: float = 5
       optax.sgd(schedule, momentum=momentum, nesterov=nesterov))
 
 
-def _zero_where(tree, mask):
-  return jax.tree_util.tree_map(lambda u, m: jnp.where(m, jnp.zeros_like(u), u), tree, mask)
-
-
 def freezable(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """`tx` whose update takes an optional `freeze_mask=` pytree; frozen elements never move."""
 
@@ -51,7 +48,7 @@ def freezable(tx: optax.GradientTransformation) -> optax.GradientTransformationE
     del extra
     if freeze_mask is None:
       return tx.update(updates, state, params)
-    updates, state = tx.update(_zero_where(updates, freeze_mask), state, params)
-    return _zero_where(updates, freeze_mask), state
+    updates, state = tx.update(zero_frozen(updates, freeze_mask), state, params)
+    return zero_frozen(updates, freeze_mask), state
 
   return optax.GradientTransformationExtraArgs(tx.init, update)

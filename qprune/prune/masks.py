@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from qprune.prune.groups import ChannelGroup, Groups, Slot
+from qprune.prune.groups import Groups, Slot
 
 Masks = Dict[str, jax.Array]
 

@@ -4,6 +4,8 @@ Config files in `configs/` call `base_config()` and change what their experiment
 `validate(config)` turns every bad field into one `ConfigError` that names the field, the bad
 value and what is allowed, before any work starts.
 """
+import json
+
 import ml_collections
 
 from qprune.data.sources import DATASETS
@@ -142,8 +144,9 @@ def _validate_quant(q, p):
 
 
 def semantic_dict(config) -> dict:
-  """The config fields that define what a run computes (to detect a reused workdir)."""
+  """The config fields that define what a run computes (to detect a reused workdir), in the
+  form they take in config.json (tuples become lists), so a stored copy compares equal."""
   d = config.to_dict()
   for field in NON_SEMANTIC_FIELDS:
     d.pop(field, None)
-  return d
+  return json.loads(json.dumps(d))

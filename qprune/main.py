@@ -57,6 +57,20 @@ def _summary(results: dict) -> str:
   return json.dumps({k: results[k] for k in keys if k in results})
 
 
+def parse_flags(argv):
+  """absl's parser, but a bad override (unknown field, wrong type) is one line, exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: a field the config does not have
+    field = str(e).strip('"\'')
+    print(f'qprune: error: unknown config field {field!r} (see qprune/configs.py for the fields)',
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+  except (flags.Error, TypeError, ValueError) as e:
+    print(f'qprune: error: bad flag: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -71,4 +85,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

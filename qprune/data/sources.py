@@ -141,15 +141,23 @@ def _check_classes(arrays: Arrays, info: DatasetInfo, where: str):
                        f'{info.name} has {info.num_classes}')
 
 
-def read_tfds(name: str, data_dir: Optional[str]) -> Arrays:
-  """tfds.load on a machine with internet (or a prepared TFDS data_dir)."""
+def read_tfds(name: str, data_dir: Optional[str], download: bool) -> Arrays:
+  """tfds.load: downloads on a machine with internet, or reads a TFDS-prepared data_dir."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   out = {}
   for split in SPLITS:
     images, labels = tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir,
-                                             batch_size=-1, as_supervised=True))
+                                             batch_size=-1, as_supervised=True,
+                                             download=download))
     out[split] = (np.asarray(images, np.uint8), np.asarray(labels, np.int32))
   return out
+
+
+def tfds_prepared(name: str, data_dir: str) -> bool:
+  """Whether data_dir holds a dataset prepared by TFDS (`<name>/<version>/dataset_info.json`)."""
+  root = os.path.join(data_dir, name)
+  return os.path.isdir(root) and any(
+      os.path.isfile(os.path.join(root, v, 'dataset_info.json')) for v in os.listdir(root))
 
 
 # ---------------------------------------------------------------- cache
@@ -191,9 +199,10 @@ def load_arrays(name: str, data_dir: Optional[str] = None,
                 cache_dir: Optional[str] = None, allow_download: bool = True) -> Arrays:
   """Both splits of `name` as uint8 NHWC images and int32 labels.
 
-  Tries, in order: `<data_dir>/<name>/` (image folders), `<data_dir>/<name>.tar.gz`, then
-  `tfds.load(name, data_dir=data_dir)`; local copies are decoded once and cached under
-  `cache_dir` (default $QPRUNE_CACHE_DIR or ~/.cache/qprune).
+  With `data_dir`: `<data_dir>/<name>/` (image folders), `<data_dir>/<name>.tar.gz`, or a
+  TFDS-prepared copy there (no download). Without: `tfds.load(name)`, downloading if needed.
+  Image folders and tarballs are decoded once and cached under `cache_dir` (default
+  $QPRUNE_CACHE_DIR or ~/.cache/qprune).
   """
   info = dataset_info(name)
   cache_dir = cache_dir or default_cache_dir()
@@ -208,14 +217,18 @@ def load_arrays(name: str, data_dir: Optional[str] = None,
         arrays = reader(candidate, info)
         _save_cache(cache, arrays)
       return arrays
-  if allow_download:
-    tried.append(f'tfds.load({name!r}, data_dir={data_dir!r})')
+  reason = 'downloads disabled'
+  if data_dir and tfds_prepared(name, data_dir):
+    return read_tfds(name, data_dir, download=False)
+  if data_dir:
+    tried.append(f'a TFDS-prepared {name} in {data_dir}')
+    reason = 'an explicit data_dir is never downloaded into'
+  elif allow_download:
+    tried.append(f'tfds.load({name!r}) with download')
     try:
-      return read_tfds(name, data_dir)
+      return read_tfds(name, None, download=True)
     except Exception as e:  # pylint: disable=broad-except
       reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
-  else:
-    reason = 'downloads disabled'
   raise DataNotFoundError(
       f'dataset {name!r} not found. Tried: {", ".join(tried)} ({reason}). Fix: pass '
       f'--config.data_dir=DIR where DIR holds {name}/{{train,test}}/<label>/<images> or '

@@ -1,0 +1,142 @@
+"""The binary end to end, through a subprocess, on real MNIST (small subsets)."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qprune
+from qprune.data import sources
+from qprune.quant import in_target_set, read_targets
+
+from conftest import REPO_ROOT
+
+SMALL = ['--config.train_subset=1024', '--config.eval_subset=500', '--config.batch_size=64',
+         '--config.progress=False']
+
+
+def run_main(config, workdir, *overrides, check=True):
+  cmd = [sys.executable, '-m', 'qprune.main', f'--config={os.path.join(REPO_ROOT, "configs", config)}',
+         f'--workdir={workdir}', *overrides]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+  if check and proc.returncode:
+    raise AssertionError(f'{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
+  return proc
+
+
+@pytest.fixture(scope='module')
+def trained(data_dir, cache_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('lenet'))
+  proc = run_main('mnist_lenet5.py', workdir, f'--config.data_dir={data_dir}',
+                  '--config.epochs=2', *SMALL)
+  return workdir, proc
+
+
+@pytest.fixture(scope='module')
+def mnist_test(data_dir, cache_dir):
+  images, labels = sources.load_arrays('mnist', data_dir, cache_dir)['test']
+  return images[:500], labels[:500]
+
+
+def _accuracy(model, variables, images, labels):
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+  return float(np.mean(np.argmax(logits, -1) == labels))
+
+
+@pytest.mark.real_data
+def test_train_writes_results_and_a_loadable_model(trained, mnist_test):
+  workdir, proc = trained
+  results = json.load(open(os.path.join(workdir, 'results.json')))
+  for key in ('mode', 'model', 'dataset', 'test_accuracy', 'params', 'macs', 'epochs_run',
+              'wall_time_s'):
+    assert key in results
+  assert results['epochs_run'] == 2 and results['params'] == 431_150
+  assert results['test_accuracy'] > 0.85
+  assert len(open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()) == 2
+  model, variables = qprune.load_model(workdir)
+  assert _accuracy(model, variables, *mnist_test) == pytest.approx(results['test_accuracy'])
+  assert json.loads(proc.stdout.strip().splitlines()[-1])['test_accuracy'] == results['test_accuracy']
+
+
+@pytest.mark.real_data
+def test_rerunning_a_finished_run_changes_nothing(trained, data_dir):
+  workdir, _ = trained
+  before = open(os.path.join(workdir, 'results.json')).read()
+  proc = run_main('mnist_lenet5.py', workdir, f'--config.data_dir={data_dir}',
+                  '--config.epochs=2', *SMALL)
+  assert 'nothing to do' in proc.stdout
+  assert open(os.path.join(workdir, 'results.json')).read() == before
+
+
+@pytest.mark.real_data
+def test_quantize_mode_puts_every_weight_on_its_targets(trained, data_dir, mnist_test, tmp_path):
+  workdir, _ = trained
+  out = str(tmp_path / 'quant')
+  run_main('mnist_lenet5_quant.py', out, f'--config.data_dir={data_dir}',
+           f'--config.init_from={workdir}', '--config.quant.k=2',
+           '--config.quant.schedule=(0.5, 1.0)', *SMALL)
+  results = json.load(open(os.path.join(out, 'results.json')))
+  assert results['method'] == 'kmeans' and results['bits_per_weight'] <= 3
+  assert os.path.getsize(results['export_path']) == results['export_bytes']
+  assert results['export_bytes'] < results['fp32_bytes'] / 8
+  assert {l['name'] for l in results['layers']} == {'conv1', 'conv2', 'fc1', 'fc2'}
+  model, variables = qprune.load_quantized(results['export_path'])
+  targets = read_targets(results['export_path'])
+  for name, exponents in targets.items():
+    assert len(exponents) <= 2
+    assert bool(jnp.all(in_target_set(variables['params'][name]['kernel'], exponents)))
+  assert _accuracy(model, variables, *mnist_test) == pytest.approx(results['test_accuracy'])
+  # The run's saved model is the same dequantized network.
+  _, saved = qprune.load_model(out)
+  for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+
+
+BAD_INPUTS = [
+    (['--config.bogus=1'], "unknown config field 'bogus'"),
+    (['--config.mode=compress'], "mode='compress': must be one of"),
+    (['--config.epochs=-1'], 'epochs=-1: must be an integer >= 0'),
+    (['--config.epochs=abc'], "--config.epochs=abc"),
+    (['--config.model=resnet21'], "model='resnet21'"),
+    (['--config.dataset=imagenet'], "dataset='imagenet'"),
+    (['--config.batch_size=0'], 'batch_size=0'),
+    (['--config.mode=quantize', '--config.quant.k=0', '--config.init_from=x'], 'quant.k=0'),
+    (['--config.mode=quantize', '--config.quant.bits=1', '--config.quant.method=inq',
+      '--config.init_from=x'], 'quant.bits=1'),
+    (['--config.mode=quantize'], 'needs the workdir of a trained run'),
+    (['--config.mode=quantize', '--config.init_from=/nonexistent/run'], 'does not exist'),
+    (['--config.data_dir=/nonexistent/data'], '/nonexistent/data/mnist.tar.gz'),
+]
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize('overrides,message', BAD_INPUTS)
+def test_bad_input_is_one_clear_error(overrides, message, tmp_path, data_dir):
+  base = [] if any('data_dir' in o for o in overrides) else [f'--config.data_dir={data_dir}']
+  proc = run_main('mnist_lenet5.py', str(tmp_path / 'w'), *base, *SMALL, *overrides, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not os.path.exists(tmp_path / 'w' / 'results.json')
+
+
+@pytest.mark.real_data
+def test_workdir_of_another_config_is_refused_and_left_untouched(trained, data_dir):
+  workdir, _ = trained
+  before = open(os.path.join(workdir, 'results.json')).read()
+  proc = run_main('mnist_lenet5.py', workdir, f'--config.data_dir={data_dir}',
+                  '--config.epochs=3', *SMALL, check=False)
+  assert proc.returncode == 2 and 'different config (differs in: epochs)' in proc.stderr
+  assert open(os.path.join(workdir, 'results.json')).read() == before
+
+
+@pytest.mark.real_data
+def test_init_from_another_model_is_refused(trained, data_dir, tmp_path):
+  workdir, _ = trained
+  proc = run_main('cifar10_resnet20.py', str(tmp_path / 'w'), f'--config.data_dir={data_dir}',
+                  f'--config.init_from={workdir}', *SMALL, check=False)
+  assert proc.returncode == 2 and 'holds a lenet5 trained on mnist' in proc.stderr

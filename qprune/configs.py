@@ -13,6 +13,7 @@ from qprune.models import MODELS
 
 MODES = ('train', 'quantize', 'prune', 'pipeline')
 QUANT_METHODS = ('kmeans', 'inq')
+STOP_RULES = ('early_bird', 'fixed', 'full')
 SCHEDULES = ('cosine', 'step', 'constant')
 AUGMENTS = ('none', 'crop_flip')
 DTYPES = ('float32', 'bfloat16')
@@ -54,7 +55,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress = True
   c.overwrite = False      # allow reusing a workdir that holds a finished run of another config
   c.quant = quant_config()
+  c.prune = prune_config()
   return c
+
+
+def prune_config() -> ml_collections.ConfigDict:
+  """mode=prune: channel masks decided during (short) pretraining, searched, shrunk, fine-tuned."""
+  p = ml_collections.ConfigDict()
+  p.criterion = 'l1'       # l1, bn_gamma, taylor, random, attention (see qprune.prune.criteria)
+  p.ratio = 0.5            # fraction of channels removed
+  p.selection = 'uniform'  # 'uniform' (same ratio per layer) or 'global' (one threshold)
+  p.residual = False       # ResNets: also prune the residual stream (one group across stages)
+  p.dense = False          # chain models: also prune hidden units of dense layers
+  p.slimming_lambda = 0.0  # L1 penalty on BatchNorm gamma during pretraining (Network Slimming)
+  p.stop_rule = 'early_bird'  # 'early_bird' (masks stable), 'fixed' (pretrain_epochs), 'full'
+  p.pretrain_epochs = 0    # 'fixed': epochs of pretraining before the decision
+  p.eb_window = 5          # Early-Bird: masks compared (FIFO)
+  p.eb_threshold = 0.1     # Early-Bird: stable when all pairwise Hamming distances <= this
+  p.search_criteria = ()   # candidates: criteria x ratios x selections ('' = the ones above)
+  p.search_ratios = ()
+  p.search_selections = ()
+  p.max_params = 0.0       # budget as a fraction of the unpruned model (0 = none)
+  p.max_macs = 0.0
+  p.holdout = 1000         # training examples held out (from the end) to score candidates
+  p.score_batches = 2      # training batches of 100 for data-driven criteria (taylor, attention)
+  p.bn_batches = 4         # training batches of 100 to re-estimate BN statistics per candidate
+  p.finetune_epochs = 2
+  p.finetune_learning_rate = 0.01
+  return p
 
 
 def quant_config() -> ml_collections.ConfigDict:
@@ -115,10 +143,48 @@ def validate(config) -> None:
          f'must be one of {", ".join(CONV_IMPLS)}')
   if config.mode in ('quantize', 'pipeline'):
     _validate_quant(config.quant, p)
+  if config.mode in ('prune', 'pipeline'):
+    _validate_prune(config, p)
   if config.mode == 'quantize' and not config.init_from:
     p.append("init_from='': mode=quantize needs the workdir of a trained run to quantize")
   if p:
     raise ConfigError('bad config: ' + '; '.join(p))
+
+
+def _validate_prune(config, p):
+  from qprune.prune import CRITERIA, SELECTIONS  # pylint: disable=g-import-not-at-top
+  r = config.prune
+  for field, values, allowed in (('criterion', (r.criterion,), CRITERIA),
+                                 ('search_criteria', r.search_criteria, CRITERIA),
+                                 ('selection', (r.selection,), SELECTIONS),
+                                 ('search_selections', r.search_selections, SELECTIONS)):
+    bad = [v for v in values if v not in allowed]
+    _check(p, not bad, f'prune.{field}', bad[0] if bad else None,
+           f'must be one of {", ".join(sorted(allowed))}')
+  for field, values in (('ratio', (r.ratio,)), ('search_ratios', r.search_ratios)):
+    bad = [v for v in values if not 0 <= v < 1]
+    _check(p, not bad, f'prune.{field}', bad[0] if bad else None,
+           'must be in [0, 1) (the fraction of channels removed)')
+  _check(p, r.stop_rule in STOP_RULES, 'prune.stop_rule', r.stop_rule,
+         f'must be one of {", ".join(STOP_RULES)}')
+  _check(p, r.stop_rule != 'fixed' or (_is_int(r.pretrain_epochs) and
+                                        0 <= r.pretrain_epochs <= config.epochs),
+         'prune.pretrain_epochs', r.pretrain_epochs,
+         f'with stop_rule=fixed must be an integer in 0..epochs ({config.epochs})')
+  _check(p, _is_int(r.eb_window) and r.eb_window >= 2, 'prune.eb_window', r.eb_window,
+         'must be an integer >= 2')
+  _check(p, 0 <= r.eb_threshold <= 1, 'prune.eb_threshold', r.eb_threshold, 'must be in [0, 1]')
+  for field in ('max_params', 'max_macs'):
+    _check(p, 0 <= r[field] <= 1, f'prune.{field}', r[field],
+           'must be a fraction of the unpruned model in (0, 1], or 0 for no budget')
+  for field in ('holdout', 'score_batches', 'bn_batches'):
+    _check(p, _is_int(r[field]) and r[field] >= 1, f'prune.{field}', r[field],
+           'must be an integer >= 1')
+  _check(p, _is_int(r.finetune_epochs) and r.finetune_epochs >= 0, 'prune.finetune_epochs',
+         r.finetune_epochs, 'must be an integer >= 0')
+  _check(p, r.slimming_lambda >= 0, 'prune.slimming_lambda', r.slimming_lambda, 'must be >= 0')
+  _check(p, r.finetune_learning_rate > 0, 'prune.finetune_learning_rate',
+         r.finetune_learning_rate, 'must be > 0')
 
 
 def _validate_quant(q, p):

@@ -49,10 +49,10 @@ def test_sigterm_mid_epoch_then_resume_gives_identical_params(mnist_small, tmp_p
   options = loop.TrainOptions(epochs=3, batch_size=64, learning_rate=0.05, progress=False)
   straight = loop.fit(model, variables, data, options, str(tmp_path / 'a'))
 
-  def preempt_after_first_epoch(epoch, state, extra):
+  def preempt_after_first_epoch(epoch, state, history):
     if epoch == 1:
       os.kill(os.getpid(), signal.SIGTERM)  # noticed at the next step, mid-epoch 2
-    return extra, False, {}
+    return False, {}
 
   with pytest.raises(SystemExit, match='SIGTERM'):
     loop.fit(model, variables, data, options, str(tmp_path / 'b'),

@@ -2,6 +2,6 @@
 
 A mode is `run(config, workdir, mesh) -> dict` (merged into results.json).
 """
-from qprune.modes import quantize, train
+from qprune.modes import prune, quantize, train
 
-MODES = {'train': train.run, 'quantize': quantize.run}
+MODES = {'train': train.run, 'quantize': quantize.run, 'prune': prune.run}

@@ -7,9 +7,10 @@ checkpoint and, because example order and augmentation are pure functions of (se
 ends with the same params bit for bit as an uninterrupted run.
 
 Modes shape training through `hooks`/`aux` (see steps.py) and `on_epoch_end`, a function
-`(epoch, state, extra) -> (extra, stop, record)`: `extra` is a pytree checkpointed with the state
-(e.g. the Early-Bird mask FIFO), `stop` ends training early, `record` is merged into the epoch's
-metrics line.
+`(epoch, state, history) -> (stop, record)`: `history` holds the records of all earlier epochs
+(restored on resume, so a callback that derives its state from it, like the Early-Bird mask
+FIFO, needs no state of its own), `stop` ends training early, `record` (JSON-able) is merged
+into the epoch's metrics line.
 """
 import dataclasses
 import json
@@ -21,7 +22,6 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 from qprune import files
@@ -61,7 +61,6 @@ class TrainOptions:
 @dataclasses.dataclass
 class FitResult:
   state: TrainState
-  extra: Any
   history: list
   epochs_run: int
   stopped_early: bool
@@ -121,7 +120,7 @@ class _SigtermFlag:
 
 
 def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir: Optional[str], *,
-        hooks: steps.StepHooks = steps.StepHooks(), aux: Any = None, extra: Any = None,
+        hooks: steps.StepHooks = steps.StepHooks(), aux: Any = None,
         on_epoch_end: Optional[Callable] = None, mesh=None) -> FitResult:
   """Trains and returns the final state; resumes from `<stage_dir>/checkpoints` if present."""
   start_time = time.time()
@@ -143,18 +142,18 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   epoch, index, history = 0, 0, []
   metrics = steps.zero_metrics()
   if store is not None:
-    restored = store.restore_latest({'state': state, 'extra': extra, 'metrics': metrics})
+    restored = store.restore_latest({'state': state, 'metrics': metrics})
     if restored is not None:
       tree, meta = restored
       state = jax.device_put(tree['state'], replicated)
-      extra, metrics = tree['extra'], jax.device_put(tree['metrics'], replicated)
+      metrics = jax.device_put(tree['metrics'], replicated)
       epoch, index, history = meta['epoch'], meta['index'], meta['history']
       files.write_lines_atomic(metrics_path, [json.dumps(h) for h in history])
       print(f'Resuming {stage_dir} at epoch {epoch + 1}, step {index}/{per_epoch}', flush=True)
 
   def save(epoch_, index_):
     if store is not None:
-      store.save(epoch_ * per_epoch + index_, {'state': state, 'extra': extra, 'metrics': metrics},
+      store.save(epoch_ * per_epoch + index_, {'state': state, 'metrics': metrics},
                  {'epoch': epoch_, 'index': index_, 'history': history})
 
   stopped_early = bool(history and history[-1].get('stopped_early'))
@@ -190,7 +189,7 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
         test_accuracy = test['accuracy']
         record.update(test_accuracy=test['accuracy'], test_loss=test['loss'])
       if on_epoch_end is not None:
-        extra, stop, extra_record = on_epoch_end(epoch + 1, state, extra)
+        stop, extra_record = on_epoch_end(epoch + 1, state, history)
         record.update(extra_record or {})
         stopped_early = bool(stop) and epoch + 1 < options.epochs
         record['stopped_early'] = stopped_early
@@ -208,7 +207,7 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
                              mesh)['accuracy']
   if store is not None:
     store.close()
-  return FitResult(state, extra, history, epoch, stopped_early, test_accuracy,
+  return FitResult(state, history, epoch, stopped_early, test_accuracy,
                    time.time() - start_time)
 
 

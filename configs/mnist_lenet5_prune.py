@@ -1,0 +1,23 @@
+"""Prune LeNet-5 on MNIST: masks decided during pretraining (Early-Bird), 8 candidates searched."""
+from qprune.configs import base_config
+
+
+def get_config():
+  c = base_config()
+  c.mode = 'prune'
+  c.dataset = 'mnist'
+  c.model = 'lenet5'
+  c.epochs = 10
+  c.batch_size = 128
+  c.learning_rate = 0.05
+  c.prune.criterion = 'l1'
+  c.prune.ratio = 0.5
+  c.prune.dense = True
+  c.prune.stop_rule = 'early_bird'
+  c.prune.eb_window = 3
+  c.prune.search_criteria = ('l1', 'attention')
+  c.prune.search_ratios = (0.5, 0.7)
+  c.prune.search_selections = ('uniform', 'global')
+  c.prune.max_params = 0.4  # the best candidate with at most 40% of the params
+  c.prune.finetune_epochs = 2
+  return c

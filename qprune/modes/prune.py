@@ -1,0 +1,166 @@
+"""mode=prune: structured pruning decided after few pretraining epochs.
+
+1. Pretrain (from scratch or init_from) in `pretrain/`. After every epoch the masks at the target
+   ratio are computed with prune.criterion and compared with the previous ones (normalized
+   Hamming distance, Early-Bird FIFO); pretraining stops at the first stable epoch
+   (stop_rule=early_bird), at prune.pretrain_epochs (fixed), or after all epochs (full). The
+   masks are stored in each epoch's metrics line, so the decision replays exactly on resume.
+2. Search: candidates (criteria x ratios x selections) are scored on `prune.holdout` training
+   examples held out from pretraining, with BatchNorm statistics re-estimated per candidate, in
+   one vmapped evaluation; the best within the params/MACs budget wins (`search.json`).
+3. Shrink to a genuinely smaller model and fine-tune it in `finetune/`.
+"""
+import os
+
+import jax
+import numpy as np
+
+from qprune import files, prune
+from qprune.data import pipeline
+from qprune.modes import common
+from qprune.train import loop, steps
+
+SEARCH_JSON = 'search.json'
+_BATCH = 100  # images per batch for scoring, BN re-estimation and candidate evaluation
+
+
+def encode_masks(masks) -> dict:
+  return {k: ''.join('1' if b else '0' for b in np.asarray(v, bool)) for k, v in masks.items()}
+
+
+def decode_masks(encoded: dict) -> dict:
+  return {k: np.asarray([c == '1' for c in v], bool) for k, v in encoded.items()}
+
+
+def split_holdout(data: pipeline.Data, holdout: int):
+  """(data without the last `holdout` training examples, those examples)."""
+  n = data.train.size
+  if holdout >= n // 2:
+    raise common.RunError(f'prune.holdout={holdout} leaves too little to train on '
+                          f'({n} training examples); lower it or raise train_subset')
+  train = pipeline.Split(data.train.images[:n - holdout], data.train.labels[:n - holdout])
+  held = pipeline.Split(data.train.images[n - holdout:], data.train.labels[n - holdout:])
+  return pipeline.Data(data.info, train, held), held
+
+
+def _batches(split: pipeline.Split, count: int):
+  n = min(count * _BATCH, split.size)
+  return (prune.batched(split.images[:n], min(_BATCH, n)),
+          prune.batched(split.labels[:n], min(_BATCH, n)))
+
+
+def decision_callback(pconfig, model, groups, score_data, rng):
+  """on_epoch_end for pretraining: masks, their distance, and the stop rule."""
+  rule = prune.EarlyBirdRule(pconfig.eb_window, pconfig.eb_threshold)
+
+  def on_epoch_end(epoch, state, history):
+    eb = prune.EarlyBirdState()
+    for record in history:
+      eb, _ = prune.early_bird_step(eb, decode_masks(record['mask']), rule)
+    masks = prune.make_masks(state.variables, groups, pconfig.criterion, pconfig.ratio,
+                             pconfig.selection, model=model, batches=score_data, rng=rng)
+    eb, info = prune.early_bird_step(eb, masks, rule)
+    stop = ((pconfig.stop_rule == 'early_bird' and info['stable']) or
+            (pconfig.stop_rule == 'fixed' and epoch >= pconfig.pretrain_epochs))
+    distance = None if np.isnan(info['distance']) else info['distance']
+    return stop, {'mask': encode_masks(masks), 'mask_distance': distance,
+                  'mask_window_max': info['window_max'], 'mask_stable': info['stable']}
+
+  return on_epoch_end
+
+
+def pretrain(config, workdir, mesh, data, spec, variables, groups, score_data, rng):
+  pconfig = config.prune
+  model = common.build(spec, config)
+  if pconfig.stop_rule == 'fixed' and pconfig.pretrain_epochs == 0:
+    return variables, []
+  hooks = steps.StepHooks()
+  if pconfig.slimming_lambda:
+    hooks = steps.StepHooks(extra_loss=lambda params, aux: prune.l1_gamma_penalty(
+        params, pconfig.slimming_lambda))
+  result = loop.fit(model, variables, data, common.train_options(config),
+                    os.path.join(workdir, 'pretrain'), hooks=hooks, mesh=mesh,
+                    on_epoch_end=decision_callback(pconfig, model, groups, score_data, rng))
+  return result.state.variables, result.history
+
+
+def candidates(pconfig):
+  return prune.candidate_grid(pconfig.search_criteria or (pconfig.criterion,),
+                              pconfig.search_ratios or (pconfig.ratio,),
+                              pconfig.search_selections or (pconfig.selection,))
+
+
+def run_search(config, workdir, spec, variables, groups, score_data, bn_images, holdout, rng):
+  """The chosen masks and the search table; computed once, then read from search.json."""
+  path = os.path.join(workdir, SEARCH_JSON)
+  saved = files.read_json(path)
+  if saved is not None:
+    return decode_masks(saved['masks']), saved['rows'], saved['best']
+  pconfig = config.prune
+  model = common.build(spec, config)
+  cost = prune.model_cost(model, variables, spec['input_shape'])
+  eval_images, eval_labels = _batches(holdout, holdout.size // _BATCH or 1)
+  best, rows, masks = prune.search(
+      model, variables, groups, candidates(pconfig), spec['input_shape'], bn_images,
+      eval_images, eval_labels,
+      max_params=int(pconfig.max_params * cost['params']) if pconfig.max_params else None,
+      max_macs=int(pconfig.max_macs * cost['macs']) if pconfig.max_macs else None,
+      batches=score_data, rng=rng)
+  files.write_json_atomic(path, {'best': best, 'rows': rows, 'masks': encode_masks(masks[best])})
+  return masks[best], rows, best
+
+
+def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
+  """The whole prune stage; writes the shrunk, fine-tuned model into `workdir`."""
+  pconfig = config.prune
+  data, holdout = split_holdout(data, pconfig.holdout)
+  groups = prune.derive_groups(variables, residual=pconfig.residual, dense=pconfig.dense)
+  score_data = _batches(data.train, pconfig.score_batches)
+  bn_images, _ = _batches(data.train, pconfig.bn_batches)
+  rng = jax.random.PRNGKey(config.seed)
+  model = common.build(spec, config)
+  before = prune.model_cost(model, variables, spec['input_shape'])
+
+  variables, history = pretrain(config, workdir, mesh, data, spec, variables, groups, score_data,
+                                rng)
+  masks, rows, best = run_search(config, workdir, spec, variables, groups, score_data, bn_images,
+                                 holdout, rng)
+  small_model, small_variables = prune.shrink(model, variables, groups, masks)
+  # Pruning shifts every downstream activation distribution: re-estimate BN statistics (as the
+  # search did per candidate) so the pruned model is evaluated and fine-tuned from sane ones.
+  small_variables = {'params': small_variables['params'],
+                     'batch_stats': jax.jit(prune.reestimate_bn_stats, static_argnums=(0, 1))(
+                         small_model, (), small_variables, None, bn_images)}
+  small_spec = dict(spec, channels={**spec['channels'], **prune.shrunk_widths(groups, masks)})
+  pruned = loop.evaluate(small_model, small_variables, data.test, config.eval_batch_size, mesh)
+  options = common.train_options(config, epochs=pconfig.finetune_epochs,
+                                 learning_rate=pconfig.finetune_learning_rate)
+  finetuned = loop.fit(common.build(small_spec, config), small_variables, data, options,
+                       os.path.join(workdir, 'finetune'), mesh=mesh)
+  variables = finetuned.state.variables
+  common.save_model(workdir, small_spec, variables)
+  counts = common.model_counts(small_spec, variables, config)
+  sizes = prune.group_sizes(groups)
+  return {
+      'test_accuracy': finetuned.test_accuracy,
+      'pretrained_test_accuracy': history[-1].get('test_accuracy') if history else None,
+      'pruned_test_accuracy': pruned['accuracy'],
+      'params_before': before['params'], 'macs_before': before['macs'], **counts,
+      'params_removed': 1 - counts['params'] / before['params'],
+      'macs_removed': 1 - counts['macs'] / before['macs'],
+      'pretrain_epochs': len(history),
+      'stopped_early': bool(history and history[-1].get('stopped_early')),
+      'mask_distance': [h.get('mask_distance') for h in history],
+      'criterion': rows[best]['criterion'], 'prune_ratio': rows[best]['ratio'],
+      'selection': rows[best]['selection'], 'search': rows, 'search_best': best,
+      'prune_layers': [{'name': name, 'kept': int(np.sum(masks[name])), 'total': sizes[name]}
+                       for name in sorted(masks)],
+      'finetune_epochs': finetuned.epochs_run,
+      'epochs_run': len(history) + finetuned.epochs_run,
+  }
+
+
+def run(config, workdir: str, mesh) -> dict:
+  data = common.load_data(config, mesh)
+  spec, variables = common.initial_model(config)
+  return prune_model(config, workdir, mesh, data, spec, variables)

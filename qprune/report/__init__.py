@@ -1,0 +1,23 @@
+"""Reports of runs and sweeps: report.md with per-layer tables and PNG plots, sensitivity scans,
+and the batch collector launch.sh uses.
+
+  write_report(workdir, results, variables=None, targets=None) -> 'workdir/report.md'
+  quant_sensitivity(model, variables, split, ks=(1, 2, 3, 4)) -> rows (one per layer, k)
+  prune_sensitivity(model, variables, split, ratios=(.25, .5, .75)) -> rows (one per group, ratio)
+  write_sensitivity(rows, workdir, 'quant' | 'prune') -> 'workdir/sensitivity_<kind>.md'
+  sweep_plots(results_list, out_dir) -> [accuracy_vs_bits.png, accuracy_vs_macs.png]
+  layer_cost_rows(model, variables, small_model, small_variables, input_shape) -> per-layer
+      params/MACs before and after pruning (results' `layer_costs`)
+  python -m qprune.report.collect OUT -> OUT/summary.md, OUT/summary.csv
+"""
+from qprune.report.collect import collect, write_summary
+from qprune.report.costs import layer_cost_rows, layer_costs
+from qprune.report.markdown import REPORT_MD, render, write_report, write_sensitivity
+from qprune.report.plots import (mask_distance_plot, sweep_plots, weight_histogram,
+                                 weight_histogram_grid)
+from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity
+
+__all__ = ['write_report', 'render', 'write_sensitivity', 'quant_sensitivity',
+           'prune_sensitivity', 'sweep_plots', 'weight_histogram', 'weight_histogram_grid',
+           'mask_distance_plot', 'layer_cost_rows', 'layer_costs', 'collect', 'write_summary',
+           'REPORT_MD']

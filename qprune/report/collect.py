@@ -1,0 +1,196 @@
+r"""Collects the results.json of a batch of runs into one table: `<out>/summary.md` + `.csv`.
+
+  python -m qprune.report.collect OUT [--plots]
+  python qprune/report/collect.py OUT [--plots]     # same; standard library only (no JAX)
+
+With `OUT/jobs.tsv` (written by launch.sh: name, config, seed, overrides, workdir, log per
+line) every listed job is a row, in launch order, with its status: `ok`, `failed (exit N)`
+(from `OUT/logs/<name>.rc`), or `not finished`. Without it, every `results.json` found under
+OUT is a row named by its folder. Columns that no row fills are left out. `--plots` also
+draws accuracy vs bits per weight and vs MACs (`OUT/plots/`, needs matplotlib).
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+JOBS_TSV = 'jobs.tsv'
+LOGS_DIR = 'logs'
+SUMMARY_MD = 'summary.md'
+SUMMARY_CSV = 'summary.csv'
+JOB_FIELDS = ('name', 'config', 'seed', 'overrides', 'workdir', 'log')
+
+# (column, results key); values are looked up at the top level, then in pipeline stages.
+RESULT_COLUMNS = (
+    ('mode', 'mode'), ('model', 'model'), ('dataset', 'dataset'),
+    ('test_accuracy', 'test_accuracy'), ('fp_test_accuracy', 'fp_test_accuracy'),
+    ('params', 'params'), ('macs', 'macs'), ('bits_per_weight', 'bits_per_weight'),
+    ('compression_ratio', 'compression_ratio'), ('export_bytes', 'export_bytes'),
+    ('prune_ratio', 'prune_ratio'), ('epochs_run', 'epochs_run'),
+    ('wall_time_s', 'wall_time_s'),
+)
+ALWAYS = ('job', 'status')
+
+
+def result_field(results: dict, key: str):
+  """results[key], else the value in the last pipeline stage that has it, else None."""
+  if results.get(key) is not None:
+    return results[key]
+  stages = results.get('stages') or {}
+  for stage in reversed(list(stages.values()) if isinstance(stages, dict) else []):
+    if isinstance(stage, dict) and stage.get(key) is not None:
+      return stage[key]
+  return None
+
+
+def _read_json(path: str) -> Optional[dict]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def read_jobs(out: str) -> Optional[List[Dict[str, str]]]:
+  """launch.sh's job list, or None when OUT has none."""
+  path = os.path.join(out, JOBS_TSV)
+  if not os.path.exists(path):
+    return None
+  jobs = []
+  with open(path) as f:
+    for line in f:
+      line = line.rstrip('\n')
+      if not line or line.startswith('#'):
+        continue
+      values = line.split('\t') + [''] * len(JOB_FIELDS)
+      jobs.append(dict(zip(JOB_FIELDS, values)))
+  return jobs
+
+
+def _status(out: str, name: str, results: Optional[dict]) -> str:
+  try:
+    with open(os.path.join(out, LOGS_DIR, f'{name}.rc')) as f:
+      rc = int(f.read().strip() or 1)
+  except (FileNotFoundError, ValueError):
+    rc = None
+  if rc not in (None, 0):
+    return f'failed (exit {rc})'
+  return 'ok' if results is not None else 'not finished'
+
+
+def collect(out: str) -> List[dict]:
+  """One row per job: job, status, config, seed, overrides and the RESULT_COLUMNS, plus the
+  full results dict under '_results' (None when missing)."""
+  jobs = read_jobs(out)
+  rows = []
+  if jobs is not None:
+    for job in jobs:
+      workdir = job['workdir'] or os.path.join(out, job['name'])
+      if not os.path.isabs(workdir) and not os.path.exists(workdir):
+        workdir = os.path.join(out, workdir)
+      results = _read_json(os.path.join(workdir, 'results.json'))
+      rows.append({'job': job['name'], 'status': _status(out, job['name'], results),
+                   'config': job['config'], 'seed': job['seed'], 'overrides': job['overrides'],
+                   '_results': results})
+  else:
+    for folder, _, names in sorted(os.walk(out)):
+      if 'results.json' in names:
+        results = _read_json(os.path.join(folder, 'results.json'))
+        rows.append({'job': os.path.relpath(folder, out) if folder != out else '.',
+                     'status': 'ok' if results is not None else 'unreadable',
+                     '_results': results})
+  for row in rows:
+    results = row['_results'] or {}
+    for column, key in RESULT_COLUMNS:
+      row[column] = result_field(results, key)
+  return rows
+
+
+def columns_of(rows: List[dict]) -> List[str]:
+  """ALWAYS columns, then every other column some row fills (in a fixed order)."""
+  candidates = ['config', 'seed', 'overrides'] + [c for c, _ in RESULT_COLUMNS]
+  return list(ALWAYS) + [c for c in candidates
+                         if any(r.get(c) not in (None, '') for r in rows)]
+
+
+def _cell(value, column: str) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float):
+    if column.endswith('accuracy'):
+      return f'{value:.4f}'
+    if column == 'wall_time_s':
+      return f'{value:.1f}'
+    return f'{value:.4g}'
+  return str(value).replace('|', '\\|')
+
+
+def to_markdown(rows: List[dict], columns: List[str]) -> str:
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' for _ in columns) + '|']
+  for r in rows:
+    lines.append('| ' + ' | '.join(_cell(r.get(c), c) for c in columns) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def to_csv(rows: List[dict], columns: List[str]) -> str:
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator='\n')
+  writer.writerow(columns)
+  for r in rows:
+    writer.writerow(['' if r.get(c) is None else r.get(c) for c in columns])
+  return buffer.getvalue()
+
+
+def _write_atomic(path: str, text: str):
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp-')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_summary(out: str, plots: bool = False) -> List[dict]:
+  """Writes OUT/summary.md and OUT/summary.csv (and with plots=True OUT/plots/*.png)."""
+  rows = collect(out)
+  columns = columns_of(rows)
+  failed = [r['job'] for r in rows if r['status'] != 'ok']
+  md = f'# Sweep summary: {os.path.abspath(out)}\n\n' + to_markdown(rows, columns)
+  md += f'\n{len(rows) - len(failed)} of {len(rows)} jobs ok'
+  md += (f'; not ok: {", ".join(failed)}\n' if failed else '\n')
+  _write_atomic(os.path.join(out, SUMMARY_MD), md)
+  _write_atomic(os.path.join(out, SUMMARY_CSV), to_csv(rows, columns))
+  if plots:
+    results = [dict(r['_results'], job=r['job']) for r in rows if r['_results']]
+    try:
+      from qprune.report import plots as plots_lib  # pylint: disable=g-import-not-at-top
+      plots_lib.sweep_plots(results, os.path.join(out, 'plots'))
+    except ImportError as e:  # collector still works without matplotlib / qprune installed
+      print(f'collect: no sweep plots ({e})', file=sys.stderr)
+  return rows
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('out', help='folder of the batch (launch.sh --out)')
+  parser.add_argument('--plots', action='store_true', help='also write OUT/plots/*.png')
+  args = parser.parse_args(argv)
+  if not os.path.isdir(args.out):
+    print(f'collect: error: no folder {args.out}', file=sys.stderr)
+    return 2
+  rows = write_summary(args.out, plots=args.plots)
+  print(to_markdown(rows, columns_of(rows)), end='')
+  print(f'wrote {os.path.join(args.out, SUMMARY_MD)} and {os.path.join(args.out, SUMMARY_CSV)}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

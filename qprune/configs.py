@@ -4,7 +4,9 @@ Config files in `configs/` call `base_config()` and change what their experiment
 `validate(config)` turns every bad field into one `ConfigError` that names the field, the bad
 value and what is allowed, before any work starts.
 """
+import importlib.util
 import json
+import os
 
 import ml_collections
 
@@ -99,6 +101,16 @@ def quant_config() -> ml_collections.ConfigDict:
   q.learning_rate = 0.01
   q.export_name = 'model.qpq'
   return q
+
+
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+  """get_config() of `<name>.py` beside `config_file`, so a config can extend another by path
+  (config files are loaded by path, not as an importable package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'qprune_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def _check(problems, ok, field, value, allowed):

@@ -2,6 +2,7 @@
 
 A mode is `run(config, workdir, mesh) -> dict` (merged into results.json).
 """
-from qprune.modes import prune, quantize, train
+from qprune.modes import pipeline, prune, quantize, train
 
-MODES = {'train': train.run, 'quantize': quantize.run, 'prune': prune.run}
+MODES = {'train': train.run, 'quantize': quantize.run, 'prune': prune.run,
+         'pipeline': pipeline.run}

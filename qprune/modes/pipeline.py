@@ -1,0 +1,52 @@
+"""mode=pipeline: prune (pretrain until the decision is stable, search, shrink, fine-tune), then
+quantize the pruned model (clustered power-of-two targets, INQ schedule), export and report.
+
+Each stage runs in its own folder (`prune/`, `quantize/`) and writes its own results.json when
+done; a rerun skips finished stages and resumes the unfinished one from its checkpoints.
+"""
+import os
+
+from qprune import files, quant
+from qprune.modes import common
+from qprune.modes.prune import prune_model
+from qprune.modes.quantize import quantize_model
+
+STAGES = ('prune', 'quantize')
+
+
+def run_stage(name, stage_fn, config, workdir, mesh, data, spec, variables) -> dict:
+  stage_dir = os.path.join(workdir, name)
+  results_path = os.path.join(stage_dir, common.RESULTS_JSON)
+  done = files.read_json(results_path)
+  if done is not None:
+    print(f'stage {name}: finished earlier, skipped', flush=True)
+    return done
+  print(f'stage {name}: running in {stage_dir}', flush=True)
+  results = stage_fn(config, stage_dir, mesh, data, spec, variables)
+  files.write_json_atomic(results_path, results)
+  return results
+
+
+def run(config, workdir: str, mesh) -> dict:
+  data = common.load_data(config, mesh)
+  spec, variables = common.initial_model(config)
+  fp32_bytes = quant.float32_nbytes(variables)
+  pruned = run_stage('prune', prune_model, config, workdir, mesh, data, spec, variables)
+  spec, variables = common.load_saved_model(os.path.join(workdir, 'prune'))
+  quantized = run_stage('quantize', quantize_model, config, workdir, mesh, data, spec, variables)
+  spec, variables = common.load_saved_model(os.path.join(workdir, 'quantize'))
+  common.save_model(workdir, spec, variables)
+  return {
+      'test_accuracy': quantized['test_accuracy'],
+      'pretrained_test_accuracy': pruned['pretrained_test_accuracy'],
+      'pruned_test_accuracy': pruned['test_accuracy'],
+      'export_path': quantized['export_path'], 'export_bytes': quantized['export_bytes'],
+      'fp32_bytes_original': fp32_bytes,
+      'compression_ratio': fp32_bytes / quantized['export_bytes'],
+      'bits_per_weight': quantized['bits_per_weight'],
+      'params_before': pruned['params_before'], 'macs_before': pruned['macs_before'],
+      'params': quantized['params'], 'macs': quantized['macs'],
+      'pretrain_epochs': pruned['pretrain_epochs'],
+      'epochs_run': pruned['epochs_run'] + quantized['epochs_run'],
+      'stages': {'prune': pruned, 'quantize': quantized},
+  }

@@ -10,7 +10,7 @@ and the batch collector launch.sh uses.
       params/MACs before and after pruning (results' `layer_costs`)
   python -m qprune.report.collect OUT -> OUT/summary.md, OUT/summary.csv
 """
-from qprune.report.collect import collect, write_summary
+from qprune.report.collect import write_summary
 from qprune.report.costs import layer_cost_rows, layer_costs
 from qprune.report.markdown import REPORT_MD, render, write_report, write_sensitivity
 from qprune.report.plots import (mask_distance_plot, sweep_plots, weight_histogram,
@@ -19,5 +19,5 @@ from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity
 
 __all__ = ['write_report', 'render', 'write_sensitivity', 'quant_sensitivity',
            'prune_sensitivity', 'sweep_plots', 'weight_histogram', 'weight_histogram_grid',
-           'mask_distance_plot', 'layer_cost_rows', 'layer_costs', 'collect', 'write_summary',
+           'mask_distance_plot', 'layer_cost_rows', 'layer_costs', 'write_summary',
            'REPORT_MD']

@@ -193,4 +193,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+  if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)  # run by path: don't let this folder's modules shadow top-level ones
   sys.exit(main())

@@ -83,11 +83,16 @@ class _Context:
 _SUMMARY_KEYS = (
     ('mode', 'mode'), ('model', 'model'), ('dataset', 'dataset'),
     ('test_accuracy', 'test accuracy'), ('fp_test_accuracy', 'float test accuracy'),
+    ('pretrained_test_accuracy', 'test accuracy after pretraining'),
+    ('pruned_test_accuracy', 'test accuracy after pruning'),
     ('params_before', 'params before pruning'), ('params', 'params'),
     ('macs_before', 'MACs before pruning'), ('macs', 'MACs per image'),
     ('method', 'quantization method'), ('bits_per_weight', 'bits per weight'),
     ('criterion', 'pruning criterion'), ('prune_ratio', 'prune ratio'),
-    ('pretrain_epochs', 'pretraining epochs'), ('epochs_run', 'epochs run'),
+    ('params_removed', 'params removed'), ('macs_removed', 'MACs removed'),
+    ('pretrain_epochs', 'pretraining epochs'), ('stopped_early', 'pretraining stopped early'),
+    ('finetune_epochs', 'fine-tuning epochs'), ('epochs_run', 'epochs run'),
+    ('fp32_bytes_original', 'FP32 bytes of the original model'),
     ('fp32_bytes', 'FP32 bytes'), ('export_bytes', 'exported bytes'),
     ('compression_ratio', 'compression ratio'), ('export_path', 'export'),
     ('wall_time_s', 'wall time (s)'), ('devices', 'devices'),
@@ -208,12 +213,17 @@ def prune_section(results: Mapping, ctx: _Context) -> List[str]:
                                             'macs'],
                    ['layer', 'params before', 'params after', 'MACs before', 'MACs after'])
   if results.get('search'):
-    rows = sorted(results['search'], key=lambda r: -float(r.get('accuracy') or 0))
-    for r in rows:
-      chosen = (r.get('criterion') == results.get('criterion') and
-                r.get('ratio') == results.get('prune_ratio') and
-                (results.get('selection') is None or r.get('selection') == results['selection']))
-      r['chosen'] = '✓' if chosen else ''
+    best = results.get('search_best')
+    rows = []
+    for i, r in enumerate(results['search']):
+      if best is not None:
+        chosen = i == best
+      else:
+        chosen = (r.get('criterion') == results.get('criterion') and
+                  r.get('ratio') == results.get('prune_ratio') and
+                  results.get('selection') in (None, r.get('selection')))
+      rows.append(dict(r, chosen='✓' if chosen else ''))
+    rows.sort(key=lambda r: -float(r.get('accuracy') or 0))
     lines += [ctx.heading(f'Candidate search ({len(rows)} candidates, best first)', 1), '']
     lines += table(rows[:50], ['chosen', 'description', 'params', 'macs', 'accuracy', 'loss'])
   distances = results.get('mask_distance')
@@ -287,12 +297,17 @@ def write_report(workdir: str, results: Mapping, variables=None, targets=None) -
   """Writes `workdir/report.md` (+ `workdir/plots/*.png`) for a run; returns the report's path.
 
   results: the run's results.json dict (any mode; a pipeline's `stages` are rendered per stage).
-  variables: optional {'params': ...} (or a bare params tree) whose quantizable layers get the
+  variables: optional {'params': ...} (or a bare params tree), or the path of a run folder
+    holding a saved model (loaded with `qprune.load_model`), whose quantizable layers get the
     figure-3.1 histograms; pass the FULL-PRECISION weights the target sets were chosen from (the
-    quantization stage's input), so the histogram shows the distribution being clustered.
+    quantization stage's input: `init_from` for mode=quantize, `<workdir>/prune` for the
+    pipeline), so the histogram shows the distribution being clustered.
   targets: optional {layer: exponents}; default: the exponents in results' `layers` rows.
   """
   layer_weights = None
+  if isinstance(variables, str):
+    from qprune import load_model  # pylint: disable=g-import-not-at-top
+    variables = load_model(variables)[1]
   if variables is not None:
     from qprune.quant import quantizable_layers  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# launch.sh: run a batch of qprune jobs (configs x override variants x seeds) and collect them.
+#
+# Usage:
+#   ./launch.sh --configs configs/a.py,configs/b.py [--override "--config.x=1"]... \
+#               [--seeds 0,1] [--set "--config.epochs=1 --config.data_dir=../shared/data"] \
+#               [--out runs/sweep1] [--gpus 0,1] [--dry-run] [--no-plots]
+#   ./launch.sh ... --multi-host [--hosts N] [--coordinator HOST:PORT]   # print per-host commands
+#   ./launch.sh --sweep sweep.txt [--seeds 0,1] [--set "..."] [--out DIR]
+#
+# Jobs. Every config (--configs, comma-separated) runs once per override variant (--override,
+# repeatable; none given = one variant without overrides) and once per seed (--seeds, default
+# 0; passed as --config.seed=S). A sweep file (--sweep) adds one job line per line:
+# `config [--config.field=value ...]` (blank lines and lines starting with # are skipped), each
+# run once per seed. --set adds overrides to every job (before the variant's own, so a variant
+# wins). Overrides are split on whitespace: values cannot contain spaces.
+#
+# Each job runs `$QPRUNE_PYTHON -m qprune.main --config=CONFIG --workdir=WORKDIR <overrides>`
+# with workdir <out>/<config-stem>[_<override-tag>]_s<seed> (tag: the variant's overrides
+# without "--config.", "=" -> "-", e.g. learning_rate-0.02) and log <out>/logs/<name>.log
+# (exit status in <out>/logs/<name>.rc). <out>/jobs.tsv lists the jobs. Rerunning the same
+# launch resumes unfinished jobs from their checkpoints and skips finished ones (the binary
+# does that per workdir).
+#
+# Scheduling. When `nvidia-smi -L` lists GPUs, jobs run in parallel, one per GPU
+# (CUDA_VISIBLE_DEVICES=<i>; --gpus 0,2 picks the GPUs); otherwise one after another. A failed
+# job does not stop the others. At the end the results are collected into <out>/summary.md and
+# <out>/summary.csv (`python qprune/report/collect.py <out> --plots`, also
+# <out>/plots/accuracy_vs_{bits,macs}.png unless --no-plots); the exit status is 1 when a job failed, and the
+# failed jobs are named on stderr.
+#
+# Several hosts (TPU VM pods, multi-node GPU). One job then spans all hosts: every host runs
+# the SAME command at the same time, and the binary calls jax.distributed.initialize() when
+# JAX_COORDINATOR_ADDRESS is set or JAX_NUM_PROCESSES > 1. `--multi-host` (with --hosts N)
+# prints, for every job, the per-host command instead of running anything:
+#   * TPU VM pod slice: JAX_NUM_PROCESSES=N (TPU metadata supplies the coordinator and each
+#     host's id), launched on all workers at once, e.g.
+#       gcloud compute tpus tpu-vm ssh TPU_NAME --zone ZONE --worker=all --command "cd qprune && <cmd>"
+#   * GPU hosts: JAX_COORDINATOR_ADDRESS=HOST0:PORT (--coordinator) JAX_NUM_PROCESSES=N
+#     JAX_PROCESS_ID=<0..N-1> on each host (SLURM / Open MPI environments are auto-detected).
+#   The workdir (--out) must be on storage every host sees (NFS, GCS fuse): checkpoints are
+#   written collectively. Run the jobs of a multi-host batch one after another.
+#
+# Environment: QPRUNE_PYTHON (interpreter for the jobs; default: $VIRTUAL_ENV/bin/python of an
+# active virtualenv, else python, else python3),
+# QPRUNE_COLLECT_PYTHON (for the collector; default: the same), QPRUNE_NVIDIA_SMI (default:
+# nvidia-smi).
+set -u
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() {
+  sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed -e 's/^# \{0,1\}//'
+}
+
+die() { echo "launch.sh: error: $*" >&2; exit 2; }
+
+default_python() {
+  if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then echo "$VIRTUAL_ENV/bin/python"
+  elif command -v python >/dev/null 2>&1; then echo python; else echo python3; fi
+}
+
+CONFIGS=()
+VARIANTS=()
+SEEDS="0"
+SET=""
+OUT=""
+SWEEP=""
+DRY_RUN=0
+PLOTS="--plots"
+MULTI_HOST=0
+HOSTS="N"
+COORDINATOR="HOST0:8476"
+GPUS=""
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --configs) [[ $# -ge 2 ]] || die "--configs needs a value"
+      IFS=',' read -r -a _c <<< "$2"; CONFIGS+=("${_c[@]}"); shift 2 ;;
+    --configs=*) IFS=',' read -r -a _c <<< "${1#*=}"; CONFIGS+=("${_c[@]}"); shift ;;
+    --override) [[ $# -ge 2 ]] || die "--override needs a value"; VARIANTS+=("$2"); shift 2 ;;
+    --override=*) VARIANTS+=("${1#*=}"); shift ;;
+    --seeds) [[ $# -ge 2 ]] || die "--seeds needs a value"; SEEDS="$2"; shift 2 ;;
+    --seeds=*) SEEDS="${1#*=}"; shift ;;
+    --set) [[ $# -ge 2 ]] || die "--set needs a value"; SET="$SET $2"; shift 2 ;;
+    --set=*) SET="$SET ${1#*=}"; shift ;;
+    --out) [[ $# -ge 2 ]] || die "--out needs a value"; OUT="$2"; shift 2 ;;
+    --out=*) OUT="${1#*=}"; shift ;;
+    --sweep) [[ $# -ge 2 ]] || die "--sweep needs a value"; SWEEP="$2"; shift 2 ;;
+    --sweep=*) SWEEP="${1#*=}"; shift ;;
+    --gpus) [[ $# -ge 2 ]] || die "--gpus needs a value"; GPUS="$2"; shift 2 ;;
+    --gpus=*) GPUS="${1#*=}"; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --no-plots) PLOTS=""; shift ;;
+    --multi-host) MULTI_HOST=1; shift ;;
+    --hosts) [[ $# -ge 2 ]] || die "--hosts needs a number"; HOSTS="$2"; shift 2 ;;
+    --hosts=*) HOSTS="${1#*=}"; shift ;;
+    --coordinator) [[ $# -ge 2 ]] || die "--coordinator needs HOST:PORT"; COORDINATOR="$2"; shift 2 ;;
+    --coordinator=*) COORDINATOR="${1#*=}"; shift ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+[[ "$HOSTS" == N || "$HOSTS" =~ ^[1-9][0-9]*$ ]] || die "--hosts takes a number, got '$HOSTS'"
+[[ ${#CONFIGS[@]} -gt 0 || -n "$SWEEP" ]] || die "give --configs or --sweep (see --help)"
+[[ -z "$SWEEP" || -f "$SWEEP" ]] || die "no sweep file $SWEEP"
+IFS=',' read -r -a SEED_LIST <<< "$SEEDS"
+for s in "${SEED_LIST[@]}"; do [[ "$s" =~ ^[0-9]+$ ]] || die "bad seed '$s' in --seeds"; done
+[[ ${#VARIANTS[@]} -gt 0 ]] || VARIANTS=("")
+OUT="${OUT:-runs/sweep_$(date +%Y%m%d_%H%M%S)}"
+PY="${QPRUNE_PYTHON:-$(default_python)}"
+COLLECT_PY="${QPRUNE_COLLECT_PYTHON:-${QPRUNE_PYTHON:-$(default_python)}}"
+
+# ---------------------------------------------------------------------------------------------
+# The job list: parallel arrays of name, config, overrides (variant part), seed.
+
+tag_of() {  # "--config.learning_rate=0.02 --config.width=0.5" -> learning_rate-0.02_width-0.5
+  local tag="" word
+  for word in $1; do
+    word="${word#--config.}"; word="${word#--}"; word="${word//=/-}"
+    word="$(printf '%s' "$word" | tr -c 'A-Za-z0-9._-' '_')"
+    tag="${tag:+${tag}_}$word"
+  done
+  if [[ ${#tag} -gt 60 ]]; then
+    tag="${tag:0:40}_$(printf '%s' "$1" | cksum | cut -d' ' -f1)"
+  fi
+  printf '%s' "$tag"
+}
+
+J_NAME=(); J_CONFIG=(); J_OVR=(); J_SEED=()
+add_jobs() {  # config, variant overrides
+  local config="$1" variant="$2" stem tag seed name
+  stem="$(basename "$config")"; stem="${stem%.py}"
+  tag="$(tag_of "$variant")"
+  for seed in "${SEED_LIST[@]}"; do
+    name="${stem}${tag:+_$tag}_s${seed}"
+    for other in "${J_NAME[@]+"${J_NAME[@]}"}"; do
+      [[ "$other" != "$name" ]] || die "two jobs would share the workdir $OUT/$name"
+    done
+    J_NAME+=("$name"); J_CONFIG+=("$config"); J_OVR+=("$variant"); J_SEED+=("$seed")
+  done
+}
+
+for config in "${CONFIGS[@]+"${CONFIGS[@]}"}"; do
+  [[ -n "$config" ]] || continue
+  for variant in "${VARIANTS[@]}"; do add_jobs "$config" "$variant"; done
+done
+if [[ -n "$SWEEP" ]]; then
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    line="${line%%#*}"
+    read -r -a words <<< "$line"
+    [[ ${#words[@]} -gt 0 ]] || continue
+    add_jobs "${words[0]}" "${words[*]:1}"
+  done < "$SWEEP"
+fi
+[[ ${#J_NAME[@]} -gt 0 ]] || die "no jobs"
+for config in "${J_CONFIG[@]}"; do
+  [[ $DRY_RUN -eq 1 || -f "$config" ]] || die "no config file $config"
+done
+
+job_args() {  # index -> the binary's arguments, one per line (no spaces inside values)
+  local i="$1" word
+  printf '%s\n' "-m" "qprune.main" "--config=${J_CONFIG[$i]}" "--workdir=$OUT/${J_NAME[$i]}"
+  for word in $SET ${J_OVR[$i]}; do printf '%s\n' "$word"; done
+  printf '%s\n' "--config.seed=${J_SEED[$i]}"
+}
+
+job_command() {  # printable command line of job i
+  local args
+  mapfile -t args < <(job_args "$1")
+  printf '%s' "$PY"
+  printf ' %q' "${args[@]}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Multi-host: print the per-host commands and stop.
+
+if [[ $MULTI_HOST -eq 1 ]]; then
+  echo "# ${#J_NAME[@]} job(s) for $HOSTS hosts; run each job on ALL hosts at once, jobs one after another."
+  echo "# --out ($OUT) must be shared storage. TPU VM pod slice (coordinator and ids from TPU metadata):"
+  for i in "${!J_NAME[@]}"; do
+    echo "JAX_NUM_PROCESSES=$HOSTS $(job_command "$i")"
+  done
+  echo "#   e.g. gcloud compute tpus tpu-vm ssh TPU_NAME --zone ZONE --worker=all --command \"cd qprune && JAX_NUM_PROCESSES=$HOSTS ...\""
+  last="$HOSTS-1"; [[ "$HOSTS" == N ]] || last=$((HOSTS - 1))
+  echo "# GPU hosts: on host h = 0..$last (host 0 = the coordinator, reachable by all):"
+  for i in "${!J_NAME[@]}"; do
+    echo "JAX_COORDINATOR_ADDRESS=$COORDINATOR JAX_NUM_PROCESSES=$HOSTS JAX_PROCESS_ID=\$h $(job_command "$i")"
+  done
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Devices.
+
+GPU_LIST=()
+if [[ -n "$GPUS" ]]; then
+  IFS=',' read -r -a GPU_LIST <<< "$GPUS"
+else
+  SMI="${QPRUNE_NVIDIA_SMI:-nvidia-smi}"
+  if command -v "$SMI" >/dev/null 2>&1; then
+    count="$("$SMI" -L 2>/dev/null | grep -c '^GPU ')"
+    for ((g = 0; g < count; g++)); do GPU_LIST+=("$g"); done
+  fi
+fi
+
+if [[ $DRY_RUN -eq 1 ]]; then
+  if [[ ${#GPU_LIST[@]} -gt 0 ]]; then
+    echo "# ${#J_NAME[@]} job(s), in parallel on GPUs ${GPU_LIST[*]} (one job per GPU)"
+  else
+    echo "# ${#J_NAME[@]} job(s), one after another (no GPU found)"
+  fi
+  for i in "${!J_NAME[@]}"; do
+    if [[ ${#GPU_LIST[@]} -gt 0 ]]; then
+      printf 'CUDA_VISIBLE_DEVICES=%s ' "${GPU_LIST[$((i % ${#GPU_LIST[@]}))]}"
+    fi
+    echo "$(job_command "$i") > $OUT/logs/${J_NAME[$i]}.log 2>&1"
+  done
+  echo "$COLLECT_PY $SCRIPT_DIR/qprune/report/collect.py $OUT${PLOTS:+ $PLOTS}"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Run.
+
+mkdir -p "$OUT/logs" || die "cannot create $OUT/logs"
+{
+  echo "# name	config	seed	overrides	workdir	log"
+  for i in "${!J_NAME[@]}"; do
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${J_NAME[$i]}" "${J_CONFIG[$i]}" "${J_SEED[$i]}" \
+      "$(echo ${J_OVR[$i]})" "$OUT/${J_NAME[$i]}" "$OUT/logs/${J_NAME[$i]}.log"
+  done
+} > "$OUT/jobs.tsv"
+
+run_job() {  # index, gpu ('' = none); writes the exit status to logs/<name>.rc
+  local i="$1" gpu="$2" name="${J_NAME[$1]}" args rc
+  local log="$OUT/logs/$name.log"
+  mapfile -t args < <(job_args "$i")
+  rm -f "$OUT/logs/$name.rc"
+  {
+    echo "# $(date '+%F %T') ${gpu:+CUDA_VISIBLE_DEVICES=$gpu }$(job_command "$i")"
+  } > "$log"
+  if [[ -n "$gpu" ]]; then
+    CUDA_VISIBLE_DEVICES="$gpu" "$PY" "${args[@]}" >> "$log" 2>&1
+  else
+    "$PY" "${args[@]}" >> "$log" 2>&1
+  fi
+  rc=$?
+  echo "$rc" > "$OUT/logs/$name.rc"
+  return $rc
+}
+
+report_done() {  # index
+  local name="${J_NAME[$1]}" rc
+  rc="$(cat "$OUT/logs/$name.rc" 2>/dev/null || echo '?')"
+  if [[ "$rc" == "0" ]]; then
+    echo "[launch] done   $name"
+  else
+    echo "[launch] FAILED $name (exit $rc; log $OUT/logs/$name.log)"
+  fi
+}
+
+START=$SECONDS
+if [[ ${#GPU_LIST[@]} -eq 0 ]]; then
+  echo "[launch] ${#J_NAME[@]} job(s) one after another (no GPU found); logs in $OUT/logs"
+  for i in "${!J_NAME[@]}"; do
+    echo "[launch] start  ${J_NAME[$i]}"
+    run_job "$i" ""
+    report_done "$i"
+  done
+else
+  echo "[launch] ${#J_NAME[@]} job(s) on GPUs ${GPU_LIST[*]}, one job per GPU; logs in $OUT/logs"
+  declare -A SLOT_PID=() SLOT_JOB=()
+  next=0
+  while [[ $next -lt ${#J_NAME[@]} || ${#SLOT_PID[@]} -gt 0 ]]; do
+    for gpu in "${GPU_LIST[@]}"; do  # reap finished jobs, fill free GPUs
+      if [[ -n "${SLOT_PID[$gpu]:-}" ]] && ! kill -0 "${SLOT_PID[$gpu]}" 2>/dev/null; then
+        wait "${SLOT_PID[$gpu]}" 2>/dev/null
+        report_done "${SLOT_JOB[$gpu]}"
+        unset "SLOT_PID[$gpu]" "SLOT_JOB[$gpu]"
+      fi
+      if [[ -z "${SLOT_PID[$gpu]:-}" && $next -lt ${#J_NAME[@]} ]]; then
+        echo "[launch] start  ${J_NAME[$next]} on GPU $gpu"
+        run_job "$next" "$gpu" &
+        SLOT_PID[$gpu]=$!; SLOT_JOB[$gpu]=$next
+        next=$((next + 1))
+      fi
+    done
+    [[ ${#SLOT_PID[@]} -eq 0 ]] || wait -n 2>/dev/null || sleep 1
+  done
+fi
+
+echo "[launch] all jobs ended after $((SECONDS - START)) s; collecting"
+"$COLLECT_PY" "$SCRIPT_DIR/qprune/report/collect.py" "$OUT" $PLOTS \
+  || echo "launch.sh: warning: collecting the results failed" >&2
+
+FAILED=()
+for name in "${J_NAME[@]}"; do
+  [[ "$(cat "$OUT/logs/$name.rc" 2>/dev/null)" == "0" ]] || FAILED+=("$name")
+done
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+  echo "launch.sh: ${#FAILED[@]} of ${#J_NAME[@]} job(s) failed: ${FAILED[*]}" >&2
+  exit 1
+fi
+echo "[launch] all ${#J_NAME[@]} job(s) ok; summary: $OUT/summary.md"

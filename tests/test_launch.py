@@ -1,0 +1,161 @@
+"""launch.sh: dry-run commands, per-job workdirs/logs, collected table, failures, GPU slots.
+
+Real training is too slow here: QPRUNE_PYTHON points to a fake interpreter (a small bash
+script) that writes a results.json into --workdir, or fails when the config's name says so.
+"""
+import csv
+import os
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+LAUNCH = os.path.join(REPO_ROOT, 'launch.sh')
+
+FAKE_PYTHON = r'''#!/usr/bin/env bash
+# fake "python -m qprune.main --config=C --workdir=W [--config.x=v ...]"
+workdir=""; config=""; seed=""
+for a in "$@"; do
+  case "$a" in
+    --workdir=*) workdir="${a#*=}" ;;
+    --config=*) config="${a#*=}" ;;
+    --config.seed=*) seed="${a#*=}" ;;
+  esac
+done
+echo "fake run of $config seed $seed args: $*"
+if [[ "$config" == *bad* ]]; then echo "boom" >&2; exit 3; fi
+mkdir -p "$workdir"
+start=$(date +%s.%N)
+sleep "${FAKE_SLEEP:-0}"
+printf '{"mode": "train", "model": "lenet5", "dataset": "mnist", "test_accuracy": 0.9%s, "params": 100, "macs": 2000, "epochs_run": 1, "wall_time_s": 0.5, "gpu": "%s", "start": %s, "end": %s}\n' \
+  "$seed" "${CUDA_VISIBLE_DEVICES:-}" "$start" "$(date +%s.%N)" > "$workdir/results.json"
+'''
+
+FAKE_SMI = '''#!/usr/bin/env bash
+echo "GPU 0: Fake GPU (UUID: GPU-0)"
+echo "GPU 1: Fake GPU (UUID: GPU-1)"
+'''
+
+
+def _script(path, text):
+  path.write_text(text)
+  path.chmod(0o755)
+  return str(path)
+
+
+def _env(tmp_path, smi=None, **extra):
+  env = dict(os.environ)
+  env.update(QPRUNE_PYTHON=_script(tmp_path / 'fake_python', FAKE_PYTHON),
+             QPRUNE_COLLECT_PYTHON=sys.executable,
+             QPRUNE_NVIDIA_SMI=smi or str(tmp_path / 'no-nvidia-smi'))
+  env.pop('VIRTUAL_ENV', None)
+  env.update(extra)
+  return env
+
+
+def _configs(tmp_path, *names):
+  folder = tmp_path / 'configs'
+  folder.mkdir(exist_ok=True)
+  for n in names:
+    (folder / n).write_text('def get_config(): pass\n')
+  return [str(folder / n) for n in names]
+
+
+def _launch(args, env, cwd):
+  return subprocess.run(['bash', LAUNCH, *args], env=env, cwd=cwd, capture_output=True,
+                        text=True, timeout=120)
+
+
+def test_help():
+  out = subprocess.run(['bash', LAUNCH, '--help'], capture_output=True, text=True, check=True)
+  assert 'Usage:' in out.stdout and '--dry-run' in out.stdout and '--multi-host' in out.stdout
+
+
+def test_dry_run_prints_commands(tmp_path):
+  env = _env(tmp_path, QPRUNE_PYTHON='python')
+  out = _launch(['--configs', 'configs/mnist_lenet5.py,configs/cifar10_resnet20.py',
+                 '--seeds', '0,1', '--set', '--config.epochs=1 --config.data_dir=../shared/data',
+                 '--out', 'runs/sweep1', '--dry-run'], env, REPO_ROOT)
+  assert out.returncode == 0, out.stderr
+  commands = [l for l in out.stdout.splitlines() if not l.startswith('#')]
+  expected = [
+      f'python -m qprune.main --config=configs/{c}.py --workdir=runs/sweep1/{c}_s{s} '
+      f'--config.epochs=1 --config.data_dir=../shared/data --config.seed={s} '
+      f'> runs/sweep1/logs/{c}_s{s}.log 2>&1'
+      for c in ('mnist_lenet5', 'cifar10_resnet20') for s in (0, 1)]
+  assert commands[:4] == expected
+  assert commands[4].endswith('qprune/report/collect.py runs/sweep1 --plots')
+  assert not os.path.exists(os.path.join(REPO_ROOT, 'runs', 'sweep1'))  # nothing ran
+
+
+def test_dry_run_variants_sweep_file_and_gpus(tmp_path):
+  sweep = tmp_path / 'sweep.txt'
+  sweep.write_text('# comment\nconfigs/mnist_lenet5.py --config.learning_rate=0.02\n\n'
+                   'configs/mnist_lenet5.py --config.width=0.5 --config.quant.k=3\n')
+  env = _env(tmp_path, smi=_script(tmp_path / 'smi', FAKE_SMI), QPRUNE_PYTHON='py')
+  out = _launch(['--sweep', str(sweep), '--configs', 'configs/mnist_lenet5.py', '--override', '',
+                 '--override', '--config.epochs=2', '--out', 'o', '--dry-run'], env, REPO_ROOT)
+  assert out.returncode == 0, out.stderr
+  lines = [l for l in out.stdout.splitlines() if l.startswith('CUDA')]
+  workdirs = [l.split('--workdir=')[1].split()[0] for l in lines]
+  assert workdirs == ['o/mnist_lenet5_s0', 'o/mnist_lenet5_epochs-2_s0',
+                      'o/mnist_lenet5_learning_rate-0.02_s0',
+                      'o/mnist_lenet5_width-0.5_quant.k-3_s0']
+  assert [l.split()[0] for l in lines] == ['CUDA_VISIBLE_DEVICES=0', 'CUDA_VISIBLE_DEVICES=1'] * 2
+  # the same workdir twice is refused
+  dup = _launch(['--configs', 'configs/mnist_lenet5.py,other/mnist_lenet5.py', '--out', 'o',
+                 '--dry-run'], env, REPO_ROOT)
+  assert dup.returncode == 2 and 'share the workdir' in dup.stderr
+
+
+def test_multi_host_prints_per_host_commands(tmp_path):
+  env = _env(tmp_path, QPRUNE_PYTHON='python')
+  out = _launch(['--configs', 'configs/mnist_lenet5.py', '--multi-host', '--hosts', '4',
+                 '--coordinator', '10.0.0.1:1234', '--out', '/shared/runs'], env, REPO_ROOT)
+  assert out.returncode == 0, out.stderr
+  assert ('JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=$h python '
+          '-m qprune.main --config=configs/mnist_lenet5.py') in out.stdout
+  assert 'JAX_NUM_PROCESSES=4 python -m qprune.main' in out.stdout  # TPU pod form
+  assert not os.path.exists('/shared/runs')
+
+
+def test_sequential_run_failure_and_summary(tmp_path):
+  good, bad = _configs(tmp_path, 'good.py', 'bad.py')
+  out_dir = tmp_path / 'out'
+  out = _launch(['--configs', f'{bad},{good}', '--seeds', '0,1', '--set', '--config.epochs=1',
+                 '--out', str(out_dir)], _env(tmp_path), str(tmp_path))
+  assert out.returncode == 1
+  assert 'failed: bad_s0 bad_s1' in out.stderr
+  # the failing jobs ran first and did not stop the good ones
+  for seed in (0, 1):
+    assert (out_dir / f'good_s{seed}' / 'results.json').exists()
+    log = (out_dir / 'logs' / f'good_s{seed}.log').read_text()
+    assert f'--config.epochs=1 --config.seed={seed}' in log
+    assert (out_dir / 'logs' / f'good_s{seed}.rc').read_text().strip() == '0'
+  assert 'boom' in (out_dir / 'logs' / 'bad_s0.log').read_text()
+  assert (out_dir / 'logs' / 'bad_s1.rc').read_text().strip() == '3'
+  with open(out_dir / 'summary.csv') as f:
+    rows = {r['job']: r for r in csv.DictReader(f)}
+  assert rows['good_s1']['status'] == 'ok' and rows['good_s1']['test_accuracy'] == '0.91'
+  assert rows['bad_s0']['status'] == 'failed (exit 3)' and rows['bad_s0']['test_accuracy'] == ''
+  assert rows['good_s0']['config'] == good and rows['good_s0']['seed'] == '0'
+  md = (out_dir / 'summary.md').read_text()
+  assert '| good_s0 | ok |' in md and 'not ok: bad_s0, bad_s1' in md
+  assert (out_dir / 'plots' / 'accuracy_vs_macs.png').exists()
+
+
+def test_one_job_per_gpu_in_parallel(tmp_path):
+  (good,) = _configs(tmp_path, 'good.py')
+  out_dir = tmp_path / 'out'
+  env = _env(tmp_path, smi=_script(tmp_path / 'smi', FAKE_SMI), FAKE_SLEEP='1')
+  out = _launch(['--configs', good, '--seeds', '0,1,2', '--out', str(out_dir), '--no-plots'], env,
+                str(tmp_path))
+  assert out.returncode == 0, out.stdout + out.stderr
+  import json  # pylint: disable=g-import-not-at-top
+  runs = [json.loads((out_dir / f'good_s{s}' / 'results.json').read_text()) for s in range(3)]
+  assert sorted(r['gpu'] for r in runs[:2]) == ['0', '1']
+  assert runs[2]['gpu'] in ('0', '1')
+  # the first two overlapped (one per GPU); the third waited for a free GPU
+  assert runs[0]['start'] < runs[1]['end'] and runs[1]['start'] < runs[0]['end']
+  assert runs[2]['start'] >= min(runs[0]['end'], runs[1]['end']) - 0.05
+  assert (out_dir / 'summary.csv').exists() and not (out_dir / 'plots').exists()

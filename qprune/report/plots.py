@@ -183,6 +183,7 @@ def _scatter(points, x_index: int, path: str, xlabel: str, title: str, log_x: bo
                     textcoords='offset points')
     if log_x and min(p[x_index] for p in pts) > 0:
       ax.set_xscale('log')
+    ax.margins(x=0.15, y=0.1)  # room for the labels
   ax.set_xlabel(xlabel)
   ax.set_ylabel('test accuracy')
   ax.set_title(title, fontsize=10)

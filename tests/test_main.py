@@ -140,3 +140,43 @@ def test_init_from_another_model_is_refused(trained, data_dir, tmp_path):
   proc = run_main('cifar10_resnet20.py', str(tmp_path / 'w'), f'--config.data_dir={data_dir}',
                   f'--config.init_from={workdir}', *SMALL, check=False)
   assert proc.returncode == 2 and 'holds a lenet5 trained on mnist' in proc.stderr
+
+
+TINY_PRUNE = ['--config.train_subset=1400', '--config.eval_subset=500', '--config.batch_size=64',
+              '--config.progress=False', '--config.epochs=3', '--config.prune.eb_window=2',
+              '--config.prune.holdout=300', '--config.prune.finetune_epochs=1']
+
+
+@pytest.mark.real_data
+def test_prune_mode_shrinks_the_model(data_dir, mnist_test, tmp_path):
+  out = str(tmp_path / 'prune')
+  run_main('mnist_lenet5_prune.py', out, f'--config.data_dir={data_dir}', *TINY_PRUNE)
+  r = json.load(open(os.path.join(out, 'results.json')))
+  assert r['params'] <= 0.4 * r['params_before'] and r['macs'] < r['macs_before']
+  assert 1 <= r['pretrain_epochs'] <= 3 and len(r['mask_distance']) == r['pretrain_epochs']
+  assert len(r['search']) == 8 and r['search'][r['search_best']]['params'] == r['params']
+  model, variables = qprune.load_model(out)
+  assert qprune.count_params(variables['params']) == r['params']
+  assert _accuracy(model, variables, *mnist_test) == pytest.approx(r['test_accuracy'])
+  assert r['test_accuracy'] > 0.8
+
+
+@pytest.mark.real_data
+def test_pipeline_end_to_end_and_a_rerun_skips_finished_stages(data_dir, mnist_test, tmp_path):
+  out = str(tmp_path / 'pipe')
+  args = [f'--config.data_dir={data_dir}', *TINY_PRUNE, '--config.quant.schedule=(0.5, 1.0)']
+  run_main('mnist_lenet5_pipeline.py', out, *args)
+  r = json.load(open(os.path.join(out, 'results.json')))
+  assert set(r['stages']) == {'prune', 'quantize'}
+  assert r['compression_ratio'] == pytest.approx(r['fp32_bytes_original'] / r['export_bytes'])
+  assert r['compression_ratio'] > 20  # pruned to <= 40% of params, then 3 bits per weight
+  model, variables = qprune.load_quantized(r['export_path'])
+  assert _accuracy(model, variables, *mnist_test) == pytest.approx(r['test_accuracy'])
+  # Lose the quantize stage's and the run's results: the rerun redoes only what is missing.
+  os.remove(os.path.join(out, 'results.json'))
+  os.remove(os.path.join(out, 'quantize', 'results.json'))
+  proc = run_main('mnist_lenet5_pipeline.py', out, *args)
+  assert 'stage prune: finished earlier, skipped' in proc.stdout
+  again = json.load(open(os.path.join(out, 'results.json')))
+  assert again['test_accuracy'] == r['test_accuracy']
+  assert again['export_bytes'] == r['export_bytes']

@@ -40,7 +40,7 @@ def split_holdout(data: pipeline.Data, holdout: int):
                           f'({n} training examples); lower it or raise train_subset')
   train = pipeline.Split(data.train.images[:n - holdout], data.train.labels[:n - holdout])
   held = pipeline.Split(data.train.images[n - holdout:], data.train.labels[n - holdout:])
-  return pipeline.Data(data.info, train, held), held
+  return pipeline.Data(data.info, train, data.test), held
 
 
 def _batches(split: pipeline.Split, count: int):

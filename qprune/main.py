@@ -21,11 +21,23 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def maybe_initialize_distributed():
-  """Multi-host (TPU pod / multi-node GPU): join the job when the environment says so."""
+  """Multi-host (TPU pod / multi-node GPU): join the job when the environment says so.
+
+  TPU pods, SLURM and MPI are detected by jax itself; elsewhere set JAX_COORDINATOR_ADDRESS
+  (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch.sh --multi-host prints
+  the per-host commands).
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  if any(os.environ.get(k) for k in ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS')) or (
-      int(os.environ.get('JAX_NUM_PROCESSES', '1')) > 1):
-    jax.distributed.initialize()
+  env = os.environ
+  if env.get('JAX_COORDINATOR_ADDRESS') or int(env.get('JAX_NUM_PROCESSES', '1')) > 1:
+    kwargs = {}
+    if env.get('JAX_COORDINATOR_ADDRESS'):
+      kwargs['coordinator_address'] = env['JAX_COORDINATOR_ADDRESS']
+    if env.get('JAX_NUM_PROCESSES'):
+      kwargs['num_processes'] = int(env['JAX_NUM_PROCESSES'])
+    if env.get('JAX_PROCESS_ID'):
+      kwargs['process_id'] = int(env['JAX_PROCESS_ID'])
+    jax.distributed.initialize(**kwargs)
 
 
 def run(config, workdir: str) -> dict:
@@ -48,7 +60,22 @@ def run(config, workdir: str) -> dict:
   results = {'mode': config.mode, 'model': config.model, 'dataset': config.dataset,
              **results, 'wall_time_s': time.time() - start, 'devices': int(mesh.devices.size)}
   files.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), results)
+  write_report(config, workdir, results)
   return results
+
+
+def write_report(config, workdir: str, results: dict):
+  """report.md + plots; a failure here only warns (the run's results are already safe)."""
+  from qprune import report  # pylint: disable=g-import-not-at-top
+  # The full-precision weights the quantization targets were chosen from, for the histograms.
+  full_precision = {'quantize': config.init_from or None,
+                    'pipeline': os.path.join(workdir, 'prune')}.get(config.mode)
+  try:
+    path = report.write_report(workdir, results, variables=full_precision)
+    print(f'report: {path}', flush=True)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'qprune: warning: could not write the report: {type(e).__name__}: {e}',
+          file=sys.stderr, flush=True)
 
 
 def _summary(results: dict) -> str:

@@ -28,8 +28,8 @@ def run_stage(name, stage_fn, config, workdir, mesh, data, spec, variables) -> d
 
 
 def run(config, workdir: str, mesh) -> dict:
+  spec, variables = common.initial_model(config)  # before the data: a bad init_from fails fast
   data = common.load_data(config, mesh)
-  spec, variables = common.initial_model(config)
   fp32_bytes = quant.float32_nbytes(variables)
   pruned = run_stage('prune', prune_model, config, workdir, mesh, data, spec, variables)
   spec, variables = common.load_saved_model(os.path.join(workdir, 'prune'))

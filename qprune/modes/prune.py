@@ -69,6 +69,14 @@ def decision_callback(pconfig, model, groups, score_data, rng):
   return on_epoch_end
 
 
+def distances_to_final(history) -> list:
+  """Per pretraining epoch: Hamming distance of its masks to the last epoch's masks."""
+  if not history:
+    return []
+  final = decode_masks(history[-1]['mask'])
+  return [prune.mask_distance(decode_masks(h['mask']), final) for h in history]
+
+
 def pretrain(config, workdir, mesh, data, spec, variables, groups, score_data, rng):
   pconfig = config.prune
   model = common.build(spec, config)
@@ -151,6 +159,7 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
       'pretrain_epochs': len(history),
       'stopped_early': bool(history and history[-1].get('stopped_early')),
       'mask_distance': [h.get('mask_distance') for h in history],
+      'mask_distance_to_final': distances_to_final(history),
       'criterion': rows[best]['criterion'], 'prune_ratio': rows[best]['ratio'],
       'selection': rows[best]['selection'], 'search': rows, 'search_best': best,
       'prune_layers': [{'name': name, 'kept': int(np.sum(masks[name])), 'total': sizes[name]}
@@ -161,6 +170,6 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
 
 
 def run(config, workdir: str, mesh) -> dict:
+  spec, variables = common.initial_model(config)  # before the data: a bad init_from fails fast
   data = common.load_data(config, mesh)
-  spec, variables = common.initial_model(config)
   return prune_model(config, workdir, mesh, data, spec, variables)

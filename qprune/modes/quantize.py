@@ -71,6 +71,6 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
 
 
 def run(config, workdir: str, mesh) -> dict:
+  spec, variables = common.initial_model(config)  # before the data: a bad init_from fails fast
   data = common.load_data(config, mesh)
-  spec, variables = common.initial_model(config)
   return quantize_model(config, workdir, mesh, data, spec, variables)

@@ -6,8 +6,8 @@ from qprune.train import loop
 
 
 def run(config, workdir: str, mesh) -> dict:
+  spec, variables = common.initial_model(config)  # before the data: a bad init_from fails fast
   data = common.load_data(config, mesh)
-  spec, variables = common.initial_model(config)
   model = common.build(spec, config)
   result = loop.fit(model, variables, data, common.train_options(config), workdir, mesh=mesh)
   variables = result.state.variables

@@ -1,17 +1,10 @@
 """Prune CIFAR-10 ResNet-20 block-internal channels; Early-Bird decision during pretraining."""
-from qprune.configs import base_config
+from qprune.configs import sibling_config
 
 
 def get_config():
-  c = base_config()
+  c = sibling_config(__file__, 'cifar10_resnet20')
   c.mode = 'prune'
-  c.dataset = 'cifar10'
-  c.model = 'resnet20'
-  c.epochs = 160
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.weight_decay = 1e-4
-  c.augment = 'crop_flip'
   c.prune.criterion = 'l1'
   c.prune.ratio = 0.4
   c.prune.residual = False

@@ -1,17 +1,11 @@
 """Network-Slimming-style pruning of VGG-16 on CIFAR-10 (L1 on BN gamma, global threshold)."""
-from qprune.configs import base_config
+from qprune.configs import sibling_config
 
 
 def get_config():
-  c = base_config()
+  c = sibling_config(__file__, 'cifar10_vgg16')
   c.mode = 'prune'
-  c.dataset = 'cifar10'
-  c.model = 'vgg16'
-  c.epochs = 160
-  c.batch_size = 128
-  c.learning_rate = 0.1
   c.weight_decay = 1e-4
-  c.augment = 'crop_flip'
   c.prune.criterion = 'bn_gamma'
   c.prune.slimming_lambda = 1e-4
   c.prune.ratio = 0.7

@@ -1,15 +1,10 @@
 """Prune LeNet-5 on MNIST: masks decided during pretraining (Early-Bird), 8 candidates searched."""
-from qprune.configs import base_config
+from qprune.configs import sibling_config
 
 
 def get_config():
-  c = base_config()
+  c = sibling_config(__file__, 'mnist_lenet5')
   c.mode = 'prune'
-  c.dataset = 'mnist'
-  c.model = 'lenet5'
-  c.epochs = 10
-  c.batch_size = 128
-  c.learning_rate = 0.05
   c.prune.criterion = 'l1'
   c.prune.ratio = 0.5
   c.prune.dense = True

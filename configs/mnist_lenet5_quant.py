@@ -4,15 +4,12 @@ Default: clustered targets, k = 3 exponents per layer (7 codes with zero and sig
 INQ schedule 50/75/87.5/100 %, one retraining epoch per step. For INQ's rule use
 --config.quant.method=inq --config.quant.bits=5.
 """
-from qprune.configs import base_config
+from qprune.configs import sibling_config
 
 
 def get_config():
-  c = base_config()
+  c = sibling_config(__file__, 'mnist_lenet5')
   c.mode = 'quantize'
-  c.dataset = 'mnist'
-  c.model = 'lenet5'
-  c.batch_size = 128
   c.quant.method = 'kmeans'
   c.quant.k = 3
   c.quant.retrain_epochs = 1

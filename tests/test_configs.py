@@ -1,0 +1,29 @@
+"""Every shipped config loads and validates, in the mode it is written for."""
+import glob
+import os
+
+import pytest
+
+from qprune import configs
+
+from conftest import REPO_ROOT
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '**', '*.py'), recursive=True))
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+def test_config_loads_and_validates(path):
+  config = configs.sibling_config(path, os.path.splitext(os.path.basename(path))[0])
+  if config.mode == 'quantize':
+    config.init_from = '/some/trained/run'
+  configs.validate(config)
+
+
+def test_bad_values_are_all_named_at_once():
+  config = configs.base_config()
+  config.epochs = -1
+  config.prune.ratio = 1.0
+  config.mode = 'prune'
+  with pytest.raises(configs.ConfigError) as e:
+    configs.validate(config)
+  assert 'epochs=-1' in str(e.value) and 'prune.ratio' in str(e.value)

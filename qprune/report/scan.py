@@ -1,0 +1,52 @@
+r"""Per-layer sensitivity scans of a finished run, as tables and plots in its workdir.
+
+  python -m qprune.report.scan --workdir=/tmp/lenet5 --data_dir=../shared/data \
+      [--eval_subset=2000] [--ks=1,2,3,4] [--ratios=0.25,0.5,0.75]
+
+Quantization: test accuracy when only one layer is quantized to k clustered power-of-two values;
+pruning: when only one channel group is pruned (L1, uniform) at a ratio, BN re-estimated on
+training images. Both evaluate all variants with one compiled function (see sensitivity.py).
+Writes sensitivity_quant.md, sensitivity_prune.md and their plots.
+"""
+import json
+
+from absl import app, flags
+import numpy as np
+
+import qprune
+from qprune.data import pipeline
+from qprune.prune import batched
+from qprune.report.markdown import write_sensitivity
+from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity
+from qprune.train import checkpoint
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a finished qprune run.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Dataset folder (as --config.data_dir).')
+_EVAL_SUBSET = flags.DEFINE_integer('eval_subset', 2000, 'First N test images (0 = all).')
+_KS = flags.DEFINE_list('ks', ['1', '2', '3', '4'], 'Clustered values per layer to try.')
+_RATIOS = flags.DEFINE_list('ratios', ['0.25', '0.5', '0.75'], 'Pruning ratios to try.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  del argv
+  try:
+    model, variables = qprune.load_model(_WORKDIR.value)
+  except (ValueError, checkpoint.CheckpointError) as e:
+    raise app.UsageError(str(e))
+  spec = json.load(open(f'{_WORKDIR.value}/model.json'))
+  data = pipeline.load_data(spec['dataset'], _DATA_DIR.value, train_subset=400,
+                            eval_subset=_EVAL_SUBSET.value)
+  quant_rows = quant_sensitivity(model, variables, data.test, tuple(int(k) for k in _KS.value))
+  prune_rows = prune_sensitivity(model, variables, data.test,
+                                 tuple(float(r) for r in _RATIOS.value),
+                                 bn_images=batched(data.train.images, 100))
+  for kind, rows in (('quant', quant_rows), ('prune', prune_rows)):
+    path = write_sensitivity(rows, _WORKDIR.value, kind)
+    print(open(path).read())
+  worst = max(quant_rows, key=lambda r: r['accuracy_drop'] if r['k'] == 1 else -np.inf)
+  print(f'most sensitive layer at k=1: {worst["layer"]} (-{worst["accuracy_drop"]:.4f})')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -91,3 +91,30 @@ def test_resnet20_gradients_match():
   np.testing.assert_allclose(l_fast, l_xla, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_xla)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * (1 + float(jnp.max(jnp.abs(b)))))
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_fused_batch_norm_matches_flax(train):
+  """qprune.ops.batchnorm.FusedBatchNorm == nn.BatchNorm: outputs, running stats, all gradients."""
+  import flax.linen as nn
+  from qprune.ops import batchnorm
+  x = jax.random.normal(jax.random.key(0), (6, 5, 7, 4)) * 3 + 1
+  t = jax.random.normal(jax.random.key(1), x.shape)
+  kw = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5, param_dtype=jnp.float32)
+  ref_mod, mod = nn.BatchNorm(**kw), batchnorm.FusedBatchNorm(**kw)
+  variables = ref_mod.init(jax.random.key(2), x)
+  assert jax.tree.structure(mod.init(jax.random.key(2), x)) == jax.tree.structure(variables)
+  keys = iter(jax.random.split(jax.random.key(3), 8))
+  variables = jax.tree.map(lambda a: a + 0.3 * jnp.abs(jax.random.normal(next(keys), a.shape)),
+                           variables)
+
+  def run(m):
+    def f(params, x):
+      y, upd = m.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(y) * t), (y, upd)
+    return jax.jit(jax.value_and_grad(f, (0, 1), has_aux=True))(variables['params'], x)
+
+  ((_, (y_ref, s_ref)), g_ref), ((_, (y, s)), g) = run(ref_mod), run(mod)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves((s, g)), jax.tree.leaves((s_ref, g_ref))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

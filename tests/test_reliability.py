@@ -18,30 +18,34 @@ ARGS = ['--config.train_subset=1024', '--config.eval_subset=200', '--config.batc
         '--config.epochs=3', '--config.progress=False']
 
 
-def _cmd(workdir, data_dir, *extra):
+def _cmd(workdir, data_dir, *extra, config='mnist_lenet5.py', args=ARGS):
   return [sys.executable, '-m', 'qprune.main',
-          f'--config={os.path.join(REPO_ROOT, "configs", "mnist_lenet5.py")}',
-          f'--workdir={workdir}', f'--config.data_dir={data_dir}', *ARGS, *extra]
+          f'--config={os.path.join(REPO_ROOT, "configs", config)}',
+          f'--workdir={workdir}', f'--config.data_dir={data_dir}', *args, *extra]
 
 
-def _checkpoint_steps(workdir):
-  folder = os.path.join(workdir, 'checkpoints')
+def _checkpoint_steps(stage_dir):
+  folder = os.path.join(stage_dir, 'checkpoints')
   if not os.path.isdir(folder):
     return []
   return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
 
 
-def _run_until(workdir, data_dir, n_checkpoints, delay):
-  """Starts the binary, SIGKILLs it `delay` s after it has `n_checkpoints` checkpoints."""
-  proc = subprocess.Popen(_cmd(workdir, data_dir), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+def _kill_after_checkpoints(cmd, stage_dir, n_checkpoints, delay):
+  """Starts `cmd`, SIGKILLs it `delay` s after `stage_dir` has `n_checkpoints` checkpoints."""
+  proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
-  while len(_checkpoint_steps(workdir)) < n_checkpoints and proc.poll() is None:
+  while len(_checkpoint_steps(stage_dir)) < n_checkpoints and proc.poll() is None:
     assert time.time() < deadline, 'no checkpoint appeared'
     time.sleep(0.05)
   time.sleep(delay)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+
+
+def _run_until(workdir, data_dir, n_checkpoints, delay):
+  _kill_after_checkpoints(_cmd(workdir, data_dir), workdir, n_checkpoints, delay)
 
 
 def _params(workdir):
@@ -89,3 +93,29 @@ def test_diverging_run_stops_with_a_hint_and_keeps_its_checkpoints(data_dir, cac
   assert proc.returncode == 2
   assert 'loss became nan' in proc.stderr.lower() and 'lower learning_rate' in proc.stderr
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
+
+
+PIPELINE_ARGS = ['--config.train_subset=1400', '--config.eval_subset=300', '--config.batch_size=64',
+                 '--config.progress=False', '--config.epochs=2', '--config.prune.eb_window=2',
+                 '--config.prune.holdout=300', '--config.prune.finetune_epochs=1',
+                 '--config.quant.schedule=(0.5, 0.75, 1.0)']
+
+
+@pytest.mark.real_data
+def test_pipeline_killed_during_inq_resumes_to_the_same_export(data_dir, cache_dir, tmp_path):
+  def cmd(workdir):
+    return _cmd(workdir, data_dir, config='mnist_lenet5_pipeline.py', args=PIPELINE_ARGS)
+
+  straight = str(tmp_path / 'straight')
+  subprocess.run(cmd(straight), cwd=REPO_ROOT, check=True, capture_output=True)
+  killed = str(tmp_path / 'killed')
+  _kill_after_checkpoints(cmd(killed), os.path.join(killed, 'quantize', 'inq_step2'), 1, 0.0)
+  assert os.path.exists(os.path.join(killed, 'prune', 'results.json'))
+  assert not os.path.exists(os.path.join(killed, 'quantize', 'results.json'))
+  proc = subprocess.run(cmd(killed), cwd=REPO_ROOT, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'stage prune: finished earlier, skipped' in proc.stdout
+  a, b = (json.load(open(os.path.join(w, 'results.json'))) for w in (straight, killed))
+  assert a['test_accuracy'] == b['test_accuracy'] and a['export_bytes'] == b['export_bytes']
+  with open(a['export_path'], 'rb') as f1, open(b['export_path'], 'rb') as f2:
+    assert f1.read() == f2.read()

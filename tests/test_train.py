@@ -145,3 +145,13 @@ def test_two_host_devices_match_one(data_dir, cache_dir, mnist_small, tmp_path):
   keys = [k for k in outputs[1].files if k != 'n']
   for k in keys:
     np.testing.assert_allclose(outputs[2][k], outputs[1][k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.real_data
+def test_bfloat16_compute_trains_with_float32_params(mnist_small):
+  model = models.create_model('lenet5', 10, dtype=jnp.bfloat16)
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
+  options = loop.TrainOptions(epochs=1, batch_size=64, learning_rate=0.05, progress=False)
+  result = loop.fit(model, variables, _subset(mnist_small, 512), options, None)
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(result.state.params))
+  assert np.isfinite(result.history[0]['train_loss']) and result.test_accuracy > 0.5

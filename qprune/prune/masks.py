@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from qprune.models.layers import BATCH_NORM_TYPES
 from qprune.prune.groups import Groups, Slot
 
 Masks = Dict[str, jax.Array]
@@ -95,7 +96,7 @@ def apply_with_gates(model: nn.Module, variables, images, groups: Groups,
       return out
     module = context.module
     path = '/'.join(module.path)
-    if bn_stats is not None and isinstance(module, nn.BatchNorm):
+    if bn_stats is not None and isinstance(module, BATCH_NORM_TYPES):
       x = args[0].astype(jnp.float32)
       axes = _reduce_axes(x)
       bn_stats[path] = (x.mean(axes), x.var(axes))

@@ -173,3 +173,17 @@ def test_pipeline_end_to_end(data_dir, mnist_test, tmp_path):
   model, variables = qprune.load_quantized(r['export_path'])
   assert _accuracy(model, variables, *mnist_test) == pytest.approx(r['test_accuracy'])
   assert os.path.exists(os.path.join(out, 'report.md'))
+
+
+@pytest.mark.real_data
+def test_init_from_a_corrupt_model_is_refused(trained, data_dir, tmp_path):
+  workdir, _ = trained
+  broken = tmp_path / 'broken'
+  broken.mkdir()
+  (broken / 'model.json').write_text(open(os.path.join(workdir, 'model.json')).read())
+  (broken / 'model').mkdir()
+  (broken / 'model' / 'garbage').write_bytes(b'\0' * 64)
+  proc = run_main('mnist_lenet5_quant.py', str(tmp_path / 'q'), f'--config.data_dir={data_dir}',
+                  f'--config.init_from={broken}', *SMALL, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'cannot read saved variables' in proc.stderr and 'Traceback' not in proc.stderr

@@ -9,15 +9,9 @@ from qprune.configs import sibling_config
 
 
 def get_config():
-  c = sibling_config(__file__, '../mnist_lenet5_prune')
+  c = sibling_config(__file__, 'mnist_lenet5_prune_decision')  # one candidate, no search
   c.epochs = 4
-  c.prune.criterion = 'l1'
   c.prune.ratio = 0.8
-  c.prune.selection = 'uniform'
-  c.prune.search_criteria = ()
-  c.prune.search_ratios = ()
-  c.prune.search_selections = ()
-  c.prune.max_params = 0.0
   c.prune.stop_rule = 'fixed'
   c.prune.pretrain_epochs = 2
   c.prune.finetune_epochs = 1

@@ -48,13 +48,12 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
     result = loop.fit(model, {'params': params, 'batch_stats': batch_stats}, data, options,
                       stage, aux={'freeze_mask': freeze_mask}, mesh=mesh)
     batch_stats = result.state.batch_stats
-    steps_done.append({'step': len(steps_done) + 1, 'frozen_fraction': None,
+    steps_done.append({'step': len(steps_done) + 1,
+                       'frozen_fraction': qconfig.schedule[len(steps_done)],
                        'test_accuracy': result.test_accuracy, 'epochs': result.epochs_run})
     return result.state.params
 
   params, _ = quant.run_inq(variables['params'], targets, retrain, tuple(qconfig.schedule))
-  for record, fraction in zip(steps_done, qconfig.schedule):
-    record['frozen_fraction'] = fraction
   variables = {'params': jax.device_get(params), 'batch_stats': jax.device_get(batch_stats)}
   test = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
 

@@ -3,6 +3,7 @@
 Without that data the real-data tests are skipped on a developer machine but FAIL under CI
 (CI=true), so a CI run can never pass by silently skipping them.
 """
+import logging
 import os
 import tempfile
 
@@ -53,3 +54,30 @@ def mnist_small(data_dir, cache_dir):
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+class _CompileCounter(logging.Handler):
+  """Counts jax's 'Compiling <name>' log records whose message contains `needle`."""
+
+  def __init__(self, needle):
+    super().__init__()
+    self.needle, self.count = needle, 0
+
+  def emit(self, record):
+    message = record.getMessage()
+    if 'Compiling' in message and self.needle in message:
+      self.count += 1
+
+
+def count_compiles(needle, fn):
+  """(fn(), number of XLA compilations of functions whose log line contains `needle`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  counter = _CompileCounter(needle)
+  logger = logging.getLogger('jax')
+  logger.addHandler(counter)
+  try:
+    with jax.log_compiles():
+      out = fn()
+  finally:
+    logger.removeHandler(counter)
+  return out, counter.count

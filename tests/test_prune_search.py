@@ -1,5 +1,4 @@
 """Vmapped candidate search == sequential loop == shrunk models; compiled once for all K."""
-import logging
 
 import chex
 import jax
@@ -8,6 +7,8 @@ import numpy as np
 
 from qprune import prune
 from qprune.models import create_model, init_variables
+
+from conftest import count_compiles
 
 SHAPE = (32, 32, 3)
 
@@ -29,34 +30,18 @@ def _candidates(variables, groups, k):
   return cands, prune.candidate_masks(variables, groups, cands, rng=rng)
 
 
-class _CompileCounter(logging.Handler):
-  def __init__(self, needle):
-    super().__init__()
-    self.needle, self.count = needle, 0
-
-  def emit(self, record):
-    message = record.getMessage()
-    if 'Compiling' in message and self.needle in message:
-      self.count += 1
-
-
 def test_vmapped_scores_equal_loop_and_compile_once():
   model, variables, groups, bn_images, eval_images, eval_labels = _setup()
   _, masks = _candidates(variables, groups, 4)
-  counter = _CompileCounter('evaluate_candidates')
-  logger = logging.getLogger('jax')
-  logger.addHandler(counter)
-  try:
-    with jax.log_compiles():
-      vmapped = prune.evaluate_candidates(model, groups, variables, prune.stack_masks(masks),
-                                          bn_images, eval_images, eval_labels)
-      # other masks, same K: no recompilation
-      again = prune.evaluate_candidates(model, groups, variables,
-                                        prune.stack_masks(masks[::-1]), bn_images, eval_images,
-                                        eval_labels)
-  finally:
-    logger.removeHandler(counter)
-  assert counter.count == 1
+  def twice():  # other masks, same K: no recompilation
+    first = prune.evaluate_candidates(model, groups, variables, prune.stack_masks(masks),
+                                      bn_images, eval_images, eval_labels)
+    second = prune.evaluate_candidates(model, groups, variables, prune.stack_masks(masks[::-1]),
+                                       bn_images, eval_images, eval_labels)
+    return first, second
+
+  (vmapped, again), compiles = count_compiles('evaluate_candidates', twice)
+  assert compiles == 1
   loop = [prune.evaluate_masks_jit(model, groups, variables, m, bn_images, eval_images,
                                    eval_labels) for m in masks]
   eager = prune.evaluate_masks(model, groups, variables, masks[0], bn_images, eval_images,

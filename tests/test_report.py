@@ -1,7 +1,6 @@
 """report.md + plots, sensitivity scans (one compile), sweep plots and the results collector."""
 import csv
 import json
-import logging
 import os
 import types
 
@@ -15,6 +14,8 @@ from qprune.models import create_model, init_variables
 from qprune.report import collect as collect_lib
 from qprune.report import sensitivity
 
+from conftest import count_compiles
+
 SHAPE = (28, 28, 1)
 
 
@@ -25,30 +26,6 @@ def lenet():
   images = jax.random.randint(jax.random.PRNGKey(1), (12, *SHAPE), 0, 256).astype(jnp.uint8)
   labels = jax.random.randint(jax.random.PRNGKey(2), (12,), 0, 10)
   return model, variables, types.SimpleNamespace(images=images, labels=labels)
-
-
-class _CompileCounter(logging.Handler):
-
-  def __init__(self, needle):
-    super().__init__()
-    self.needle, self.count = needle, 0
-
-  def emit(self, record):
-    message = record.getMessage()
-    if 'Compiling' in message and self.needle in message:
-      self.count += 1
-
-
-def _count_compiles(needle, fn):
-  counter = _CompileCounter(needle)
-  logger = logging.getLogger('jax')
-  logger.addHandler(counter)
-  try:
-    with jax.log_compiles():
-      out = fn()
-  finally:
-    logger.removeHandler(counter)
-  return out, counter.count
 
 
 def _synthetic_results(variables):
@@ -124,7 +101,7 @@ def test_quant_sensitivity_rows_and_one_compile(tmp_path, lenet):
   model, variables, split = lenet
   ks = (1, 2, 3)
   # vmap_size=4: 1 baseline + 4 layers x 3 k = 13 variants -> padded to 16, 4 side by side.
-  rows, compiles = _count_compiles('eval_quant_variants', lambda: (
+  rows, compiles = count_compiles('eval_quant_variants', lambda: (
       report.quant_sensitivity(model, variables, split, ks=ks, batch_size=8, vmap_size=4),
       # same shapes, other values: reuses the compiled eval
       report.quant_sensitivity(model, jax.tree.map(lambda x: x * 1.5, variables), split,
@@ -154,7 +131,7 @@ def test_quant_sensitivity_rows_and_one_compile(tmp_path, lenet):
 def test_prune_sensitivity_rows_and_one_compile(tmp_path, lenet):
   model, variables, split = lenet
   ratios = (0.25, 0.5)
-  rows, compiles = _count_compiles('evaluate_candidates', lambda: report.prune_sensitivity(
+  rows, compiles = count_compiles('evaluate_candidates', lambda: report.prune_sensitivity(
       model, variables, split, ratios, batch_size=6, chunk=3))   # 5 candidates -> 2 chunks
   assert compiles <= 1  # 0 if another test compiled the same shapes already
   from qprune import prune  # pylint: disable=g-import-not-at-top

@@ -38,10 +38,10 @@ def load_data(config, mesh) -> pipeline.Data:
                             sharding=parallel.replicated(mesh))
 
 
-def spec_for(config, channels=None) -> dict:
+def spec_for(config) -> dict:
   info = sources.dataset_info(config.dataset)
   return model_spec(config.model, info.num_classes, info.shape, width=config.width,
-                    mean=info.mean, std=info.std, channels=channels, dataset=config.dataset)
+                    mean=info.mean, std=info.std, dataset=config.dataset)
 
 
 def build(spec, config):

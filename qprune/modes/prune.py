@@ -77,9 +77,8 @@ def distances_to_final(history) -> list:
   return [prune.mask_distance(decode_masks(h['mask']), final) for h in history]
 
 
-def pretrain(config, workdir, mesh, data, spec, variables, groups, score_data, rng):
+def pretrain(config, workdir, mesh, data, model, variables, groups, score_data, rng):
   pconfig = config.prune
-  model = common.build(spec, config)
   if pconfig.stop_rule == 'fixed' and pconfig.pretrain_epochs == 0:
     return variables, []
   hooks = steps.StepHooks()
@@ -98,14 +97,14 @@ def candidates(pconfig):
                               pconfig.search_selections or (pconfig.selection,))
 
 
-def run_search(config, workdir, spec, variables, groups, score_data, bn_images, holdout, rng):
+def run_search(config, workdir, model, spec, variables, groups, score_data, bn_images, holdout,
+               rng):
   """The chosen masks and the search table; computed once, then read from search.json."""
   path = os.path.join(workdir, SEARCH_JSON)
   saved = files.read_json(path)
   if saved is not None:
     return decode_masks(saved['masks']), saved['rows'], saved['best']
   pconfig = config.prune
-  model = common.build(spec, config)
   cost = prune.model_cost(model, variables, spec['input_shape'])
   eval_images, eval_labels = _batches(holdout, holdout.size // _BATCH or 1)
   best, rows, masks = prune.search(
@@ -129,10 +128,10 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
   model = common.build(spec, config)
   before = prune.model_cost(model, variables, spec['input_shape'])
 
-  variables, history = pretrain(config, workdir, mesh, data, spec, variables, groups, score_data,
+  variables, history = pretrain(config, workdir, mesh, data, model, variables, groups, score_data,
                                 rng)
-  masks, rows, best = run_search(config, workdir, spec, variables, groups, score_data, bn_images,
-                                 holdout, rng)
+  masks, rows, best = run_search(config, workdir, model, spec, variables, groups, score_data,
+                                 bn_images, holdout, rng)
   small_model, small_variables = prune.shrink(model, variables, groups, masks)
   # Pruning shifts every downstream activation distribution: re-estimate BN statistics (as the
   # search did per candidate) so the pruned model is evaluated and fine-tuned from sane ones.

@@ -1,11 +1,12 @@
 """Per-shape conv benchmark: forward, input-grad and kernel-grad GFLOP/s, 'xla' vs 'fast'.
 
     python -m qprune.benchmarks.conv [--json] [--batch=128,256] [--reps=5] [--shapes=resnet20,lenet5]
-    python -m qprune.benchmarks.conv --train_step [--json]   # ResNet-20 step, xla vs fast
 
 Every variant of a shape is timed in the same process, interleaved round by round (the machine is
 shared, so timings drift); each number is warm (compile excluded), block_until_ready'd, the median
 over `--reps` rounds. FLOPs of each of the three ops = 2 * N * H' * W' * kh * kw * C_in * C_out.
+Both impls compile through `qprune.ops.compile.jit` (qprune's CPU compiler options), so the
+columns isolate the conv formulation; `qprune.benchmarks.train_step` compares against plain XLA.
 With --json the last line is a JSON object {"rows": [...]}.
 """
 import json
@@ -13,9 +14,9 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from qprune.ops import compile as compile_lib
 from qprune.ops import conv as conv_ops
 
 FLAGS = flags.FLAGS
@@ -23,8 +24,6 @@ flags.DEFINE_bool('json', False, 'Print a JSON object as the last line.')
 flags.DEFINE_list('batch', ['128', '256'], 'Batch sizes for the resnet20 shapes.')
 flags.DEFINE_integer('reps', 5, 'Timed rounds per variant (median reported).')
 flags.DEFINE_list('shapes', ['resnet20', 'lenet5'], 'Shape groups to run.')
-flags.DEFINE_bool('train_step', False, 'Instead: time a full ResNet-20 train step (batch 256, SGD '
-                  'momentum, f32) with conv_impl xla vs fast, interleaved, in images/s.')
 
 # (name, H, W, C_in, C_out, k, stride, padding)
 SHAPES = {
@@ -47,9 +46,9 @@ LENET_BATCH = 256
 def _ops(impl, strides, padding):
   """Jitted (forward, input-grad, kernel-grad) functions of one conv impl."""
   conv = lambda x, w: conv_ops.conv2d(x, w, strides, padding, impl=impl)
-  fwd = jax.jit(conv)
-  dgrad = jax.jit(lambda x, w, dy: jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0])
-  wgrad = jax.jit(lambda x, w, dy: jax.vjp(lambda w_: conv(x, w_), w)[1](dy)[0])
+  fwd = compile_lib.jit(conv)
+  dgrad = compile_lib.jit(lambda x, w, dy: jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0])
+  wgrad = compile_lib.jit(lambda x, w, dy: jax.vjp(lambda w_: conv(x, w_), w)[1](dy)[0])
   return {'fwd': lambda x, w, dy: fwd(x, w), 'dgrad': dgrad, 'wgrad': wgrad}
 
 
@@ -74,56 +73,8 @@ def bench_shape(n, h, w, cin, cout, k, s, padding, reps):
   return flop, {key: float(np.median(t)) for key, t in times.items()}
 
 
-def _resnet20_step(impl, batch):
-  """(jitted step, state) of a ResNet-20 train step: value_and_grad of cross-entropy, SGD momentum."""
-  import optax  # pylint: disable=g-import-not-at-top
-  from qprune.models import create_model, init_variables  # pylint: disable=g-import-not-at-top
-  model = create_model('resnet20', 10, conv_impl=impl)
-  variables = init_variables(model, jax.random.key(0), (32, 32, 3))
-  tx = optax.sgd(0.1, momentum=0.9)
-  state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
-
-  def loss_fn(params, stats, images, labels):
-    logits, updates = model.apply({'params': params, 'batch_stats': stats}, images, train=True,
-                                  mutable=['batch_stats'])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, updates['batch_stats']
-
-  @jax.jit
-  def step(state, images, labels):
-    params, stats, opt = state
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, images, labels)
-    updates, opt = tx.update(grads, opt, params)
-    return (optax.apply_updates(params, updates), stats, opt), loss
-
-  return step, state
-
-
-def train_step_main(batch=256):
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3), np.uint8))
-  labels = jnp.asarray(rng.integers(0, 10, (batch,), np.int32))
-  steps = {impl: _resnet20_step(impl, batch) for impl in ('xla', 'fast')}
-  for step, state in steps.values():  # compile + warm up
-    jax.block_until_ready(step(state, images, labels))
-  times = {impl: [] for impl in steps}
-  for _ in range(FLAGS.reps):
-    for impl, (step, state) in steps.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(step(state, images, labels))
-      times[impl].append(time.perf_counter() - t0)
-  ips = {impl: batch / float(np.median(t)) for impl, t in times.items()}
-  print(f'ResNet-20 train step, batch {batch}, f32: xla {ips["xla"]:.1f} img/s, '
-        f'fast {ips["fast"]:.1f} img/s ({ips["fast"] / ips["xla"]:.2f}x)')
-  if FLAGS.json:
-    print(json.dumps({'model': 'resnet20', 'batch': batch, 'xla_images_per_s': round(ips['xla'], 1),
-                      'fast_images_per_s': round(ips['fast'], 1)}))
-
-
 def main(argv):
   del argv
-  if FLAGS.train_step:
-    return train_step_main()
   jobs = []
   for group in FLAGS.shapes:
     batches = [int(b) for b in FLAGS.batch] if group == 'resnet20' else [LENET_BATCH]

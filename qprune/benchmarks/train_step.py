@@ -1,16 +1,23 @@
-r"""Warm train-step throughput of zoo models: the qprune conv path versus plain XLA conv.
+r"""Warm train-step throughput of zoo models: qprune's fast path versus plain Flax/XLA.
 
   python -m qprune.benchmarks.train_step --model=resnet20 --batch_size=256 [--json]
-  python -m qprune.benchmarks.train_step --model=all
+  python -m qprune.benchmarks.train_step --model=all --batch_size=32
+  python -m qprune.benchmarks.train_step --variants=qprune,xla_conv,plain   # attribution
 
 Times the real jitted train step of `qprune.train` (SGD momentum, weight decay, BatchNorm,
-on-device batch gather and augmentation) on random uint8 images: compile and two warm-up steps
-excluded, each step blocked on, median of --steps. 'plain' uses conv_impl='xla', i.e.
-lax.conv_general_dilated, which is what flax.linen.Conv computes; 'qprune' uses conv_impl='auto'.
-GFLOP/s counts 6 x MACs per image (forward 2, backward 4). With --json the last line is one JSON
-object (the first model's, with a 'rows' list for all models).
+on-device batch gather and augmentation) on random uint8 images. Variants:
+  qprune    conv_impl='auto' (custom kernel gradient on CPU) + qprune's CPU compiler options
+  xla_conv  lax conv (what flax.linen.Conv computes) + qprune's CPU compiler options
+  plain     lax conv, plain `jax.jit` with XLA's default options: what a Flax user gets
+All variants use the same model code otherwise (FusedBatchNorm included). They are compiled
+first (compile time excluded, plus two warm-up steps each), then timed round-robin, one step per
+variant per round, so machine noise hits them alike; each step is blocked on; the median over
+--steps rounds is reported, with the ratio to the last variant (`speedup`). GFLOP/s counts
+6 x MACs per image (forward 2, backward 4). With --json the last line is one JSON object: the
+first model's row (images_per_s, plain_images_per_s, speedup, ...) with a 'rows' list.
 """
 import json
+import os
 import statistics
 import time
 
@@ -24,68 +31,95 @@ from qprune.data import pipeline
 from qprune.train import loop, parallel, steps
 from qprune.train.state import create_state
 
+# name -> (conv_impl, xla_defaults)
+VARIANTS = {'qprune': ('auto', False), 'xla_conv': ('xla', False), 'plain': ('xla', True)}
+
 _MODEL = flags.DEFINE_string('model', 'resnet20', f'one of {sorted(models.MODELS)} or "all"')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'global batch size')
-_STEPS = flags.DEFINE_integer('steps', 10, 'timed steps (median reported)')
+_STEPS = flags.DEFINE_integer('steps', 10, 'timed rounds (median reported)')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
-_IMPLS = flags.DEFINE_list('impls', ['auto', 'xla'], 'conv impls to compare; the first is qprune')
+_VARIANTS = flags.DEFINE_list('variants', ['qprune', 'plain'],
+                              f'variants from {sorted(VARIANTS)}; the first is reported as '
+                              'images_per_s, the last is the baseline')
 _JSON = flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
 
 _SHAPES = {'lenet5': (28, 28, 1)}
 
 
-def time_train_step(name: str, batch_size: int, n_steps: int, conv_impl: str, dtype) -> dict:
-  shape = _SHAPES.get(name, (32, 32, 3))
-  model = models.create_model(name, 10, dtype=dtype, conv_impl=conv_impl)
-  variables = models.init_variables(model, jax.random.PRNGKey(0), shape)
-  mesh = parallel.make_mesh()
-  n = batch_size * 2
-  rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(0, 256, (n, *shape), np.uint8), parallel.replicated(mesh))
-  labels = jax.device_put(rng.integers(0, 10, (n,), np.int32), parallel.replicated(mesh))
-  options = loop.TrainOptions(epochs=1, batch_size=batch_size)
-  tx = loop.make_optimizer(options, n)
-  state = jax.device_put(create_state(variables, tx), parallel.replicated(mesh))
-  augment = pipeline.AUGMENTATIONS['crop_flip' if shape[-1] == 3 else 'none']
-  step = steps.make_train_step(model, tx, batch_size, augment, batch_sharding=parallel.batch_sharded(mesh))
-  key, perm, metrics = jax.random.PRNGKey(0), jnp.arange(n), steps.zero_metrics()
-  times = []
-  for i in range(n_steps + 2):
+class _Runner:
+  """One variant's compiled step and its donated state, stepping on a fixed two-batch split."""
+
+  def __init__(self, name, batch_size, conv_impl, xla_defaults, dtype):
+    self.shape = _SHAPES.get(name, (32, 32, 3))
+    self.model = models.create_model(name, 10, dtype=dtype, conv_impl=conv_impl)
+    variables = models.init_variables(self.model, jax.random.PRNGKey(0), self.shape)
+    self.macs = models.count_macs(self.model, variables, self.shape)
+    mesh = parallel.make_mesh()
+    n = batch_size * 2
+    rng = np.random.default_rng(0)
+    self.images = jax.device_put(rng.integers(0, 256, (n, *self.shape), np.uint8),
+                                 parallel.replicated(mesh))
+    self.labels = jax.device_put(rng.integers(0, 10, (n,), np.int32), parallel.replicated(mesh))
+    tx = loop.make_optimizer(loop.TrainOptions(epochs=1, batch_size=batch_size), n)
+    self.state = jax.device_put(create_state(variables, tx), parallel.replicated(mesh))
+    augment = pipeline.AUGMENTATIONS['crop_flip' if self.shape[-1] == 3 else 'none']
+    self.step_fn = steps.make_train_step(model=self.model, tx=tx, batch_size=batch_size,
+                                         augment=augment,
+                                         batch_sharding=parallel.batch_sharded(mesh),
+                                         xla_defaults=xla_defaults)
+    self.key, self.perm, self.metrics = jax.random.PRNGKey(0), jnp.arange(n), steps.zero_metrics()
+    self.i, self.times = 0, []
+
+  def step(self) -> float:
     start = time.perf_counter()
-    state, metrics = step(state, images, labels, perm, jnp.int32(i % 2), key, {}, metrics)
-    jax.block_until_ready(state)
-    if i >= 2:  # the first call compiles, the second settles caches
-      times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
-  macs = models.count_macs(model, variables, shape)
-  return {'images_per_s': batch_size / step_s, 'step_s': step_s,
-          'gflops_per_s': 6 * macs * batch_size / step_s / 1e9, 'macs': macs}
+    self.state, self.metrics = self.step_fn(self.state, self.images, self.labels, self.perm,
+                                            jnp.int32(self.i % 2), self.key, {}, self.metrics)
+    jax.block_until_ready(self.state)
+    self.i += 1
+    return time.perf_counter() - start
 
 
-def benchmark(name: str) -> dict:
-  dtype = jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32
-  results = {impl: time_train_step(name, _BATCH.value, _STEPS.value, impl, dtype)
-             for impl in _IMPLS.value}
-  main, plain = results[_IMPLS.value[0]], results[_IMPLS.value[-1]]
-  return {'model': name, 'batch_size': _BATCH.value, 'dtype': _DTYPE.value,
+def benchmark(name: str, batch_size: int, n_steps: int, variants, dtype) -> dict:
+  runners = {v: _Runner(name, batch_size, *VARIANTS[v], dtype) for v in variants}
+  for r in runners.values():
+    for _ in range(3):  # compile, then let caches and allocations settle
+      r.step()
+  for _ in range(n_steps):
+    for r in runners.values():
+      r.times.append(r.step())
+  per = {}
+  for v, r in runners.items():
+    step_s = statistics.median(r.times)
+    per[v] = {'images_per_s': batch_size / step_s, 'step_s': step_s,
+              'gflops_per_s': 6 * r.macs * batch_size / step_s / 1e9}
+  first, base = per[variants[0]], per[variants[-1]]
+  return {'model': name, 'batch_size': batch_size, 'dtype': jnp.dtype(dtype).name,
           'backend': jax.default_backend(), 'devices': jax.device_count(),
-          'images_per_s': main['images_per_s'], 'gflops_per_s': main['gflops_per_s'],
-          'plain_images_per_s': plain['images_per_s'], 'plain_gflops_per_s': plain['gflops_per_s'],
-          'speedup': main['images_per_s'] / plain['images_per_s'], 'macs_per_image': main['macs']}
+          'cpu_count': os.cpu_count(), 'macs_per_image': runners[variants[0]].macs,
+          'variant': variants[0], 'baseline': variants[-1],
+          'images_per_s': first['images_per_s'], 'gflops_per_s': first['gflops_per_s'],
+          'plain_images_per_s': base['images_per_s'], 'plain_gflops_per_s': base['gflops_per_s'],
+          'speedup': first['images_per_s'] / base['images_per_s'],
+          'variants': per}
 
 
 def main(argv):
   del argv
+  unknown = sorted(set(_VARIANTS.value) - set(VARIANTS))
+  if unknown:
+    raise app.UsageError(f'unknown --variants {unknown}; choose from {sorted(VARIANTS)}')
   names = sorted(models.MODELS) if _MODEL.value == 'all' else [_MODEL.value]
+  dtype = jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32
+  variants = list(_VARIANTS.value)
+  print(f'{"model":10s} {"batch":>5s} ' + ' '.join(f'{v + " img/s":>16s}' for v in variants)
+        + f' {"GFLOP/s":>8s} {"speedup":>8s}')
   rows = []
-  print(f'{"model":10s} {"batch":>5s} {"qprune img/s":>13s} {"GFLOP/s":>8s} '
-        f'{"plain img/s":>12s} {"GFLOP/s":>8s} {"speedup":>8s}')
   for name in names:
-    r = benchmark(name)
+    r = benchmark(name, _BATCH.value, _STEPS.value, variants, dtype)
     rows.append(r)
-    print(f'{name:10s} {r["batch_size"]:5d} {r["images_per_s"]:13.1f} {r["gflops_per_s"]:8.1f} '
-          f'{r["plain_images_per_s"]:12.1f} {r["plain_gflops_per_s"]:8.1f} {r["speedup"]:8.2f}x',
-          flush=True)
+    print(f'{name:10s} {r["batch_size"]:5d} '
+          + ' '.join(f'{r["variants"][v]["images_per_s"]:16.1f}' for v in variants)
+          + f' {r["gflops_per_s"]:8.1f} {r["speedup"]:7.2f}x', flush=True)
   if _JSON.value:
     print(json.dumps({**rows[0], 'rows': rows}))
 

@@ -18,6 +18,7 @@ import numpy as np
 from qprune import files, prune
 from qprune.data import pipeline
 from qprune.modes import common
+from qprune.ops import compile as compile_lib
 from qprune.train import loop, steps
 
 SEARCH_JSON = 'search.json'
@@ -136,7 +137,7 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
   # Pruning shifts every downstream activation distribution: re-estimate BN statistics (as the
   # search did per candidate) so the pruned model is evaluated and fine-tuned from sane ones.
   small_variables = {'params': small_variables['params'],
-                     'batch_stats': jax.jit(prune.reestimate_bn_stats, static_argnums=(0, 1))(
+                     'batch_stats': compile_lib.jit(prune.reestimate_bn_stats, static_argnums=(0, 1))(
                          small_model, (), small_variables, None, bn_images)}
   small_spec = dict(spec, channels={**spec['channels'], **prune.shrunk_widths(groups, masks)})
   pruned = loop.evaluate(small_model, small_variables, data.test, config.eval_batch_size, mesh)

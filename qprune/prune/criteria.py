@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from qprune.ops import compile as compile_lib
 from qprune.prune.groups import Groups
 from qprune.prune.masks import apply_with_gates
 
@@ -109,7 +110,7 @@ def _ones(groups: Groups):
   return {g.name: jnp.ones((g.size,), jnp.float32) for g in groups}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
+@compile_lib.jit(static_argnums=(0, 2))
 def _mean_gate_gradient(model, variables, groups, images, labels):
   """mean over batches b of dL_b/dg at g = 1; images [B, N, ...], labels [B, N]."""
 
@@ -131,7 +132,7 @@ def taylor_scores(variables, groups: Groups, *, model=None, batches=None, **_) -
   return {name: jnp.abs(g) for name, g in grads.items()}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
+@compile_lib.jit(static_argnums=(0, 2))
 def _mean_positive_activation(model, variables, groups, images):
   """{group: f32[C]}: mean over batches, images and positions of relu(activation), eval mode.
 

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from qprune.ops import compile as compile_lib
 from qprune.prune.criteria import score
 from qprune.prune.groups import Groups
 from qprune.prune.masks import apply_with_gates, stack_masks
@@ -85,10 +86,10 @@ def evaluate_masks(model, groups: Groups, variables, masks, bn_images, eval_imag
   return {'accuracy': corrects.sum() / total, 'loss': losses.sum() / total}
 
 
-evaluate_masks_jit = jax.jit(evaluate_masks, static_argnums=(0, 1))
+evaluate_masks_jit = compile_lib.jit(evaluate_masks, static_argnums=(0, 1))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@compile_lib.jit(static_argnums=(0, 1))
 def evaluate_candidates(model, groups: Groups, variables, stacked_masks, bn_images, eval_images,
                         eval_labels):
   """evaluate_masks for K candidates at once: stacked_masks {group: bool[K, C]} -> {metric: [K]}."""

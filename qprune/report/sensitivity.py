@@ -21,7 +21,6 @@ Both return JSON-able rows (one per (layer, k) / (group, ratio)) with `baseline_
 `accuracy_drop`; `qprune.report.write_sensitivity(rows, workdir, kind)` writes table + plot,
 and rows stored in results under `quant_sensitivity` / `prune_sensitivity` show up in report.md.
 """
-import functools
 from typing import List, Optional, Sequence
 
 import jax
@@ -30,6 +29,7 @@ import numpy as np
 import optax
 
 from qprune import prune as prune_lib
+from qprune.ops import compile as compile_lib
 from qprune.quant import kmeans as kmeans_lib
 from qprune.quant import targets as targets_lib
 
@@ -73,7 +73,7 @@ def quantized_versions(layers, exponents, valid):
           for name, w in layers.items()}
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'names', 'vmap_size', 'path_filter'))
+@compile_lib.jit(static_argnames=('model', 'names', 'vmap_size', 'path_filter'))
 def eval_quant_variants(model, names, variables, quantized, layer_ids, k_ids, images, labels,
                         valid, vmap_size: int = 8,
                         path_filter=targets_lib.default_path_filter):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from qprune.ops import compile as compile_lib
 from qprune.train.state import TrainState
 
 
@@ -35,13 +36,14 @@ def zero_metrics():
 
 
 def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHooks = StepHooks(),
-                    batch_sharding=None, donate: bool = True):
+                    batch_sharding=None, donate: bool = True, xla_defaults: bool = False):
   """Returns jitted `step(state, images, labels, perm, index, key, aux, metrics)`.
 
   images uint8 [N, H, W, C] and labels int32 [N] are the whole split; the batch is
   perm[index * batch_size : (index + 1) * batch_size]. The augmentation key is
   fold_in(key, state.step), so a run resumed from a checkpoint sees the same randomness.
   metrics accumulates loss sum, correct count and example count on device (no host sync).
+  xla_defaults=True compiles without qprune's CPU compiler options (see `qprune.ops.compile`).
   """
 
   def step(state: TrainState, images, labels, perm, index, key, aux, metrics):
@@ -71,7 +73,7 @@ def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHo
                'count': metrics['count'] + batch_size}
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=(0, 7) if donate else ())
+  return compile_lib.jit(step, donate_argnums=(0, 7) if donate else (), xla_defaults=xla_defaults)
 
 
 def make_eval_fn(model, batch_size: int, batch_sharding=None):
@@ -103,4 +105,4 @@ def make_eval_fn(model, batch_size: int, batch_sharding=None):
                     valid.reshape(shape)))
     return {'loss': losses.sum(), 'correct': correct.sum(), 'count': jnp.asarray(n)}
 
-  return jax.jit(evaluate)
+  return compile_lib.jit(evaluate)

@@ -8,16 +8,21 @@ from jax import lax
 from qprune.ops import conv as conv_ops
 
 CASES = [
-    # (N, H, W, C_in, C_out, k, stride, padding)
-    (2, 8, 8, 16, 16, 3, 1, 'SAME'),
-    (3, 9, 7, 5, 7, 3, 1, 'SAME'),      # odd spatial, odd channels, patch path (C_in < 8)
-    (3, 9, 7, 9, 5, 3, 2, 'SAME'),      # stride 2, odd sizes -> asymmetric SAME padding
-    (2, 11, 11, 3, 6, 3, 2, 'VALID'),
-    (2, 7, 9, 10, 3, 1, 1, 'SAME'),     # 1x1
-    (2, 9, 9, 12, 5, 1, 2, 'VALID'),    # 1x1 stride 2
-    (2, 13, 13, 1, 4, 5, 1, 'VALID'),   # lenet-like 5x5, one input channel
-    (2, 12, 10, 9, 4, 5, 2, 'SAME'),    # 5x5 stride 2
-    (5, 6, 6, 8, 8, 3, 1, 'VALID'),
+    # (N, H, W, C_in, C_out, k, stride, padding, path): path 'vjp' is XLA's conv with the custom
+    # kernel gradient, 'patch' the im2col matmul (a tiny output map).
+    (2, 8, 8, 16, 16, 3, 1, 'SAME', 'vjp'),
+    (3, 9, 7, 5, 7, 3, 1, 'SAME', 'vjp'),       # odd spatial, odd channels, C_in < 8
+    (3, 9, 7, 9, 5, 3, 2, 'SAME', 'vjp'),       # stride 2, odd sizes -> asymmetric SAME padding
+    (2, 11, 11, 3, 6, 3, 2, 'VALID', 'vjp'),
+    (2, 7, 9, 10, 3, 1, 1, 'SAME', 'vjp'),      # 1x1
+    (2, 9, 9, 12, 5, 1, 2, 'VALID', 'vjp'),     # 1x1 stride 2
+    (2, 13, 13, 1, 4, 5, 1, 'VALID', 'vjp'),    # lenet-like 5x5, one input channel
+    (2, 12, 10, 9, 4, 5, 2, 'SAME', 'vjp'),     # 5x5 stride 2
+    (5, 6, 6, 8, 8, 3, 1, 'VALID', 'vjp'),
+    (2, 2, 2, 8, 4, 1, 1, 'SAME', 'vjp'),       # 1x1 on a 2x2 map: no window to unroll
+    (2, 2, 2, 16, 8, 3, 1, 'SAME', 'patch'),    # 2x2 map (VGG's last block)
+    (2, 3, 3, 12, 6, 3, 2, 'SAME', 'patch'),    # 2x2 output, stride 2
+    (2, 4, 4, 256, 8, 3, 1, 'SAME', 'vjp'),     # 4x4 map, wide contraction
 ]
 
 
@@ -25,8 +30,9 @@ def _loss(conv, x, w, t):
   return jnp.sum(conv(x, w) * t)
 
 
-@pytest.mark.parametrize('n,h,w,cin,cout,k,s,pad', CASES)
-def test_fast_matches_xla(n, h, w, cin, cout, k, s, pad):
+@pytest.mark.parametrize('n,h,w,cin,cout,k,s,pad,path', CASES)
+def test_fast_matches_xla(n, h, w, cin, cout, k, s, pad, path):
+  assert conv_ops._use_patch_matmul((h, w), (k, k), (s, s), pad) == (path == 'patch')
   kx, kw, kt = jax.random.split(jax.random.key(n * 100 + h * 10 + k), 3)
   x = jax.random.normal(kx, (n, h, w, cin))
   ker = jax.random.normal(kw, (k, k, cin, cout))

@@ -1,6 +1,6 @@
 """Per-shape conv benchmark: forward, input-grad and kernel-grad GFLOP/s, 'xla' vs 'fast'.
 
-    python -m qprune.benchmarks.conv [--json] [--batch=128,256] [--reps=5] [--shapes=resnet20,lenet5]
+    python -m qprune.benchmarks.conv [--json] [--batch=128,256] [--reps=5] [--shapes=resnet20,lenet5,vgg]
 
 Every variant of a shape is timed in the same process, interleaved round by round (the machine is
 shared, so timings drift); each number is warm (compile excluded), block_until_ready'd, the median
@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_bool('json', False, 'Print a JSON object as the last line.')
 flags.DEFINE_list('batch', ['128', '256'], 'Batch sizes for the resnet20 shapes.')
 flags.DEFINE_integer('reps', 5, 'Timed rounds per variant (median reported).')
-flags.DEFINE_list('shapes', ['resnet20', 'lenet5'], 'Shape groups to run.')
+flags.DEFINE_list('shapes', ['resnet20', 'lenet5', 'vgg'], 'Shape groups to run.')
 
 # (name, H, W, C_in, C_out, k, stride, padding)
 SHAPES = {
@@ -39,8 +39,14 @@ SHAPES = {
         ('conv1 1->20', 28, 28, 1, 20, 5, 1, 'VALID'),
         ('conv2 20->50', 12, 12, 20, 50, 5, 1, 'VALID'),
     ],
+    'vgg': [
+        ('stem 3->64', 32, 32, 3, 64, 3, 1, 'SAME'),
+        ('b3 256->256', 8, 8, 256, 256, 3, 1, 'SAME'),
+        ('b4 512->512', 4, 4, 512, 512, 3, 1, 'SAME'),
+        ('b5 512->512', 2, 2, 512, 512, 3, 1, 'SAME'),
+    ],
 }
-LENET_BATCH = 256
+GROUP_BATCH = {'lenet5': 256, 'vgg': 32}  # resnet20 uses --batch
 
 
 def _ops(impl, strides, padding):
@@ -77,7 +83,7 @@ def main(argv):
   del argv
   jobs = []
   for group in FLAGS.shapes:
-    batches = [int(b) for b in FLAGS.batch] if group == 'resnet20' else [LENET_BATCH]
+    batches = [int(b) for b in FLAGS.batch] if group == 'resnet20' else [GROUP_BATCH[group]]
     jobs += [(group, n, shape) for n in batches for shape in SHAPES[group]]
   rows = []
   header = (f'{"model":9s} {"shape":14s} {"N":>4s} | {"fwd xla":>8s} {"fast":>6s} | '

@@ -9,16 +9,21 @@ on-device batch gather and augmentation) on random uint8 images. Variants:
   qprune    conv_impl='auto' (custom kernel gradient on CPU) + qprune's CPU compiler options
   xla_conv  lax conv (what flax.linen.Conv computes) + qprune's CPU compiler options
   plain     lax conv, plain `jax.jit` with XLA's default options: what a Flax user gets
-All variants use the same model code otherwise (FusedBatchNorm included). They are compiled
-first (compile time excluded, plus two warm-up steps each), then timed round-robin, one step per
-variant per round, so machine noise hits them alike; each step is blocked on; the median over
---steps rounds is reported, with the ratio to the last variant (`speedup`). GFLOP/s counts
-6 x MACs per image (forward 2, backward 4). With --json the last line is one JSON object: the
-first model's row (images_per_s, plain_images_per_s, speedup, ...) with a 'rows' list.
+All variants use the same model code otherwise (FusedBatchNorm included). Each variant runs in
+its own process (measured: sharing a process slows every variant after the first by up to 1.4x,
+as their executables' large temporaries interleave in glibc's allocator), and the processes
+alternate variant by variant for --repeats rounds so machine noise hits them alike. In a process:
+compile plus two warm-up steps (excluded), then --steps timed steps, each blocked on. Reported:
+the median over all timed steps of a variant, and `speedup`, the ratio of the first variant to
+the last. GFLOP/s counts 6 x MACs per image (forward 2, backward 4). With --json the last line
+is one JSON object: the first model's row (images_per_s, plain_images_per_s, speedup, ...) with
+a 'rows' list.
 """
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 from absl import app, flags
@@ -36,12 +41,14 @@ VARIANTS = {'qprune': ('auto', False), 'xla_conv': ('xla', False), 'plain': ('xl
 
 _MODEL = flags.DEFINE_string('model', 'resnet20', f'one of {sorted(models.MODELS)} or "all"')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'global batch size')
-_STEPS = flags.DEFINE_integer('steps', 10, 'timed rounds (median reported)')
+_STEPS = flags.DEFINE_integer('steps', 5, 'timed steps per process')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'processes per variant, alternating')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
 _VARIANTS = flags.DEFINE_list('variants', ['qprune', 'plain'],
                               f'variants from {sorted(VARIANTS)}; the first is reported as '
                               'images_per_s, the last is the baseline')
 _JSON = flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
+_WORKER = flags.DEFINE_string('worker', None, 'internal: time this one variant, print JSON')
 
 _SHAPES = {'lenet5': (28, 28, 1)}
 
@@ -79,23 +86,40 @@ class _Runner:
     return time.perf_counter() - start
 
 
-def benchmark(name: str, batch_size: int, n_steps: int, variants, dtype) -> dict:
-  runners = {v: _Runner(name, batch_size, *VARIANTS[v], dtype) for v in variants}
-  for r in runners.values():
-    for _ in range(3):  # compile, then let caches and allocations settle
-      r.step()
-  for _ in range(n_steps):
-    for r in runners.values():
-      r.times.append(r.step())
+def _worker(name, batch_size, n_steps, variant, dtype) -> dict:
+  runner = _Runner(name, batch_size, *VARIANTS[variant], dtype)
+  for _ in range(3):  # compile, then let caches and allocations settle
+    runner.step()
+  return {'times': [runner.step() for _ in range(n_steps)], 'macs': runner.macs}
+
+
+def _run_worker(name: str, variant: str) -> dict:
+  cmd = [sys.executable, '-m', 'qprune.benchmarks.train_step', f'--worker={variant}',
+         f'--model={name}', f'--batch_size={_BATCH.value}', f'--steps={_STEPS.value}',
+         f'--dtype={_DTYPE.value}']
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    raise RuntimeError(f'benchmark worker {variant} for {name} failed:\n{out.stderr[-3000:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def benchmark(name: str, variants) -> dict:
+  times, macs = {v: [] for v in variants}, 0
+  for _ in range(_REPEATS.value):
+    for v in variants:
+      result = _run_worker(name, v)
+      times[v] += result['times']
+      macs = result['macs']
+  batch_size = _BATCH.value
   per = {}
-  for v, r in runners.items():
-    step_s = statistics.median(r.times)
+  for v in variants:
+    step_s = statistics.median(times[v])
     per[v] = {'images_per_s': batch_size / step_s, 'step_s': step_s,
-              'gflops_per_s': 6 * r.macs * batch_size / step_s / 1e9}
+              'gflops_per_s': 6 * macs * batch_size / step_s / 1e9}
   first, base = per[variants[0]], per[variants[-1]]
-  return {'model': name, 'batch_size': batch_size, 'dtype': jnp.dtype(dtype).name,
+  return {'model': name, 'batch_size': batch_size, 'dtype': _DTYPE.value,
           'backend': jax.default_backend(), 'devices': jax.device_count(),
-          'cpu_count': os.cpu_count(), 'macs_per_image': runners[variants[0]].macs,
+          'cpu_count': os.cpu_count(), 'macs_per_image': macs,
           'variant': variants[0], 'baseline': variants[-1],
           'images_per_s': first['images_per_s'], 'gflops_per_s': first['gflops_per_s'],
           'plain_images_per_s': base['images_per_s'], 'plain_gflops_per_s': base['gflops_per_s'],
@@ -110,12 +134,15 @@ def main(argv):
     raise app.UsageError(f'unknown --variants {unknown}; choose from {sorted(VARIANTS)}')
   names = sorted(models.MODELS) if _MODEL.value == 'all' else [_MODEL.value]
   dtype = jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32
+  if _WORKER.value:
+    print(json.dumps(_worker(names[0], _BATCH.value, _STEPS.value, _WORKER.value, dtype)))
+    return
   variants = list(_VARIANTS.value)
   print(f'{"model":10s} {"batch":>5s} ' + ' '.join(f'{v + " img/s":>16s}' for v in variants)
         + f' {"GFLOP/s":>8s} {"speedup":>8s}')
   rows = []
   for name in names:
-    r = benchmark(name, _BATCH.value, _STEPS.value, variants, dtype)
+    r = benchmark(name, variants)
     rows.append(r)
     print(f'{name:10s} {r["batch_size"]:5d} '
           + ' '.join(f'{r["variants"][v]["images_per_s"]:16.1f}' for v in variants)

@@ -19,6 +19,13 @@ fresh on every step. The fast path therefore
      does kh*kw matmuls [C_in, m] @ [m, C_out] (m = B*H'*W') against dy's NHWC block [m, C_out] --
      or, for few input channels, one matmul on the stacked [kh*kw*C_in, m] patches;
   3. accumulates in float32 and casts to the kernel's dtype.
+
+A second CPU pathology: XLA's spatial convolution is very slow when the output map is tiny (a 3x3
+SAME conv on a 2x2 map with 512 channels, VGG's last block, runs at ~1.5 GFLOP/s forward and
+backward). For such shapes (`_use_patch_matmul`: at most 4 output positions) 'fast' computes the
+conv as one explicit im2col matmul [N*H'*W', kh*kw*C_in] @ [kh*kw*C_in, C_out] and lets autodiff
+produce its two gradient matmuls: 84 / 32 / 109 GFLOP/s forward / input-grad / kernel-grad on
+that VGG conv at batch 32 (`python -m qprune.benchmarks.conv --shapes=vgg`).
 """
 import functools
 
@@ -106,6 +113,35 @@ def kernel_grad(x, dy, kernel_hw, strides, padding, out_dtype):
   return acc.reshape(kh, kw, c, o).astype(out_dtype)
 
 
+def _out_hw(in_hw, kernel_hw, strides, pads):
+  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides,
+                                                                       pads))
+
+
+def _use_patch_matmul(in_hw, kernel_hw, strides, padding) -> bool:
+  """Shapes where one im2col matmul beats XLA's CPU conv (measured, see the module docstring)."""
+  ho, wo = _out_hw(in_hw, kernel_hw, strides, _pads(in_hw, kernel_hw, strides, padding))
+  return ho * wo <= 4 and kernel_hw[0] * kernel_hw[1] > 1
+
+
+def patch_matmul_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
+  """The conv as [N*H'*W', kh*kw*C_in] patches @ [kh*kw*C_in, C_out] (taps major, HWIO order)."""
+  n, h, w, c = x.shape
+  kh, kw, _, o = kernel.shape
+  sh, sw = strides
+  pads = _pads((h, w), (kh, kw), strides, padding)
+  ho, wo = _out_hw((h, w), (kh, kw), strides, pads)
+  (plo_h, phi_h), (plo_w, phi_w) = pads
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (plo_h, phi_h, 0), (plo_w, phi_w, 0),
+                                           (0, 0, 0)))
+  taps = [lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(taps, axis=-1).reshape(n * ho * wo, kh * kw * c)
+  y = lax.dot_general(patches, kernel.reshape(kh * kw * c, o), _NN,
+                      preferred_element_type=jnp.float32)
+  return y.astype(x.dtype).reshape(n, ho, wo, o)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _fast_conv(x, kernel, strides, padding):
   return xla_conv2d(x, kernel, strides, padding)
@@ -128,10 +164,14 @@ _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 
 def fast_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
-  """Same values and gradients as `xla_conv2d`; kernel gradient via `kernel_grad` (CPU-fast)."""
+  """Same values and gradients as `xla_conv2d`: an im2col matmul for the shapes XLA's CPU conv
+  handles badly, else XLA's conv with the kernel gradient computed by `kernel_grad`."""
   if not isinstance(padding, str):
     padding = tuple(tuple(int(v) for v in p) for p in padding)  # hashable for nondiff_argnums
-  return _fast_conv(x, kernel, tuple(int(s) for s in strides), padding)
+  strides = tuple(int(s) for s in strides)
+  if _use_patch_matmul(x.shape[1:3], kernel.shape[:2], strides, padding):
+    return patch_matmul_conv2d(x, kernel, strides, padding)
+  return _fast_conv(x, kernel, strides, padding)
 
 
 IMPLS = {'xla': xla_conv2d, 'fast': fast_conv2d}

@@ -8,36 +8,44 @@ from jax import lax
 from qprune.ops import conv as conv_ops
 
 CASES = [
-    # (N, H, W, C_in, C_out, k, stride, padding, path): path 'vjp' is XLA's conv with the custom
-    # kernel gradient, 'patch' the im2col matmul (a tiny output map).
+    # (N, H, W, C_in, C_out, k, stride, padding, route): the formulation conv2d(impl='fast') picks;
+    # 'vjp' is XLA's conv with the custom kernel gradient, 'patch' the im2col matmul (tiny output
+    # map), 'xla' XLA's conv (unpadded). Every formulation is checked on every case anyway.
     (2, 8, 8, 16, 16, 3, 1, 'SAME', 'vjp'),
     (3, 9, 7, 5, 7, 3, 1, 'SAME', 'vjp'),       # odd spatial, odd channels, C_in < 8
     (3, 9, 7, 9, 5, 3, 2, 'SAME', 'vjp'),       # stride 2, odd sizes -> asymmetric SAME padding
-    (2, 11, 11, 3, 6, 3, 2, 'VALID', 'vjp'),
-    (2, 7, 9, 10, 3, 1, 1, 'SAME', 'vjp'),      # 1x1
-    (2, 9, 9, 12, 5, 1, 2, 'VALID', 'vjp'),     # 1x1 stride 2
-    (2, 13, 13, 1, 4, 5, 1, 'VALID', 'vjp'),    # lenet-like 5x5, one input channel
+    (2, 11, 11, 3, 6, 3, 2, 'VALID', 'xla'),
+    (2, 7, 9, 10, 3, 1, 1, 'SAME', 'xla'),      # 1x1
+    (2, 9, 9, 12, 5, 1, 2, 'VALID', 'xla'),     # 1x1 stride 2
+    (2, 13, 13, 1, 4, 5, 1, 'VALID', 'xla'),    # lenet-like 5x5, one input channel
     (2, 12, 10, 9, 4, 5, 2, 'SAME', 'vjp'),     # 5x5 stride 2
-    (5, 6, 6, 8, 8, 3, 1, 'VALID', 'vjp'),
-    (2, 2, 2, 8, 4, 1, 1, 'SAME', 'vjp'),       # 1x1 on a 2x2 map: no window to unroll
+    (5, 6, 6, 8, 8, 3, 1, 'VALID', 'xla'),
+    (2, 2, 2, 8, 4, 1, 1, 'SAME', 'xla'),       # 1x1 on a 2x2 map: no window to unroll
     (2, 2, 2, 16, 8, 3, 1, 'SAME', 'patch'),    # 2x2 map (VGG's last block)
     (2, 3, 3, 12, 6, 3, 2, 'SAME', 'patch'),    # 2x2 output, stride 2
     (2, 4, 4, 256, 8, 3, 1, 'SAME', 'vjp'),     # 4x4 map, wide contraction
 ]
+
+FORMULATIONS = {
+    'routed': lambda x, w, s, pad: conv_ops.conv2d(x, w, s, pad, impl='fast'),
+    'vjp': lambda x, w, s, pad: conv_ops._fast_conv(x, w, s, pad),
+    'patch': conv_ops.patch_matmul_conv2d,
+}
 
 
 def _loss(conv, x, w, t):
   return jnp.sum(conv(x, w) * t)
 
 
-@pytest.mark.parametrize('n,h,w,cin,cout,k,s,pad,path', CASES)
-def test_fast_matches_xla(n, h, w, cin, cout, k, s, pad, path):
-  assert conv_ops._use_patch_matmul((h, w), (k, k), (s, s), pad) == (path == 'patch')
+@pytest.mark.parametrize('formulation', sorted(FORMULATIONS))
+@pytest.mark.parametrize('n,h,w,cin,cout,k,s,pad,route', CASES)
+def test_fast_matches_xla(n, h, w, cin, cout, k, s, pad, route, formulation):
+  assert conv_ops.fast_route((h, w), (k, k), (s, s), pad) == route
   kx, kw, kt = jax.random.split(jax.random.key(n * 100 + h * 10 + k), 3)
   x = jax.random.normal(kx, (n, h, w, cin))
   ker = jax.random.normal(kw, (k, k, cin, cout))
   ref_conv = lambda x, w: conv_ops.xla_conv2d(x, w, (s, s), pad)
-  fast_conv = lambda x, w: conv_ops.conv2d(x, w, (s, s), pad, impl='fast')
+  fast_conv = lambda x, w: FORMULATIONS[formulation](x, w, (s, s), pad)
   y_ref = ref_conv(x, ker)
   t = jax.random.normal(kt, y_ref.shape)
   y = jax.jit(fast_conv)(x, ker)

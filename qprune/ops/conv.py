@@ -3,8 +3,9 @@
 `conv2d(x, kernel, strides, padding, impl)` with x: [N, H, W, C_in] and kernel: [kh, kw, C_in, C_out]
 returns [N, H', W', C_out]. `impl='xla'` is `lax.conv_general_dilated`; `impl='fast'` is the same
 forward conv and input gradient, with a kernel gradient rewritten as matmuls that XLA's CPU backend
-runs 4-8x faster than its own conv-backprop-filter; `impl='auto'` picks 'fast' on the CPU backend
-only (see `resolve_impl`).
+runs several times faster than its own conv-backprop-filter (and, for tiny output maps, an im2col
+matmul conv, see below); `impl='auto'` picks 'fast' on the CPU backend only (see `resolve_impl`).
+Both are meant to be compiled with `qprune.ops.compile.jit` on CPU (multi-threaded XLA kernels).
 
 Why the kernel gradient is slow on XLA CPU, and what replaces it:
   dW[i, j, c, o] = sum_{n, h, w} xpad[n, s*h + i, s*w + j, c] * dy[n, h, w, o]
@@ -165,13 +166,29 @@ _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 def fast_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
   """Same values and gradients as `xla_conv2d`: an im2col matmul for the shapes XLA's CPU conv
-  handles badly, else XLA's conv with the kernel gradient computed by `kernel_grad`."""
+  handles badly, XLA's conv for unpadded ones, else XLA's conv with the kernel gradient
+  computed by `kernel_grad`."""
   if not isinstance(padding, str):
     padding = tuple(tuple(int(v) for v in p) for p in padding)  # hashable for nondiff_argnums
   strides = tuple(int(s) for s in strides)
-  if _use_patch_matmul(x.shape[1:3], kernel.shape[:2], strides, padding):
+  route = fast_route(x.shape[1:3], kernel.shape[:2], strides, padding)
+  if route == 'patch':
     return patch_matmul_conv2d(x, kernel, strides, padding)
+  if route == 'xla':
+    return xla_conv2d(x, kernel, strides, padding)
   return _fast_conv(x, kernel, strides, padding)
+
+
+def fast_route(in_hw, kernel_hw, strides, padding) -> str:
+  """Which formulation 'fast' uses: 'patch' (im2col matmul, tiny output maps), 'xla' (unpadded
+  convs, e.g. LeNet-5's VALID 5x5: XLA's own kernel gradient measured 1.1-1.2x faster in the
+  train step, `benchmarks.train_step --model=lenet5 --variants=qprune,xla_conv`), else 'vjp'
+  (XLA's conv with `kernel_grad`)."""
+  if _use_patch_matmul(in_hw, kernel_hw, strides, padding):
+    return 'patch'
+  if not any(any(p) for p in _pads(in_hw, kernel_hw, strides, padding)):
+    return 'xla'
+  return 'vjp'
 
 
 IMPLS = {'xla': xla_conv2d, 'fast': fast_conv2d}

@@ -136,9 +136,9 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
   small_model, small_variables = prune.shrink(model, variables, groups, masks)
   # Pruning shifts every downstream activation distribution: re-estimate BN statistics (as the
   # search did per candidate) so the pruned model is evaluated and fine-tuned from sane ones.
+  reestimate = compile_lib.jit(prune.reestimate_bn_stats, static_argnums=(0, 1))
   small_variables = {'params': small_variables['params'],
-                     'batch_stats': compile_lib.jit(prune.reestimate_bn_stats, static_argnums=(0, 1))(
-                         small_model, (), small_variables, None, bn_images)}
+                     'batch_stats': reestimate(small_model, (), small_variables, None, bn_images)}
   small_spec = dict(spec, channels={**spec['channels'], **prune.shrunk_widths(groups, masks)})
   pruned = loop.evaluate(small_model, small_variables, data.test, config.eval_batch_size, mesh)
   options = common.train_options(config, epochs=pconfig.finetune_epochs,

@@ -25,7 +25,7 @@ A second CPU pathology: XLA's spatial convolution is very slow when the output m
 SAME conv on a 2x2 map with 512 channels, VGG's last block, runs at ~1.5 GFLOP/s forward and
 backward). For such shapes (`_use_patch_matmul`: at most 4 output positions) 'fast' computes the
 conv as one explicit im2col matmul [N*H'*W', kh*kw*C_in] @ [kh*kw*C_in, C_out] and lets autodiff
-produce its two gradient matmuls: 84 / 32 / 109 GFLOP/s forward / input-grad / kernel-grad on
+produce its two gradient matmuls: ~90 / ~35 / ~110 GFLOP/s forward / input-grad / kernel-grad on
 that VGG conv at batch 32 (`python -m qprune.benchmarks.conv --shapes=vgg`).
 """
 import functools

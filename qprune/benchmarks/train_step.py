@@ -10,9 +10,10 @@ on-device batch gather and augmentation) on random uint8 images. Variants:
   xla_conv  lax conv (what flax.linen.Conv computes) + qprune's CPU compiler options
   plain     lax conv, plain `jax.jit` with XLA's default options: what a Flax user gets
 All variants use the same model code otherwise (FusedBatchNorm included). Each variant runs in
-its own process (measured: sharing a process slows every variant after the first by up to 1.4x,
-as their executables' large temporaries interleave in glibc's allocator), and the processes
-alternate variant by variant for --repeats rounds so machine noise hits them alike. In a process:
+its own process (measured: a step timed in a process holding other compiled variants ran up to
+1.45x slower than alone; we suspect their large temporaries interleaving in glibc's allocator),
+and the processes alternate variant by variant for --repeats rounds so machine noise hits them
+alike. In a process:
 compile plus two warm-up steps (excluded), then --steps timed steps, each blocked on. Reported:
 the median over all timed steps of a variant, and `speedup`, the ratio of the first variant to
 the last. GFLOP/s counts 6 x MACs per image (forward 2, backward 4). With --json the last line

@@ -134,6 +134,9 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'unknown --variants {unknown}; choose from {sorted(VARIANTS)}')
   names = sorted(models.MODELS) if _MODEL.value == 'all' else [_MODEL.value]
+  if not set(names) <= set(models.MODELS):
+    raise app.UsageError(f'unknown --model={_MODEL.value!r}; choose from '
+                         f'{sorted(models.MODELS)} or "all"')
   dtype = jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32
   if _WORKER.value:
     print(json.dumps(_worker(names[0], _BATCH.value, _STEPS.value, _WORKER.value, dtype)))

@@ -23,7 +23,7 @@ fresh on every step. The fast path therefore
 
 A second CPU pathology: XLA's spatial convolution is very slow when the output map is tiny (a 3x3
 SAME conv on a 2x2 map with 512 channels, VGG's last block, runs at ~1.5 GFLOP/s forward and
-backward). For such shapes (`_use_patch_matmul`: at most 4 output positions) 'fast' computes the
+backward). For such shapes (`fast_route`: at most 4 output positions) 'fast' computes the
 conv as one explicit im2col matmul [N*H'*W', kh*kw*C_in] @ [kh*kw*C_in, C_out] and lets autodiff
 produce its two gradient matmuls: ~90 / ~35 / ~110 GFLOP/s forward / input-grad / kernel-grad on
 that VGG conv at batch 32 (`python -m qprune.benchmarks.conv --shapes=vgg`).
@@ -58,6 +58,13 @@ def _pads(in_hw, kernel_hw, strides, padding):
   return tuple(tuple(p) for p in padding)
 
 
+def _pad_spatial(x, pads):
+  """Zero-pads (or, for negative padding, crops) H and W of NHWC x by ((lo, hi), (lo, hi))."""
+  (plo_h, phi_h), (plo_w, phi_w) = pads
+  return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (plo_h, phi_h, 0), (plo_w, phi_w, 0),
+                                             (0, 0, 0)))
+
+
 def _block_size(n: int, rows_per_image: int, channels: int) -> int:
   """Images per scan step: the divisor of n closest below the row target (at least 1)."""
   target = max(1, min(n, _BLOCK_ELEMENTS // (channels * max(1, rows_per_image))))
@@ -76,10 +83,7 @@ def kernel_grad(x, dy, kernel_hw, strides, padding, out_dtype):
   _, ho, wo, o = dy.shape
   kh, kw = kernel_hw
   sh, sw = strides
-  (plo_h, phi_h), (plo_w, phi_w) = _pads((h, w), kernel_hw, strides, padding)
-  # Pad (or, for negative padding, crop) so every tap slice below is in range.
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (plo_h, phi_h, 0), (plo_w, phi_w, 0),
-                                           (0, 0, 0)))
+  xp = _pad_spatial(x, _pads((h, w), kernel_hw, strides, padding))  # every tap slice in range
   hp, wp = xp.shape[1:3]
   b = _block_size(n, ho * wo, c + o)
   nb, m = n // b, b * ho * wo
@@ -119,12 +123,6 @@ def _out_hw(in_hw, kernel_hw, strides, pads):
                                                                        pads))
 
 
-def _use_patch_matmul(in_hw, kernel_hw, strides, padding) -> bool:
-  """Shapes where one im2col matmul beats XLA's CPU conv (measured, see the module docstring)."""
-  ho, wo = _out_hw(in_hw, kernel_hw, strides, _pads(in_hw, kernel_hw, strides, padding))
-  return ho * wo <= 4 and kernel_hw[0] * kernel_hw[1] > 1
-
-
 def patch_matmul_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
   """The conv as [N*H'*W', kh*kw*C_in] patches @ [kh*kw*C_in, C_out] (taps major, HWIO order)."""
   n, h, w, c = x.shape
@@ -132,9 +130,7 @@ def patch_matmul_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
   sh, sw = strides
   pads = _pads((h, w), (kh, kw), strides, padding)
   ho, wo = _out_hw((h, w), (kh, kw), strides, pads)
-  (plo_h, phi_h), (plo_w, phi_w) = pads
-  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (plo_h, phi_h, 0), (plo_w, phi_w, 0),
-                                           (0, 0, 0)))
+  xp = _pad_spatial(x, pads)
   taps = [lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                     (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
   patches = jnp.concatenate(taps, axis=-1).reshape(n * ho * wo, kh * kw * c)
@@ -184,9 +180,11 @@ def fast_route(in_hw, kernel_hw, strides, padding) -> str:
   convs, e.g. LeNet-5's VALID 5x5: XLA's own kernel gradient measured 1.1-1.2x faster in the
   train step, `benchmarks.train_step --model=lenet5 --variants=qprune,xla_conv`), else 'vjp'
   (XLA's conv with `kernel_grad`)."""
-  if _use_patch_matmul(in_hw, kernel_hw, strides, padding):
+  pads = _pads(in_hw, kernel_hw, strides, padding)
+  ho, wo = _out_hw(in_hw, kernel_hw, strides, pads)
+  if ho * wo <= 4 and kernel_hw[0] * kernel_hw[1] > 1:  # see the module docstring
     return 'patch'
-  if not any(any(p) for p in _pads(in_hw, kernel_hw, strides, padding)):
+  if not any(any(p) for p in pads):
     return 'xla'
   return 'vjp'
 

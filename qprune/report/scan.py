@@ -8,17 +8,16 @@ pruning: when only one channel group is pruned (L1, uniform) at a ratio, BN re-e
 training images. Both evaluate all variants with one compiled function (see sensitivity.py).
 Writes sensitivity_quant.md, sensitivity_prune.md and their plots.
 """
-import json
-
 from absl import app, flags
 import numpy as np
 
-import qprune
 from qprune.data import pipeline
+from qprune.errors import USER_ERRORS
+from qprune.models.spec import model_from_spec
+from qprune.modes.common import load_saved_model
 from qprune.prune import batched
 from qprune.report.markdown import write_sensitivity
 from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity
-from qprune.train import checkpoint
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a finished qprune run.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Dataset folder (as --config.data_dir).')
@@ -31,15 +30,19 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   try:
-    model, variables = qprune.load_model(_WORKDIR.value)
-  except (ValueError, checkpoint.CheckpointError) as e:
+    ks = tuple(int(k) for k in _KS.value)
+    ratios = tuple(float(r) for r in _RATIOS.value)
+  except ValueError as e:
+    raise app.UsageError(f'--ks takes integers and --ratios numbers: {e}')
+  try:
+    spec, variables = load_saved_model(_WORKDIR.value)
+    model = model_from_spec(spec)
+    data = pipeline.load_data(spec['dataset'], _DATA_DIR.value, train_subset=400,
+                              eval_subset=_EVAL_SUBSET.value)
+  except (ValueError,) + USER_ERRORS as e:
     raise app.UsageError(str(e))
-  spec = json.load(open(f'{_WORKDIR.value}/model.json'))
-  data = pipeline.load_data(spec['dataset'], _DATA_DIR.value, train_subset=400,
-                            eval_subset=_EVAL_SUBSET.value)
-  quant_rows = quant_sensitivity(model, variables, data.test, tuple(int(k) for k in _KS.value))
-  prune_rows = prune_sensitivity(model, variables, data.test,
-                                 tuple(float(r) for r in _RATIOS.value),
+  quant_rows = quant_sensitivity(model, variables, data.test, ks)
+  prune_rows = prune_sensitivity(model, variables, data.test, ratios,
                                  bn_images=batched(data.train.images, 100))
   for kind, rows in (('quant', quant_rows), ('prune', prune_rows)):
     path = write_sensitivity(rows, _WORKDIR.value, kind)

@@ -6,6 +6,8 @@ r"""qprune binary: train, quantize, prune or run the whole pipeline from a confi
 Rerunning with the same workdir resumes an unfinished run and leaves a finished one untouched.
 Bad input (config values, data, init_from, workdir) ends with one 'qprune: error: ...' line and
 exit status 2.
+On Linux it re-executes itself once at start with glibc's huge-page malloc tunable (faster CPU
+training, see qprune/ops/malloc.py; QPRUNE_HUGEPAGES=0 turns that off).
 """
 import json
 import os
@@ -112,4 +114,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from qprune.ops import malloc  # pylint: disable=g-import-not-at-top
+  malloc.reexec_with_hugepages()  # before any work: see qprune/ops/malloc.py
   app.run(main, flags_parser=parse_flags)

@@ -2,13 +2,16 @@ r"""Warm train-step throughput of zoo models: qprune's fast path versus plain Fl
 
   python -m qprune.benchmarks.train_step --model=resnet20 --batch_size=256 [--json]
   python -m qprune.benchmarks.train_step --model=all --batch_size=32
-  python -m qprune.benchmarks.train_step --variants=qprune,xla_conv,plain   # attribution
+  python -m qprune.benchmarks.train_step --variants=qprune,qprune_4k,xla_conv,plain  # attribution
 
 Times the real jitted train step of `qprune.train` (SGD momentum, weight decay, BatchNorm,
 on-device batch gather and augmentation) on random uint8 images. Variants:
-  qprune    conv_impl='auto' (custom kernel gradient on CPU) + qprune's CPU compiler options
-  xla_conv  lax conv (what flax.linen.Conv computes) + qprune's CPU compiler options
-  plain     lax conv, plain `jax.jit` with XLA's default options: what a Flax user gets
+  qprune     what `python -m qprune.main` runs: conv_impl='auto' (custom kernel gradient on CPU),
+             qprune's CPU compiler options, huge-page malloc (`qprune.ops.malloc`, where the
+             machine supports it; `anon_huge_mib` in the JSON shows whether it took effect)
+  qprune_4k  the same with glibc's default malloc (4 KiB pages)
+  xla_conv   lax conv (what flax.linen.Conv computes) + qprune's CPU compiler options
+  plain      lax conv, plain `jax.jit` with XLA's default options: what a Flax user gets
 All variants use the same model code otherwise (FusedBatchNorm included). Each variant runs in
 its own process (measured: a step timed in a process holding other compiled variants ran up to
 1.45x slower than alone; we suspect their large temporaries interleaving in glibc's allocator),
@@ -34,11 +37,13 @@ import numpy as np
 
 from qprune import models
 from qprune.data import pipeline
+from qprune.ops import malloc
 from qprune.train import loop, parallel, steps
 from qprune.train.state import create_state
 
-# name -> (conv_impl, xla_defaults)
-VARIANTS = {'qprune': ('auto', False), 'xla_conv': ('xla', False), 'plain': ('xla', True)}
+# name -> (conv_impl, xla_defaults, huge-page malloc)
+VARIANTS = {'qprune': ('auto', False, True), 'qprune_4k': ('auto', False, False),
+            'xla_conv': ('xla', False, False), 'plain': ('xla', True, False)}
 
 _MODEL = flags.DEFINE_string('model', 'resnet20', f'one of {sorted(models.MODELS)} or "all"')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'global batch size')
@@ -88,35 +93,48 @@ class _Runner:
 
 
 def _worker(name, batch_size, n_steps, variant, dtype) -> dict:
-  runner = _Runner(name, batch_size, *VARIANTS[variant], dtype)
+  conv_impl, xla_defaults, _ = VARIANTS[variant]
+  runner = _Runner(name, batch_size, conv_impl, xla_defaults, dtype)
   for _ in range(3):  # compile, then let caches and allocations settle
     runner.step()
-  return {'times': [runner.step() for _ in range(n_steps)], 'macs': runner.macs}
+  times = [runner.step() for _ in range(n_steps)]
+  return {'times': times, 'macs': runner.macs, 'anon_huge_mib': malloc.anon_huge_mib()}
+
+
+def _worker_env(hugepages: bool) -> dict:
+  """The worker's environment: as `qprune.main` would re-execute with, or without the tunable."""
+  if hugepages:
+    return malloc.hugepage_env(os.environ) or dict(os.environ)
+  tunables = [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':')
+              if t and not t.startswith(malloc.TUNABLE)]
+  return {**os.environ, 'GLIBC_TUNABLES': ':'.join(tunables)}
 
 
 def _run_worker(name: str, variant: str) -> dict:
   cmd = [sys.executable, '-m', 'qprune.benchmarks.train_step', f'--worker={variant}',
          f'--model={name}', f'--batch_size={_BATCH.value}', f'--steps={_STEPS.value}',
          f'--dtype={_DTYPE.value}']
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                       env=_worker_env(VARIANTS[variant][2]))
   if out.returncode != 0:
     raise RuntimeError(f'benchmark worker {variant} for {name} failed:\n{out.stderr[-3000:]}')
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def benchmark(name: str, variants) -> dict:
-  times, macs = {v: [] for v in variants}, 0
+  times, macs, huge = {v: [] for v in variants}, 0, {v: [] for v in variants}
   for _ in range(_REPEATS.value):
     for v in variants:
       result = _run_worker(name, v)
       times[v] += result['times']
       macs = result['macs']
+      huge[v].append(result['anon_huge_mib'])
   batch_size = _BATCH.value
   per = {}
   for v in variants:
     step_s = statistics.median(times[v])
     per[v] = {'images_per_s': batch_size / step_s, 'step_s': step_s,
-              'gflops_per_s': 6 * macs * batch_size / step_s / 1e9}
+              'gflops_per_s': 6 * macs * batch_size / step_s / 1e9, 'anon_huge_mib': huge[v]}
   first, base = per[variants[0]], per[variants[-1]]
   return {'model': name, 'batch_size': batch_size, 'dtype': _DTYPE.value,
           'backend': jax.default_backend(), 'devices': jax.device_count(),

@@ -52,4 +52,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from qprune.ops import malloc  # pylint: disable=g-import-not-at-top
+  malloc.reexec_with_hugepages()  # see qprune/ops/malloc.py
   app.run(main)

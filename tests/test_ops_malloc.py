@@ -67,7 +67,7 @@ def test_tunable_puts_malloc_memory_on_huge_pages():
   base = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
   without = _huge_mib_after_malloc({**base, malloc.SWITCH: '0'})
   with_tunable = _huge_mib_after_malloc(malloc.hugepage_env(base))
-  assert with_tunable >= without + 32, (with_tunable, without)
+  assert with_tunable >= without + 16, (with_tunable, without)  # of the 64 MiB
 
 
 @pytest.mark.skipif(malloc.hugepage_env({k: v for k, v in os.environ.items()

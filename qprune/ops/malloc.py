@@ -75,7 +75,7 @@ def reexec_with_hugepages() -> None:
   is flushed first; `sys.orig_argv` keeps interpreter options and `-m module`.
   """
   env = hugepage_env(os.environ)
-  if env is None:
+  if env is None or not sys.executable:
     return
   print(f'qprune: huge-page malloc: re-executing with GLIBC_TUNABLES={env["GLIBC_TUNABLES"]} '
         f'({SWITCH}=0 turns this off)', file=sys.stderr)

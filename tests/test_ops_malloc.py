@@ -8,6 +8,9 @@ import pytest
 from qprune.ops import malloc
 
 _LINUX = dict(platform='linux', glibc=(2, 36), thp='madvise')
+_BASE_ENV = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', malloc.SWITCH)}
+_NEEDS_HUGEPAGE_MALLOC = pytest.mark.skipif(malloc.hugepage_env(_BASE_ENV) is None,
+                                            reason='no glibc >= 2.35 with THP in madvise mode')
 
 
 def test_adds_the_tunable_on_linux_glibc_with_madvise_thp():
@@ -21,7 +24,7 @@ def test_keeps_other_tunables():
 
 
 @pytest.mark.parametrize('environ, overrides', [
-    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, {}),  # the user chose: and no re-exec loop
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, {}),  # the user's choice stands; no re-exec loop
     ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, {}),
     ({malloc.SWITCH: '0'}, {}),
     ({}, {'platform': 'darwin'}),
@@ -60,22 +63,16 @@ def _huge_mib_after_malloc(env) -> float:
   return float(out.stdout.split()[-1])
 
 
-@pytest.mark.skipif(malloc.hugepage_env({k: v for k, v in os.environ.items()
-                                         if k != 'GLIBC_TUNABLES'}) is None,
-                    reason='no glibc >= 2.35 with THP in madvise mode here')
+@_NEEDS_HUGEPAGE_MALLOC
 def test_tunable_puts_malloc_memory_on_huge_pages():
-  base = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
-  without = _huge_mib_after_malloc({**base, malloc.SWITCH: '0'})
-  with_tunable = _huge_mib_after_malloc(malloc.hugepage_env(base))
+  without = _huge_mib_after_malloc(_BASE_ENV)
+  with_tunable = _huge_mib_after_malloc(malloc.hugepage_env(_BASE_ENV))
   assert with_tunable >= without + 16, (with_tunable, without)  # of the 64 MiB
 
 
-@pytest.mark.skipif(malloc.hugepage_env({k: v for k, v in os.environ.items()
-                                         if k != 'GLIBC_TUNABLES'}) is None,
-                    reason='no glibc >= 2.35 with THP in madvise mode here')
+@_NEEDS_HUGEPAGE_MALLOC
 def test_main_binary_reexecutes_once():
-  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', malloc.SWITCH)}
-  out = subprocess.run([sys.executable, '-m', 'qprune.main', '--helpshort'], env=env,
+  out = subprocess.run([sys.executable, '-m', 'qprune.main', '--helpshort'], env=_BASE_ENV,
                        capture_output=True, text=True, check=False)
   assert '--workdir' in out.stdout, out.stderr[-2000:]  # absl printed the help after the re-exec
   assert out.stderr.count('huge-page malloc: re-executing with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ') == 1

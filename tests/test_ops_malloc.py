@@ -23,6 +23,12 @@ def test_keeps_other_tunables():
   assert env['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
 
 
+def test_default_malloc_env_removes_only_the_huge_page_tunable():
+  env = malloc.default_malloc_env(
+      {'PATH': '/bin', 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'})
+  assert env == {'PATH': '/bin', 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}
+
+
 @pytest.mark.parametrize('environ, overrides', [
     ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, {}),  # the user's choice stands; no re-exec loop
     ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, {}),

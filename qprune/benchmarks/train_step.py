@@ -47,8 +47,9 @@ VARIANTS = {'qprune': ('auto', False, True), 'qprune_4k': ('auto', False, False)
 
 _MODEL = flags.DEFINE_string('model', 'resnet20', f'one of {sorted(models.MODELS)} or "all"')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'global batch size')
-_STEPS = flags.DEFINE_integer('steps', 5, 'timed steps per process')
-_REPEATS = flags.DEFINE_integer('repeats', 2, 'processes per variant, alternating')
+_STEPS = flags.DEFINE_integer('steps', 5, 'timed steps per process', lower_bound=1)
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'processes per variant, alternating',
+                                 lower_bound=1)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
 _VARIANTS = flags.DEFINE_list('variants', ['qprune', 'plain'],
                               f'variants from {sorted(VARIANTS)}; the first is reported as '
@@ -81,7 +82,7 @@ class _Runner:
                                          batch_sharding=parallel.batch_sharded(mesh),
                                          xla_defaults=xla_defaults)
     self.key, self.perm, self.metrics = jax.random.PRNGKey(0), jnp.arange(n), steps.zero_metrics()
-    self.i, self.times = 0, []
+    self.i = 0
 
   def step(self) -> float:
     start = time.perf_counter()
@@ -105,9 +106,7 @@ def _worker_env(hugepages: bool) -> dict:
   """The worker's environment: as `qprune.main` would re-execute with, or without the tunable."""
   if hugepages:
     return malloc.hugepage_env(os.environ) or dict(os.environ)
-  tunables = [t for t in os.environ.get('GLIBC_TUNABLES', '').split(':')
-              if t and not t.startswith(malloc.TUNABLE)]
-  return {**os.environ, 'GLIBC_TUNABLES': ':'.join(tunables)}
+  return malloc.default_malloc_env(os.environ)
 
 
 def _run_worker(name: str, variant: str) -> dict:

@@ -68,6 +68,13 @@ def hugepage_env(environ: Mapping[str, str], *, platform: str = sys.platform,
   return {**environ, 'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, f'{TUNABLE}=1']))}
 
 
+def default_malloc_env(environ: Mapping[str, str]) -> dict:
+  """`environ` with any `glibc.malloc.hugetlb` setting removed from GLIBC_TUNABLES."""
+  tunables = [t for t in environ.get('GLIBC_TUNABLES', '').split(':')
+              if t and not t.startswith(TUNABLE)]
+  return {**environ, 'GLIBC_TUNABLES': ':'.join(tunables)}
+
+
 def reexec_with_hugepages() -> None:
   """Replaces this process by the same command line with `hugepage_env`, if it returns one.
 

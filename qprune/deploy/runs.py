@@ -1,0 +1,56 @@
+"""Which model a finished run hands to deployment: its quantized export if any, else its model."""
+import os
+from typing import NamedTuple, Optional
+
+from qprune import files
+
+
+class ExportError(ValueError):
+  """A workdir or path cannot be exported (no finished run, no quantized export, bad format)."""
+
+
+class RunModel(NamedTuple):
+  model: object
+  variables: dict
+  spec: dict
+  qpq_path: Optional[str]  # the .qpq export the model was read from (quantized runs), else None
+
+
+def find_qpq(workdir: str) -> Optional[str]:
+  """The quantized export of a finished quantize/pipeline run in `workdir`, or None."""
+  for folder in (workdir, os.path.join(workdir, 'quantize')):
+    results = files.read_json(os.path.join(folder, 'results.json'))
+    if results and results.get('export_path'):
+      path = results['export_path']
+      if not os.path.isabs(path):
+        path = os.path.join(folder, path)
+      if os.path.exists(path):
+        return path
+      moved = os.path.join(folder, os.path.basename(path))  # workdir copied elsewhere
+      if os.path.exists(moved):
+        return moved
+  return None
+
+
+def load_run(workdir: str) -> RunModel:
+  """The deployable model of a finished run: `load_quantized` of its export for quantized runs
+  (weights dequantized exactly), else `load_model` (the shrunk model after pruning)."""
+  from qprune.modes.common import RunError  # pylint: disable=g-import-not-at-top
+  from qprune.quant import export as qpq  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(workdir):
+    raise ExportError(f'workdir {workdir!r} does not exist')
+  if files.read_json(os.path.join(workdir, 'results.json')) is None:
+    raise ExportError(f'{workdir} holds no finished run (results.json missing)')
+  path = find_qpq(workdir)
+  if path is not None:
+    with open(path, 'rb') as f:
+      spec, _ = qpq.decode_variables(f.read())
+    model, variables = qpq.load_quantized(path)
+    return RunModel(model, variables, spec, path)
+  from qprune.models.spec import model_from_spec  # pylint: disable=g-import-not-at-top
+  from qprune.modes.common import load_saved_model  # pylint: disable=g-import-not-at-top
+  try:
+    spec, variables = load_saved_model(workdir)
+  except RunError as e:
+    raise ExportError(str(e)) from e
+  return RunModel(model_from_spec(spec), variables, spec, None)

@@ -7,7 +7,8 @@ from qprune.quant.inq import (DEFAULT_SCHEDULE, freeze_frozen_updates, freeze_ma
 from qprune.quant.kmeans import (CandidateTable, Clusters, candidate_errors, candidate_table,
                                  cluster_all, exponent_sets, initial_centers, kmeans_targets,
                                  select_by_bit_budget,
-                                 select_by_tolerance, select_fixed_k)
+                                 select_by_tolerance, select_fixed_k, select_targets)
+from qprune.quant.optimal import OBJECTIVES, optimal_sets, optimal_table, optimal_targets
 from qprune.quant.report import average_bits, format_table, layer_report
 from qprune.quant.targets import (Targets, bits_per_weight, default_path_filter, in_target_set,
                                   inq_exponents, inq_targets, l1_error, layer_name, quantizable_layers,

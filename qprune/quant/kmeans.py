@@ -60,7 +60,7 @@ class Clusters(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Data preparation.
 
-def _length_groups(layers: Sequence[jax.Array], max_groups: int) -> list:
+def length_groups(layers: Sequence[jax.Array], max_groups: int) -> list:
   """Layer indices split into <= max_groups groups of similar size, minimising the padded total
   Σ_group len(group)·max size (exact DP over the size-sorted layers; runs at trace time)."""
   sizes = [int(np.prod(w.shape)) for w in layers]
@@ -103,7 +103,7 @@ def _per_length_group(row_fn, layers: Sequence[jax.Array], log2_range: float, ma
   one would waste most of the work on small layers; each group costs one more copy of the
   computation to compile, hence few groups."""
   outputs, order = [], []
-  for group in _length_groups(layers, max_groups):
+  for group in length_groups(layers, max_groups):
     sorted_x, counts = _padded_log2_rows([layers[i] for i in group], log2_range)
     outputs.append(jax.vmap(row_fn)(sorted_x, counts))
     order += group
@@ -319,19 +319,26 @@ def exponent_sets(exponents: jax.Array, valid: jax.Array):
   return [exponent_sets(e_i, v_i) for e_i, v_i in zip(e, v)]
 
 
+def score_candidates(names: Sequence[str], arrays: Sequence[jax.Array], exponents: jax.Array,
+                     valid: jax.Array) -> CandidateTable:
+  """The table of padded candidate sets [L, K, K] (row k-1 of layer l: its k-set), scored."""
+  errors, norms = candidate_errors(list(arrays), exponents, valid)
+  sets = exponent_sets(exponents, valid)
+  bits = targets_lib.bits_per_weight_array(jnp.sum(valid, axis=-1))
+  return CandidateTable(names=tuple(names),
+                        sets=tuple(tuple(tuple(s) for s in row) for row in sets),
+                        bits=np.asarray(bits), errors=np.asarray(errors, np.float64),
+                        l1_norms=np.asarray(norms, np.float64),
+                        num_weights=np.array([int(np.prod(a.shape)) for a in arrays]))
+
+
 def candidate_table(layers: Mapping[str, jax.Array], k_max: int = 8, **kmeans_options
                     ) -> CandidateTable:
   """Clusters every layer for k = 1..k_max (one compiled call) and scores every candidate."""
   names = tuple(layers)
   arrays = [layers[n] for n in names]
   clusters = cluster_all(arrays, k_max=k_max, **kmeans_options)
-  errors, norms = candidate_errors(arrays, clusters.exponents, clusters.valid)
-  sets = exponent_sets(clusters.exponents, clusters.valid)
-  bits = targets_lib.bits_per_weight_array(jnp.sum(clusters.valid, axis=-1))
-  return CandidateTable(names=names, sets=tuple(tuple(tuple(s) for s in row) for row in sets),
-                        bits=np.asarray(bits), errors=np.asarray(errors, np.float64),
-                        l1_norms=np.asarray(norms, np.float64),
-                        num_weights=np.array([int(np.prod(a.shape)) for a in arrays]))
+  return score_candidates(names, arrays, clusters.exponents, clusters.valid)
 
 
 def select_fixed_k(table: CandidateTable, k: int) -> dict:
@@ -377,16 +384,23 @@ def select_by_bit_budget(table: CandidateTable, bits_per_weight: float) -> dict:
   return {name: table.sets[l][choice[l]] for l, name in enumerate(table.names)}
 
 
-def kmeans_targets(layers: Mapping[str, jax.Array], *, k: int | None = None,
-                   tolerance: float | None = None, bits_per_weight: float | None = None,
-                   k_max: int = 8, **kmeans_options) -> dict:
-  """Clustered target sets {layer: exponents}: exactly one of k, tolerance, bits_per_weight."""
+def select_targets(table: CandidateTable, *, k: int | None = None,
+                   tolerance: float | None = None,
+                   bits_per_weight: float | None = None) -> dict:
+  """One set per layer from `table`: exactly one of a fixed k, an L1 tolerance, a bit budget."""
   chosen = [x is not None for x in (k, tolerance, bits_per_weight)]
   if sum(chosen) != 1:
     raise ValueError('give exactly one of k, tolerance, bits_per_weight')
-  table = candidate_table(layers, k_max=max(k_max, k or 1), **kmeans_options)
   if k is not None:
     return select_fixed_k(table, k)
   if tolerance is not None:
     return select_by_tolerance(table, tolerance)
   return select_by_bit_budget(table, bits_per_weight)
+
+
+def kmeans_targets(layers: Mapping[str, jax.Array], *, k: int | None = None,
+                   tolerance: float | None = None, bits_per_weight: float | None = None,
+                   k_max: int = 8, **kmeans_options) -> dict:
+  """Clustered target sets {layer: exponents}: exactly one of k, tolerance, bits_per_weight."""
+  table = candidate_table(layers, k_max=max(k_max, k or 1), **kmeans_options)
+  return select_targets(table, k=k, tolerance=tolerance, bits_per_weight=bits_per_weight)

@@ -1,0 +1,81 @@
+"""Exactly optimal target sets: equal to brute force over every subset of candidate exponents."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qprune import quant
+from qprune.quant import optimal
+
+
+def _error(w, exponents, objective):
+  """Error of quantizing w with `exponents`, in float64 on host (independent of the DP)."""
+  q = np.asarray(quant.quantize(jnp.asarray(w), jnp.asarray(exponents, jnp.int32)), np.float64)
+  d = np.abs(np.asarray(w, np.float64) - q)
+  return float(np.sum(d if objective == 'l1' else d * d))
+
+
+def _brute_force(w, k, span, objective):
+  e_hi = int(np.ceil(np.log2(np.max(np.abs(w)))))
+  candidates = range(e_hi - span + 1, e_hi + 1)
+  return min(_error(w, s, objective) for n in range(1, k + 1)
+             for s in itertools.combinations(candidates, n))
+
+
+@pytest.mark.parametrize('objective', optimal.OBJECTIVES)
+@pytest.mark.parametrize('jit', [True, False])
+def test_equals_brute_force(objective, jit, rng):
+  layers = {'a': rng.normal(0, 0.1, (3, 3, 4, 5)).astype(np.float32),
+            'b': (rng.laplace(0, 0.02, (40, 7)) * rng.random((40, 7))).astype(np.float32),
+            'c': np.float32([0.75, -0.5, 0.3, 0.0, 2.0e-3, -1.0])}
+  span, k_max = 8, 4
+  arrays = list(layers.values()) if jit else list(layers.values())[1:]  # un-jitted is slow
+  if jit:
+    exponents, valid = optimal.optimal_sets(arrays, k_max=k_max, span=span, objective=objective)
+  else:
+    with jax.disable_jit():
+      exponents, valid = optimal.optimal_sets(arrays, k_max=k_max, span=span,
+                                              objective=objective)
+  sets = quant.exponent_sets(exponents, valid)
+  for l, w in enumerate(arrays):
+    for k in range(1, k_max + 1):
+      chosen = sets[l][k - 1]
+      assert 1 <= len(chosen) <= k and list(chosen) == sorted(set(chosen))
+      best = _brute_force(w, k, span, objective)
+      assert _error(w, chosen, objective) <= best * (1 + 1e-5) + 1e-9, (l, k, chosen)
+
+
+def test_hand_computed_example():
+  # |w| = 1, 1, 1, 0.25: with one exponent, 2^0 costs 0.25 (0.25 -> 0); with two, {-2, 0} is exact.
+  w = np.float32([1.0, -1.0, 1.0, 0.25])
+  table = optimal.optimal_table({'w': w}, k_max=2, span=4)
+  assert table.sets[0] == ((0,), (-2, 0))
+  np.testing.assert_allclose(table.errors[0], [0.25, 0.0], atol=1e-7)
+
+
+def test_never_worse_than_kmeans_or_inq_rule(rng):
+  layers = {f'l{i}': rng.standard_t(3, (200 + 50 * i,)).astype(np.float32) * 0.05
+            for i in range(4)}
+  opt = optimal.optimal_table(layers, k_max=5)
+  km = quant.candidate_table(layers, k_max=5)
+  assert np.all(opt.errors <= km.errors * (1 + 1e-5) + 1e-7)
+  inq = quant.inq_targets(layers, bits=4)  # 4 exponents
+  for l, (name, w) in enumerate(layers.items()):
+    assert opt.errors[l, 3] <= _error(w, inq[name], 'l1') * (1 + 1e-5)
+
+
+def test_all_zero_layer_and_adaptive_k():
+  layers = {'zero': np.zeros((4, 4), np.float32),
+            'w': np.float32([0.5, 0.25, 0.125, 1.0, -0.0625])}
+  assert optimal.optimal_targets(layers, k=3)['zero'] == ()
+  exact = optimal.optimal_targets(layers, tolerance=1e-6)
+  assert exact['w'] == (-4, -3, -2, -1, 0)
+  budget = optimal.optimal_targets({'w': layers['w']}, bits_per_weight=2.0)
+  assert len(budget['w']) == 1
+
+
+def test_bad_objective():
+  with pytest.raises(ValueError, match='objective'):
+    optimal.optimal_sets([np.ones(3, np.float32)], objective='l3')

@@ -14,7 +14,7 @@ from qprune.data.sources import DATASETS
 from qprune.models import MODELS
 
 MODES = ('train', 'quantize', 'prune', 'pipeline')
-QUANT_METHODS = ('kmeans', 'inq')
+QUANT_METHODS = ('kmeans', 'optimal', 'inq')
 STOP_RULES = ('early_bird', 'fixed', 'full')
 SCHEDULES = ('cosine', 'step', 'constant')
 AUGMENTS = ('none', 'crop_flip')
@@ -90,14 +90,17 @@ def prune_config() -> ml_collections.ConfigDict:
 def quant_config() -> ml_collections.ConfigDict:
   """mode=quantize: power-of-two targets per layer, applied with INQ's incremental schedule."""
   q = ml_collections.ConfigDict()
-  q.method = 'kmeans'      # 'kmeans' (clustered log2 targets, the thesis) or 'inq' (INQ's rule)
+  q.method = 'kmeans'      # 'kmeans' (clustered log2 targets, the thesis), 'optimal' (the sets
+                           # of least error, exact) or 'inq' (INQ's rule)
+  q.objective = 'l1'       # optimal: the error minimized, 'l1' (eq. 3.2) or 'l2'
   q.bits = 5               # inq: bit-width b of INQ's rule
-  q.k = 3                  # kmeans: clusters per layer (used when tolerance and bits_budget are 0)
-  q.tolerance = 0.0        # kmeans: smallest k per layer with relative L1 error <= tolerance
-  q.bits_budget = 0.0      # kmeans: average bits per weight over the network
+  q.k = 3                  # kmeans/optimal: exponents per layer (when tolerance and bits_budget are 0)
+  q.tolerance = 0.0        # kmeans/optimal: smallest k per layer with relative L1 error <= tolerance
+  q.bits_budget = 0.0      # kmeans/optimal: average bits per weight over the network
   q.k_max = 8
   q.schedule = (0.5, 0.75, 0.875, 1.0)
   q.retrain_epochs = 1     # per schedule step
+  q.final_epochs = 0       # after the last snap: epochs training only what stays float (BN, biases)
   q.learning_rate = 0.01
   q.export_name = 'model.qpq'
   return q
@@ -202,6 +205,9 @@ def _validate_prune(config, p):
 def _validate_quant(q, p):
   _check(p, q.method in QUANT_METHODS, 'quant.method', q.method,
          f'must be one of {", ".join(QUANT_METHODS)}')
+  from qprune.quant import OBJECTIVES  # pylint: disable=g-import-not-at-top
+  _check(p, q.objective in OBJECTIVES, 'quant.objective', q.objective,
+         f'must be one of {", ".join(OBJECTIVES)}')
   _check(p, _is_int(q.bits) and q.bits >= 2, 'quant.bits', q.bits, 'must be an integer >= 2')
   _check(p, _is_int(q.k_max) and 1 <= q.k_max <= 16, 'quant.k_max', q.k_max, 'must be in 1..16')
   _check(p, _is_int(q.k) and 1 <= q.k <= max(q.k_max, 1), 'quant.k', q.k,
@@ -216,8 +222,9 @@ def _validate_quant(q, p):
   _check(p, bool(schedule) and all(0 < f <= 1 for f in schedule) and
          list(schedule) == sorted(set(schedule)) and schedule[-1] == 1.0, 'quant.schedule',
          schedule, 'must be increasing fractions in (0, 1] ending at 1.0')
-  _check(p, _is_int(q.retrain_epochs) and q.retrain_epochs >= 0, 'quant.retrain_epochs',
-         q.retrain_epochs, 'must be an integer >= 0')
+  for field in ('retrain_epochs', 'final_epochs'):
+    _check(p, _is_int(q[field]) and q[field] >= 0, f'quant.{field}', q[field],
+           'must be an integer >= 0')
   _check(p, q.learning_rate > 0, 'quant.learning_rate', q.learning_rate, 'must be > 0')
 
 

@@ -14,7 +14,7 @@ from qprune import models
 from qprune.data import pipeline
 from qprune.train import loop, optim
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, count_compiles
 
 
 def _lenet(seed=0):
@@ -155,3 +155,28 @@ def test_bfloat16_compute_trains_with_float32_params(mnist_small):
   result = loop.fit(model, variables, _subset(mnist_small, 512), options, None)
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(result.state.params))
   assert np.isfinite(result.history[0]['train_loss']) and result.test_accuracy > 0.5
+
+
+@pytest.mark.real_data
+def test_one_train_step_and_one_eval_compile_per_run(mnist_small):
+  """A 3-epoch fit then three INQ-like fits with the same options: the train step and the
+  evaluation compile once each, not per epoch or per fit."""
+  from qprune import quant  # pylint: disable=g-import-not-at-top
+  data = _subset(mnist_small, 128)
+  model, variables = _lenet()
+  # A learning rate no other test uses, so nothing is cached from earlier tests.
+  options = loop.TrainOptions(epochs=3, batch_size=64, learning_rate=0.0123, progress=False)
+  aux = {'freeze_mask': quant.no_frozen(variables['params'])}
+
+  def run():
+    result = loop.fit(model, variables, data, options, None, aux=aux)
+    for _ in range(3):
+      result = loop.fit(model, result.state.variables, data, options, None, aux=aux)
+    return result
+
+  result, step_compiles = count_compiles('jit(step)', run)
+  assert result.epochs_run == 3
+  assert step_compiles == 1
+  _, eval_compiles = count_compiles('jit(evaluate)', lambda: loop.fit(
+      model, variables, data, options, None, aux=aux))
+  assert eval_compiles == 0  # compiled by `run` already

@@ -1,10 +1,13 @@
 """mode=quantize: power-of-two weights with per-layer target sets, applied INQ-style.
 
-1. Target sets are fixed from the pretrained (init_from) weights: INQ's rule at quant.bits, or
-   k-means on log2|w| (fixed k, an L1-error tolerance, or a bit budget).
+1. Target sets are fixed from the pretrained (init_from) weights: INQ's rule at quant.bits,
+   k-means on log2|w| or the exactly error-optimal sets (fixed k, an L1-error tolerance, or a bit
+   budget).
 2. For each fraction of quant.schedule the largest-|w| weights are snapped to their targets and
    frozen (optax-level: exactly zero update); the rest is retrained for quant.retrain_epochs with
    the common training loop, each step in its own resumable folder `inq_step<i>/`.
+   After the last snap, quant.final_epochs train only what stays float (BN, biases), folder
+   `inq_final/`.
 3. The result is exported bit-packed (`qprune.load_quantized` reads it) and also saved as the
    run's model (dequantized float weights) for `qprune.load_model`.
 """
@@ -21,11 +24,15 @@ def choose_targets(qconfig, params) -> dict:
   layers = quant.quantizable_layers(params)
   if qconfig.method == 'inq':
     return quant.inq_targets(layers, qconfig.bits)
+  if qconfig.method == 'optimal':
+    table = quant.optimal_table(layers, k_max=qconfig.k_max, objective=qconfig.objective)
+  else:
+    table = quant.candidate_table(layers, k_max=qconfig.k_max)
   if qconfig.tolerance:
-    return quant.kmeans_targets(layers, tolerance=qconfig.tolerance, k_max=qconfig.k_max)
+    return quant.select_targets(table, tolerance=qconfig.tolerance)
   if qconfig.bits_budget:
-    return quant.kmeans_targets(layers, bits_per_weight=qconfig.bits_budget, k_max=qconfig.k_max)
-  return quant.kmeans_targets(layers, k=qconfig.k, k_max=qconfig.k_max)
+    return quant.select_targets(table, bits_per_weight=qconfig.bits_budget)
+  return quant.select_targets(table, k=qconfig.k)
 
 
 def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
@@ -53,7 +60,18 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
                        'test_accuracy': result.test_accuracy, 'epochs': result.epochs_run})
     return result.state.params
 
-  params, _ = quant.run_inq(variables['params'], targets, retrain, tuple(qconfig.schedule))
+  params, final_mask = quant.run_inq(variables['params'], targets, retrain,
+                                     tuple(qconfig.schedule))
+  final_epochs = 0
+  if qconfig.final_epochs:
+    # Every quantized weight is frozen now; BN and biases adapt to the snapped weights (and BN
+    # statistics are re-estimated on the way).
+    final = loop.fit(model, {'params': params, 'batch_stats': batch_stats}, data,
+                     common.train_options(config, epochs=qconfig.final_epochs,
+                                          learning_rate=qconfig.learning_rate),
+                     os.path.join(workdir, 'inq_final'), aux={'freeze_mask': final_mask},
+                     mesh=mesh)
+    params, batch_stats, final_epochs = final.state.params, final.state.batch_stats, final.epochs_run
   variables = {'params': jax.device_get(params), 'batch_stats': jax.device_get(batch_stats)}
   test = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
 
@@ -65,7 +83,8 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
       'method': qconfig.method, 'bits_per_weight': quant.average_bits(fp_rows),
       'export_path': os.path.abspath(export_path), 'export_bytes': export_bytes,
       'fp32_bytes': quant.float32_nbytes(variables),
-      'epochs_run': sum(s['epochs'] for s in steps_done), 'inq_steps': steps_done,
+      'epochs_run': sum(s['epochs'] for s in steps_done) + final_epochs,
+      'final_epochs': final_epochs, 'inq_steps': steps_done,
       'layers': fp_rows, **common.model_counts(spec, variables, config)}
 
 

@@ -13,6 +13,7 @@ FIFO, needs no state of its own), `stop` ends training early, `record` (JSON-abl
 into the epoch's metrics line.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -85,12 +86,29 @@ def make_optimizer(options: TrainOptions, train_size: int):
                                    options.nesterov))
 
 
+@functools.lru_cache(maxsize=32)
+def _eval_fn(model, batch_size: int, batch_sharding):
+  """One jitted evaluation per (model, batch size, sharding): every epoch, INQ step and stage of a
+  run reuses it instead of compiling a fresh closure."""
+  return steps.make_eval_fn(model, batch_size, batch_sharding)
+
+
+@functools.lru_cache(maxsize=32)
+def _train_step(model, options: TrainOptions, train_size: int, hooks: steps.StepHooks,
+                batch_sharding):
+  """(optimizer, jitted train step), built once per distinct setting, so that fits with the same
+  options (e.g. the INQ steps of a run) share one compilation."""
+  tx = make_optimizer(options, train_size)
+  return tx, steps.make_train_step(model, tx, options.batch_size,
+                                   pipeline.AUGMENTATIONS[options.augment], hooks, batch_sharding)
+
+
 def evaluate(model, variables, split: pipeline.Split, batch_size: int, mesh=None) -> dict:
   """Accuracy and mean loss of `variables` on a whole split (one compiled call)."""
   mesh = mesh or parallel.make_mesh()
   devices = mesh.devices.size
   batch_size = max(devices, min(batch_size, split.size) // devices * devices)
-  fn = steps.make_eval_fn(model, batch_size, parallel.batch_sharded(mesh))
+  fn = _eval_fn(model, batch_size, parallel.batch_sharded(mesh))
   sums = jax.device_get(fn(variables, split.images, split.labels))
   count = max(int(sums['count']), 1)
   return {'accuracy': float(sums['correct']) / count, 'loss': float(sums['loss']) / count}
@@ -128,19 +146,18 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   parallel.check_batch_divisible(options.batch_size, mesh)
   replicated = parallel.replicated(mesh)
   per_epoch = steps_per_epoch(data.train.size, options.batch_size)
-  tx = make_optimizer(options, data.train.size)
+  tx, train_step = _train_step(model, options, data.train.size, hooks,
+                               parallel.batch_sharded(mesh))
   # A copy: the train step donates its state, and the caller keeps using `variables`.
   state = jax.device_put(create_state(variables, tx), replicated, may_alias=False)
   aux = jax.device_put(aux, replicated) if aux is not None else {}
-  train_step = steps.make_train_step(model, tx, options.batch_size,
-                                     pipeline.AUGMENTATIONS[options.augment], hooks,
-                                     parallel.batch_sharded(mesh))
   key = jax.random.PRNGKey(options.seed)
   store = checkpoint.CheckpointStore(os.path.join(stage_dir, 'checkpoints')) if stage_dir else None
   metrics_path = os.path.join(stage_dir, 'metrics.jsonl') if stage_dir else None
 
   epoch, index, history = 0, 0, []
-  metrics = steps.zero_metrics()
+  # Placed like the step's own output, or the first step compiles a second variant.
+  metrics = jax.device_put(steps.zero_metrics(), replicated)
   if store is not None:
     restored = store.restore_latest({'state': state, 'metrics': metrics})
     if restored is not None:

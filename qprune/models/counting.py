@@ -1,5 +1,18 @@
-"""Parameter and MAC counts, read off the model itself (so they stay right for shrunk models)."""
-from typing import Sequence
+"""Parameter and MAC counts, read off the model itself (so they stay right for shrunk models).
+
+MACs are counted for every call of a conv or dense layer of any Flax model, traced abstractly
+(`jax.eval_shape`, no FLOPs spent) with `nn.intercept_methods`:
+* `nn.Conv` and qprune's `layers.Conv` (any stride, padding, dilation, feature_group_count):
+  output positions x kernel size, i.e. H_out * W_out * kh * kw * (C_in / groups) * C_out;
+  positions in the padding count (the usual convention; XLA's cost analysis skips them, so the
+  two agree exactly for VALID padding);
+* `nn.ConvTranspose`: input positions x kernel size (each input pixel meets every weight once);
+* `nn.Dense`: positions x in x out (positions = 1 for a [N, in] input).
+A layer called twice counts twice. Other layers (attention einsums, custom matmuls) are not
+counted.
+"""
+import inspect
+from typing import Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -8,39 +21,92 @@ import numpy as np
 
 from qprune.models import layers
 
+COUNTED_TYPES = (layers.Conv, nn.Conv, nn.ConvTranspose, nn.Dense)
+
 
 def count_params(params) -> int:
   """Number of scalars in a param pytree (pass `variables['params']`; BN statistics excluded)."""
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
-def layer_macs(model: nn.Module, variables, input_shape: Sequence[int]) -> dict:
-  """Inference multiply-accumulates per image of every conv and dense layer.
+def example_struct(example_input) -> jax.ShapeDtypeStruct:
+  """An input with a batch axis (array or ShapeDtypeStruct) -> its ShapeDtypeStruct."""
+  if not hasattr(example_input, 'shape') or not hasattr(example_input, 'dtype'):
+    raise ValueError(f'example_input must be an array or jax.ShapeDtypeStruct with a batch axis, '
+                     f'got {type(example_input).__name__}')
+  return jax.ShapeDtypeStruct(tuple(example_input.shape), example_input.dtype)
 
-  Returns {layer_path: macs}, path joined with '/', e.g. 'stage1_block1/conv1'. Conv:
-  H_out * W_out * kh * kw * C_in * C_out; dense: in * out. Traced abstractly (no FLOPs spent).
+
+def _takes_train(model) -> bool:
+  inner = model
+  while not isinstance(inner, nn.Module) and hasattr(inner, 'model'):  # prune.ShrunkModel
+    inner = inner.model
+  try:
+    params = inspect.signature(type(inner).__call__).parameters
+  except (TypeError, ValueError):
+    return True
+  return 'train' in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def call_model(model, variables, x):
+  """model.apply(variables, x, train=False) (how qprune runs every model in eval mode); plain
+  `model.apply(variables, x)` for a module whose __call__ has no `train` argument (nn.Dense)."""
+  if _takes_train(model):
+    return model.apply(variables, x, train=False)
+  return model.apply(variables, x)
+
+
+def _per_example_input(input_shape, example_input):
+  if example_input is None and input_shape is not None and hasattr(input_shape, 'dtype'):
+    input_shape, example_input = None, input_shape
+  if example_input is not None:
+    x = example_struct(example_input)
+    return jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+  if input_shape is None:
+    raise ValueError('give input_shape (H, W, C) or example_input (with a batch axis)')
+  return jax.ShapeDtypeStruct((1, *input_shape), jnp.uint8)
+
+
+def _kernel_size(module) -> int:
+  kernel = module.variables['params']['kernel']
+  return int(np.prod(kernel.shape))
+
+
+def layer_macs(model: nn.Module, variables, input_shape: Optional[Sequence[int]] = None, *,
+               example_input=None) -> dict:
+  """Inference multiply-accumulates per example of every conv and dense layer.
+
+  Returns {layer_path: macs}, path joined with '/', e.g. 'stage1_block1/conv1' (see the module
+  docstring for the formulas). input_shape: (H, W, C) of a uint8 image; or example_input, an
+  array / ShapeDtypeStruct with a batch axis (counted for one example). A positional array or
+  ShapeDtypeStruct in place of input_shape is taken as example_input.
   """
   macs = {}
 
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == '__call__' and isinstance(module, (layers.Conv, nn.Dense)):
+    if context.method_name == '__call__' and isinstance(module, COUNTED_TYPES):
       x = args[0]
       path = '/'.join(module.path)
-      if isinstance(module, layers.Conv):
-        kh, kw = module.kernel_size
-        macs[path] = int(np.prod(out.shape[1:]) * kh * kw * x.shape[-1])
+      if isinstance(module, nn.Dense):
+        count = int(np.prod(out.shape[1:])) * int(x.shape[-1])
+      elif isinstance(module, nn.ConvTranspose):
+        count = int(np.prod(x.shape[1:-1])) * _kernel_size(module)
       else:
-        macs[path] = int(x.shape[-1] * out.shape[-1])
+        count = int(np.prod(out.shape[1:-1])) * _kernel_size(module)
+      macs[path] = macs.get(path, 0) + count
     return out
 
-  images = jax.ShapeDtypeStruct((1, *input_shape), jnp.uint8)
+  x = _per_example_input(input_shape, example_input)
   with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    jax.eval_shape(lambda v, x: call_model(model, v, x), variables, x)
   return macs
 
 
-def count_macs(model: nn.Module, variables, input_shape: Sequence[int]) -> int:
-  """Total inference MACs per image (conv + dense). input_shape is (H, W, C)."""
-  return int(sum(layer_macs(model, variables, input_shape).values()))
+def count_macs(model: nn.Module, variables,
+               input_shape: Union[Sequence[int], jax.ShapeDtypeStruct, None] = None, *,
+               example_input=None) -> int:
+  """Total inference MACs per example (conv + dense). input_shape is (H, W, C) of a uint8 image,
+  or pass example_input (array / ShapeDtypeStruct with a batch axis); see `layer_macs`."""
+  return int(sum(layer_macs(model, variables, input_shape, example_input=example_input).values()))

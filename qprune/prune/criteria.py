@@ -6,7 +6,15 @@ where `batches = (images uint8[B, N, H, W, C], labels int[B, N])` (B batches of 
 read by data-driven criteria. Registered in `CRITERIA`; `score(name, ...)` dispatches.
 
 A group's score sums over its members (a residual channel spans several layers; member with
-prefix length L adds into entries [:L]).
+prefix length L adds into entries [:L]; a member at an offset after a concatenation contributes
+its own slice).
+
+Group aggregation (`aggregate='sum'|'mean'|'max'`, DepGraph's group importance): `l1` then
+scores a channel over *every* coupled slice (producer filters, BN |gamma|, consumers' input
+slices), `bn_gamma` over every BN of the group, `attention` passes it to its base criterion; each
+member's vector is first divided by its mean so that wide fan-ins do not dominate. `taylor` is
+group-level already (one gate per group: its gradient sums every gated member) and `random` has
+no members to aggregate.
 
 * `l1`       Li et al. 2017: s_c = sum over producers of ||W[..., c]||_1 (the filter's L1 norm).
 * `bn_gamma` Network Slimming (Liu et al. 2017): s_c = sum over the group's BNs of |gamma_c|;
@@ -62,25 +70,89 @@ def _accumulate(size, parts):
   return total
 
 
+def _part(vector, slot):
+  """The member's slice of a layer-axis vector (its offset after a concatenation)."""
+  return vector[slot.offset:slot.offset + slot.length]
+
+
+def _normalized(v):
+  """A member's vector over its mean, so members of different fan-in weigh alike in a group."""
+  v = v.astype(jnp.float32)
+  return v / (jnp.mean(v) + 1e-12)
+
+
+AGGREGATES = ('sum', 'mean', 'max')
+
+
+def _aggregate(size, parts, how: str):
+  """Group aggregation of per-member vectors (prefix-aligned), each normalized by its mean."""
+  if how not in AGGREGATES:
+    raise ValueError(f'unknown aggregate {how!r}; choose one of {AGGREGATES} (or None)')
+  parts = [_normalized(p) for p in parts]
+  if how == 'max':
+    total = jnp.zeros((size,), jnp.float32)
+    for part in parts:
+      total = total.at[:part.shape[0]].max(part)
+    return total
+  total = _accumulate(size, parts)
+  if how == 'mean':
+    count = _accumulate(size, [jnp.ones_like(p) for p in parts])
+    total = total / jnp.maximum(count, 1.0)
+  return total
+
+
+def _filter_l1(params, path):
+  kernel = params[f'{path}/kernel']
+  return jnp.abs(kernel).sum(axis=tuple(range(kernel.ndim - 1)))
+
+
+def _input_l1(params, slot):
+  """sum |W| of a consumer's input slice per channel (rows of all flatten tiles folded)."""
+  kernel = params[f'{slot.path}/kernel']
+  per_row = jnp.abs(kernel).sum(axis=tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2))
+  rows = per_row[slot.positions()].reshape(slot.repeat, slot.length)
+  return rows.sum(axis=0)
+
+
+def group_l1_parts(params, group):
+  """Every coupled slice's per-channel L1: producers' filters, BN |gamma|, consumers' inputs."""
+  parts = [_part(_filter_l1(params, s.path), s) for s in group.producers]
+  parts += [_part(jnp.abs(params[f'{s.path}/scale']), s) for s in group.norms
+            if f'{s.path}/scale' in params]
+  parts += [_input_l1(params, s) for s in group.consumers]
+  return parts
+
+
 @register_criterion('l1')
-def l1_scores(variables, groups: Groups, **_) -> Scores:
-  """s_c = sum_producers sum_{kh, kw, in} |W[kh, kw, in, c]| (dense: sum_in |W[in, c]|)."""
+def l1_scores(variables, groups: Groups, *, aggregate: Optional[str] = None, **_) -> Scores:
+  """s_c = sum_producers sum_{kh, kw, in} |W[kh, kw, in, c]| (dense: sum_in |W[in, c]|).
+
+  aggregate='sum'|'mean'|'max': DepGraph's group L1 instead: every coupled slice (producer
+  filters, BN |gamma|, consumers' input slices) scores the channel, each member's vector divided
+  by its mean, then summed / averaged / maxed over the members.
+  """
   params = _modules(variables)
-
-  def filter_l1(path):
-    kernel = params[f'{path}/kernel']
-    return jnp.abs(kernel).sum(axis=tuple(range(kernel.ndim - 1)))
-
-  return {g.name: _accumulate(g.size, [filter_l1(s.path) for s in g.producers]) for g in groups}
+  if aggregate:
+    return {g.name: _aggregate(g.size, group_l1_parts(params, g), aggregate) for g in groups}
+  return {g.name: _accumulate(g.size, [_part(_filter_l1(params, s.path), s) for s in g.producers])
+          for g in groups}
 
 
 @register_criterion('bn_gamma')
-def bn_gamma_scores(variables, groups: Groups, **_) -> Scores:
-  """s_c = sum over the group's BatchNorms of |gamma_c|; `l1` for groups without BN."""
+def bn_gamma_scores(variables, groups: Groups, *, aggregate: Optional[str] = None,
+                    **_) -> Scores:
+  """s_c = sum over the group's BatchNorms of |gamma_c|; `l1` for groups without BN.
+
+  aggregate='sum'|'mean'|'max': each BN's |gamma| divided by its mean, then aggregated.
+  """
   params = _modules(variables)
-  fallback = l1_scores(variables, tuple(g for g in groups if not g.norms))
-  return {g.name: (_accumulate(g.size, [jnp.abs(params[f'{s.path}/scale']) for s in g.norms])
-                   if g.norms else fallback[g.name]) for g in groups}
+  fallback = l1_scores(variables, tuple(g for g in groups if not g.norms), aggregate=aggregate)
+
+  def gamma(g):
+    parts = [_part(jnp.abs(params[f'{s.path}/scale']), s) for s in g.norms]
+    return _aggregate(g.size, parts, aggregate) if aggregate else _accumulate(g.size, parts)
+
+  return {g.name: gamma(g) if g.norms else fallback[g.name] for g in groups}
 
 
 def l1_gamma_penalty(params, lam: float):
@@ -147,7 +219,7 @@ def _mean_positive_activation(model, variables, groups, images):
 
   per_batch = jax.lax.map(squeeze, images)
   means = {path: v.mean(axis=0) for path, v in per_batch.items()}
-  return {g.name: _accumulate(g.size, [means[s.path] for s in g.gates]) for g in groups}
+  return {g.name: _accumulate(g.size, [_part(means[s.path], s) for s in g.gates]) for g in groups}
 
 
 def channel_attention(squeezed, temperature: float = 1.0, eps: float = 1e-8):
@@ -164,7 +236,8 @@ def channel_attention(squeezed, temperature: float = 1.0, eps: float = 1e-8):
 
 @register_criterion('attention')
 def attention_scores(variables, groups: Groups, *, model=None, batches=None,
-                     base: str = 'l1', temperature: float = 1.0, rng=None, **_) -> Scores:
+                     base: str = 'l1', temperature: float = 1.0, rng=None,
+                     aggregate: Optional[str] = None, **_) -> Scores:
   """Channel attention on top of a base criterion (the thesis' criterion).
 
   For every group (a layer's channels), on a few training batches:
@@ -182,7 +255,8 @@ def attention_scores(variables, groups: Groups, *, model=None, batches=None,
   """
   _require_data('attention', model, batches)
   images, _ = batches
-  base_scores = score(base, variables, groups, model=model, batches=batches, rng=rng)
+  base_scores = score(base, variables, groups, model=model, batches=batches, rng=rng,
+                      aggregate=aggregate)
   squeezed = _mean_positive_activation(model, variables, tuple(groups), images)
   out = {}
   for g in groups:

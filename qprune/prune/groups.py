@@ -26,7 +26,7 @@ channel kept in stage s but dropped in s+1 would still flow through the shortcut
 """
 import dataclasses
 import re
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from flax import traverse_util
 
@@ -40,10 +40,24 @@ class Slot:
   path: module path joined by '/', e.g. 'stage1_block1/conv2'.
   length: the member uses the prefix mask[:length] (< group size only in the residual group).
   repeat: consumer rows per channel after a flatten (mask tiled `repeat` times); 1 otherwise.
+  offset: where the slice starts on the layer's axis (a concatenation's later inputs; a BatchNorm
+    or depthwise conv after it).
+  period: rows between two tiles after a flatten (the concatenated width); 0 means `length`.
+  The member's positions on the layer axis are `p * (period or length) + offset + c` for
+  p < repeat and c < length.
   """
   path: str
   length: int
   repeat: int = 1
+  offset: int = 0
+  period: int = 0
+
+  def positions(self):
+    """numpy indices of this slot on its layer axis, channel-major within each tile."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    period = self.period or self.length
+    return (np.arange(self.repeat)[:, None] * period + self.offset +
+            np.arange(self.length)[None, :]).ravel()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +69,9 @@ class ChannelGroup:
     consumers: kernels whose input axis (conv axis 2, dense axis 0) reads them.
     gates: modules whose output is this group's activation (the BNs, or the dense producer when
     there is no BN): masking in activation space multiplies these outputs by the mask.
-    widths: (channels-override key, prefix length) pairs for `create_model(channels=...)`.
+    widths: (channels-override key, prefix length) pairs for `create_model(channels=...)`;
+      empty for traced groups of non-zoo models (shrink then rebuilds layers by `features`).
+    depthwise: producers that are depthwise convs coupled to this group (in = out channels).
   """
   name: str
   size: int
@@ -63,6 +79,7 @@ class ChannelGroup:
   norms: Tuple[Slot, ...]
   consumers: Tuple[Slot, ...]
   widths: Tuple[Tuple[str, int], ...]
+  depthwise: Tuple[str, ...] = ()
 
   @property
   def gates(self) -> Tuple[Slot, ...]:
@@ -169,17 +186,54 @@ def _module_tree(params):
   return modules
 
 
-def derive_groups(variables, *, residual: bool = False, dense: bool = False) -> Groups:
-  """Channel groups of any zoo model, from its variables (or their shapes).
+def derive_groups(variables, *, model=None, example_input=None, residual: Optional[bool] = None,
+                  dense: Optional[bool] = None, ignored_layers: Sequence[str] = ()) -> Groups:
+  """Channel groups of a model.
 
-  variables: {'params': ..., ...} of lenet5, alexnet, vgg*, resnet*.
-  residual: ResNets only — also prune the residual stream (one group tied across stages).
-  dense: chain models only — also prune hidden units of dense layers.
+  With `model=` and `example_input=` (an array or `jax.ShapeDtypeStruct` with a batch axis, what
+  `model.apply(variables, x, train=False)` takes): traced from the model's data flow, for any Flax
+  model built from nn.Conv / nn.Dense / nn.BatchNorm (see `qprune.prune.trace`); residual and
+  dense default to True (every prunable group). Without a model: the zoo's name-based rules
+  (lenet5, alexnet, vgg*, resnet*), residual and dense default to False.
+
+  residual: also prune residual streams (ResNets; one group tied across every member of the adds).
+  dense: also prune hidden units of dense layers.
+  ignored_layers: layer paths (or path prefixes ending in '/') whose outputs are never pruned:
+    every group with such a producer is dropped (Torch-Pruning's `ignored_layers`).
   """
-  params = _module_tree(variables['params'])
-  if 'stem_conv' in params:
-    return resnet_groups(params, residual=residual)
-  return chain_groups(params, dense=dense)
+  if model is not None:
+    if example_input is None:
+      raise ValueError('derive_groups(model=...) needs example_input= (an array or '
+                       'jax.ShapeDtypeStruct with a batch axis)')
+    from qprune.prune import trace  # pylint: disable=g-import-not-at-top
+    groups = trace.traced_groups(model, variables, example_input,
+                                 residual=True if residual is None else residual,
+                                 dense=True if dense is None else dense)
+  else:
+    params = _module_tree(variables['params'])
+    if 'stem_conv' in params:
+      groups = resnet_groups(params, residual=bool(residual))
+    else:
+      groups = chain_groups(params, dense=bool(dense))
+  return ignore_layers(groups, ignored_layers)
+
+
+def _matches(path: str, patterns: Sequence[str]) -> bool:
+  return any(path == p or (p.endswith('/') and path.startswith(p)) for p in patterns)
+
+
+def ignore_layers(groups: Groups, ignored_layers: Sequence[str]) -> Groups:
+  """Groups without those whose producers include an ignored layer (see derive_groups)."""
+  if isinstance(ignored_layers, str):
+    ignored_layers = (ignored_layers,)
+  if not ignored_layers:
+    return tuple(groups)
+  known = {s.path for g in groups for s in g.producers + g.consumers + g.norms}
+  unknown = [p for p in ignored_layers if not p.endswith('/') and p not in known]
+  if unknown:
+    raise ValueError(f'ignored_layers: no layer {unknown[0]!r} in the groups; layers are '
+                     f'{sorted(known)}')
+  return tuple(g for g in groups if not any(_matches(s.path, ignored_layers) for s in g.producers))
 
 
 def group_sizes(groups: Groups) -> Dict[str, int]:

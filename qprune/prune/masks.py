@@ -34,6 +34,42 @@ def _slot_mask(mask, slot: Slot):
   return jnp.tile(mask[:slot.length], slot.repeat)
 
 
+# (collection, leaf name, axis) of every tensor axis a member's slot indexes.
+PRODUCER_AXES = (('params', 'kernel', -1), ('params', 'bias', -1))
+NORM_AXES = (('params', 'scale', -1), ('params', 'bias', -1), ('batch_stats', 'mean', -1),
+             ('batch_stats', 'var', -1))
+CONSUMER_AXES = (('params', 'kernel', -2),)
+
+
+def axis_slots(groups: Groups, flat, *, stats: bool = True):
+  """{(collection, leaf key, axis): [(group name, slot), ...]} for the leaves present in `flat`.
+
+  flat: {collection: {'a/b/kernel': leaf}}. A leaf axis may be indexed by several slots (a
+  consumer after a concatenation reads several groups at different offsets).
+  """
+  out: Dict[tuple, list] = {}
+  for g in groups:
+    for slots, axes in ((g.producers, PRODUCER_AXES), (g.norms, NORM_AXES),
+                        (g.consumers, CONSUMER_AXES)):
+      for slot in slots:
+        for col, leaf, axis in axes:
+          if not stats and col == 'batch_stats':
+            continue
+          key = f'{slot.path}/{leaf}'
+          if key in flat.get(col, {}):
+            out.setdefault((col, key, axis), []).append((g.name, slot))
+  return out
+
+
+def _axis_factor(size, entries, masks, dtype):
+  """Per-position multiplier of one leaf axis: 1 where no group slot lies, else the slot mask."""
+  factor = jnp.ones((size,), dtype)
+  for name, slot in entries:
+    values = _slot_mask(jnp.asarray(masks[name]), slot).astype(dtype)
+    factor = factor.at[slot.positions()].set(values)
+  return factor
+
+
 def _scale(flat, key, factor, axis):
   """flat[key] *= factor broadcast along `axis` (negative)."""
   x = flat[key]
@@ -48,28 +84,35 @@ def apply_masks(variables, groups: Groups, masks: Mapping[str, jax.Array]):
   variables: {'params', 'batch_stats'}; masks: {group: bool[C]} (float masks also work: they
   scale). BN running statistics are left as they are: they do not matter once scale = bias = 0.
   """
-  params = traverse_util.flatten_dict(variables['params'], sep='/')
-  for g in groups:
-    mask = jnp.asarray(masks[g.name])
-    for slot in g.producers:
-      m = _slot_mask(mask, slot)
-      _scale(params, f'{slot.path}/kernel', m, -1)
-      if f'{slot.path}/bias' in params:
-        _scale(params, f'{slot.path}/bias', m, -1)
-    for slot in g.norms:
-      m = _slot_mask(mask, slot)
-      _scale(params, f'{slot.path}/scale', m, -1)
-      _scale(params, f'{slot.path}/bias', m, -1)
-    for slot in g.consumers:
-      _scale(params, f'{slot.path}/kernel', _slot_mask(mask, slot), -2)
+  flat = {'params': traverse_util.flatten_dict(variables['params'], sep='/')}
+  params = flat['params']
+  for (_, key, axis), entries in axis_slots(groups, flat, stats=False).items():
+    x = params[key]
+    dtype = jnp.result_type(*[jnp.asarray(masks[n]).dtype for n, _ in entries], x.dtype)
+    _scale(params, key, _axis_factor(x.shape[axis], entries, masks, dtype), axis)
   out = dict(variables)
   out['params'] = traverse_util.unflatten_dict(params, sep='/')
   return out
 
 
 def gate_points(groups: Groups) -> Dict[str, tuple]:
-  """{module path: (group name, prefix length)} of every gated activation."""
-  return {slot.path: (g.name, slot.length) for g in groups for slot in g.gates}
+  """{module path: ((group name, slot), ...)} of every gated activation."""
+  points: Dict[str, tuple] = {}
+  for g in groups:
+    for slot in g.gates:
+      points[slot.path] = points.get(slot.path, ()) + ((g.name, slot),)
+  return points
+
+
+def _gate_vector(entries, gates, size, dtype):
+  if len(entries) == 1 and entries[0][1].offset == 0 and entries[0][1].length == size:
+    name, slot = entries[0]
+    return gates[name][:slot.length].astype(dtype)
+  factor = jnp.ones((size,), dtype)
+  for name, slot in entries:
+    factor = factor.at[slot.offset:slot.offset + slot.length].set(
+        gates[name][:slot.length].astype(dtype))
+  return factor
 
 
 def _reduce_axes(x):
@@ -101,10 +144,9 @@ def apply_with_gates(model: nn.Module, variables, images, groups: Groups,
       axes = _reduce_axes(x)
       bn_stats[path] = (x.mean(axes), x.var(axes))
     if path in points:
-      name, length = points[path]
       if activations is not None:
         activations[path] = out
-      out = out * gates[name][:length].astype(out.dtype)
+      out = out * _gate_vector(points[path], gates, out.shape[-1], out.dtype)
     return out
 
   with nn.intercept_methods(intercept):

@@ -14,9 +14,10 @@ Both then enforce that no layer is emptied: for every prefix length L of a group
 stream's stages), the best channel of the shortest prefix is kept, which keeps >= 1 channel in
 every prefix. Ties break towards the lower channel index (stable sort). Pure jnp; jittable.
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import jax.numpy as jnp
+import numpy as np
 
 from qprune.prune.criteria import score
 from qprune.prune.groups import Groups
@@ -31,12 +32,71 @@ def register_selection(name: str):
   return wrap
 
 
-def select(name: str, scores, groups: Groups, ratio: float, **kwargs):
+def select(name: str, scores, groups: Groups, ratio: float, *, ratios=None, round_to: int = 1,
+           max_ratio: Optional[float] = None, **kwargs):
+  """Masks from scores. Per-layer controls (Torch-Pruning's), for every selection:
+
+  ratios: {group name or producer path: ratio} for those groups (the rest use `ratio`; under
+    `global` they leave the global pool and keep their own fraction).
+  round_to: kept widths rounded up to a multiple (capped at the group size).
+  max_ratio: no group loses more than this fraction of its channels.
+  """
   if name not in SELECTIONS:
     raise ValueError(f'unknown selection {name!r}; choose one of {sorted(SELECTIONS)}')
-  if not 0.0 <= ratio < 1.0:
-    raise ValueError(f'prune ratio must be in [0, 1), got {ratio}')
-  return SELECTIONS[name](scores, groups, ratio, **kwargs)
+  for what, r in [('prune ratio', ratio)] + [(f'ratios[{k!r}]', v) for k, v in
+                                               (ratios or {}).items()]:
+    if not 0.0 <= r < 1.0:
+      raise ValueError(f'{what} must be in [0, 1), got {r}')
+  if max_ratio is not None and not 0.0 <= max_ratio < 1.0:
+    raise ValueError(f'max_ratio must be in [0, 1), got {max_ratio}')
+  if not isinstance(round_to, int) or round_to < 1:
+    raise ValueError(f'round_to must be an integer >= 1, got {round_to!r}')
+  own = _own_ratios(groups, ratios or {})
+  pooled = tuple(g for g in groups if g.name not in own)
+  masks = {}
+  if pooled:
+    masks.update(SELECTIONS[name](scores, pooled, ratio, **kwargs))
+  for g in groups:
+    if g.name in own:
+      masks[g.name] = _top_k_mask(scores[g.name], _keep_count(g.size, own[g.name]))
+  if round_to > 1 or max_ratio is not None or own:
+    masks = {g.name: _adjust(masks[g.name], scores[g.name], g, round_to, max_ratio)
+             for g in groups}
+  return {g.name: masks[g.name] for g in groups}
+
+
+def _own_ratios(groups: Groups, ratios) -> Dict[str, float]:
+  """{group name: ratio} of the groups named (by group or producer path) in `ratios`."""
+  out, used = {}, set()
+  for g in groups:
+    for key in [g.name] + [s.path for s in g.producers]:
+      if key in ratios:
+        out[g.name] = float(ratios[key])
+        used.add(key)
+        break
+  unknown = sorted(set(ratios) - used)
+  if unknown:
+    raise ValueError(f'ratios: no group or producer {unknown[0]!r}; groups are '
+                     f'{[g.name for g in groups]}')
+  return out
+
+
+def _keep_count(size: int, ratio: float) -> int:
+  return max(1, int(round((1.0 - ratio) * size)))
+
+
+def _adjust(mask, scores, group, round_to: int, max_ratio):
+  """Kept count raised to >= (1 - max_ratio) * C, rounded up to round_to; top by score."""
+  size = group.size
+  count = jnp.sum(mask.astype(jnp.int32))
+  if max_ratio is not None:
+    count = jnp.maximum(count, int(np.ceil((1.0 - max_ratio) * size - 1e-9)))
+  if round_to > 1:
+    count = jnp.minimum(size, ((count + round_to - 1) // round_to) * round_to)
+  order = jnp.argsort(-scores, stable=True)
+  rank = jnp.zeros((size,), jnp.int32).at[order].set(jnp.arange(size, dtype=jnp.int32))
+  # the selection's masks are top-k by score already, so raising k only adds channels
+  return _keep_nonempty(mask | (rank < count), scores, group)
 
 
 def _top_k_mask(scores, k: int):
@@ -56,7 +116,7 @@ def _keep_nonempty(mask, scores, group):
 def select_uniform(scores, groups: Groups, ratio: float):
   masks = {}
   for g in groups:
-    keep = max(1, int(round((1.0 - ratio) * g.size)))
+    keep = _keep_count(g.size, ratio)
     masks[g.name] = _keep_nonempty(_top_k_mask(scores[g.name], keep), scores[g.name], g)
   return masks
 
@@ -84,8 +144,11 @@ def select_global(scores, groups: Groups, ratio: float, normalize: str = 'rms'):
 
 
 def make_masks(variables, groups: Groups, criterion: str, ratio: float, selection: str = 'uniform',
-               *, criterion_kwargs=None, selection_kwargs=None, **data):
-  """score -> select in one call. data: model=, batches=, rng= for data-driven criteria."""
-  scores = score(criterion, variables, groups, **data, **(criterion_kwargs or {}))
-  return select(selection, scores, groups, ratio, **(selection_kwargs or {}))
+               *, criterion_kwargs=None, selection_kwargs=None, ratios=None, round_to: int = 1,
+               max_ratio: Optional[float] = None, **data):
+  """score -> select in one call. data: model=, batches=, rng= for data-driven criteria.
 
+  ratios / round_to / max_ratio: per-layer controls, see `select`."""
+  scores = score(criterion, variables, groups, **data, **(criterion_kwargs or {}))
+  return select(selection, scores, groups, ratio, ratios=ratios, round_to=round_to,
+                max_ratio=max_ratio, **(selection_kwargs or {}))

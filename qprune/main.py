@@ -60,10 +60,31 @@ def run(config, workdir: str) -> dict:
   start = time.time()
   results = MODES[config.mode](config, workdir, mesh)
   results = {'mode': config.mode, 'model': config.model, 'dataset': config.dataset,
-             **results, 'wall_time_s': time.time() - start, 'devices': int(mesh.devices.size)}
+             **results, 'wall_time_s': time.time() - start, 'devices': int(mesh.devices.size),
+             'machine': machine_description(), 'command': command_line()}
   files.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), results)
   write_report(config, workdir, results)
   return results
+
+
+def machine_description() -> str:
+  """'<device kind> x<count>, <CPU model>, <cores> cores': where a result was measured."""
+  import platform  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  devices = jax.devices()
+  return f'{devices[0].device_kind} x{len(devices)}, {cpu}, {os.cpu_count()} cores'
+
+
+def command_line() -> str:
+  """The command that started this run, as typed (relative paths stay relative)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  return shlex.join(['python', '-m', 'qprune.main', *sys.argv[1:]])
 
 
 def write_report(config, workdir: str, results: dict):

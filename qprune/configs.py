@@ -69,6 +69,10 @@ def prune_config() -> ml_collections.ConfigDict:
   p.selection = 'uniform'  # 'uniform' (same ratio per layer) or 'global' (one threshold)
   p.residual = False       # ResNets: also prune the residual stream (one group across stages)
   p.dense = False          # chain models: also prune hidden units of dense layers
+  p.ignored_layers = ()    # layer paths (or prefixes ending in '/') whose outputs are not pruned
+  p.aggregate = ''         # group scores over every coupled slice: '', 'sum', 'mean' or 'max'
+  p.round_to = 1           # kept widths rounded up to a multiple of this
+  p.max_ratio = 0.0        # cap on any layer's removed fraction (0 = none)
   p.slimming_lambda = 0.0  # L1 penalty on BatchNorm gamma during pretraining (Network Slimming)
   p.stop_rule = 'early_bird'  # 'early_bird' (masks stable), 'fixed' (pretrain_epochs), 'full'
   p.pretrain_epochs = 0    # 'fixed': epochs of pretraining before the decision
@@ -198,6 +202,14 @@ def _validate_prune(config, p):
   _check(p, _is_int(r.finetune_epochs) and r.finetune_epochs >= 0, 'prune.finetune_epochs',
          r.finetune_epochs, 'must be an integer >= 0')
   _check(p, r.slimming_lambda >= 0, 'prune.slimming_lambda', r.slimming_lambda, 'must be >= 0')
+  _check(p, r.aggregate in ('', 'sum', 'mean', 'max'), 'prune.aggregate', r.aggregate,
+         "must be '', 'sum', 'mean' or 'max'")
+  _check(p, _is_int(r.round_to) and r.round_to >= 1, 'prune.round_to', r.round_to,
+         'must be an integer >= 1')
+  _check(p, 0 <= r.max_ratio < 1, 'prune.max_ratio', r.max_ratio,
+         'must be in [0, 1) (0 = no cap)')
+  _check(p, all(isinstance(x, str) and x for x in r.ignored_layers), 'prune.ignored_layers',
+         r.ignored_layers, 'must be layer paths, e.g. conv1 or stage1_block1/conv1')
   _check(p, r.finetune_learning_rate > 0, 'prune.finetune_learning_rate',
          r.finetune_learning_rate, 'must be > 0')
 

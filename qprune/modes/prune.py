@@ -59,7 +59,9 @@ def decision_callback(pconfig, model, groups, score_data, rng):
     for record in history:
       eb, _ = prune.early_bird_step(eb, decode_masks(record['mask']), rule)
     masks = prune.make_masks(state.variables, groups, pconfig.criterion, pconfig.ratio,
-                             pconfig.selection, model=model, batches=score_data, rng=rng)
+                             pconfig.selection, model=model, batches=score_data, rng=rng,
+                             criterion_kwargs=criterion_options(pconfig),
+                             **selection_options(pconfig))
     eb, info = prune.early_bird_step(eb, masks, rule)
     stop = ((pconfig.stop_rule == 'early_bird' and info['stable']) or
             (pconfig.stop_rule == 'fixed' and epoch >= pconfig.pretrain_epochs))
@@ -92,6 +94,17 @@ def pretrain(config, workdir, mesh, data, model, variables, groups, score_data, 
   return result.state.variables, result.history
 
 
+def criterion_options(pconfig) -> dict:
+  """Options every criterion gets: group aggregation (prune.aggregate, '' = none)."""
+  return {'aggregate': pconfig.aggregate} if pconfig.aggregate else {}
+
+
+def selection_options(pconfig) -> dict:
+  """Per-layer controls of every selection (prune.round_to, prune.max_ratio)."""
+  return {'round_to': int(pconfig.round_to),
+          'max_ratio': float(pconfig.max_ratio) if pconfig.max_ratio else None}
+
+
 def candidates(pconfig):
   return prune.candidate_grid(pconfig.search_criteria or (pconfig.criterion,),
                               pconfig.search_ratios or (pconfig.ratio,),
@@ -113,7 +126,8 @@ def run_search(config, workdir, model, spec, variables, groups, score_data, bn_i
       eval_images, eval_labels,
       max_params=int(pconfig.max_params * cost['params']) if pconfig.max_params else None,
       max_macs=int(pconfig.max_macs * cost['macs']) if pconfig.max_macs else None,
-      batches=score_data, rng=rng)
+      batches=score_data, rng=rng, criterion_kwargs=criterion_options(pconfig),
+      selection_kwargs=selection_options(pconfig))
   files.write_json_atomic(path, {'best': best, 'rows': rows, 'masks': encode_masks(masks[best])})
   return masks[best], rows, best
 
@@ -122,11 +136,15 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
   """The whole prune stage; writes the shrunk, fine-tuned model into `workdir`."""
   pconfig = config.prune
   data, holdout = split_holdout(data, pconfig.holdout)
-  groups = prune.derive_groups(variables, residual=pconfig.residual, dense=pconfig.dense)
+  model = common.build(spec, config)
+  # Groups traced from the model's data flow (identical to the zoo's name-based rules).
+  example = jax.ShapeDtypeStruct((1, *spec['input_shape']), np.uint8)
+  groups = prune.derive_groups(variables, model=model, example_input=example,
+                               residual=pconfig.residual, dense=pconfig.dense,
+                               ignored_layers=tuple(pconfig.ignored_layers))
   score_data = _batches(data.train, pconfig.score_batches)
   bn_images, _ = _batches(data.train, pconfig.bn_batches)
   rng = jax.random.PRNGKey(config.seed)
-  model = common.build(spec, config)
   before = prune.model_cost(model, variables, spec['input_shape'])
 
   variables, history = pretrain(config, workdir, mesh, data, model, variables, groups, score_data,

@@ -114,10 +114,16 @@ def candidate_grid(criteria: Sequence[str], ratios: Sequence[float],
   return [Candidate(c, float(r), s) for c in criteria for s in selections for r in ratios]
 
 
-def candidate_masks(variables, groups: Groups, candidates: Sequence[Candidate], **data):
-  """Masks of every candidate; each criterion is scored once. data: model=, batches=, rng=."""
-  scores = {c: score(c, variables, groups, **data) for c in {c.criterion for c in candidates}}
-  return [select(c.selection, scores[c.criterion], groups, c.ratio) for c in candidates]
+def candidate_masks(variables, groups: Groups, candidates: Sequence[Candidate], *,
+                    criterion_kwargs=None, selection_kwargs=None, **data):
+  """Masks of every candidate; each criterion is scored once. data: model=, batches=, rng=.
+
+  criterion_kwargs: options for every criterion (e.g. aggregate='mean'); selection_kwargs:
+  per-layer controls for every selection (ratios=, round_to=, max_ratio=; see `select`)."""
+  scores = {c: score(c, variables, groups, **data, **(criterion_kwargs or {}))
+            for c in {c.criterion for c in candidates}}
+  return [select(c.selection, scores[c.criterion], groups, c.ratio, **(selection_kwargs or {}))
+          for c in candidates]
 
 
 def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
@@ -140,14 +146,19 @@ def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
 
 def search(model, variables, groups: Groups, candidates: Sequence[Candidate], input_shape,
            bn_images, eval_images, eval_labels, *, max_params=None, max_macs=None,
+           criterion_kwargs=None, selection_kwargs=None,
            **data) -> Tuple[int, List[dict], List[Dict]]:
   """Build, cost and score every candidate; returns (best index, rows, masks list).
 
+  input_shape: (H, W, C) of a uint8 image, or an example input with a batch axis (for costs).
   rows[k] = {'description', 'criterion', 'ratio', 'selection', 'params', 'macs', 'accuracy',
   'loss'} (JSON-able). data: model-free extras for criteria (batches=, rng=).
+  criterion_kwargs / selection_kwargs: see `candidate_masks`.
   """
   groups = tuple(groups)
-  masks = candidate_masks(variables, groups, candidates, model=model, **data)
+  masks = candidate_masks(variables, groups, candidates, model=model,
+                          criterion_kwargs=criterion_kwargs, selection_kwargs=selection_kwargs,
+                          **data)
   metrics = jax.device_get(evaluate_candidates(model, groups, variables, stack_masks(masks),
                                                bn_images, eval_images, eval_labels))
   rows = []

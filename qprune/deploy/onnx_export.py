@@ -250,6 +250,12 @@ def _resnet(g: _ZooGraph, x: _Tensor, depth: int) -> str:
   return g.dense(g.global_mean(x), 'fc', relu=False)[0]
 
 
+def _unwrap(model):
+  """The zoo model inside prune's `ShrunkModel` wrapper (widths are read from the variables)."""
+  inner = getattr(model, 'model', None)
+  return inner if type(model).__name__ == 'ShrunkModel' and inner is not None else model
+
+
 def _architecture(model):
   """The builder of `model`'s zoo class; UnsupportedModelError for anything else."""
   from qprune.models.alexnet import AlexNet  # pylint: disable=g-import-not-at-top
@@ -283,6 +289,7 @@ def to_onnx_model(model, variables: Mapping, input_shape: Sequence[int], *, fold
   import jax  # pylint: disable=g-import-not-at-top
   if len(input_shape) != 3:
     raise UnsupportedModelError(f'input_shape must be (H, W, C), got {tuple(input_shape)}')
+  model = _unwrap(model)
   build = _architecture(model)
   variables = jax.device_get(variables)
   g = _ZooGraph(variables, fold_bn)

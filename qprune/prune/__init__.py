@@ -28,3 +28,4 @@ from qprune.prune.shrink import (ShrunkModel, mask_cost, model_cost, shrink, shr
                                  shrunk_model, shrunk_widths, slice_variables, width_overrides)
 from qprune.prune.trace import (NoPrunableChannelsError, PruningTraceWarning, TraceError,
                                 TraceResult, trace_model, traced_groups)
+from qprune.prune.tracker import EarlyBirdTracker, TrackerError, tracker_step

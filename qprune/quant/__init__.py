@@ -14,3 +14,4 @@ from qprune.quant.targets import (Targets, bits_per_weight, default_path_filter,
                                   inq_exponents, inq_targets, l1_error, layer_name, quantizable_layers,
                                   quantize, quantize_layers, quantize_params, relative_l1_error,
                                   replace_layers)
+from qprune.quant.optax_inq import InqOptaxError, InqState, inq_done, inq_optax, inq_params

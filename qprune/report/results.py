@@ -1,0 +1,384 @@
+r"""The committed results: `results/<dataset>_<model>/<run>/` folders and the RESULTS.md made from them.
+
+  python -m qprune.report.results publish --workdir=W --to=results/mnist_lenet5/optimal_k3
+  python -m qprune.report.results write [--results=results] [--out=RESULTS.md] [--check]
+
+`publish` copies from a finished run what a user needs to use and judge it, small enough to
+commit: results.json, config.json, report.md with its plots, and the model itself (model.json + model/ for
+`qprune.load_model`, the bit-packed export model.qpq for `qprune.load_quantized`); never
+checkpoints. Paths inside results.json become relative to the folder.
+
+`write` renders RESULTS.md (and plots under results/plots/) from every published folder; the
+text is a pure function of the folders, so a test can check that RESULTS.md is in sync.
+`--check` exits 1 when it is not. Standard library only, except matplotlib for the plots.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Dict, List, Optional
+
+RESULTS_JSON, CONFIG_JSON, REPORT_MD = 'results.json', 'config.json', 'report.md'
+TARGET_ERRORS_JSON = 'target_errors.json'  # python -m qprune.report.target_errors --out=...
+MODEL_FILES = ('model.json', 'model')
+PLOTS_DIR = 'plots'
+MODEL_TITLES = {'lenet5': 'LeNet-5', 'resnet20': 'ResNet-20', 'resnet56': 'ResNet-56',
+                'vgg16': 'VGG-16', 'alexnet': 'AlexNet'}
+DATASET_TITLES = {'mnist': 'MNIST', 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
+METHOD_TITLES = {'inq': "INQ's rule", 'kmeans': 'k-means on log2 magnitudes', 'optimal': 'optimal'}
+
+# Goals the committed results are held to (the project's issues), per (dataset, model):
+# (description, bits per weight at most, accuracy loss vs FP at most, accuracy at least).
+GOALS = {
+    ('mnist', 'lenet5'): (
+        ('3 bits (7 levels) within 0.15 % of FP', 3, 0.0015, None),
+        ('2 bits (3 levels) at >= 98.5 %', 2, None, 0.985),
+    ),
+    ('cifar10', 'resnet20'): (
+        ('3 bits within 0.3 % of FP', 3, 0.003, None),
+        ('2 bits within 1.0 % of FP', 2, 0.010, None),
+    ),
+}
+
+
+class ResultsError(ValueError):
+  """A run folder cannot be published or read."""
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError as e:
+    raise ResultsError(f'{path} is missing') from e
+  except json.JSONDecodeError as e:
+    raise ResultsError(f'{path} is not valid JSON ({e})') from e
+
+
+def _write_text(path: str, text: str):
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# publish
+
+def publish(workdir: str, dest: str, *, command: Optional[str] = None,
+            machine: Optional[str] = None) -> List[str]:
+  """Copies the finished run in `workdir` to `dest` (replaced); returns the files written.
+
+  `command` / `machine` fill in results.json's fields for a run made before the binary recorded
+  them (never overriding recorded ones).
+  """
+  results = _read_json(os.path.join(workdir, RESULTS_JSON))
+  for field, value in (('command', command), ('machine', machine)):
+    if value and not results.get(field):
+      results[field] = value
+  if os.path.exists(dest):
+    shutil.rmtree(dest)
+  os.makedirs(dest)
+  export = results.get('export_path')
+  if export:
+    name = os.path.basename(export)
+    shutil.copy2(os.path.join(workdir, name), os.path.join(dest, name))
+    results['export_path'] = name
+  else:
+    for name in MODEL_FILES:
+      src = os.path.join(workdir, name)
+      if not os.path.exists(src):
+        raise ResultsError(f'{workdir} has no {name}: not a finished run')
+      (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(dest, name))
+  if os.path.exists(os.path.join(workdir, CONFIG_JSON)):
+    shutil.copy2(os.path.join(workdir, CONFIG_JSON), os.path.join(dest, CONFIG_JSON))
+  if os.path.isdir(os.path.join(workdir, PLOTS_DIR)):
+    shutil.copytree(os.path.join(workdir, PLOTS_DIR), os.path.join(dest, PLOTS_DIR))
+  if os.path.exists(os.path.join(workdir, REPORT_MD)):
+    with open(os.path.join(workdir, REPORT_MD)) as f:
+      # The report names the machine-local workdir; the published copy names its own folder.
+      report = f.read().replace(os.path.abspath(workdir), os.path.normpath(dest))
+    _write_text(os.path.join(dest, REPORT_MD), report)
+  _write_text(os.path.join(dest, RESULTS_JSON), json.dumps(results, indent=1) + '\n')
+  return sorted(os.listdir(dest))
+
+
+# ---------------------------------------------------------------------------------------------
+# write
+
+def read_runs(results_dir: str) -> Dict[str, List[dict]]:
+  """{'<dataset>_<model>': [run, ...]}; run = {'name', 'path', 'results', 'config'}."""
+  groups = {}
+  for group in sorted(os.listdir(results_dir)):
+    group_dir = os.path.join(results_dir, group)
+    if group == PLOTS_DIR or not os.path.isdir(group_dir):
+      continue
+    runs = []
+    for name in sorted(os.listdir(group_dir)):
+      run_dir = os.path.join(group_dir, name)
+      if not os.path.isfile(os.path.join(run_dir, RESULTS_JSON)):
+        continue
+      config_path = os.path.join(run_dir, CONFIG_JSON)
+      runs.append({'name': name, 'path': f'{group}/{name}',
+                   'results': _read_json(os.path.join(run_dir, RESULTS_JSON)),
+                   'config': _read_json(config_path) if os.path.exists(config_path) else {}})
+    if runs:
+      groups[group] = runs
+  return groups
+
+
+def read_target_errors(results_dir: str) -> Dict[str, dict]:
+  """{'<dataset>_<model>': target_errors.json's content} where the group has one."""
+  out = {}
+  for group in sorted(os.listdir(results_dir)):
+    path = os.path.join(results_dir, group, TARGET_ERRORS_JSON)
+    if os.path.isfile(path):
+      out[group] = _read_json(path)
+  return out
+
+
+def target_error_lines(table: dict) -> List[str]:
+  """Whole-network L1 error per k and rule, from `python -m qprune.report.target_errors`."""
+  fmt = lambda v: '' if v is None else f'{v:.4g}'
+  by_k = {}
+  for row in table['rows']:
+    by_k.setdefault(row['k'], []).append(row)
+  lines = ['### Quantization error of the target rules (full-precision weights)', '',
+           f'Σ|W − Ŵ| over all conv/dense weights of `{table["model_dir"]}`, each layer with k '
+           'exponents (INQ\'s rule only where a bit-width gives exactly k). Per-layer figures: '
+           '`python -m qprune.report.target_errors --model_dir=' + table['model_dir'] + '`.', '',
+           '| k | INQ\'s rule | k-means on log2 magnitudes | optimal (l1) | optimal / k-means |',
+           '|---|---|---|---|---|']
+  for k, rows in sorted(by_k.items()):
+    sums = {}
+    for rule in ('inq', 'kmeans', 'optimal'):
+      values = [r[rule] for r in rows]
+      sums[rule] = None if any(v is None for v in values) else sum(values)
+    lines.append(f'| {k} | {fmt(sums["inq"])} | {fmt(sums["kmeans"])} | '
+                 f'{fmt(sums["optimal"])} | {sums["optimal"] / sums["kmeans"]:.3f} |')
+  return lines + ['']
+
+
+def _pct(x: Optional[float]) -> str:
+  return '' if x is None else f'{100 * x:.2f} %'
+
+
+def _delta(x: Optional[float]) -> str:
+  return '' if x is None else f'{100 * x:+.2f}'
+
+
+def _size(nbytes: Optional[int]) -> str:
+  if nbytes is None:
+    return ''
+  return f'{nbytes / 1e6:.2f} MB' if nbytes >= 1e6 else f'{nbytes / 1e3:.1f} kB'
+
+
+def _minutes(seconds: Optional[float]) -> str:
+  return '' if seconds is None else f'{seconds / 60:.1f} min'
+
+
+def target_rule(run: dict) -> str:
+  """'optimal (l1), k=3', 'INQ's rule, b=5', 'k-means ..., budget 2.5 bits', ..."""
+  q = run['config'].get('quant', {})
+  method = run['results'].get('method', q.get('method'))
+  title = METHOD_TITLES.get(method, str(method))
+  if method == 'optimal':
+    title += f' ({q.get("objective", "l1")})'
+  if method == 'inq':
+    return f'{title}, b={q.get("bits")}'
+  if q.get('tolerance'):
+    return f'{title}, L1 tolerance {q["tolerance"]}'
+  if q.get('bits_budget'):
+    return f'{title}, budget {q["bits_budget"]} bits'
+  return f'{title}, k={q.get("k")}'
+
+
+def recipe(run: dict) -> str:
+  q = run['config'].get('quant', {})
+  return (f'{q.get("retrain_epochs")} ep/step, lr {q.get("learning_rate")}, '
+          f'final {q.get("final_epochs", 0)} ep')
+
+
+def _max_values(results: dict) -> Optional[int]:
+  layers = results.get('layers') or []
+  return max((l['distinct_values'] for l in layers), default=None)
+
+
+def _fp_run(runs: List[dict]) -> Optional[dict]:
+  trained = [r for r in runs if r['results'].get('mode') == 'train']
+  return trained[0] if trained else None
+
+
+def goal_lines(key, runs: List[dict], fp_accuracy: float) -> List[str]:
+  """One line per goal of (dataset, model): met or missed, by which run."""
+  lines = []
+  quantized = [r for r in runs if r['results'].get('mode') == 'quantize']
+  for text, bits, max_loss, min_accuracy in GOALS.get(key, ()):
+    eligible = [r for r in quantized if r['results']['bits_per_weight'] <= bits + 1e-9]
+    if not eligible:
+      lines.append(f'- {text}: **not measured**')
+      continue
+    best = max(eligible, key=lambda r: r['results']['test_accuracy'])
+    accuracy = best['results']['test_accuracy']
+    ok = ((max_loss is None or fp_accuracy - accuracy <= max_loss + 1e-12) and
+          (min_accuracy is None or accuracy >= min_accuracy))
+    lines.append(f'- {text}: **{"met" if ok else "missed"}**, best {_pct(accuracy)} '
+                 f'({_delta(accuracy - fp_accuracy)} vs FP) by `{best["name"]}` '
+                 f'({target_rule(best)})')
+  return lines
+
+
+def smallest_lossless_lines(runs: List[dict], fp_accuracy: float, within: float) -> List[str]:
+  """Per target rule, the fewest average bits per weight within `within` of FP."""
+  lines = []
+  by_method = {}
+  for r in runs:
+    if r['results'].get('mode') != 'quantize':
+      continue
+    if fp_accuracy - r['results']['test_accuracy'] <= within + 1e-12:
+      method = r['results']['method']
+      if method not in by_method or (r['results']['bits_per_weight'] <
+                                     by_method[method]['results']['bits_per_weight']):
+        by_method[method] = r
+  for method in ('inq', 'kmeans', 'optimal'):
+    r = by_method.get(method)
+    title = METHOD_TITLES[method]
+    if r is None:
+      lines.append(f'- {title}: no run within {100 * within:.2f} % of FP')
+    else:
+      lines.append(f'- {title}: {r["results"]["bits_per_weight"]:.2f} bits/weight '
+                   f'({_pct(r["results"]["test_accuracy"])}, `{r["name"]}`)')
+  return lines
+
+
+def render(results_dir: str) -> str:
+  """RESULTS.md's text: a pure function of the folders under `results_dir`."""
+  groups = read_runs(results_dir)
+  errors = read_target_errors(results_dir)
+  out = ['# qprune results', '',
+         'Generated by `python -m qprune.report.results write` from the run folders under '
+         '[`results/`](results/); do not edit by hand. Every folder holds `results.json`, '
+         '`config.json`, `report.md` and the model (`model.json` + `model/` for '
+         '`qprune.load_model`, or the bit-packed `model.qpq` for `qprune.load_quantized`). '
+         'Accuracies are on the full test split. Quantized runs snap every conv/dense weight to '
+         '0 or ±2^e with INQ\'s incremental schedule (Zhou et al. 2017) from the same '
+         'full-precision model; "bits/weight" is the average code width '
+         'ceil(log2(2n + 1)) for n exponents per layer; compression is FP32 bytes over the '
+         'export\'s bytes on disk.', '']
+  for key, runs in groups.items():
+    first = runs[0]['results']
+    dataset, model = first.get('dataset'), first.get('model')
+    out += [f'## {MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)}', '']
+    fp = _fp_run(runs)
+    fp_accuracy = fp['results']['test_accuracy'] if fp else None
+    if fp:
+      r = fp['results']
+      out += [f'Full precision (`{fp["path"]}`): **{_pct(fp_accuracy)}** after '
+              f'{r.get("epochs_run")} epochs, {r.get("params"):,} params, '
+              f'{r.get("macs"):,} MACs per image, {_minutes(r.get("wall_time_s"))} on '
+              f'{r.get("machine", "an unrecorded machine")}.', '',
+              f'    {r.get("command", "(command not recorded)")}', '']
+    quantized = [r for r in runs if r['results'].get('mode') == 'quantize']
+    if quantized:
+      quantized.sort(key=lambda r: (r['results']['method'], r['results']['bits_per_weight'],
+                                    r['name']))
+      out += ['### Power-of-two quantization', '',
+              '| run | targets | recipe | bits/weight | values (max/layer) | export | '
+              'compression | test accuracy | Δ vs FP | time |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+      for run in quantized:
+        r = run['results']
+        compression = r['fp32_bytes'] / r['export_bytes'] if r.get('export_bytes') else None
+        delta = r['test_accuracy'] - fp_accuracy if fp_accuracy is not None else None
+        out.append(f'| [{run["name"]}](results/{run["path"]}) | {target_rule(run)} | {recipe(run)} | '
+                   f'{r["bits_per_weight"]:.2f} | {_max_values(r)} | '
+                   f'{_size(r.get("export_bytes"))} | '
+                   f'{"" if compression is None else f"{compression:.1f}x"} | '
+                   f'{_pct(r["test_accuracy"])} | {_delta(delta)} | '
+                   f'{_minutes(r.get("wall_time_s"))} |')
+      out.append('')
+      if fp_accuracy is not None:
+        out += ['Goals:', ''] + goal_lines((dataset, model), runs, fp_accuracy) + ['']
+        out += ['Fewest bits per weight within 0.2 % of FP, per target rule:', '']
+        out += smallest_lossless_lines(runs, fp_accuracy, 0.002) + ['']
+      out += [f'![accuracy vs bits](results/{PLOTS_DIR}/{key}_accuracy_vs_bits.png)', '']
+      out += ['<details><summary>Commands</summary>', '', '```']
+      out += [f'# {run["name"]}\n{run["results"].get("command", "(not recorded)")}'
+              for run in quantized]
+      out += ['```', '', '</details>', '']
+    if key in errors:
+      out += target_error_lines(errors[key])
+  return '\n'.join(out).rstrip() + '\n'
+
+
+def plot(groups: Dict[str, List[dict]], plots_dir: str):
+  """accuracy vs bits per weight, one series per target rule, per model."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(plots_dir, exist_ok=True)
+  for key, runs in groups.items():
+    quantized = [r for r in runs if r['results'].get('mode') == 'quantize']
+    if not quantized:
+      continue
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in ('inq', 'kmeans', 'optimal'):
+      points = sorted((r['results']['bits_per_weight'], 100 * r['results']['test_accuracy'])
+                      for r in quantized if r['results']['method'] == method)
+      if points:
+        ax.plot(*zip(*points), marker='o', label=METHOD_TITLES[method])
+    fp = _fp_run(runs)
+    if fp:
+      ax.axhline(100 * fp['results']['test_accuracy'], color='gray', linestyle='--',
+                 label='full precision')
+    ax.set_xlabel('bits per weight')
+    ax.set_ylabel('test accuracy (%)')
+    ax.set_title(key)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(plots_dir, f'{key}_accuracy_vs_bits.png'), dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m qprune.report.results',
+                                   description=__doc__.split('\n\n')[0])
+  sub = parser.add_subparsers(dest='action', required=True)
+  p = sub.add_parser('publish', help='copy a finished run into results/')
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--to', required=True)
+  p.add_argument('--command', help="results.json's command, for a run that did not record it")
+  p.add_argument('--machine', help="results.json's machine, for a run that did not record it")
+  w = sub.add_parser('write', help='render RESULTS.md from results/')
+  w.add_argument('--results', default='results')
+  w.add_argument('--out', default='RESULTS.md')
+  w.add_argument('--check', action='store_true', help='exit 1 if --out is out of date')
+  w.add_argument('--no_plots', action='store_true')
+  args = parser.parse_args(argv)
+  try:
+    if args.action == 'publish':
+      print('\n'.join(publish(args.workdir, args.to, command=args.command,
+                                  machine=args.machine)))
+      return 0
+    text = render(args.results)
+    if args.check:
+      current = open(args.out).read() if os.path.exists(args.out) else ''
+      if current != text:
+        print(f'{args.out} is out of date: run python -m qprune.report.results write',
+              file=sys.stderr)
+        return 1
+      return 0
+    _write_text(args.out, text)
+    if not args.no_plots:
+      plot(read_runs(args.results), os.path.join(args.results, PLOTS_DIR))
+    print(args.out)
+    return 0
+  except (ResultsError, OSError) as e:
+    print(f'qprune: error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,106 @@
+r"""Per-layer quantization error of the three target rules at equal k, on a trained model.
+
+  python -m qprune.report.target_errors --model_dir=results/mnist_lenet5/fp \
+      [--ks=1,2,4] [--out=results/mnist_lenet5/target_errors.json]
+
+For each conv/dense layer and each k, the L1 error Σ|W − Ŵ| (eq. 3.2 of the thesis; Zhou et al.
+2017's quantizer) of the full-precision weights under: INQ's rule (the b with 2^(b-2) = k
+exponents, so only k = 1, 2, 4, 8), k-means on log2|w| (the thesis' clustered targets) and the
+error-optimal set (`qprune.quant.optimal`). Prints a markdown table; `--out` writes JSON that
+`python -m qprune.report.results write` renders into RESULTS.md.
+"""
+import argparse
+import json
+import math
+import sys
+from typing import Dict, List, Sequence
+
+from qprune import quant
+from qprune.quant import targets as targets_lib
+
+
+def inq_bits_for(k: int):
+  """The INQ bit-width b with exactly k exponents (2^(b-2) = k), or None."""
+  b = 2 + math.log2(k)
+  return int(b) if b == int(b) else None
+
+
+def layer_errors(params, ks: Sequence[int]) -> List[Dict]:
+  """[{'layer', 'weights', 'k', 'inq', 'kmeans', 'optimal'}] (errors; inq None where no b fits)."""
+  layers = quant.quantizable_layers(params)
+  k_max = max(ks)
+  kmeans = quant.candidate_table(layers, k_max=k_max)
+  optimal = quant.optimal_table(layers, k_max=k_max)
+  rows = []
+  for k in ks:
+    bits = inq_bits_for(k)
+    inq = quant.inq_targets(layers, bits) if bits else {}
+    for l, name in enumerate(kmeans.names):
+      w = layers[name]
+      inq_error = None
+      if bits:
+        q = targets_lib.quantize(w, targets_lib._as_exponent_array(inq[name]))  # pylint: disable=protected-access
+        inq_error = float(targets_lib.l1_error(w, q))
+      rows.append({'layer': name, 'weights': int(kmeans.num_weights[l]), 'k': k,
+                   'inq': inq_error, 'kmeans': float(kmeans.errors[l, k - 1]),
+                   'optimal': float(optimal.errors[l, k - 1])})
+  return rows
+
+
+def totals(rows: List[Dict]) -> List[Dict]:
+  """Whole-network sums per k."""
+  out = []
+  for k in sorted({r['k'] for r in rows}):
+    of_k = [r for r in rows if r['k'] == k]
+    total = {'layer': 'total', 'weights': sum(r['weights'] for r in of_k), 'k': k}
+    for rule in ('inq', 'kmeans', 'optimal'):
+      values = [r[rule] for r in of_k]
+      total[rule] = None if any(v is None for v in values) else sum(values)
+    out.append(total)
+  return out
+
+
+def markdown(rows: List[Dict]) -> str:
+  fmt = lambda v: '' if v is None else f'{v:.4g}'
+  lines = ['| layer | weights | k | INQ rule | k-means | optimal | optimal / k-means |',
+           '|---|---|---|---|---|---|---|']
+  for r in rows + totals(rows):
+    ratio = r['optimal'] / r['kmeans'] if r['kmeans'] else None
+    lines.append(f'| {r["layer"]} | {r["weights"]:,} | {r["k"]} | {fmt(r["inq"])} | '
+                 f'{fmt(r["kmeans"])} | {fmt(r["optimal"])} | '
+                 f'{"" if ratio is None else f"{ratio:.3f}"} |')
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m qprune.report.target_errors',
+                                   description=__doc__.split('\n\n')[1])
+  parser.add_argument('--model_dir', required=True, help='a finished run (qprune.load_model)')
+  parser.add_argument('--ks', default='1,2,3,4')
+  parser.add_argument('--out', default=None)
+  args = parser.parse_args(argv)
+  import qprune  # pylint: disable=g-import-not-at-top
+  from qprune.modes.common import RunError  # pylint: disable=g-import-not-at-top
+  try:
+    ks = sorted({int(k) for k in args.ks.split(',')})
+    if not ks or ks[0] < 1:
+      raise ValueError
+  except ValueError:
+    print(f'qprune: error: --ks={args.ks!r}: give positive integers, e.g. 1,2,4', file=sys.stderr)
+    return 2
+  try:
+    _, variables = qprune.load_model(args.model_dir)
+  except (RunError, OSError) as e:
+    print(f'qprune: error: {e}', file=sys.stderr)
+    return 2
+  rows = layer_errors(variables['params'], ks)
+  print(markdown(rows))
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump({'model_dir': args.model_dir, 'rows': rows}, f, indent=1)
+      f.write('\n')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -107,6 +107,7 @@ def quant_config() -> ml_collections.ConfigDict:
   q.final_epochs = 0       # after the last snap: epochs training only what stays float (BN, biases)
   q.learning_rate = 0.01
   q.export_name = 'model.qpq'
+  q.entropy_coding = False  # store each layer's codes xz-compressed where that is smaller
   return q
 
 

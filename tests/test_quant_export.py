@@ -108,3 +108,27 @@ def test_layer_report(saved):
   assert all(r['l1_error'] == 0.0 for r in again)
   assert 'total' in report.format_table(rows)
   assert 2 <= report.average_bits(rows) <= 3
+
+
+def test_entropy_coded_export_decodes_to_the_same_weights(tmp_path):
+  """codec 'xz' (entropy_coding=True): the same dequantized weights as the bit-packed export,
+  never larger, and much smaller when most codes are zero."""
+  model = create_model('lenet5', 10)
+  variables = jax.device_get(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1),
+                                                                         jnp.uint8), train=False))
+  spec = model_spec('lenet5', 10, (28, 28, 1))
+  for sparse in (False, True):
+    if sparse:  # 90 % of fc1 at zero, like a pruned or strongly regularized layer
+      fc1 = np.array(variables['params']['fc1']['kernel'])
+      fc1[np.random.default_rng(0).random(fc1.shape) < 0.9] = 0.0
+      variables['params']['fc1']['kernel'] = fc1
+    layers = targets.quantizable_layers(variables['params'])
+    chosen = kmeans.kmeans_targets(layers, k=3)
+    packed = export.save_quantized(str(tmp_path / 'p.qpq'), variables, chosen, spec)
+    coded = export.save_quantized(str(tmp_path / 'x.qpq'), variables, chosen, spec,
+                                  entropy_coding=True)
+    assert coded <= packed and (not sparse or coded < 0.6 * packed)
+    _, a = export.load_quantized(str(tmp_path / 'p.qpq'))
+    _, b = export.load_quantized(str(tmp_path / 'x.qpq'))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -76,7 +76,8 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
   test = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
 
   export_path = os.path.join(workdir, qconfig.export_name)
-  export_bytes = quant.save_quantized(export_path, variables, targets, spec)
+  export_bytes = quant.save_quantized(export_path, variables, targets, spec,
+                                      entropy_coding=qconfig.entropy_coding)
   common.save_model(workdir, spec, variables)
   return {
       'test_accuracy': test['accuracy'], 'fp_test_accuracy': fp['accuracy'],

@@ -9,13 +9,19 @@ Layout (all integers little-endian):
     payload          the leaves' bytes, back to back
 
 Each header leaf is {'path': 'params/conv1/kernel', 'shape', 'offset', 'nbytes', 'kind'} with
-kind 'codes' (quantized; plus 'exponents' and 'bits') or 'float32' (raw float32 C-order bytes).
-A quantized weight is a code of `bits = ceil(log2(2n+1))` bits (n = number of exponents):
-0 -> 0, i in 1..n -> +2^e_i, n+i -> -2^e_i (exponents ascending); codes are bit-packed LSB-first
+kind 'codes' (quantized; plus 'exponents', 'bits' and, from version 2, 'codec') or 'float32'
+(raw float32 C-order bytes). A quantized weight is a code of `bits = ceil(log2(2n+1))` bits
+(n = number of exponents): 0 -> 0, i in 1..n -> +2^e_i, n+i -> -2^e_i (exponents ascending).
+codec 'packed' (the only one of version 1): codes bit-packed LSB-first
 (`numpy.packbits(bitorder='little')` of each code's bits, low bit first) into ceil(N·bits/8) bytes.
+codec 'xz' (entropy coding, `entropy_coding=True`): one uint8 per code, compressed with xz (LZMA2,
+Python's `lzma` module); chosen per leaf only where it is smaller than 'packed'. Most weights of
+a trained layer sit on the zero code or the smallest exponents, so the codes' entropy is well
+below `bits` (cf. the Huffman stage of Deep Compression, Han et al. 2016).
 Weights not yet on their layer's set are quantized with eq. 3.1 when saved.
 """
 import json
+import lzma
 import struct
 import zlib
 from typing import Mapping, Tuple
@@ -30,7 +36,9 @@ from qprune.models.spec import model_from_spec
 from qprune.quant import targets as targets_lib
 
 MAGIC = b'QPRUNEQ\x00'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+CODECS = ('packed', 'xz')
 _PREAMBLE = struct.Struct('<8sHI')
 
 
@@ -74,13 +82,24 @@ def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Save.
 
-def _quantized_leaf(path: str, w, exponents) -> Tuple[dict, bytes]:
+def xz_codes(codes: np.ndarray) -> bytes:
+  """Codes (< 256) as uint8, xz-compressed (codec 'xz')."""
+  return lzma.compress(codes.astype(np.uint8).tobytes(), format=lzma.FORMAT_XZ,
+                       check=lzma.CHECK_NONE, preset=9 | lzma.PRESET_EXTREME)
+
+
+def _quantized_leaf(path: str, w, exponents, entropy_coding: bool) -> Tuple[dict, bytes]:
   exponents = tuple(sorted(int(e) for e in exponents))
   q = np.asarray(targets_lib.quantize(w, np.asarray(exponents, np.int32)))
   bits = targets_lib.bits_per_weight(len(exponents))
-  data = pack_codes(encode(q, exponents), bits)
+  codes = encode(q, exponents)
+  codec, data = 'packed', pack_codes(codes, bits)
+  if entropy_coding and len(exponents) < 128:
+    compressed = xz_codes(codes)
+    if len(compressed) < len(data):
+      codec, data = 'xz', compressed
   meta = {'path': path, 'kind': 'codes', 'shape': list(np.shape(w)),
-          'exponents': list(exponents), 'bits': bits}
+          'exponents': list(exponents), 'bits': bits, 'codec': codec}
   return meta, data
 
 
@@ -100,14 +119,15 @@ def _targeted_paths(variables, targets, path_filter) -> dict:
 
 
 def encode_variables(variables, targets: targets_lib.Targets, spec: Mapping,
-                     path_filter: targets_lib.PathFilter = targets_lib.default_path_filter) -> bytes:
+                     path_filter: targets_lib.PathFilter = targets_lib.default_path_filter, *,
+                     entropy_coding: bool = False) -> bytes:
   """The export file's bytes (see module docstring)."""
   targeted = _targeted_paths(variables, targets, path_filter)
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep='/')
   leaves, chunks, offset = [], [], 0
   for path in sorted(flat):
-    meta, data = (_quantized_leaf(path, flat[path], targeted[path]) if path in targeted
-                  else _float_leaf(path, flat[path]))
+    meta, data = (_quantized_leaf(path, flat[path], targeted[path], entropy_coding)
+                  if path in targeted else _float_leaf(path, flat[path]))
     meta.update(offset=offset, nbytes=len(data))
     leaves.append(meta)
     chunks.append(data)
@@ -121,9 +141,14 @@ def encode_variables(variables, targets: targets_lib.Targets, spec: Mapping,
 
 
 def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping,
-                   path_filter: targets_lib.PathFilter = targets_lib.default_path_filter) -> int:
-  """Writes the export atomically (temp file + os.replace); returns its size on disk in bytes."""
-  return files.write_bytes_atomic(path, encode_variables(variables, targets, spec, path_filter))
+                   path_filter: targets_lib.PathFilter = targets_lib.default_path_filter, *,
+                   entropy_coding: bool = False) -> int:
+  """Writes the export atomically (temp file + os.replace); returns its size on disk in bytes.
+
+  entropy_coding=True stores each quantized layer's codes xz-compressed where that is smaller.
+  """
+  return files.write_bytes_atomic(path, encode_variables(variables, targets, spec, path_filter,
+                                                         entropy_coding=entropy_coding))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +161,9 @@ def _parse_header(data: bytes) -> Tuple[dict, memoryview]:
   magic, version, header_nbytes = _PREAMBLE.unpack_from(data)
   if magic != MAGIC:
     raise ValueError(f'not a qprune quantized export (bad magic {magic!r})')
-  if version != FORMAT_VERSION:
-    raise ValueError(f'unsupported quantized export version {version}; this qprune reads version '
-                     f'{FORMAT_VERSION}')
+  if version not in READABLE_VERSIONS:
+    raise ValueError(f'unsupported quantized export version {version}; this qprune reads versions '
+                     f'{", ".join(map(str, READABLE_VERSIONS))}')
   start = _PREAMBLE.size + header_nbytes
   if len(data) < start:
     raise ValueError(f'quantized export truncated inside its header ({len(data)} of >= {start} bytes)')
@@ -160,8 +185,27 @@ def _decode_leaf(meta: dict, payload: memoryview) -> np.ndarray:
   shape = tuple(meta['shape'])
   if meta['kind'] == 'float32':
     return np.frombuffer(data, '<f4').astype(np.float32).reshape(shape)
-  codes = unpack_codes(data, int(np.prod(shape, dtype=np.int64)), meta['bits'])
-  return code_table(meta['exponents'])[codes].reshape(shape)
+  return code_table(meta['exponents'])[decode_codes(meta, data)].reshape(shape)
+
+
+def decode_codes(meta: dict, data) -> np.ndarray:
+  """The flat uint codes of a 'codes' leaf from its bytes, whatever its codec."""
+  count = int(np.prod(tuple(meta['shape']), dtype=np.int64))
+  codec = meta.get('codec', 'packed')
+  if codec == 'xz':
+    try:
+      codes = np.frombuffer(lzma.decompress(data), np.uint8)
+    except lzma.LZMAError as e:
+      raise ValueError(f'quantized export leaf {meta["path"]}: corrupt xz codes ({e})') from e
+    if codes.size != count:
+      raise ValueError(f'quantized export leaf {meta["path"]}: {codes.size} codes for shape '
+                       f'{meta["shape"]}')
+  elif codec == 'packed':
+    codes = unpack_codes(data, count, meta['bits'])
+  else:
+    raise ValueError(f'quantized export leaf {meta["path"]}: unknown codec {codec!r} (this '
+                     f'qprune reads {", ".join(CODECS)})')
+  return codes
 
 
 def decode_variables(data: bytes) -> Tuple[dict, dict]:

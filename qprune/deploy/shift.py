@@ -9,8 +9,8 @@ its bit pattern, `bits + (e << 23)`): no multiplication by a weight anywhere; th
 select/negation. For normal floats `shift(x, e)` has exactly the bits of `x * 2^e` (scaling by a
 power of two is exact in binary floating point), so each term equals the float product bit for
 bit. Where the input or the result is not a normal float (subnormal, overflow) `shift` falls
-back to `jnp.ldexp` — never the case for CNN activations and weights in practice, and
-`shift_fallbacks` counts it.
+back to `jnp.ldexp` (which, like every XLA CPU float op, may flush subnormals to zero) — never
+the case for CNN activations and weights in practice, and `shift_fallbacks` counts it.
 
 Exactness, stated precisely:
   * against the same sums computed with multiplications (`multiply=True`, identical summation
@@ -55,7 +55,7 @@ def power_of_two_codes(w) -> Tuple[np.ndarray, np.ndarray]:
 def shift(x: jax.Array, e: jax.Array) -> jax.Array:
   """x·2^e as an integer add on float32 x's exponent field (bits + (e << 23)); broadcasts.
 
-  Bit-identical to `x * 2.0**e` wherever x and the result are normal floats; zeros stay zeros.
+  Bit-identical to `x * 2.0**e` wherever x and the result are normal floats; ±0 stay ±0.
   Subnormal inputs/results and overflow fall back to `jnp.ldexp` (see `shift_fallbacks`).
   """
   x = jnp.asarray(x, jnp.float32)
@@ -65,7 +65,7 @@ def shift(x: jax.Array, e: jax.Array) -> jax.Array:
   new_field = field + e
   normal = (field > 0) & (field < 255) & (new_field > 0) & (new_field < 255)
   shifted = jax.lax.bitcast_convert_type(bits + (e << _MANTISSA_BITS), jnp.float32)
-  return jnp.where(normal, shifted, jnp.where(x == 0, jnp.zeros_like(shifted), jnp.ldexp(x, e)))
+  return jnp.where(normal, shifted, jnp.where(x == 0, x, jnp.ldexp(x, e)))  # ±0 keep their sign
 
 
 def shift_fallbacks(x: jax.Array, e: jax.Array) -> int:

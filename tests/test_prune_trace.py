@@ -126,8 +126,12 @@ def _masks(groups, seed=3):
   return masks
 
 
-def _groups(model, variables):
-  return prune.derive_groups(variables, model=model, example_input=_x(1))
+def _groups(model, variables, strict=True):
+  """Traced groups; strict: the trace must follow everything (no PruningTraceWarning)."""
+  with warnings.catch_warnings():
+    if strict:
+      warnings.simplefilter('error', prune.PruningTraceWarning)
+    return prune.derive_groups(variables, model=model, example_input=_x(1))
 
 
 def test_plain_cnn_groups_follow_flatten_and_dense():
@@ -250,6 +254,10 @@ def test_criteria_and_search_run(arch):
   for row, m in zip(rows, masks):
     small, small_vars = prune.shrink(model, variables, groups, m)
     assert row['params'] == qprune.count_params(small_vars['params'])
+  # the Early-Bird decision compares traced masks like any others
+  state, info = prune.early_bird_step(prune.EarlyBirdState(), masks[0])
+  state, info = prune.early_bird_step(state, masks[0])
+  assert info['distance'] == 0.0
 
 
 # ---- unsupported patterns ----------------------------------------------------------------------
@@ -276,7 +284,7 @@ def test_unsupported_op_warns_once_and_leaves_channels():
   model, variables = _init(WithLayerNorm)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
-    groups = _groups(model, variables)
+    groups = _groups(model, variables, strict=False)
   messages = [str(w.message) for w in caught if issubclass(w.category, prune.PruningTraceWarning)]
   assert len(messages) == 1
   assert 'Conv_0' in messages[0] and 'reduction over the channel axis' in messages[0]
@@ -289,7 +297,7 @@ def test_nothing_prunable_is_an_error_naming_the_reason():
   with pytest.raises(prune.NoPrunableChannelsError, match='slice of the channel axis'):
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')
-      _groups(model, variables)
+      _groups(model, variables, strict=False)
   dense_only = nn.Dense(3)
   v = dense_only.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
   with pytest.raises(prune.NoPrunableChannelsError, match='model output'):
@@ -318,8 +326,10 @@ def test_zoo_traced_groups_equal_name_based(name, shape):
   variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0), x)
   for options in ({}, {'residual': True, 'dense': True}):
     hand = prune.derive_groups(variables, **options)
-    traced = prune.derive_groups(variables, model=model, example_input=x,
-                                 **(options or {'residual': False, 'dense': False}))
+    with warnings.catch_warnings():
+      warnings.simplefilter('error', prune.PruningTraceWarning)
+      traced = prune.derive_groups(variables, model=model, example_input=x,
+                                   **(options or {'residual': False, 'dense': False}))
     assert traced == hand, (name, options)
 
 
@@ -437,3 +447,29 @@ def test_group_l1_aggregates_normalized_members():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
   with pytest.raises(ValueError, match='unknown aggregate'):
     prune.score('l1', variables, (group,), aggregate='median')
+
+
+class SqueezeExcite(nn.Module):
+  """An SE block: its expand dense's units multiply the conv's channels, so they join its group."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Conv(8, (3, 3))(x))
+    s = nn.relu(nn.Dense(4)(x.mean(axis=(1, 2))))
+    x = x * nn.sigmoid(nn.Dense(8)(s))[:, None, None, :]
+    x = nn.relu(nn.Conv(6, (3, 3))(x))
+    return nn.Dense(5)(x.mean(axis=(1, 2)))
+
+
+def test_squeeze_excitation_joins_the_conv_group():
+  model, variables = _init(SqueezeExcite)
+  groups = {g.name: g for g in _groups(model, variables)}
+  g = groups['Conv_0']
+  assert [s.path for s in g.producers] == ['Conv_0', 'Dense_1']
+  assert {s.path for s in g.consumers} == {'Dense_0', 'Conv_1'}
+  masks = _masks(tuple(groups.values()))
+  x = _x()
+  small, small_vars = prune.shrink(model, variables, tuple(groups.values()), masks)
+  chex.assert_trees_all_close(
+      model.apply(prune.apply_masks(variables, tuple(groups.values()), masks), x),
+      small.apply(small_vars, x), atol=1e-4, rtol=1e-4)

@@ -473,3 +473,28 @@ def test_squeeze_excitation_joins_the_conv_group():
   chex.assert_trees_all_close(
       model.apply(prune.apply_masks(variables, tuple(groups.values()), masks), x),
       small.apply(small_vars, x), atol=1e-4, rtol=1e-4)
+
+
+class Decoder(nn.Module):
+  """conv -> transposed conv -> conv, with a FrozenDict of variables."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Conv(6, (3, 3), (2, 2))(x))
+    x = nn.relu(nn.ConvTranspose(4, (3, 3), (2, 2))(x))
+    return nn.Conv(2, (1, 1))(x)
+
+
+def test_conv_transpose_and_frozen_variables():
+  from flax.core import freeze  # pylint: disable=g-import-not-at-top
+  model, variables = _init(Decoder)
+  variables = freeze(variables)
+  groups = _groups(model, variables)
+  assert [g.name for g in groups] == ['Conv_0', 'ConvTranspose_0']
+  masks = _masks(groups)
+  x = _x()
+  small, small_vars = prune.shrink(model, variables, groups, masks)
+  chex.assert_trees_all_close(model.apply(prune.apply_masks(variables, groups, masks), x),
+                              small.apply(small_vars, x), atol=1e-4, rtol=1e-4)
+  # transposed conv: input positions x kernel size
+  assert layer_macs(model, variables, example_input=x)['ConvTranspose_0'] == 6 * 6 * 9 * 6 * 4

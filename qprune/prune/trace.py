@@ -586,7 +586,7 @@ def trace_model(model: nn.Module, variables, example_input) -> TraceResult:
                      f'{x.shape} {x.dtype}: {type(e).__name__}: {e}') from e
 
   tracer = _Tracer(calls)
-  leaves = jax.tree_util.tree_leaves_with_path(dict(variables))
+  leaves = jax.tree_util.tree_leaves_with_path(variables)  # the jaxpr's invar order
   in_states = []
   for keypath, leaf in leaves:
     path = '/'.join(str(getattr(k, 'key', k)) for k in keypath)

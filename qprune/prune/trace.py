@@ -37,7 +37,7 @@ swish, tanh; not sigmoid).
 import dataclasses
 import itertools
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -77,9 +77,8 @@ _SILENT_REASONS = ('model output', 'input channels')
 _UNARY = {'neg', 'exp', 'exp2', 'log', 'log1p', 'expm1', 'tanh', 'logistic', 'sqrt', 'rsqrt',
           'cbrt', 'abs', 'sign', 'floor', 'ceil', 'round', 'erf', 'erfc', 'erf_inv', 'sin', 'cos',
           'tan', 'is_finite', 'not', 'integer_pow', 'square', 'convert_element_type', 'copy',
-          'copy_p', 'reduce_precision', 'real', 'imag', 'conj', 'stop_gradient', 'asin', 'acos',
-          'atan', 'sinh', 'cosh', 'asinh', 'acosh', 'atanh', 'lgamma', 'digamma', 'population_count',
-          'optimization_barrier'}
+          'copy_p', 'reduce_precision', 'real', 'imag', 'conj', 'asin', 'acos',
+          'atan', 'sinh', 'cosh', 'asinh', 'acosh', 'atanh', 'lgamma', 'digamma', 'population_count'}
 _NARY = {'add', 'sub', 'mul', 'div', 'max', 'min', 'pow', 'rem', 'atan2', 'and', 'or', 'xor',
          'eq', 'ne', 'lt', 'le', 'gt', 'ge', 'add_any', 'nextafter', 'select_n', 'clamp',
          'shift_left', 'shift_right_logical', 'shift_right_arithmetic'}
@@ -87,6 +86,10 @@ _REDUCE = {'reduce_sum', 'reduce_max', 'reduce_min', 'reduce_prod', 'reduce_and'
            'argmax', 'argmin'}
 _WINDOW = {'reduce_window_sum', 'reduce_window_max', 'reduce_window_min', 'reduce_window'}
 _CALLS = ('jaxpr', 'call_jaxpr', 'fun_jaxpr')
+# Primitives that just call a sub-jaxpr once with their operands (not scan, while, cond, reduce).
+_CALL_PRIMITIVES = {'jit', 'pjit', 'closed_call', 'core_call', 'custom_jvp_call',
+                    'custom_vjp_call', 'custom_vjp_call_jaxpr', 'remat', 'checkpoint', 'remat2',
+                    'named_call'}
 
 
 class _Const:
@@ -280,6 +283,8 @@ class _Tracer:
 
   @staticmethod
   def sub_jaxpr(eqn):
+    if eqn.primitive.name not in _CALL_PRIMITIVES:
+      return None
     for key in _CALLS:
       sub = eqn.params.get(key)
       if sub is None:
@@ -424,11 +429,6 @@ class _Tracer:
     s = ins[0]
     dims = [d % len(eqn.invars[0].aval.shape) for d in eqn.params['dimensions']]
     return dataclasses.replace(s, axis=s.axis - sum(d < s.axis for d in dims))
-
-  def op_expand_dims(self, eqn, ins, where):  # not a primitive in current JAX; kept for safety
-    s = ins[0]
-    self.block(s, f'{where}: not followed')
-    return OPAQUE
 
   def op_reshape(self, eqn, ins, where):
     s = ins[0]

@@ -27,7 +27,6 @@ import time
 from typing import Callable, Dict, List
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 

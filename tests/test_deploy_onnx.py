@@ -146,3 +146,23 @@ def test_cli_exports_a_run_and_rejects_bad_input(tmp_path):
                         text=True, timeout=300, check=False)
   assert proc.returncode == 2 and 'no quantized export' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_export_of_a_pruned_run_uses_its_shrunk_spec(tmp_path):
+  from qprune import export  # pylint: disable=g-import-not-at-top
+  model, variables = _lenet()
+  groups = prune.derive_groups(variables)
+  masks = prune.make_masks(variables, groups, 'l1', 0.5, 'uniform')
+  small_model, small_variables = prune.shrink(model, variables, groups, masks)
+  spec = model_spec('lenet5', 10, (28, 28, 1), mean=(0.1307,), std=(0.3081,),
+                    channels=prune.shrunk_widths(groups, masks))
+  workdir = str(tmp_path / 'pruned')
+  common.save_model(workdir, spec, small_variables)
+  files.write_json_atomic(os.path.join(workdir, 'results.json'), {'mode': 'prune'})
+  out = export.export(workdir, 'onnx', str(tmp_path / 'p.onnx'))
+  images = np.random.default_rng(4).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+  theirs = _session(open(out['out'], 'rb').read()).run(None, {'images': images})[0]
+  ours = np.asarray(small_model.apply(small_variables, images, train=False))
+  assert np.max(np.abs(theirs - ours)) <= TOL
+  with pytest.raises(deploy.ExportError, match='no finished run'):
+    export.export(str(tmp_path), 'onnx')

@@ -17,6 +17,9 @@ at the end), so odd sizes and stride 2 match. The batch dimension is symbolic ('
 LeNet/AlexNet flatten NHWC activations: the first dense kernel's rows are permuted to NCHW order
 instead of transposing the activations back.
 
+The graph always computes in float32, whatever the model's compute dtype (a bfloat16-trained
+model's export matches its float32 evaluation, not its bfloat16 one).
+
 BatchNorm folding changes float rounding (W·mul is rounded once), so logits differ from qprune's
 by float32 rounding only (~1e-6 relative); tests require <= 1e-4.
 """

@@ -10,6 +10,8 @@ import os
 
 import ml_collections
 
+from qprune.errors import UserError
+
 from qprune.data.sources import DATASETS
 from qprune.models import MODELS
 
@@ -25,7 +27,7 @@ CONV_IMPLS = ('auto', 'xla', 'fast')
 NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_impl', 'eval_every')
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A config field has a bad value."""
 
 

@@ -1,8 +1,10 @@
-"""The errors that mean bad input (reported as one line, exit status 2), not a bug."""
-from qprune.configs import ConfigError
-from qprune.data.sources import DataNotFoundError
-from qprune.modes.common import RunError
-from qprune.train.checkpoint import CheckpointError
-from qprune.train.loop import TrainingDivergedError
+"""The one base class of every error that means bad input, not a bug.
 
-USER_ERRORS = (ConfigError, DataNotFoundError, RunError, CheckpointError, TrainingDivergedError)
+Both binaries (`qprune.main`, `qprune.report.scan`) print a `UserError` as one line,
+`qprune: error: <message>`, and exit with status 2; any other exception keeps its traceback (that
+is a bug report). This module imports nothing, so every layer of the stack can subclass it.
+"""
+
+
+class UserError(ValueError):
+  """Bad input (a config value, data, a workdir, a file): the message says what to change."""

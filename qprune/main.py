@@ -124,11 +124,11 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from qprune.errors import USER_ERRORS  # pylint: disable=g-import-not-at-top
+  from qprune.errors import UserError  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   try:
     results = run(_CONFIG.value, _WORKDIR.value)
-  except USER_ERRORS as e:
+  except UserError as e:
     print(f'qprune: error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
   print(_summary(results), flush=True)

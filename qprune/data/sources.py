@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from qprune.errors import UserError
+
 SPLITS = ('train', 'test')
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
@@ -42,7 +44,7 @@ DATASETS = {
 }
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError):
   """No source could provide the dataset; the message lists what was tried."""
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from qprune import configs, files
+from qprune.errors import UserError
 from qprune.data import pipeline, sources
 from qprune.models import count_macs, count_params, init_variables
 from qprune.models.spec import model_from_spec, model_spec
@@ -24,7 +25,7 @@ from qprune.train.loop import TrainOptions
 MODEL_JSON, MODEL_DIR, RESULTS_JSON, CONFIG_JSON = 'model.json', 'model', 'results.json', 'config.json'
 
 
-class RunError(ValueError):
+class RunError(UserError):
   """A run cannot start (bad init_from, a workdir of another run, ...)."""
 
 

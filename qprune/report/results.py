@@ -19,6 +19,8 @@ import shutil
 import sys
 from typing import Dict, List, Optional
 
+from qprune.errors import UserError
+
 RESULTS_JSON, CONFIG_JSON, REPORT_MD = 'results.json', 'config.json', 'report.md'
 TARGET_ERRORS_JSON = 'target_errors.json'  # python -m qprune.report.target_errors --out=...
 MODEL_FILES = ('model.json', 'model')
@@ -42,7 +44,7 @@ GOALS = {
 }
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
   """A run folder cannot be published or read."""
 
 
@@ -269,12 +271,13 @@ def render(results_dir: str) -> str:
   for key, runs in groups.items():
     first = runs[0]['results']
     dataset, model = first.get('dataset'), first.get('model')
-    out += [f'## {MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)}', '']
+    out += [f'## {MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)} '
+            f'([`results/{key}`](results/{key}))', '']
     fp = _fp_run(runs)
     fp_accuracy = fp['results']['test_accuracy'] if fp else None
     if fp:
       r = fp['results']
-      out += [f'Full precision (`{fp["path"]}`): **{_pct(fp_accuracy)}** after '
+      out += [f'Full precision (`{fp["name"]}`): **{_pct(fp_accuracy)}** after '
               f'{r.get("epochs_run")} epochs, {r.get("params"):,} params, '
               f'{r.get("macs"):,} MACs per image, {_minutes(r.get("wall_time_s"))} on '
               f'{r.get("machine", "an unrecorded machine")}.', '',

@@ -12,7 +12,6 @@ from absl import app, flags
 import numpy as np
 
 from qprune.data import pipeline
-from qprune.errors import USER_ERRORS
 from qprune.models.spec import model_from_spec
 from qprune.modes.common import load_saved_model
 from qprune.prune import batched
@@ -39,7 +38,7 @@ def main(argv):
     model = model_from_spec(spec)
     data = pipeline.load_data(spec['dataset'], _DATA_DIR.value, train_subset=400,
                               eval_subset=_EVAL_SUBSET.value)
-  except (ValueError,) + USER_ERRORS as e:
+  except ValueError as e:  # every UserError is one
     raise app.UsageError(str(e))
   quant_rows = quant_sensitivity(model, variables, data.test, ks)
   prune_rows = prune_sensitivity(model, variables, data.test, ratios,

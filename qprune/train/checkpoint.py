@@ -12,8 +12,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from qprune.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
   """A checkpoint exists but cannot be used (corrupt, or from a different model/config)."""
 
 

@@ -26,12 +26,14 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from qprune import files
+from qprune.errors import UserError
 from qprune.data import pipeline
 from qprune.train import checkpoint, optim, parallel, steps
+from qprune.train.parallel import BatchSizeError
 from qprune.train.state import TrainState, create_state
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError):
   """The loss became NaN or infinite."""
 
 
@@ -72,7 +74,7 @@ class FitResult:
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
   n = train_size // batch_size
   if n < 1:
-    raise ValueError(f'batch_size={batch_size} is larger than the training set ({train_size} '
+    raise BatchSizeError(f'batch_size={batch_size} is larger than the training set ({train_size} '
                      f'examples); lower batch_size or raise train_subset')
   return n
 

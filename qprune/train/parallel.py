@@ -8,6 +8,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from qprune.errors import UserError
+
+
+class BatchSizeError(UserError):
+  """A batch size that does not fit the data or the devices."""
+
 
 def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices or jax.devices()), ('data',))
@@ -24,4 +30,4 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = 'batch_size'):
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f'{what}={batch_size} must be divisible by the number of devices ({n})')
+    raise BatchSizeError(f'{what}={batch_size} must be divisible by the number of devices ({n})')

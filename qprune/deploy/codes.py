@@ -25,11 +25,12 @@ from flax import traverse_util
 from qprune import files
 from qprune.quant import export as qpq
 from qprune.quant import targets as targets_lib
+from qprune.errors import UserError
 
 FORMAT = 'qprune-codes-v1'
 
 
-class CodesFormatError(ValueError):
+class CodesFormatError(UserError):
   """A file is not a valid qprune integer-code export."""
 
 

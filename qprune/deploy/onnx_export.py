@@ -27,11 +27,13 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from qprune.errors import UserError
+
 OPSET = 17
 BN_EPSILON = 1e-5  # the zoo's BatchNorm epsilon (qprune.models.layers.batch_norm)
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError):
   """The model is not one of the zoo architectures the ONNX exporter knows."""
 
 

@@ -3,9 +3,10 @@ import os
 from typing import NamedTuple, Optional
 
 from qprune import files
+from qprune.errors import UserError
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
   """A workdir or path cannot be exported (no finished run, no quantized export, bad format)."""
 
 

@@ -29,10 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qprune.errors import UserError
+
 _MANTISSA_BITS = 23
 
 
-class NotPowerOfTwoError(ValueError):
+class NotPowerOfTwoError(UserError):
   """A weight is neither 0 nor ±2^e: the layer is not (fully) power-of-two quantized."""
 
 

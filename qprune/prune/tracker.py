@@ -18,9 +18,10 @@ from typing import Mapping, Optional, Tuple
 from qprune.prune.decision import EarlyBirdRule, EarlyBirdState, early_bird_step
 from qprune.prune.groups import Groups, derive_groups
 from qprune.prune.selection import make_masks
+from qprune.errors import UserError
 
 
-class TrackerError(ValueError):
+class TrackerError(UserError):
   """Bad tracker arguments or variables (e.g. no 'params')."""
 
 

@@ -38,9 +38,10 @@ import optax
 
 from qprune.quant import inq as inq_lib
 from qprune.quant import targets as targets_lib
+from qprune.errors import UserError
 
 
-class InqOptaxError(ValueError):
+class InqOptaxError(UserError):
   """Bad arguments to `inq_optax` (schedule, steps per stage, missing params)."""
 
 

@@ -72,7 +72,10 @@ def prune_config() -> ml_collections.ConfigDict:
   p.residual = False       # ResNets: also prune the residual stream (one group across stages)
   p.dense = False          # chain models: also prune hidden units of dense layers
   p.ignored_layers = ()    # layer paths (or prefixes ending in '/') whose outputs are not pruned
-  p.aggregate = ''         # group scores over every coupled slice: '', 'sum', 'mean' or 'max'
+  # Group scores over every coupled slice (producer filters, BN |gamma|, consumers' inputs),
+  # each member normalized by its mean: '', 'sum', 'mean' or 'max'. 'mean': LeNet-5/MNIST, 50 %
+  # of every layer from a 2-epoch model, 2 fine-tune epochs: 98.95 % (3 seeds) vs 98.88 % ('').
+  p.aggregate = 'mean'
   p.round_to = 1           # kept widths rounded up to a multiple of this
   p.max_ratio = 0.0        # cap on any layer's removed fraction (0 = none)
   p.slimming_lambda = 0.0  # L1 penalty on BatchNorm gamma during pretraining (Network Slimming)

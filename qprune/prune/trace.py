@@ -46,13 +46,15 @@ import numpy as np
 from flax import traverse_util
 from jax.extend import core as jex_core
 
+from qprune.errors import UserError
 from qprune.models import layers
 from qprune.models.counting import call_model, example_struct
 from qprune.prune.groups import RESIDUAL, ChannelGroup, Slot
 
 
-class TraceError(ValueError):
-  """The model cannot be traced for channel groups (bad input, or nothing prunable)."""
+class TraceError(UserError):
+  """The model cannot be traced for channel groups (bad input, or nothing prunable); a
+  ValueError, reported by the binaries as one line."""
 
 
 class NoPrunableChannelsError(TraceError):

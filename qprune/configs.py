@@ -253,3 +253,16 @@ def semantic_dict(config) -> dict:
   for field in NON_SEMANTIC_FIELDS:
     d.pop(field, None)
   return json.loads(json.dumps(d))
+
+
+def with_new_defaults(stored: dict) -> dict:
+  """A stored config.json with the fields added to the schema since it was written filled in at
+  their defaults, so a run started by an older qprune still matches its own command."""
+  def fill(old, default):
+    if not isinstance(old, dict) or not isinstance(default, dict):
+      return old
+    out = dict(old)
+    for key, value in default.items():
+      out[key] = fill(old[key], value) if key in old else value
+    return out
+  return fill(stored, semantic_dict(base_config()))

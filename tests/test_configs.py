@@ -1,5 +1,6 @@
 """Every shipped config loads and validates, in the mode it is written for."""
 import glob
+import json
 import os
 
 import pytest
@@ -27,3 +28,13 @@ def test_bad_values_are_all_named_at_once():
   with pytest.raises(configs.ConfigError) as e:
     configs.validate(config)
   assert 'epochs=-1' in str(e.value) and 'prune.ratio' in str(e.value)
+
+
+def test_a_config_json_from_an_older_schema_matches_its_own_command():
+  """Fields added to the schema later are filled at their defaults, so an older run resumes."""
+  wanted = configs.semantic_dict(configs.base_config())
+  older = json.loads(json.dumps(wanted))
+  del older['quant']['final_epochs'], older['prune']['aggregate'], older['compute_dtype']
+  assert configs.with_new_defaults(older) == wanted
+  older['quant']['k'] = 1  # a real difference stays one
+  assert configs.with_new_defaults(older) != wanted

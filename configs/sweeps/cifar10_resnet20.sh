@@ -35,11 +35,5 @@ QPRUNE_PYTHON="$python" ./launch.sh --sweep configs/sweeps/cifar10_resnet20_quan
 [[ "$kind" != tiny ]] || { echo "tiny run finished: $out (not published)"; exit 0; }
 group=results/cifar10_resnet20; [[ "$kind" == cpu ]] || group="${group}_$kind"
 "$python" -m qprune.report.results publish --workdir="$out/fp" --to="$group/fp"
-for run in "$out"/quant/*/; do
-  [[ -f "$run/results.json" ]] || continue
-  name="$(basename "$run")"; name="${name#cifar10_resnet20_quant_}"; name="${name%_s0}"
-  name="${name//quant./}"
-  "$python" -m qprune.report.results publish --workdir="$run" \
-      --to="$group/$name"
-done
+"$python" -m qprune.report.results publish_sweep --sweep="$out/quant" --to="$group"
 "$python" -m qprune.report.results write

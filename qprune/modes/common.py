@@ -99,6 +99,8 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
   """
   os.makedirs(workdir, exist_ok=True)
   previous = files.read_json(os.path.join(workdir, CONFIG_JSON))
+  if previous is not None:
+    previous = configs.with_new_defaults(previous)
   wanted = configs.semantic_dict(config)
   if previous is not None and previous != wanted and not config.overwrite:
     changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))

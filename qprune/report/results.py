@@ -1,6 +1,7 @@
 r"""The committed results: `results/<dataset>_<model>/<run>/` folders and the RESULTS.md made from them.
 
   python -m qprune.report.results publish --workdir=W --to=results/mnist_lenet5/optimal_k3
+  python -m qprune.report.results publish_sweep --sweep=runs/q --to=results/mnist_lenet5
   python -m qprune.report.results write [--results=results] [--out=RESULTS.md] [--check]
 
 `publish` copies from a finished run what a user needs to use and judge it, small enough to
@@ -44,6 +45,14 @@ GOALS = {
 }
 
 
+# (description, compression ratio at least, accuracy at least) of the pipeline runs.
+PIPELINE_GOALS = {
+    ('mnist', 'lenet5'): (
+        ('>= 50x smaller than FP32 at >= 99.2 % (Deep Compression: 39x at 99.26 %)', 50.0, 0.992),
+    ),
+}
+
+
 class ResultsError(UserError):
   """A run folder cannot be published or read."""
 
@@ -82,11 +91,11 @@ def publish(workdir: str, dest: str, *, command: Optional[str] = None,
   if os.path.exists(dest):
     shutil.rmtree(dest)
   os.makedirs(dest)
+  results = _relative_paths(results, os.path.abspath(workdir))
   export = results.get('export_path')
   if export:
-    name = os.path.basename(export)
-    shutil.copy2(os.path.join(workdir, name), os.path.join(dest, name))
-    results['export_path'] = name
+    os.makedirs(os.path.dirname(os.path.join(dest, export)), exist_ok=True)
+    shutil.copy2(os.path.join(workdir, export), os.path.join(dest, export))
   else:
     for name in MODEL_FILES:
       src = os.path.join(workdir, name)
@@ -104,6 +113,59 @@ def publish(workdir: str, dest: str, *, command: Optional[str] = None,
     _write_text(os.path.join(dest, REPORT_MD), report)
   _write_text(os.path.join(dest, RESULTS_JSON), json.dumps(results, indent=1) + '\n')
   return sorted(os.listdir(dest))
+
+
+def run_name(config: dict) -> str:
+  """A short folder name for a run from its config.json: 'fp', 'optimal_k3', 'inq_b5',
+  'kmeans_budget2.5', ... plus '_final0' / '_retrain2' where the recipe is not the default."""
+  mode = config.get('mode')
+  if mode == 'train':
+    return 'fp'
+  if mode == 'prune':
+    p = config['prune']
+    return f'prune_{p["criterion"]}_r{p["ratio"]}'
+  q = config['quant']
+  if q['method'] == 'inq':
+    name = f'inq_b{q["bits"]}'
+  elif q.get('bits_budget'):
+    name = f'{q["method"]}_budget{q["bits_budget"]}'
+  elif q.get('tolerance'):
+    name = f'{q["method"]}_tol{q["tolerance"]}'
+  else:
+    name = f'{q["method"]}_k{q["k"]}'
+  if mode == 'pipeline':
+    name = f'pipeline_{name}'
+  if not q.get('final_epochs'):
+    name += '_final0'
+  if q.get('retrain_epochs') != 1:
+    name += f'_retrain{q["retrain_epochs"]}'
+  return name
+
+
+def publish_sweep(sweep_dir: str, group_dir: str) -> List[str]:
+  """Publishes every finished run under `sweep_dir` (e.g. a launch.sh --out folder) as
+  `group_dir/<run_name>`; returns the names."""
+  names = []
+  for entry in sorted(os.listdir(sweep_dir)):
+    workdir = os.path.join(sweep_dir, entry)
+    if os.path.isfile(os.path.join(workdir, RESULTS_JSON)):
+      name = run_name(_read_json(os.path.join(workdir, CONFIG_JSON)))
+      if name in names:
+        raise ResultsError(f'two runs in {sweep_dir} would both be published as {name}')
+      publish(workdir, os.path.join(group_dir, name))
+      names.append(name)
+  return names
+
+
+def _relative_paths(value, root: str):
+  """`value` (JSON data) with every path inside `root` made relative to it."""
+  if isinstance(value, dict):
+    return {k: _relative_paths(v, root) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_relative_paths(v, root) for v in value]
+  if isinstance(value, str) and (value == root or value.startswith(root + os.sep)):
+    return os.path.relpath(value, root)
+  return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +372,30 @@ def render(results_dir: str) -> str:
       out += [f'# {run["name"]}\n{run["results"].get("command", "(not recorded)")}'
               for run in quantized]
       out += ['```', '', '</details>', '']
+    pipelines = [r for r in runs if r['results'].get('mode') == 'pipeline']
+    if pipelines:
+      out += ['### Pipeline: prune, fine-tune, quantize, export (one command)', '',
+              '| run | params | MACs | pretrain epochs | after pruning | bits/weight | export | '
+              'compression | test accuracy | Δ vs FP | time |',
+              '|---|---|---|---|---|---|---|---|---|---|---|']
+      for run in pipelines:
+        r = run['results']
+        delta = r['test_accuracy'] - fp_accuracy if fp_accuracy is not None else None
+        out.append(f'| [{run["name"]}](results/{run["path"]}) | '
+                   f'{r["params_before"]:,} → {r["params"]:,} | '
+                   f'{r["macs_before"]:,} → {r["macs"]:,} | {r.get("pretrain_epochs")} | '
+                   f'{_pct(r.get("pruned_test_accuracy"))} | {r["bits_per_weight"]:.2f} | '
+                   f'{_size(r["export_bytes"])} | {r["compression_ratio"]:.1f}x | '
+                   f'{_pct(r["test_accuracy"])} | {_delta(delta)} | '
+                   f'{_minutes(r.get("wall_time_s"))} |')
+      out.append('')
+      for text, min_ratio, min_accuracy in PIPELINE_GOALS.get((dataset, model), ()):
+        met = [p for p in pipelines if p['results']['compression_ratio'] >= min_ratio and
+               p['results']['test_accuracy'] >= min_accuracy]
+        out.append(f'- Goal {text}: **{"met" if met else "missed"}**' +
+                   (f' by `{met[0]["name"]}`' if met else ''))
+      out += ['', '```'] + [f'# {run["name"]}\n{run["results"].get("command")}'
+                            for run in pipelines] + ['```', '']
     if key in errors:
       out += target_error_lines(errors[key])
   return '\n'.join(out).rstrip() + '\n'
@@ -354,6 +440,9 @@ def main(argv=None) -> int:
   p.add_argument('--to', required=True)
   p.add_argument('--command', help="results.json's command, for a run that did not record it")
   p.add_argument('--machine', help="results.json's machine, for a run that did not record it")
+  ps = sub.add_parser('publish_sweep', help='publish every finished run of a sweep folder')
+  ps.add_argument('--sweep', required=True)
+  ps.add_argument('--to', required=True, help='the group folder, e.g. results/mnist_lenet5')
   w = sub.add_parser('write', help='render RESULTS.md from results/')
   w.add_argument('--results', default='results')
   w.add_argument('--out', default='RESULTS.md')
@@ -364,6 +453,9 @@ def main(argv=None) -> int:
     if args.action == 'publish':
       print('\n'.join(publish(args.workdir, args.to, command=args.command,
                                   machine=args.machine)))
+      return 0
+    if args.action == 'publish_sweep':
+      print('\n'.join(publish_sweep(args.sweep, args.to)))
       return 0
     text = render(args.results)
     if args.check:

@@ -36,7 +36,7 @@ def test_published_folders_are_self_contained():
     with open(os.path.join(folder, 'report.md')) as f:
       assert '/work/' not in f.read(), run['path']
     assert run['results'].get('command', '').startswith('python -m qprune.main'), run['path']
-    if run['results']['mode'] == 'quantize':
+    if run['results'].get('export_path'):
       assert os.path.isfile(os.path.join(folder, run['results']['export_path']))
     else:
       assert os.path.isfile(os.path.join(folder, 'model.json'))
@@ -53,7 +53,7 @@ def test_published_mnist_models_reproduce_their_accuracy(data_dir, cache_dir):
   data = pipeline.load_data('mnist', data_dir, cache_dir=cache_dir)
   for run in runs:
     folder = os.path.join(RESULTS_DIR, run['path'])
-    if run['results']['mode'] == 'quantize':
+    if run['results'].get('export_path'):
       model, variables = qprune.load_quantized(os.path.join(folder, run['results']['export_path']))
       kernels = [np.asarray(v) for path, v in _flat(variables['params']) if path[-1] == 'kernel']
       for k in kernels:  # every weight 0 or ±2^e

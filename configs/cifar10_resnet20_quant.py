@@ -1,12 +1,17 @@
-"""Quantize a trained CIFAR-10 ResNet-20 (--config.init_from=<workdir of cifar10_resnet20.py>)."""
+"""Quantize a trained CIFAR-10 ResNet-20 (--config.init_from=<workdir of cifar10_resnet20*.py>).
+
+Default: the error-optimal target sets at k = 3 (3 bits), two retraining epochs per INQ step,
+one final epoch for BN and biases (the recipe that was best on LeNet-5; see RESULTS.md).
+"""
 from qprune.configs import sibling_config
 
 
 def get_config():
   c = sibling_config(__file__, 'cifar10_resnet20')
   c.mode = 'quantize'
-  c.quant.method = 'kmeans'
+  c.quant.method = 'optimal'
   c.quant.k = 3
   c.quant.retrain_epochs = 2
+  c.quant.final_epochs = 1
   c.quant.learning_rate = 0.01
   return c

@@ -80,7 +80,7 @@ def test_quantize_mode_puts_every_weight_on_its_targets(trained, data_dir, mnist
            f'--config.init_from={workdir}', '--config.quant.k=2',
            '--config.quant.schedule=(0.5, 1.0)', *SMALL)
   results = json.load(open(os.path.join(out, 'results.json')))
-  assert results['method'] == 'kmeans' and results['bits_per_weight'] <= 3
+  assert results['method'] == 'optimal' and results['bits_per_weight'] <= 3
   assert os.path.getsize(results['export_path']) == results['export_bytes']
   assert results['export_bytes'] < results['fp32_bytes'] / 8
   assert {l['name'] for l in results['layers']} == {'conv1', 'conv2', 'fc1', 'fc2'}

@@ -166,3 +166,15 @@ def test_export_of_a_pruned_run_uses_its_shrunk_spec(tmp_path):
   assert np.max(np.abs(theirs - ours)) <= TOL
   with pytest.raises(deploy.ExportError, match='no finished run'):
     export.export(str(tmp_path), 'onnx')
+
+
+@pytest.mark.real_data
+def test_verify_committed_quantized_lenet_on_the_full_test_split(data_dir, cache_dir):
+  """The committed 3-bit LeNet-5 through onnxruntime: the same predictions on all 10k images."""
+  import os  # pylint: disable=g-import-not-at-top
+  from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+  from qprune.deploy import verify  # pylint: disable=g-import-not-at-top
+  result = verify.verify(os.path.join(REPO_ROOT, 'results', 'mnist_lenet5', 'optimal_k3'),
+                         data_dir)
+  assert result['images'] == 10000 and result['max_abs_logit_diff'] < 1e-4
+  assert result['onnx_accuracy'] == result['qprune_accuracy'] > 0.99

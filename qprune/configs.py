@@ -112,6 +112,7 @@ def quant_config() -> ml_collections.ConfigDict:
   q.final_epochs = 0       # after the last snap: epochs training only what stays float (BN, biases)
   q.learning_rate = 0.01
   q.export_name = 'model.qpq'
+  q.exclude = ()           # layers kept in float32, e.g. ('conv1', 'fc2'): first and last
   q.entropy_coding = False  # store each layer's codes xz-compressed where that is smaller
   return q
 
@@ -240,6 +241,8 @@ def _validate_quant(q, p):
   _check(p, bool(schedule) and all(0 < f <= 1 for f in schedule) and
          list(schedule) == sorted(set(schedule)) and schedule[-1] == 1.0, 'quant.schedule',
          schedule, 'must be increasing fractions in (0, 1] ending at 1.0')
+  _check(p, all(isinstance(n, str) and n for n in q.exclude), 'quant.exclude', q.exclude,
+         "must be layer names, e.g. ('conv1', 'fc2')")
   for field in ('retrain_epochs', 'final_epochs'):
     _check(p, _is_int(q[field]) and q[field] >= 0, f'quant.{field}', q[field],
            'must be an integer >= 0')

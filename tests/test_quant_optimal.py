@@ -79,3 +79,18 @@ def test_all_zero_layer_and_adaptive_k():
 def test_bad_objective():
   with pytest.raises(ValueError, match='objective'):
     optimal.optimal_sets([np.ones(3, np.float32)], objective='l3')
+
+
+def test_quantize_mode_targets_respect_exclude():
+  """quant.exclude keeps named layers in float32 (no target set); an unknown name is one error."""
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  from qprune.modes import common, quantize  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  params = {name: {'kernel': rng.normal(0, 0.1, (3, 3, 2, 4)).astype(np.float32)}
+            for name in ('conv1', 'conv2', 'fc')}
+  qconfig = configs.quant_config()
+  qconfig.method, qconfig.k, qconfig.exclude = 'optimal', 2, ('conv1', 'fc')
+  assert set(quantize.choose_targets(qconfig, params)) == {'conv2'}
+  qconfig.exclude = ('conv9',)
+  with pytest.raises(common.RunError, match="conv9.*quantizable layers are conv1, conv2, fc"):
+    quantize.choose_targets(qconfig, params)

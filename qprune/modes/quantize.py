@@ -21,7 +21,13 @@ from qprune.train import loop
 
 
 def choose_targets(qconfig, params) -> dict:
+  """Target sets of every quantizable layer not in quant.exclude (those stay float32)."""
   layers = quant.quantizable_layers(params)
+  unknown = sorted(set(qconfig.exclude) - set(layers))
+  if unknown:
+    raise common.RunError(f'quant.exclude names {", ".join(unknown)}, which the model does not '
+                          f'have; its quantizable layers are {", ".join(layers)}')
+  layers = {name: w for name, w in layers.items() if name not in qconfig.exclude}
   if qconfig.method == 'inq':
     return quant.inq_targets(layers, qconfig.bits)
   if qconfig.method == 'optimal':
@@ -86,7 +92,8 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
       'fp32_bytes': quant.float32_nbytes(variables),
       'epochs_run': sum(s['epochs'] for s in steps_done) + final_epochs,
       'final_epochs': final_epochs, 'inq_steps': steps_done,
-      'layers': fp_rows, **common.model_counts(spec, variables, config)}
+      'float_layers': list(qconfig.exclude), 'layers': fp_rows,
+      **common.model_counts(spec, variables, config)}
 
 
 def run(config, workdir: str, mesh) -> dict:

@@ -316,6 +316,13 @@ def smallest_lossless_lines(runs: List[dict], fp_accuracy: float, within: float)
   return lines
 
 
+def commands_block(runs: List[dict]) -> List[str]:
+  """A collapsed list of the commands that made `runs`."""
+  return (['<details><summary>Commands</summary>', '', '```'] +
+          [f'# {run["name"]}\n{run["results"].get("command", "(not recorded)")}' for run in runs] +
+          ['```', '', '</details>', ''])
+
+
 def render(results_dir: str) -> str:
   """RESULTS.md's text: a pure function of the folders under `results_dir`."""
   groups = read_runs(results_dir)
@@ -368,10 +375,7 @@ def render(results_dir: str) -> str:
         out += ['Fewest bits per weight within 0.2 % of FP, per target rule:', '']
         out += smallest_lossless_lines(runs, fp_accuracy, 0.002) + ['']
       out += [f'![accuracy vs bits](results/{PLOTS_DIR}/{key}_accuracy_vs_bits.png)', '']
-      out += ['<details><summary>Commands</summary>', '', '```']
-      out += [f'# {run["name"]}\n{run["results"].get("command", "(not recorded)")}'
-              for run in quantized]
-      out += ['```', '', '</details>', '']
+      out += commands_block(quantized)
     pipelines = [r for r in runs if r['results'].get('mode') == 'pipeline']
     if pipelines:
       out += ['### Pipeline: prune, fine-tune, quantize, export (one command)', '',
@@ -394,8 +398,7 @@ def render(results_dir: str) -> str:
                p['results']['test_accuracy'] >= min_accuracy]
         out.append(f'- Goal {text}: **{"met" if met else "missed"}**' +
                    (f' by `{met[0]["name"]}`' if met else ''))
-      out += ['', '```'] + [f'# {run["name"]}\n{run["results"].get("command")}'
-                            for run in pipelines] + ['```', '']
+      out += [''] + commands_block(pipelines)
     if key in errors:
       out += target_error_lines(errors[key])
   return '\n'.join(out).rstrip() + '\n'

@@ -82,10 +82,14 @@ def publish(workdir: str, dest: str, *, command: Optional[str] = None,
   """Copies the finished run in `workdir` to `dest` (replaced); returns the files written.
 
   `command` / `machine` fill in results.json's fields for a run made before the binary recorded
-  them (never overriding recorded ones).
+  them (never overriding recorded ones); republishing keeps the ones filled in earlier.
   """
   results = _read_json(os.path.join(workdir, RESULTS_JSON))
+  earlier = {}
+  if os.path.isfile(os.path.join(dest, RESULTS_JSON)):  # republished: keep what was filled in
+    earlier = _read_json(os.path.join(dest, RESULTS_JSON))
   for field, value in (('command', command), ('machine', machine)):
+    value = value or earlier.get(field)
     if value and not results.get(field):
       results[field] = value
   if os.path.exists(dest):

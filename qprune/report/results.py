@@ -409,7 +409,8 @@ def render(results_dir: str) -> str:
 
 
 def plot(groups: Dict[str, List[dict]], plots_dir: str):
-  """accuracy vs bits per weight, one series per target rule, per model."""
+  """Accuracy vs bits per weight per model: every run a dot, a line per target rule through its
+  best run at each bit width."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -420,10 +421,14 @@ def plot(groups: Dict[str, List[dict]], plots_dir: str):
       continue
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in ('inq', 'kmeans', 'optimal'):
-      points = sorted((r['results']['bits_per_weight'], 100 * r['results']['test_accuracy'])
-                      for r in quantized if r['results']['method'] == method)
+      points = [(r['results']['bits_per_weight'], 100 * r['results']['test_accuracy'])
+                for r in quantized if r['results']['method'] == method]
       if points:
-        ax.plot(*zip(*points), marker='o', label=METHOD_TITLES[method])
+        best = {}
+        for bits, accuracy in points:  # recipe variants at equal bits: the line joins the best
+          best[bits] = max(best.get(bits, accuracy), accuracy)
+        line, = ax.plot(*zip(*sorted(best.items())), marker='o', label=METHOD_TITLES[method])
+        ax.scatter(*zip(*points), color=line.get_color(), alpha=0.4, s=14)
     fp = _fp_run(runs)
     if fp:
       ax.axhline(100 * fp['results']['test_accuracy'], color='gray', linestyle='--',

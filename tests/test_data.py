@@ -74,6 +74,7 @@ def test_wrong_number_of_classes_is_rejected(tmp_path, tiny_info):
     sources.load_arrays('tiny', str(tmp_path), cache_dir=str(tmp_path / 'c'), allow_download=False)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_mnist_is_complete_and_in_original_order(data_dir, cache_dir):
   arrays = sources.load_arrays('mnist', data_dir, cache_dir=cache_dir, allow_download=False)

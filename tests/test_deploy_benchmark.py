@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 
 
+@pytest.mark.slow
 def test_inference_benchmark_tiny_runs_and_reports_rows():
   proc = subprocess.run(
       [sys.executable, '-m', 'qprune.benchmarks.inference', '--tiny', '--models=lenet5', '--json'],

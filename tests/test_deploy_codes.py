@@ -72,6 +72,7 @@ def test_save_codes_and_load_codes_match_the_qpq(tmp_path):
   np.testing.assert_array_equal(model_c.apply(loaded, images), model_q.apply(reference, images))
 
 
+@pytest.mark.slow
 def test_resnet_and_an_empty_target_set(tmp_path):
   variables, targets, spec, qpq = _quantized_export(tmp_path, 'resnet20', (32, 32, 3), k=2)
   empty = dict(targets, fc=())  # a layer whose only code is zero

@@ -75,6 +75,7 @@ def test_lenet5_full_pruned_and_quantized_match_on_real_mnist(mnist_small, tmp_p
   assert np.mean(ours.argmax(-1) == labels) == np.mean(theirs.argmax(-1) == labels)
 
 
+@pytest.mark.slow
 def test_resnet20_full_and_residual_pruned_graph():
   model = qprune.create_model('resnet20', 10, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
   variables = _random_stats(qprune.init_variables(model, jax.random.PRNGKey(1), (32, 32, 3)), 1)

@@ -37,6 +37,7 @@ def test_codes_of_power_of_two_weights():
     deploy.power_of_two_codes(np.float32([0.3]))
 
 
+@pytest.mark.slow
 def test_layers_equal_the_multiplied_sums_exactly_and_xla_within_rounding():
   rng = np.random.default_rng(1)
   kernel = rng.standard_normal((3, 3, 4, 5)).astype(np.float32) * 0.3

@@ -72,6 +72,7 @@ def test_rerunning_a_finished_run_changes_nothing(trained, data_dir):
   assert open(os.path.join(workdir, 'results.json')).read() == before
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_quantize_mode_puts_every_weight_on_its_targets(trained, data_dir, mnist_test, tmp_path):
   workdir, _ = trained
@@ -147,6 +148,7 @@ TINY_PRUNE = ['--config.train_subset=1400', '--config.eval_subset=500', '--confi
               '--config.prune.holdout=300', '--config.prune.finetune_epochs=1']
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_prune_mode_shrinks_the_model(data_dir, mnist_test, tmp_path):
   out = str(tmp_path / 'prune')
@@ -161,6 +163,7 @@ def test_prune_mode_shrinks_the_model(data_dir, mnist_test, tmp_path):
   assert r['test_accuracy'] > 0.8
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_pipeline_end_to_end(data_dir, mnist_test, tmp_path):
   out = str(tmp_path / 'pipe')

@@ -85,6 +85,7 @@ def test_resolve_impl():
     conv_ops.resolve_impl('nope')
 
 
+@pytest.mark.slow
 def test_resnet20_gradients_match():
   from qprune.models import create_model, init_variables
   images = jax.random.randint(jax.random.key(3), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)

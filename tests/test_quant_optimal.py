@@ -24,6 +24,7 @@ def _brute_force(w, k, span, objective):
              for s in itertools.combinations(candidates, n))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('objective', optimal.OBJECTIVES)
 @pytest.mark.parametrize('jit', [True, False])
 def test_equals_brute_force(objective, jit, rng):

@@ -53,6 +53,7 @@ def _params(workdir):
   return jax.tree_util.tree_leaves(variables)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(
     data_dir, cache_dir, tmp_path):
@@ -101,6 +102,7 @@ PIPELINE_ARGS = ['--config.train_subset=1400', '--config.eval_subset=300', '--co
                  '--config.quant.schedule=(0.5, 0.75, 1.0)']
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_pipeline_killed_during_inq_resumes_to_the_same_export(data_dir, cache_dir, tmp_path):
   def cmd(workdir):

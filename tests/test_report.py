@@ -6,13 +6,11 @@ import types
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from qprune import quant, report
 from qprune.models import create_model, init_variables
 from qprune.report import collect as collect_lib
-from qprune.report import sensitivity
 
 from conftest import count_compiles
 

@@ -3,7 +3,6 @@
 Convs are named conv1..convN in order; 'M' is a 2x2 max-pool. After the last conv block a global
 average pool feeds a single linear classifier `fc` (VGG-16: 14.7M params, 313M MACs at 32x32).
 """
-from typing import Sequence
 
 import flax.linen as nn
 

@@ -6,13 +6,11 @@ A run's workdir holds:
   results.json     written last, atomically: a finished run
   metrics.jsonl, checkpoints/   from the training loop (or per stage, in subfolders)
 """
-import dataclasses
 import os
 import shutil
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
 from qprune import configs, files
 from qprune.errors import UserError

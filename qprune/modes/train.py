@@ -1,5 +1,4 @@
 """mode=train: train a model of the zoo (from scratch or from init_from) and save it."""
-import os
 
 from qprune.modes import common
 from qprune.train import loop

@@ -95,3 +95,18 @@ def test_quantize_mode_targets_respect_exclude():
   qconfig.exclude = ('conv9',)
   with pytest.raises(common.RunError, match="conv9.*quantizable layers are conv1, conv2, fc"):
     quantize.choose_targets(qconfig, params)
+
+
+def test_target_error_table(rng):
+  """report.target_errors: per layer and k, optimal <= k-means and <= INQ's rule where b fits."""
+  from qprune.report import target_errors  # pylint: disable=g-import-not-at-top
+  params = {'a': {'kernel': rng.normal(0, 0.1, (3, 3, 4, 8)).astype(np.float32)},
+            'b': {'kernel': rng.laplace(0, 0.05, (64, 10)).astype(np.float32)}}
+  rows = target_errors.layer_errors(params, ks=(1, 2, 3))
+  assert [(r['layer'], r['k']) for r in rows] == [('a', 1), ('b', 1), ('a', 2), ('b', 2),
+                                                  ('a', 3), ('b', 3)]
+  for r in rows:
+    assert r['optimal'] <= r['kmeans'] * (1 + 1e-5)
+    assert (r['inq'] is None) == (r['k'] == 3)
+    assert r['inq'] is None or r['optimal'] <= r['inq'] * (1 + 1e-5)
+  assert '| total | 928 | 1 |' in target_errors.markdown(rows)  # 3·3·4·8 + 64·10 weights

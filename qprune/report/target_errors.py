@@ -16,7 +16,6 @@ import sys
 from typing import Dict, List, Sequence
 
 from qprune import quant
-from qprune.quant import targets as targets_lib
 
 
 def inq_bits_for(k: int):
@@ -34,13 +33,9 @@ def layer_errors(params, ks: Sequence[int]) -> List[Dict]:
   rows = []
   for k in ks:
     bits = inq_bits_for(k)
-    inq = quant.inq_targets(layers, bits) if bits else {}
+    inq = quant.quantize_layers(layers, quant.inq_targets(layers, bits)) if bits else {}
     for l, name in enumerate(kmeans.names):
-      w = layers[name]
-      inq_error = None
-      if bits:
-        q = targets_lib.quantize(w, targets_lib._as_exponent_array(inq[name]))  # pylint: disable=protected-access
-        inq_error = float(targets_lib.l1_error(w, q))
+      inq_error = float(quant.l1_error(layers[name], inq[name])) if bits else None
       rows.append({'layer': name, 'weights': int(kmeans.num_weights[l]), 'k': k,
                    'inq': inq_error, 'kmeans': float(kmeans.errors[l, k - 1]),
                    'optimal': float(optimal.errors[l, k - 1])})

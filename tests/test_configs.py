@@ -38,3 +38,17 @@ def test_a_config_json_from_an_older_schema_matches_its_own_command():
   assert configs.with_new_defaults(older) == wanted
   older['quant']['k'] = 1  # a real difference stays one
   assert configs.with_new_defaults(older) != wanted
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('method', 'exact', "quant.method='exact'"),
+    ('objective', 'l3', "quant.objective='l3'"),
+    ('final_epochs', -1, 'quant.final_epochs=-1'),
+    ('exclude', ('conv1', ''), 'quant.exclude'),
+])
+def test_bad_quantization_fields(field, value, message):
+  config = configs.base_config()
+  config.mode, config.init_from = 'quantize', '/some/trained/run'
+  config.quant[field] = value
+  with pytest.raises(configs.ConfigError, match=message.replace('(', r'\(')):
+    configs.validate(config)

@@ -19,9 +19,8 @@ from qprune.train import StepHooks, TrainOptions, evaluate, fit
 
 def load_model(workdir: str, *, conv_impl: str = 'auto'):
   """(model, variables) of the finished run in `workdir` (the shrunk model after pruning)."""
-  # Imported here: the modes package imports the binary's config machinery.
+  from qprune.artifacts import load_saved_model  # pylint: disable=g-import-not-at-top
   from qprune.models.spec import model_from_spec  # pylint: disable=g-import-not-at-top
-  from qprune.modes.common import load_saved_model  # pylint: disable=g-import-not-at-top
   spec, variables = load_saved_model(workdir)
   return model_from_spec(spec, conv_impl=conv_impl), variables
 

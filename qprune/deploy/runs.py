@@ -36,7 +36,6 @@ def find_qpq(workdir: str) -> Optional[str]:
 def load_run(workdir: str) -> RunModel:
   """The deployable model of a finished run: `load_quantized` of its export for quantized runs
   (weights dequantized exactly), else `load_model` (the shrunk model after pruning)."""
-  from qprune.modes.common import RunError  # pylint: disable=g-import-not-at-top
   from qprune.quant import export as qpq  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(workdir):
     raise ExportError(f'workdir {workdir!r} does not exist')
@@ -49,9 +48,9 @@ def load_run(workdir: str) -> RunModel:
     model, variables = qpq.load_quantized(path)
     return RunModel(model, variables, spec, path)
   from qprune.models.spec import model_from_spec  # pylint: disable=g-import-not-at-top
-  from qprune.modes.common import load_saved_model  # pylint: disable=g-import-not-at-top
+  from qprune.artifacts import ModelNotFoundError, load_saved_model  # pylint: disable=g-import-not-at-top
   try:
     spec, variables = load_saved_model(workdir)
-  except RunError as e:
+  except ModelNotFoundError as e:
     raise ExportError(str(e)) from e
   return RunModel(model_from_spec(spec), variables, spec, None)

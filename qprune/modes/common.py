@@ -13,14 +13,16 @@ from typing import Optional
 import jax
 
 from qprune import configs, files
+from qprune.artifacts import (MODEL_DIR, MODEL_JSON, load_saved_model,  # noqa: F401 (re-exported)
+                              save_model)
 from qprune.errors import UserError
 from qprune.data import pipeline, sources
 from qprune.models import count_macs, count_params, init_variables
 from qprune.models.spec import model_from_spec, model_spec
-from qprune.train import checkpoint, parallel
+from qprune.train import parallel
 from qprune.train.loop import TrainOptions
 
-MODEL_JSON, MODEL_DIR, RESULTS_JSON, CONFIG_JSON = 'model.json', 'model', 'results.json', 'config.json'
+RESULTS_JSON, CONFIG_JSON = 'results.json', 'config.json'
 
 
 class RunError(UserError):
@@ -45,22 +47,6 @@ def spec_for(config) -> dict:
 
 def build(spec, config):
   return model_from_spec(spec, dtype=config.compute_dtype, conv_impl=config.conv_impl)
-
-
-def save_model(directory: str, spec: dict, variables):
-  """The model a stage hands on: spec + variables, the variables written first."""
-  checkpoint.save_variables(os.path.join(directory, MODEL_DIR), variables)
-  files.write_json_atomic(os.path.join(directory, MODEL_JSON), spec)
-
-
-def load_saved_model(directory: str):
-  """(spec, variables) of a finished run or stage; RunError when there is none."""
-  spec = files.read_json(os.path.join(directory, MODEL_JSON))
-  if spec is None:
-    raise RunError(f'{directory} holds no finished model ({MODEL_JSON} missing): point '
-                   f'init_from to the workdir of a finished run')
-  variables = checkpoint.load_variables(os.path.join(directory, MODEL_DIR))
-  return spec, variables
 
 
 def initial_model(config):

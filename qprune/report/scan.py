@@ -13,7 +13,7 @@ import numpy as np
 
 from qprune.data import pipeline
 from qprune.models.spec import model_from_spec
-from qprune.modes.common import load_saved_model
+from qprune.artifacts import load_saved_model
 from qprune.prune import batched
 from qprune.report.markdown import write_sensitivity
 from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
   parser.add_argument('--out', default=None)
   args = parser.parse_args(argv)
   import qprune  # pylint: disable=g-import-not-at-top
-  from qprune.modes.common import RunError  # pylint: disable=g-import-not-at-top
+  from qprune.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     ks = sorted({int(k) for k in args.ks.split(',')})
     if not ks or ks[0] < 1:
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     return 2
   try:
     _, variables = qprune.load_model(args.model_dir)
-  except (RunError, OSError) as e:
+  except (UserError, OSError) as e:
     print(f'qprune: error: {e}', file=sys.stderr)
     return 2
   rows = layer_errors(variables['params'], ks)

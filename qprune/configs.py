@@ -10,9 +10,8 @@ import os
 
 import ml_collections
 
-from qprune.errors import UserError
-
 from qprune.data.sources import DATASETS
+from qprune.errors import UserError
 from qprune.models import MODELS
 
 MODES = ('train', 'quantize', 'prune', 'pipeline')

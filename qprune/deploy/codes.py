@@ -53,7 +53,7 @@ def qpq_to_codes(data: bytes) -> Tuple[dict, dict]:
     chunk = payload[meta['offset']:meta['offset'] + meta['nbytes']]
     shape = tuple(meta['shape'])
     if meta['kind'] == 'codes':
-      codes = qpq.decode_codes(meta, chunk)
+      codes = qpq.leaf_codes(meta, chunk)
       entries.update(_codes_entries(meta['path'], codes, meta['exponents'], shape))
     else:
       entries[meta['path']] = np.frombuffer(chunk, '<f4').astype(np.float32).reshape(shape)

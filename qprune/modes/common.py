@@ -15,8 +15,8 @@ import jax
 from qprune import configs, files
 from qprune.artifacts import (MODEL_DIR, MODEL_JSON, load_saved_model,  # noqa: F401 (re-exported)
                               save_model)
-from qprune.errors import UserError
 from qprune.data import pipeline, sources
+from qprune.errors import UserError
 from qprune.models import count_macs, count_params, init_variables
 from qprune.models.spec import model_from_spec, model_spec
 from qprune.train import parallel

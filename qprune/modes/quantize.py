@@ -30,15 +30,16 @@ def choose_targets(qconfig, params) -> dict:
   layers = {name: w for name, w in layers.items() if name not in qconfig.exclude}
   if qconfig.method == 'inq':
     return quant.inq_targets(layers, qconfig.bits)
-  if qconfig.method == 'optimal':
-    table = quant.optimal_table(layers, k_max=qconfig.k_max, objective=qconfig.objective)
-  else:
-    table = quant.candidate_table(layers, k_max=qconfig.k_max)
   if qconfig.tolerance:
-    return quant.select_targets(table, tolerance=qconfig.tolerance)
-  if qconfig.bits_budget:
-    return quant.select_targets(table, bits_per_weight=qconfig.bits_budget)
-  return quant.select_targets(table, k=qconfig.k)
+    choice = {'tolerance': qconfig.tolerance}
+  elif qconfig.bits_budget:
+    choice = {'bits_per_weight': qconfig.bits_budget}
+  else:
+    choice = {'k': qconfig.k}
+  if qconfig.method == 'optimal':
+    return quant.optimal_targets(layers, k_max=qconfig.k_max, objective=qconfig.objective,
+                                 **choice)
+  return quant.kmeans_targets(layers, k_max=qconfig.k_max, **choice)
 
 
 def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:

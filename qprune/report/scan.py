@@ -11,9 +11,9 @@ Writes sensitivity_quant.md, sensitivity_prune.md and their plots.
 from absl import app, flags
 import numpy as np
 
+from qprune.artifacts import load_saved_model
 from qprune.data import pipeline
 from qprune.models.spec import model_from_spec
-from qprune.artifacts import load_saved_model
 from qprune.prune import batched
 from qprune.report.markdown import write_sensitivity
 from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity

@@ -1,13 +1,17 @@
 r"""qprune binary: train, quantize, prune or run the whole pipeline from a config.
 
   python -m qprune.main --config=configs/mnist_lenet5.py --workdir=/tmp/lenet \
-      --config.data_dir=../shared/data --config.epochs=1
+      --config.data_dir=DATA --config.epochs=1
+
+DATA holds mnist/{train,test}/<label>/<image> or mnist.tar.gz (python -m qprune.data.make_folders
+writes one); $QPRUNE_DATA_DIR is used when data_dir is ''.
 
 Rerunning with the same workdir resumes an unfinished run and leaves a finished one untouched.
 Bad input (config values, data, init_from, workdir) ends with one 'qprune: error: ...' line and
 exit status 2.
 On Linux it re-executes itself once at start with glibc's huge-page malloc tunable (faster CPU
-training, see qprune/ops/malloc.py; QPRUNE_HUGEPAGES=0 turns that off).
+training, see qprune/ops/malloc.py; QPRUNE_HUGEPAGES=0 turns that off, -v or QPRUNE_VERBOSE=1
+reports it).
 """
 import json
 import os
@@ -17,9 +21,16 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file in configs/.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and results.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file (configs/*.py); override any field with '
+    '--config.<field>=value.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and results '
+                               '(required unless --print_config).')
+_PRINT_CONFIG = flags.DEFINE_bool(
+    'print_config', False, 'Print the resolved config (after --config.* overrides) as JSON and '
+    'exit without running.')
+flags.mark_flags_as_required(['config'])
+_HELP_FLAGS = ('-h', '-help', '--help', '-?', '--helpshort', '-helpshort')
 
 
 def maybe_initialize_distributed():
@@ -107,18 +118,157 @@ def _summary(results: dict) -> str:
   return json.dumps({k: results[k] for k in keys if k in results})
 
 
+MODE_HELP = (
+    ('train', 'train a zoo model from scratch or from init_from'),
+    ('quantize', "power-of-two quantization of init_from's model (INQ schedule), bit-packed "
+                 'export model.qpq'),
+    ('prune', 'structured channel pruning decided during a short pretraining (Early-Bird), '
+              'candidate search, shrink, fine-tune'),
+    ('pipeline', 'prune, then quantize the pruned model (folders prune/ and quantize/)'),
+)
+
+
+def _configs_dir() -> str:
+  """configs/ of the checkout this module runs from, else of the current directory."""
+  beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  return beside if os.path.isdir(beside) else 'configs'
+
+
+def _config_files() -> list:
+  """[(file name, first docstring line)] of configs/*.py, read without running them."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  out = []
+  for path in sorted(glob.glob(os.path.join(_configs_dir(), '*.py'))):
+    try:
+      with open(path) as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ''
+    except (OSError, SyntaxError, ValueError):
+      doc = ''
+    out.append((os.path.basename(path), ' '.join(doc.split('\n\n')[0].split())))
+  return out
+
+
+def usage_text() -> str:
+  """What --help prints: usage, modes, config files, the config fields and the flags."""
+  import textwrap  # pylint: disable=g-import-not-at-top
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+
+  def wrapped(text, indent, first=''):
+    return textwrap.fill(text, 100, initial_indent=first or indent, subsequent_indent=indent)
+
+  lines = ['qprune: train, quantize, prune or run the whole pipeline on a CNN from a config.', '',
+           'Usage:',
+           '  python -m qprune.main --config=configs/FILE.py --workdir=DIR [--config.FIELD=VALUE ...]',
+           '  python -m qprune.main --config=configs/FILE.py [--config.FIELD=VALUE ...] --print_config',
+           '  python -m qprune.main --config=... --workdir=DIR [...] --only_check_args',
+           '',
+           'Rerunning with the same workdir resumes an unfinished run and leaves a finished one',
+           "untouched. Bad input ends with one 'qprune: error: ...' line and exit status 2.", '',
+           'Modes (--config.mode):']
+  lines += [wrapped(text, ' ' * 12, f'  {mode:<10}') for mode, text in MODE_HELP]
+  lines += ['', 'Config files (configs/):']
+  files = _config_files()
+  width = max([len(name) for name, _ in files] + [0]) + 2
+  lines += [wrapped(doc or '-', ' ' * (width + 2), f'  {name:<{width}}')
+            for name, doc in files] or ['  (none found)']
+  base = configs.base_config()
+  first = ('mode', 'dataset', 'model', 'data_dir', 'init_from', 'epochs', 'batch_size',
+           'learning_rate', 'seed', 'train_subset', 'eval_subset')
+  names = [k for k in first if k in base] + [k for k in base.keys() if k not in first]
+  top = [f'{k}={base[k]!r}' for k in names if not hasattr(base[k], 'items')]
+  lines += ['', 'Config fields and their defaults (qprune/configs.py; each config file sets some):',
+            wrapped('  '.join(top), '  ')]
+  for name, sub in base.items():
+    if hasattr(sub, 'items'):
+      lines.append(wrapped(', '.join(sub.keys()), ' ' * 4, f'  {name}.*: '))
+  lines.append('  (quant.*: mode quantize and pipeline; prune.*: mode prune and pipeline)')
+  lines += ['', 'Flags:',
+            '  --config=FILE         a config file; --config.FIELD=VALUE overrides a field',
+            '  --workdir=DIR         checkpoints, metrics, model, results.json, report.md',
+            '  --print_config        print the resolved config as JSON and exit (runs nothing)',
+            '  --only_check_args     validate the config and overrides, exit 0 (ok) or 2 (bad)',
+            '  -v 1, --verbosity=1   also report start-up details (the huge-page malloc re-exec)',
+            '  --helpfull            every absl flag',
+            '', wrapped("Environment: QPRUNE_DATA_DIR (used when data_dir is ''), QPRUNE_CACHE_DIR "
+                        '(decoded data), QPRUNE_HUGEPAGES=0 (no huge-page malloc), QPRUNE_VERBOSE=1.',
+                        '')]
+  return '\n'.join(lines)
+
+
+def _flag_error(e: Exception, argv) -> str:
+  """One clean line for a failed parse: an unknown field (with ml_collections' 'Did you mean'
+  hint, full dotted path) or a bad value."""
+  import re  # pylint: disable=g-import-not-at-top
+  inner = e.args[0] if isinstance(e, AttributeError) and e.args else e
+  text = str(inner.args[0]) if isinstance(inner, KeyError) and inner.args else str(inner)
+  if isinstance(inner, KeyError):
+    field = text.split('\n')[0].strip().strip('"\'')
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    suggestion = hint.group(1) if hint else None
+    # ml_collections names only the last part of a nested field: take the path from argv.
+    for arg in argv[1:]:
+      parts = arg.split('=', 1)[0][len('--config.'):].split('.') if arg.startswith(
+          '--config.') else []
+      if field in parts:
+        i = parts.index(field)
+        field = '.'.join(parts[:i + 1])
+        suggestion = suggestion and '.'.join(parts[:i] + [suggestion])
+        break
+    did_you_mean = f"; did you mean '{suggestion}'?" if suggestion else ''
+    return (f'unknown config field {field!r}{did_you_mean} (python -m qprune.main --help lists '
+            'the fields)')
+  return f'bad flag: {" ".join(text.split())}'
+
+
+def _exit_with_error(message: str):
+  print(f'qprune: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def parse_flags(argv):
-  """absl's parser, but a bad override (unknown field, wrong type) is one line, exit status 2."""
+  """absl's parser, plus: --help (usage, modes, configs, fields; exit 0), --print_config,
+  --only_check_args validating the config, and a bad override (unknown field, wrong type) or
+  unloadable config file as one 'qprune: error:' line, exit status 2."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    print(usage_text())
+    sys.exit(0)
+  if any(arg in ('--helpfull', '-helpfull') for arg in argv[1:]):
+    print(usage_text() + '\n\nAll flags:\n' + flags.FLAGS.get_help())
+    sys.exit(0)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # ml_collections: a field the config does not have
-    field = str(e).strip('"\'')
-    print(f'qprune: error: unknown config field {field!r} (see qprune/configs.py for the fields)',
-          file=sys.stderr, flush=True)
-    sys.exit(2)
+    _exit_with_error(_flag_error(e, argv))
   except (flags.Error, TypeError, ValueError) as e:
-    print(f'qprune: error: bad flag: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    _exit_with_error(_flag_error(e, argv))
+  try:
+    config = _CONFIG.value
+    config.keys()  # ml_collections defers a config file's load error to the first attribute use
+  except Exception as e:  # pylint: disable=broad-except
+    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [repr(e)]
+    _exit_with_error(f'cannot load --config={flags.FLAGS["config"].config_filename}: '
+                     f'{reason[0]}')
+  if _PRINT_CONFIG.value:
+    print(json.dumps(config.to_dict(), indent=2, default=str))
+    _check_config(config, warn_only=True)
+    sys.exit(0)
+  if _WORKDIR.value is None:
+    _exit_with_error('--workdir is required (the folder the run writes into; see --help)')
+  if flags.FLAGS['only_check_args'].value:
+    _check_config(config)
+  return rest
+
+
+def _check_config(config, warn_only: bool = False):
+  """configs.validate; an invalid config is one error line and exit 2 (a warning if warn_only)."""
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  try:
+    configs.validate(config)
+  except configs.ConfigError as e:
+    if not warn_only:
+      _exit_with_error(str(e))
+    print(f'qprune: warning: this config would be refused: {e}', file=sys.stderr, flush=True)
 
 
 def main(argv):

@@ -78,7 +78,22 @@ def test_tunable_puts_malloc_memory_on_huge_pages():
 
 @_NEEDS_HUGEPAGE_MALLOC
 def test_main_binary_reexecutes_once():
-  out = subprocess.run([sys.executable, '-m', 'qprune.main', '--helpshort'], env=_BASE_ENV,
-                       capture_output=True, text=True, check=False)
-  assert '--workdir' in out.stdout, out.stderr[-2000:]  # absl printed the help after the re-exec
+  out = subprocess.run([sys.executable, '-m', 'qprune.main', '--helpshort'],
+                       env={**_BASE_ENV, malloc.VERBOSE: '1'}, capture_output=True, text=True,
+                       check=False)
+  assert '--workdir' in out.stdout, out.stderr[-2000:]  # the help was printed after the re-exec
   assert out.stderr.count('huge-page malloc: re-executing with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ') == 1
+
+
+@pytest.mark.parametrize('argv, environ, expected', [
+    ([], {}, False),
+    (['--config=c.py'], {malloc.VERBOSE: '0'}, False),
+    ([], {malloc.VERBOSE: '1'}, True),
+    (['-v', '1'], {}, True),
+    (['-v=2'], {}, True),
+    (['--verbosity=1'], {}, True),
+    (['--verbosity', '0'], {}, False),
+    (['-v'], {}, False),  # no value: absl would refuse it; stay quiet
+])
+def test_reexec_is_reported_only_when_asked(argv, environ, expected):
+  assert malloc.verbose(argv, environ) is expected

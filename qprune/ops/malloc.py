@@ -13,7 +13,8 @@ once, with the tunable added to GLIBC_TUNABLES, before it has done any work. It 
 the tunable is already set (so it never loops), on non-Linux or non-glibc systems, on glibc older
 than 2.35, when the kernel's THP mode is not 'madvise' ('always' already gives huge pages,
 'never' cannot), and when QPRUNE_HUGEPAGES=0. Library code never calls it: only the `__main__`
-blocks of the binaries, where replacing the process image is expected.
+blocks of the binaries, where replacing the process image is expected. It says so on stderr only
+when asked (`-v 1` / `--verbosity=1` on the command line, or QPRUNE_VERBOSE=1).
 """
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Mapping, Optional
 
 TUNABLE = 'glibc.malloc.hugetlb'
 SWITCH = 'QPRUNE_HUGEPAGES'
+VERBOSE = 'QPRUNE_VERBOSE'  # '1': report the re-exec on stderr (as -v / --verbosity >= 1 does)
 _THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 _MIN_GLIBC = (2, 35)
 _DETECT = object()
@@ -75,17 +77,39 @@ def default_malloc_env(environ: Mapping[str, str]) -> dict:
   return {**environ, 'GLIBC_TUNABLES': ':'.join(tunables)}
 
 
+def verbose(argv, environ: Mapping[str, str]) -> bool:
+  """Whether the user asked for start-up details: $QPRUNE_VERBOSE (not '' or '0'), or absl's
+  `-v N` / `-v=N` / `--verbosity=N` / `--v N` with N >= 1 in `argv` (read before absl parses)."""
+  if environ.get(VERBOSE, '') not in ('', '0'):
+    return True
+  names = ('-v', '--v', '-verbosity', '--verbosity')
+  for i, arg in enumerate(argv):
+    name, eq, value = arg.partition('=')
+    if name not in names:
+      continue
+    if not eq:
+      value = argv[i + 1] if i + 1 < len(argv) else ''
+    try:
+      if int(value) >= 1:
+        return True
+    except ValueError:
+      pass
+  return False
+
+
 def reexec_with_hugepages() -> None:
   """Replaces this process by the same command line with `hugepage_env`, if it returns one.
 
   Call first thing in a binary's `__main__` block. The process keeps its PID; what was printed
-  is flushed first; `sys.orig_argv` keeps interpreter options and `-m module`.
+  is flushed first; `sys.orig_argv` keeps interpreter options and `-m module`. One stderr line
+  reports it when `verbose(sys.argv, os.environ)`.
   """
   env = hugepage_env(os.environ)
   if env is None or not sys.executable:
     return
-  print(f'qprune: huge-page malloc: re-executing with GLIBC_TUNABLES={env["GLIBC_TUNABLES"]} '
-        f'({SWITCH}=0 turns this off)', file=sys.stderr)
+  if verbose(sys.argv[1:], os.environ):
+    print(f'qprune: huge-page malloc: re-executing with GLIBC_TUNABLES={env["GLIBC_TUNABLES"]} '
+          f'({SWITCH}=0 turns this off)', file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -1,0 +1,72 @@
+"""The binary's command line: --help, --print_config, --only_check_args, clean flag errors.
+
+Each case is one subprocess of `python -m qprune.main` (it pays the JAX import), so few of them.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+LENET = os.path.join(REPO_ROOT, 'configs', 'mnist_lenet5.py')
+# Not verbose: the huge-page re-exec (where the machine has it) must stay silent.
+_ENV = {k: v for k, v in os.environ.items() if k != 'QPRUNE_VERBOSE'}
+
+
+def qprune_main(*args):
+  return subprocess.run([sys.executable, '-m', 'qprune.main', *args], capture_output=True,
+                        text=True, timeout=300, cwd=REPO_ROOT, env=_ENV)
+
+
+def test_help_lists_modes_configs_and_fields():
+  out = qprune_main('--help')
+  assert out.returncode == 0, out.stderr[-2000:]
+  for mode in ('train', 'quantize', 'prune', 'pipeline'):
+    assert f'\n  {mode} ' in out.stdout
+  for name in os.listdir(os.path.join(REPO_ROOT, 'configs')):
+    if name.endswith('.py'):
+      assert f'  {name} ' in out.stdout, name
+  for text in ("epochs=10", "dataset='mnist'", 'quant.*: ', 'prune.*: ', '--print_config',
+               '--only_check_args', '--workdir'):
+    assert text in out.stdout, text
+  assert out.stderr == ''  # no re-exec line without -v / QPRUNE_VERBOSE
+
+
+def test_print_config_shows_overrides_and_runs_nothing(tmp_path):
+  out = qprune_main(f'--config={LENET}', '--config.epochs=3', '--config.quant.k=4',
+                    '--print_config')
+  assert out.returncode == 0, out.stderr[-2000:]
+  config = json.loads(out.stdout)
+  assert config['epochs'] == 3 and config['quant']['k'] == 4 and config['model'] == 'lenet5'
+
+
+@pytest.mark.parametrize('overrides, status, message', [
+    (['--config.epochs=2'], 0, None),
+    (['--config.mode=compress'], 2, "qprune: error: bad config: mode='compress': must be one of"),
+    (['--config.epoch=1'], 2,
+     "qprune: error: unknown config field 'epoch'; did you mean 'epochs'?"),
+])
+def test_only_check_args_validates(overrides, status, message, tmp_path):
+  out = qprune_main(f'--config={LENET}', f'--workdir={tmp_path / "w"}', *overrides,
+                    '--only_check_args')
+  assert out.returncode == status, out.stderr[-2000:]
+  if message:
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), out.stderr
+    assert '\\' not in lines[0]  # no escaped quotes from the KeyError's repr
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_flag_error_messages():
+  """ml_collections' exceptions -> one line naming the full dotted field (in-process: cheap)."""
+  from qprune import main  # pylint: disable=g-import-not-at-top
+  argv = ['qprune', '--config=c.py', '--config.quant.methd=inq']
+  typo = AttributeError(KeyError('\'methd\'\nDid you mean "method" instead of "methd"?'))
+  assert main._flag_error(typo, argv).startswith(  # pylint: disable=protected-access
+      "unknown config field 'quant.methd'; did you mean 'quant.method'?")
+  unknown = AttributeError(KeyError("'bogus'"))
+  assert main._flag_error(unknown, ['q', '--config.bogus=1']).startswith(  # pylint: disable=protected-access
+      "unknown config field 'bogus' (")

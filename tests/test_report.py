@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from qprune import quant, report
+from qprune import quant, records, report
 from qprune.models import create_model, init_variables
 from qprune.report import collect as collect_lib
 
@@ -27,70 +27,95 @@ def lenet():
 
 
 def _synthetic_results(variables):
+  """(a quantize run's results.json, a prune run's, the target sets), as the modes write them."""
   layers = quant.quantizable_layers(variables['params'])
   targets = quant.inq_targets(layers, bits=4)
   rows = quant.layer_report(variables['params'], targets)
   history = [{'epoch': e, 'step': 10 * e, 'train_loss': 1.0 / e, 'train_accuracy': 0.5 + e / 10,
               'test_accuracy': 0.6 + e / 20, 'test_loss': 0.9 / e, 'epoch_time_s': 1.5}
              for e in range(1, 4)]
-  results = {
-      'mode': 'quantize', 'model': 'lenet5', 'dataset': 'mnist', 'test_accuracy': 0.71,
-      'fp_test_accuracy': 0.75, 'params': 1234, 'macs': 56789, 'epochs_run': 3,
-      'wall_time_s': 12.5, 'devices': 1, 'history': history, 'method': 'kmeans',
-      'bits_per_weight': quant.average_bits(rows), 'export_bytes': 500, 'fp32_bytes': 5000,
-      'export_path': '/tmp/x/model.qpq', 'layers': rows,
-      'inq_steps': [{'step': 1, 'frozen_fraction': 0.5, 'test_accuracy': 0.7, 'epochs': 1}],
-      # pruning keys (as mode=prune writes them)
-      'params_before': 2000, 'macs_before': 90000, 'pretrain_epochs': 3,
-      'mask_distance': [None, 0.3, 0.1], 'criterion': 'l1', 'prune_ratio': 0.5,
-      'search': [{'description': 'l1/uniform/ratio=0.5', 'criterion': 'l1', 'ratio': 0.5,
-                  'selection': 'uniform', 'params': 1234, 'macs': 56789, 'accuracy': 0.7,
-                  'loss': 0.8},
-                 {'description': 'l1/uniform/ratio=0.25', 'criterion': 'l1', 'ratio': 0.25,
-                  'selection': 'uniform', 'params': 1500, 'macs': 70000, 'accuracy': 0.72,
-                  'loss': 0.7}],
-      'prune_layers': [{'name': 'conv1', 'kept': 3, 'total': 5},
-                       {'name': 'conv2', 'kept': 6, 'total': 12}],
-      'layer_costs': [{'name': 'conv1', 'params_before': 130, 'params': 78, 'macs_before': 1e4,
-                       'macs': 6e3}],
-  }
-  return results, targets
+  quantized = records.QuantizeResults(
+      mode='quantize', model='lenet5', dataset='mnist', test_accuracy=0.71,
+      fp_test_accuracy=0.75, params=1234, macs=56789, epochs_run=3, wall_time_s=12.5, devices=1,
+      method='kmeans', bits_per_weight=quant.average_bits(rows), export_bytes=500,
+      fp32_bytes=5000, export_path='/tmp/x/model.qpq', layers=rows,
+      inq_steps=[records.InqStep(step=1, frozen_fraction=0.5, test_accuracy=0.7, epochs=3,
+                                 history=history)]).to_json()
+  pruned = records.PruneResults(
+      mode='prune', model='lenet5', dataset='mnist', test_accuracy=0.7,
+      pretrained_test_accuracy=0.75, pruned_test_accuracy=0.5, params=1234, macs=56789,
+      params_before=2000, macs_before=90000, pretrain_epochs=3, stop_rule='early_bird',
+      stop_rule_fired=True, eb_window=2, eb_threshold=0.1, mask_distance=[None, 0.3, 0.1],
+      mask_window_max=[None, 0.3, 0.1], mask_distance_to_final=[0.4, 0.1, 0.0],
+      criterion='l1', prune_ratio=0.5, selection='uniform',
+      search=[{'description': 'l1/uniform/ratio=0.5', 'criterion': 'l1', 'ratio': 0.5,
+               'selection': 'uniform', 'params': 1234, 'macs': 56789, 'accuracy': 0.7,
+               'loss': 0.8},
+              {'description': 'l1/uniform/ratio=0.25', 'criterion': 'l1', 'ratio': 0.25,
+               'selection': 'uniform', 'params': 1500, 'macs': 70000, 'accuracy': 0.72,
+               'loss': 0.7}],
+      search_best=0,
+      prune_layers=[{'name': 'conv1', 'kept': 3, 'total': 5},
+                    {'name': 'conv2', 'kept': 6, 'total': 12}],
+      layer_costs=[{'name': 'conv1', 'params_before': 130, 'params': 78, 'macs_before': 10000,
+                    'macs': 6000}],
+      pretrain_history=history, finetune_history=history[:1]).to_json()
+  return quantized, pruned, targets
+
+
+def _check_pngs(folder):
+  for name in os.listdir(folder):
+    assert open(os.path.join(folder, name), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
 
 
 def test_write_report_tables_and_plots(tmp_path, lenet):
   _, variables, _ = lenet
-  results, targets = _synthetic_results(variables)
-  path = report.write_report(str(tmp_path), results, variables=variables, targets=targets)
-  assert path == str(tmp_path / 'report.md')
+  quantized, pruned, targets = _synthetic_results(variables)
+  path = report.write_report(str(tmp_path / 'q'), quantized, variables=variables,
+                             targets=targets)
+  assert path == str(tmp_path / 'q' / 'report.md')
   text = open(path).read()
   for needle in ('## Quantization', 'conv1', 'fc2', 'exponents e', 'distinct values used',
-                 '## Pruning', 'Channels kept per group', '| conv2 | 6 | 12 | 50.00% |',
-                 'Candidate search', 'Mask distance', 'Params and MACs per layer',
-                 '## Training history', 'FP32 / exported bytes', '| ✓ | l1/uniform/ratio=0.5'):
+                 'bits per weight: 32.00 → ', 'compression (float32 / exported bytes) | 10.0x',
+                 'test accuracy, quantized | 71.00%', '## Training curves',
+                 '**INQ step 1 (50.00% frozen)**: 3 epochs', '| 1 | 50.00% | 3 | 70.00% |'):
     assert needle in text, needle
-  plots = sorted(os.listdir(tmp_path / 'plots'))
+  plots = sorted(os.listdir(tmp_path / 'q' / 'plots'))
   for name in quant.quantizable_layers(variables['params']):
     assert f'hist_{name}.png' in plots
     assert f'(plots/hist_{name}.png)' in text
-  assert {'mask_distance.png', 'history.png'} <= set(plots)
-  for name in plots:
-    assert open(tmp_path / 'plots' / name, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
-  assert not [f for f in os.listdir(tmp_path) if f.startswith('.tmp-')]  # atomic writes
+  assert 'curves.png' in plots
+  _check_pngs(tmp_path / 'q' / 'plots')
+
+  text = open(report.write_report(str(tmp_path / 'p'), pruned)).read()
+  for needle in ('## Pruning', 'Channels kept per group', '| conv2 | 6 | 12 | 50.00% |',
+                 'Candidate search', 'Mask distance', 'Params and MACs per layer',
+                 '| conv1 | 130 | 78 | 10,000 | 6,000 |', '| ✓ | l1/uniform/ratio=0.5',
+                 'params: 2,000 → 1,234  (-38.3%)', 'Early-Bird rule fired',
+                 'window maximum (window 2, threshold 0.1)', '**pretrain**: 3 epochs',
+                 '**finetune**: 1 epoch;', 'test accuracy right after shrinking'):
+    assert needle in text, needle
+  assert {'mask_distance.png', 'curves.png'} <= set(os.listdir(tmp_path / 'p' / 'plots'))
+  _check_pngs(tmp_path / 'p' / 'plots')
+  assert not [f for f in os.listdir(tmp_path / 'p') if f.startswith('.tmp-')]  # atomic writes
 
 
 def test_write_report_pipeline_stages(tmp_path, lenet):
   _, variables, _ = lenet
-  results, _ = _synthetic_results(variables)
-  prune_stage = {k: results[k] for k in ('params_before', 'params', 'macs_before', 'macs',
-                                         'mask_distance', 'prune_layers', 'criterion')}
-  quant_stage = {k: results[k] for k in ('layers', 'method', 'bits_per_weight', 'test_accuracy',
-                                         'fp_test_accuracy')}
+  quantized, pruned, _ = _synthetic_results(variables)
+  for stage in (quantized, pruned):  # stages written before they carried their mode
+    del stage['mode']
   pipeline = {'mode': 'pipeline', 'model': 'lenet5', 'dataset': 'mnist', 'test_accuracy': 0.7,
-              'compression_ratio': 31.5, 'export_path': '/tmp/x.qpq',
-              'stages': {'prune': prune_stage, 'quantize': quant_stage}}
+              'finetuned_test_accuracy': 0.72, 'compression_ratio': 31.5,
+              'export_path': '/tmp/x.qpq', 'stages': {'prune': pruned, 'quantize': quantized}}
+  record = records.from_json(pipeline)
+  assert isinstance(record.stages['prune'], records.PruneResults)
+  assert isinstance(record.stages['quantize'], records.QuantizeResults)
   text = open(report.write_report(str(tmp_path), pipeline, variables=variables)).read()
   assert '## Stage `prune`' in text and '## Stage `quantize`' in text
-  assert 'compression ratio | 31.5' in text
+  assert 'compression (original float32 / exported bytes) | 31.5x' in text
+  assert 'test accuracy after pruning and fine-tuning | 72.00%' in text
+  assert 'test accuracy right after shrinking (BN re-estimated) | 50.00%' in text
   assert os.path.exists(tmp_path / 'plots' / 'prune_mask_distance.png')
   assert os.path.exists(tmp_path / 'plots' / 'quantize_hist_conv1.png')
 

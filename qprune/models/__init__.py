@@ -11,7 +11,8 @@ import numpy as np
 
 from qprune.models.alexnet import AlexNet
 from qprune.models.base import ZooModel, channel_overrides
-from qprune.models.counting import count_macs, count_params, layer_macs
+from qprune.models.counting import (count_macs, count_params, layer_cost_rows, layer_costs,
+                                    layer_macs)
 from qprune.models.lenet import LeNet5
 from qprune.models.resnet import ResNetCifar
 from qprune.models.vgg import VGG

@@ -110,3 +110,27 @@ def count_macs(model: nn.Module, variables,
   """Total inference MACs per example (conv + dense). input_shape is (H, W, C) of a uint8 image,
   or pass example_input (array / ShapeDtypeStruct with a batch axis); see `layer_macs`."""
   return int(sum(layer_macs(model, variables, input_shape, example_input=example_input).values()))
+
+
+def layer_costs(model: nn.Module, variables, input_shape: Sequence[int]) -> dict:
+  """{layer: {'params', 'macs'}} of every conv / dense layer: its kernel and bias scalars, and
+  its MACs per image (`layer_macs`). input_shape: (H, W, C)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  macs = layer_macs(model, variables, input_shape)
+  params = {}
+  for path, leaf in traverse_util.flatten_dict(variables['params']).items():
+    layer = '/'.join(path[:-1])
+    if layer in macs:
+      params[layer] = params.get(layer, 0) + int(np.prod(leaf.shape))
+  return {name: {'params': params.get(name, 0), 'macs': m} for name, m in macs.items()}
+
+
+def layer_cost_rows(model_before: nn.Module, variables_before, model_after: nn.Module,
+                    variables_after, input_shape: Sequence[int]) -> list:
+  """[{name, params_before, params, macs_before, macs}] per conv / dense layer of the model
+  before pruning (a layer gone after pruning gets 0)."""
+  before = layer_costs(model_before, variables_before, input_shape)
+  after = layer_costs(model_after, variables_after, input_shape)
+  return [{'name': name, 'params_before': b['params'],
+           'params': after.get(name, {}).get('params', 0), 'macs_before': b['macs'],
+           'macs': after.get(name, {}).get('macs', 0)} for name, b in before.items()]

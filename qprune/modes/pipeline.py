@@ -6,28 +6,27 @@ done; a rerun skips finished stages and resumes the unfinished one from its chec
 """
 import os
 
-from qprune import files, quant
+from qprune import files, quant, records
 from qprune.modes import common
 from qprune.modes.prune import prune_model
 from qprune.modes.quantize import quantize_model
 
-STAGES = ('prune', 'quantize')
 
-
-def run_stage(name, stage_fn, config, workdir, mesh, data, spec, variables) -> dict:
+def run_stage(name, stage_fn, config, workdir, mesh, data, spec, variables) -> records.Results:
   stage_dir = os.path.join(workdir, name)
   results_path = os.path.join(stage_dir, common.RESULTS_JSON)
   done = files.read_json(results_path)
   if done is not None:
     print(f'stage {name}: finished earlier, skipped', flush=True)
-    return done
+    return records.from_json(done)
   print(f'stage {name}: running in {stage_dir}', flush=True)
-  results = stage_fn(config, stage_dir, mesh, data, spec, variables)
-  files.write_json_atomic(results_path, results)
-  return results
+  result = stage_fn(config, stage_dir, mesh, data, spec, variables)
+  result.mode, result.model, result.dataset = name, config.model, config.dataset
+  files.write_json_atomic(results_path, result.to_json())
+  return result
 
 
-def run(config, workdir: str, mesh) -> dict:
+def run(config, workdir: str, mesh) -> records.PipelineResults:
   spec, variables = common.initial_model(config)  # before the data: a bad init_from fails fast
   data = common.load_data(config, mesh)
   fp32_bytes = quant.float32_nbytes(variables)
@@ -36,17 +35,15 @@ def run(config, workdir: str, mesh) -> dict:
   quantized = run_stage('quantize', quantize_model, config, workdir, mesh, data, spec, variables)
   spec, variables = common.load_saved_model(os.path.join(workdir, 'quantize'))
   common.save_model(workdir, spec, variables)
-  return {
-      'test_accuracy': quantized['test_accuracy'],
-      'pretrained_test_accuracy': pruned['pretrained_test_accuracy'],
-      'pruned_test_accuracy': pruned['test_accuracy'],
-      'export_path': quantized['export_path'], 'export_bytes': quantized['export_bytes'],
-      'fp32_bytes_original': fp32_bytes,
-      'compression_ratio': fp32_bytes / quantized['export_bytes'],
-      'bits_per_weight': quantized['bits_per_weight'],
-      'params_before': pruned['params_before'], 'macs_before': pruned['macs_before'],
-      'params': quantized['params'], 'macs': quantized['macs'],
-      'pretrain_epochs': pruned['pretrain_epochs'],
-      'epochs_run': pruned['epochs_run'] + quantized['epochs_run'],
-      'stages': {'prune': pruned, 'quantize': quantized},
-  }
+  return records.PipelineResults(
+      test_accuracy=quantized.test_accuracy,
+      pretrained_test_accuracy=pruned.pretrained_test_accuracy,
+      pruned_test_accuracy=pruned.pruned_test_accuracy,
+      finetuned_test_accuracy=pruned.test_accuracy,
+      export_path=quantized.export_path, export_bytes=quantized.export_bytes,
+      fp32_bytes_original=fp32_bytes, compression_ratio=fp32_bytes / quantized.export_bytes,
+      bits_per_weight=quantized.bits_per_weight,
+      params_before=pruned.params_before, macs_before=pruned.macs_before,
+      params=quantized.params, macs=quantized.macs, pretrain_epochs=pruned.pretrain_epochs,
+      epochs_run=pruned.epochs_run + quantized.epochs_run,
+      stages={'prune': pruned, 'quantize': quantized})

@@ -17,8 +17,10 @@ import numpy as np
 
 from qprune import files, prune
 from qprune.data import pipeline
+from qprune.models import layer_cost_rows
 from qprune.modes import common
 from qprune.ops import compile as compile_lib
+from qprune.records import PruneResults
 from qprune.train import loop, steps
 
 SEARCH_JSON = 'search.json'
@@ -65,9 +67,10 @@ def decision_callback(pconfig, model, groups, score_data, rng):
     eb, info = prune.early_bird_step(eb, masks, rule)
     stop = ((pconfig.stop_rule == 'early_bird' and info['stable']) or
             (pconfig.stop_rule == 'fixed' and epoch >= pconfig.pretrain_epochs))
-    distance = None if np.isnan(info['distance']) else info['distance']
-    return stop, {'mask': encode_masks(masks), 'mask_distance': distance,
-                  'mask_window_max': info['window_max'], 'mask_stable': info['stable']}
+    def finite(x):
+      return None if x is None or np.isnan(x) else float(x)
+    return stop, {'mask': encode_masks(masks), 'mask_distance': finite(info['distance']),
+                  'mask_window_max': finite(info['window_max']), 'mask_stable': info['stable']}
 
   return on_epoch_end
 
@@ -90,7 +93,8 @@ def pretrain(config, workdir, mesh, data, model, variables, groups, score_data, 
         params, pconfig.slimming_lambda))
   result = loop.fit(model, variables, data, common.train_options(config),
                     os.path.join(workdir, 'pretrain'), hooks=hooks, mesh=mesh,
-                    on_epoch_end=decision_callback(pconfig, model, groups, score_data, rng))
+                    on_epoch_end=decision_callback(pconfig, model, groups, score_data, rng),
+                    label='pretrain')
   return result.state.variables, result.history
 
 
@@ -132,7 +136,7 @@ def run_search(config, workdir, model, spec, variables, groups, score_data, bn_i
   return masks[best], rows, best
 
 
-def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
+def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   """The whole prune stage; writes the shrunk, fine-tuned model into `workdir`."""
   pconfig = config.prune
   data, holdout = split_holdout(data, pconfig.holdout)
@@ -158,36 +162,45 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> dict:
   small_variables = {'params': small_variables['params'],
                      'batch_stats': reestimate(small_model, (), small_variables, None, bn_images)}
   small_spec = dict(spec, channels={**spec['channels'], **prune.shrunk_widths(groups, masks)})
+  costs = layer_cost_rows(model, variables, small_model, small_variables, spec['input_shape'])
   pruned = loop.evaluate(small_model, small_variables, data.test, config.eval_batch_size, mesh)
   options = common.train_options(config, epochs=pconfig.finetune_epochs,
                                  learning_rate=pconfig.finetune_learning_rate)
   finetuned = loop.fit(common.build(small_spec, config), small_variables, data, options,
-                       os.path.join(workdir, 'finetune'), mesh=mesh)
+                       os.path.join(workdir, 'finetune'), mesh=mesh, label='finetune')
   variables = finetuned.state.variables
   common.save_model(workdir, small_spec, variables)
   counts = common.model_counts(small_spec, variables, config)
   sizes = prune.group_sizes(groups)
-  return {
-      'test_accuracy': finetuned.test_accuracy,
-      'pretrained_test_accuracy': history[-1].get('test_accuracy') if history else None,
-      'pruned_test_accuracy': pruned['accuracy'],
-      'params_before': before['params'], 'macs_before': before['macs'], **counts,
-      'params_removed': 1 - counts['params'] / before['params'],
-      'macs_removed': 1 - counts['macs'] / before['macs'],
-      'pretrain_epochs': len(history),
-      'stopped_early': bool(history and history[-1].get('stopped_early')),
-      'mask_distance': [h.get('mask_distance') for h in history],
-      'mask_distance_to_final': distances_to_final(history),
-      'criterion': rows[best]['criterion'], 'prune_ratio': rows[best]['ratio'],
-      'selection': rows[best]['selection'], 'search': rows, 'search_best': best,
-      'prune_layers': [{'name': name, 'kept': int(np.sum(masks[name])), 'total': sizes[name]}
-                       for name in sorted(masks)],
-      'finetune_epochs': finetuned.epochs_run,
-      'epochs_run': len(history) + finetuned.epochs_run,
-  }
+  fired = bool(history and history[-1].get('mask_stable')) and pconfig.stop_rule == 'early_bird'
+  return PruneResults(
+      test_accuracy=finetuned.test_accuracy,
+      pretrained_test_accuracy=history[-1].get('test_accuracy') if history else None,
+      pruned_test_accuracy=pruned['accuracy'],
+      params_before=before['params'], macs_before=before['macs'], **counts,
+      params_removed=1 - counts['params'] / before['params'],
+      macs_removed=1 - counts['macs'] / before['macs'],
+      pretrain_epochs=len(history), stop_rule=pconfig.stop_rule, stop_rule_fired=fired,
+      stopped_early=bool(history and history[-1].get('stopped_early')),
+      eb_window=pconfig.eb_window, eb_threshold=pconfig.eb_threshold,
+      mask_distance=[h.get('mask_distance') for h in history],
+      mask_window_max=[h.get('mask_window_max') for h in history],
+      mask_distance_to_final=distances_to_final(history),
+      criterion=rows[best]['criterion'], prune_ratio=rows[best]['ratio'],
+      selection=rows[best]['selection'], search=rows, search_best=best,
+      prune_layers=[{'name': name, 'kept': int(np.sum(masks[name])), 'total': sizes[name]}
+                    for name in sorted(masks)],
+      layer_costs=costs,
+      finetune_epochs=finetuned.epochs_run, epochs_run=len(history) + finetuned.epochs_run,
+      pretrain_history=[_curve(h) for h in history], finetune_history=finetuned.history)
 
 
-def run(config, workdir: str, mesh) -> dict:
+def _curve(record: dict) -> dict:
+  """A pretraining epoch's record without its masks (they are in pretrain/metrics.jsonl)."""
+  return {k: v for k, v in record.items() if k != 'mask'}
+
+
+def run(config, workdir: str, mesh) -> PruneResults:
   spec, variables = common.initial_model(config)  # before the data: a bad init_from fails fast
   data = common.load_data(config, mesh)
   return prune_model(config, workdir, mesh, data, spec, variables)

@@ -17,6 +17,7 @@ import jax
 
 from qprune import quant
 from qprune.modes import common
+from qprune.records import InqStep, QuantizeResults
 from qprune.train import loop
 
 
@@ -42,8 +43,8 @@ def choose_targets(qconfig, params) -> dict:
   return quant.kmeans_targets(layers, k_max=qconfig.k_max, **choice)
 
 
-def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
-  """The INQ stage on `variables`; returns results (and writes export + model in `workdir`)."""
+def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResults:
+  """The INQ stage on `variables`; writes the export and the model in `workdir`."""
   qconfig = config.quant
   model = common.build(spec, config)
   fp = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
@@ -58,18 +59,20 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
 
   def retrain(params, freeze_mask):
     nonlocal batch_stats
-    stage = os.path.join(workdir, f'inq_step{len(steps_done) + 1}')
+    step, fraction = len(steps_done) + 1, qconfig.schedule[len(steps_done)]
     result = loop.fit(model, {'params': params, 'batch_stats': batch_stats}, data, options,
-                      stage, aux={'freeze_mask': freeze_mask}, mesh=mesh)
+                      os.path.join(workdir, f'inq_step{step}'), aux={'freeze_mask': freeze_mask},
+                      mesh=mesh, label=f'inq {step}/{len(qconfig.schedule)} '
+                                       f'({100 * fraction:g}% frozen)')
     batch_stats = result.state.batch_stats
-    steps_done.append({'step': len(steps_done) + 1,
-                       'frozen_fraction': qconfig.schedule[len(steps_done)],
-                       'test_accuracy': result.test_accuracy, 'epochs': result.epochs_run})
+    steps_done.append(InqStep(step=step, frozen_fraction=fraction,
+                              test_accuracy=result.test_accuracy, epochs=result.epochs_run,
+                              history=result.history))
     return result.state.params
 
   params, final_mask = quant.run_inq(variables['params'], targets, retrain,
                                      tuple(qconfig.schedule))
-  final_epochs = 0
+  final_epochs, final_history = 0, []
   if qconfig.final_epochs:
     # Every quantized weight is frozen now; BN and biases adapt to the snapped weights (and BN
     # statistics are re-estimated on the way).
@@ -77,8 +80,9 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
                      common.train_options(config, epochs=qconfig.final_epochs,
                                           learning_rate=qconfig.learning_rate),
                      os.path.join(workdir, 'inq_final'), aux={'freeze_mask': final_mask},
-                     mesh=mesh)
-    params, batch_stats, final_epochs = final.state.params, final.state.batch_stats, final.epochs_run
+                     mesh=mesh, label='inq final (BN, biases)')
+    params, batch_stats = final.state.params, final.state.batch_stats
+    final_epochs, final_history = final.epochs_run, final.history
   variables = {'params': jax.device_get(params), 'batch_stats': jax.device_get(batch_stats)}
   test = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
 
@@ -86,18 +90,16 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> dict:
   export_bytes = quant.save_quantized(export_path, variables, targets, spec,
                                       entropy_coding=qconfig.entropy_coding)
   common.save_model(workdir, spec, variables)
-  return {
-      'test_accuracy': test['accuracy'], 'fp_test_accuracy': fp['accuracy'],
-      'method': qconfig.method, 'bits_per_weight': quant.average_bits(fp_rows),
-      'export_path': os.path.abspath(export_path), 'export_bytes': export_bytes,
-      'fp32_bytes': quant.float32_nbytes(variables),
-      'epochs_run': sum(s['epochs'] for s in steps_done) + final_epochs,
-      'final_epochs': final_epochs, 'inq_steps': steps_done,
-      'float_layers': list(qconfig.exclude), 'layers': fp_rows,
-      **common.model_counts(spec, variables, config)}
+  return QuantizeResults(
+      test_accuracy=test['accuracy'], fp_test_accuracy=fp['accuracy'], method=qconfig.method,
+      bits_per_weight=quant.average_bits(fp_rows), export_path=os.path.abspath(export_path),
+      export_bytes=export_bytes, fp32_bytes=quant.float32_nbytes(variables),
+      epochs_run=sum(s.epochs for s in steps_done) + final_epochs, final_epochs=final_epochs,
+      inq_steps=steps_done, final_history=final_history, float_layers=list(qconfig.exclude),
+      layers=fp_rows, **common.model_counts(spec, variables, config))
 
 
-def run(config, workdir: str, mesh) -> dict:
+def run(config, workdir: str, mesh) -> QuantizeResults:
   spec, variables = common.initial_model(config)  # before the data: a bad init_from fails fast
   data = common.load_data(config, mesh)
   return quantize_model(config, workdir, mesh, data, spec, variables)

@@ -6,12 +6,9 @@ and the batch collector launch.sh uses.
   prune_sensitivity(model, variables, split, ratios=(.25, .5, .75)) -> rows (one per group, ratio)
   write_sensitivity(rows, workdir, 'quant' | 'prune') -> 'workdir/sensitivity_<kind>.md'
   sweep_plots(results_list, out_dir) -> [accuracy_vs_bits.png, accuracy_vs_macs.png]
-  layer_cost_rows(model, variables, small_model, small_variables, input_shape) -> per-layer
-      params/MACs before and after pruning (results' `layer_costs`)
   python -m qprune.report.collect OUT -> OUT/summary.md, OUT/summary.csv
 """
 from qprune.report.collect import write_summary
-from qprune.report.costs import layer_cost_rows, layer_costs
 from qprune.report.markdown import REPORT_MD, render, write_report, write_sensitivity
 from qprune.report.plots import (mask_distance_plot, sweep_plots, weight_histogram,
                                  weight_histogram_grid)
@@ -19,5 +16,5 @@ from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity
 
 __all__ = ['write_report', 'render', 'write_sensitivity', 'quant_sensitivity',
            'prune_sensitivity', 'sweep_plots', 'weight_histogram', 'weight_histogram_grid',
-           'mask_distance_plot', 'layer_cost_rows', 'layer_costs', 'write_summary',
+           'mask_distance_plot', 'write_summary',
            'REPORT_MD']

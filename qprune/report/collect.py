@@ -18,21 +18,23 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
+if __name__ == '__main__' and sys.path and (
+    os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))):
+  # Run by path: this folder's modules must not shadow top-level ones, and the checkout's
+  # qprune (records.py: standard library only) is importable without installing it.
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from qprune import records  # noqa: E402  (standard library only, no JAX)
+
 JOBS_TSV = 'jobs.tsv'
 LOGS_DIR = 'logs'
 SUMMARY_MD = 'summary.md'
 SUMMARY_CSV = 'summary.csv'
 JOB_FIELDS = ('name', 'config', 'seed', 'overrides', 'workdir', 'log')
 
-# (column, results key); values are looked up at the top level, then in pipeline stages.
-RESULT_COLUMNS = (
-    ('mode', 'mode'), ('model', 'model'), ('dataset', 'dataset'),
-    ('test_accuracy', 'test_accuracy'), ('fp_test_accuracy', 'fp_test_accuracy'),
-    ('params', 'params'), ('macs', 'macs'), ('bits_per_weight', 'bits_per_weight'),
-    ('compression_ratio', 'compression_ratio'), ('export_bytes', 'export_bytes'),
-    ('prune_ratio', 'prune_ratio'), ('epochs_run', 'epochs_run'),
-    ('wall_time_s', 'wall_time_s'),
-)
+# (column, results key): the record fields marked as columns (qprune/records.py); values are
+# looked up at the top level, then in pipeline stages.
+RESULT_COLUMNS = tuple((name, name) for name in records.COLUMNS)
 ALWAYS = ('job', 'status')
 
 
@@ -121,7 +123,7 @@ def _cell(value, column: str) -> str:
   if value is None:
     return ''
   if isinstance(value, float):
-    if column.endswith('accuracy'):
+    if records.UNITS.get(column) == records.FRACTION:
       return f'{value:.4f}'
     if column == 'wall_time_s':
       return f'{value:.1f}'
@@ -193,6 +195,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)  # run by path: don't let this folder's modules shadow top-level ones
   sys.exit(main())

@@ -1,15 +1,18 @@
-"""`report.md` of a run: summary, per-layer tables and PNG plots, from its results dict.
+"""`report.md` of a run: summary, per-layer tables and PNG plots, from its results record.
 
-`write_report(workdir, results, variables, targets)` renders whatever the results hold:
+`write_report(workdir, results, variables, targets)` renders whatever the record holds
+(`qprune.records`; a results.json dict is read with `records.from_json`):
 
-* every run: a summary table and the training history (table + accuracy curve);
-* quantization (`layers`): exponents, bits, distinct values, L1 error per layer, and with
-  `variables` the thesis' figure 3.1 per layer (log2|w| histogram with the targets marked);
-* pruning (`prune_layers`, `search`, `mask_distance`, `layer_costs`): channels kept / total per
-  group, params / MACs before and after (per layer when `layer_costs` is there), the candidate
-  search, and the Early-Bird mask distance per epoch;
+* every run: the before → after block the console prints, a summary table of every labelled
+  field, the per-layer params / MACs of the saved model, and the training curves of every stage
+  (pretraining, fine-tuning, each INQ step) on one epoch axis;
+* quantization: exponents, bits, distinct values, L1 error per layer, the INQ steps, and with
+  `variables` a log2|w| histogram per layer with the chosen targets marked;
+* pruning: channels kept / total per group, params / MACs before and after (in total and per
+  layer), the candidate search, and the Early-Bird mask distance with the window maximum the
+  stop rule tests and its threshold;
 * sensitivity scans (`quant_sensitivity`, `prune_sensitivity` row lists): table + plot;
-* a pipeline (`stages: {name: results}`): the same sections once per stage.
+* a pipeline: the same sections once per stage.
 
 Plots go to `workdir/plots/`; the markdown links them relatively. All writes are atomic.
 """
@@ -18,7 +21,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from qprune import files
+from qprune import files, records
 from qprune.report import plots
 
 REPORT_MD = 'report.md'
@@ -31,9 +34,9 @@ PLOTS_DIR = 'plots'
 def fmt(value: Any) -> str:
   """Compact cell text: ints with thousands separators, floats with 4 significant digits."""
   if value is None:
-    return ''
+    return '–'
   if isinstance(value, bool):
-    return str(value)
+    return 'yes' if value else 'no'
   if isinstance(value, (int, np.integer)):
     return f'{int(value):,}'
   if isinstance(value, (float, np.floating)):
@@ -58,10 +61,6 @@ def _image(path: str, workdir: str, alt: str) -> str:
   return f'![{alt}]({os.path.relpath(path, workdir)})'
 
 
-def _pct(x) -> str:
-  return '' if x is None else f'{100.0 * float(x):.2f}%'
-
-
 # ---------------------------------------------------------------------------------------------
 # Sections. Each returns markdown lines; `ctx` carries workdir, plots dir and file-name prefix.
 
@@ -80,36 +79,20 @@ class _Context:
     return os.path.join(self.plots, self.prefix + name)
 
 
-_SUMMARY_KEYS = (
-    ('mode', 'mode'), ('model', 'model'), ('dataset', 'dataset'),
-    ('test_accuracy', 'test accuracy'), ('fp_test_accuracy', 'float test accuracy'),
-    ('pretrained_test_accuracy', 'test accuracy after pretraining'),
-    ('pruned_test_accuracy', 'test accuracy after pruning'),
-    ('params_before', 'params before pruning'), ('params', 'params'),
-    ('macs_before', 'MACs before pruning'), ('macs', 'MACs per image'),
-    ('method', 'quantization method'), ('bits_per_weight', 'bits per weight'),
-    ('criterion', 'pruning criterion'), ('prune_ratio', 'prune ratio'),
-    ('params_removed', 'params removed'), ('macs_removed', 'MACs removed'),
-    ('pretrain_epochs', 'pretraining epochs'), ('stopped_early', 'pretraining stopped early'),
-    ('finetune_epochs', 'fine-tuning epochs'), ('epochs_run', 'epochs run'),
-    ('fp32_bytes_original', 'FP32 bytes of the original model'),
-    ('fp32_bytes', 'FP32 bytes'), ('export_bytes', 'exported bytes'),
-    ('compression_ratio', 'compression ratio'), ('export_path', 'export'),
-    ('wall_time_s', 'wall time (s)'), ('devices', 'devices'),
-)
+def summary_section(record: records.Results, ctx: _Context) -> List[str]:
+  """The console's before → after block, then every labelled field of the record."""
+  block = record.summary_lines()[1:]
+  lines = ['```', *[line.strip() for line in block], '```', ''] if block else []
+  rows = [{'k': label, 'v': value} for label, value in records.summary_rows(record)]
+  return lines + (table(rows, ['k', 'v'], ['', 'value']) if rows else [])
 
 
-def summary_section(results: Mapping, ctx: _Context) -> List[str]:
-  rows = [{'k': label, 'v': results[key]} for key, label in _SUMMARY_KEYS
-          if results.get(key) is not None]
-  if results.get('export_bytes') and results.get('fp32_bytes') and 'compression_ratio' not in results:
-    rows.append({'k': 'FP32 / exported bytes',
-                 'v': float(results['fp32_bytes']) / float(results['export_bytes'])})
-  return table(rows, ['k', 'v'], ['', 'value']) if rows else []
+def _pct(x) -> str:
+  return records.format_value(x, records.FRACTION)
 
 
-_HISTORY_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
-                    'epoch_time_s')
+_CURVE_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+                  'epoch_time_s')
 
 
 def _thin(rows: Sequence, keep: int = 30) -> list:
@@ -121,28 +104,45 @@ def _thin(rows: Sequence, keep: int = 30) -> list:
   return picked if picked[-1] is rows[-1] else picked + [rows[-1]]
 
 
-def history_section(history: Sequence[Mapping], ctx: _Context, title: str = 'Training history'
-                    ) -> List[str]:
-  """Per-epoch table (thinned to ~30 rows) and a train/test accuracy curve."""
-  if not history:
+def training_stages(record: records.Results) -> List[tuple]:
+  """[(stage name, per-epoch rows)] of every training stage of a run, in order."""
+  if isinstance(record, records.TrainResults):
+    return [('train', record.history)]
+  if isinstance(record, records.QuantizeResults):
+    out = [(f'INQ step {s.step} ({_pct(s.frozen_fraction)} frozen)', s.history)
+           for s in record.inq_steps]
+    return out + [('final (BN, biases)', record.final_history)]
+  if isinstance(record, records.PruneResults):
+    return [('pretrain', record.pretrain_history), ('finetune', record.finetune_history)]
+  return []
+
+
+def curves_section(record: records.Results, ctx: _Context) -> List[str]:
+  """Per-stage epoch tables (thinned to ~30 rows) and one plot of all stages' curves."""
+  stages = [(name, rows) for name, rows in training_stages(record) if rows]
+  if not stages:
     return []
-  columns = [c for c in _HISTORY_COLUMNS if any(c in h for h in history)]
-  lines = [ctx.heading(title), '']
-  first, last = history[0], history[-1]
-  best = max((h.get('test_accuracy') for h in history if h.get('test_accuracy') is not None),
-             default=None)
-  lines += [f'{len(history)} epochs; train loss {fmt(first.get("train_loss"))} → '
-            f'{fmt(last.get("train_loss"))}; last test accuracy {_pct(last.get("test_accuracy"))}'
-            f'; best {_pct(best)}.', '']
-  lines += table(_thin(history), columns)
-  series = {k: [h.get(k) for h in history] for k in ('train_accuracy', 'test_accuracy')
-            if any(h.get(k) is not None for h in history)}
-  if series:
-    epochs = [h.get('epoch', i + 1) for i, h in enumerate(history)]
-    path = plots.line_plot(epochs, series, ctx.plot_path('history.png'), xlabel='epoch',
-                           ylabel='accuracy', title=title)
-    lines += [_image(path, ctx.workdir, 'accuracy per epoch'), '']
-  return lines
+  lines = [ctx.heading('Training curves'), '']
+  for name, history in stages:
+    first, last = history[0], history[-1]
+    lines += [f'**{name}**: {records.plural(len(history), "epoch")}; train loss '
+              f'{fmt(first.get("train_loss"))} → {fmt(last.get("train_loss"))}; test accuracy '
+              f'at the end {_pct(last.get("test_accuracy"))}.', '']
+    columns = [c for c in _CURVE_COLUMNS if any(c in h for h in history)]
+    lines += table(_thin(history), columns)
+  path = plots.stage_curves(stages, ctx.plot_path('curves.png'))
+  return lines + [_image(path, ctx.workdir, 'accuracy and loss per epoch'), '']
+
+
+def model_section(layer_rows: Optional[Sequence[Mapping]], ctx: _Context) -> List[str]:
+  """Per-layer params and MACs of the run's saved model (conv and dense layers)."""
+  if not layer_rows:
+    return []
+  total = {'name': '**total**', 'params': sum(r['params'] for r in layer_rows),
+           'macs': sum(r['macs'] for r in layer_rows)}
+  return ([ctx.heading('Model: conv and dense layers'), ''] +
+          table(list(layer_rows) + [total], ['name', 'params', 'macs'],
+                ['layer', 'params (kernel + bias)', 'MACs per image']))
 
 
 def targets_from_layers(layers: Sequence[Mapping]) -> dict:
@@ -150,32 +150,37 @@ def targets_from_layers(layers: Sequence[Mapping]) -> dict:
   return {r['name']: tuple(r.get('exponents') or ()) for r in layers}
 
 
-def quant_section(results: Mapping, ctx: _Context, layer_weights: Optional[Mapping] = None,
+def quant_section(record: records.Results, ctx: _Context,
+                  layer_weights: Optional[Mapping] = None,
                   targets: Optional[Mapping] = None) -> List[str]:
-  """Per-layer quantization table and, given the weights, one figure-3.1 histogram per layer."""
-  layers = results.get('layers')
-  if not layers:
+  """Per-layer quantization table and, given the weights, one log2 histogram per layer."""
+  if not isinstance(record, records.QuantizeResults) or not record.layers:
     return []
+  layers = record.layers
   lines = [ctx.heading('Quantization'), '']
-  bits = results.get('bits_per_weight')
-  lines += [f'Method `{results.get("method", "?")}`; average {fmt(bits)} bits per weight; '
-            f'accuracy {_pct(results.get("fp_test_accuracy"))} (float) → '
-            f'{_pct(results.get("test_accuracy"))} (quantized).', '']
+  bits = record.bits_per_weight
+  lines += [f'Target rule `{record.method or "?"}`; average {fmt(bits)} bits per weight; '
+            f'test accuracy {_pct(record.fp_test_accuracy)} (float) → '
+            f'{_pct(record.test_accuracy)} (quantized).', '']
   rows = [dict(r, values=2 * len(r.get('exponents') or ()) + 1) for r in layers]  # 0, ±2^e
   total = {'name': '**total**', 'num_weights': sum(r['num_weights'] for r in layers),
            'bits': bits, 'l1_error': sum(float(r['l1_error']) for r in layers)}
   lines += table(rows + [total], ['name', 'num_weights', 'exponents', 'bits', 'values',
                                   'distinct_values', 'l1_error'],
                  ['layer', 'weights', 'exponents e (values ±2^e)', 'bits', 'codes',
-                  'distinct values used', 'L1 error (eq. 3.2)'])
-  if results.get('inq_steps'):
-    lines += [ctx.heading('INQ steps', 1), '']
-    lines += table(results['inq_steps'], ['step', 'frozen_fraction', 'epochs', 'test_accuracy'])
+                  'distinct values used', 'L1 error Σ|w − q(w)|'])
+  if record.inq_steps:
+    lines += [ctx.heading('INQ steps (Zhou et al. 2017)', 1), '']
+    steps = [dict(s.to_json(), frozen=_pct(s.frozen_fraction),
+                  accuracy=_pct(s.test_accuracy)) for s in record.inq_steps]
+    lines += table(steps, ['step', 'frozen', 'epochs', 'accuracy'],
+                   ['step', 'weights frozen', 'retraining epochs', 'test accuracy after it'])
   if layer_weights:
     targets = dict(targets or targets_from_layers(layers))
-    lines += [ctx.heading('Weight distributions (figure 3.1)', 1), '',
-              'Histogram of log2|w| per layer; red lines: the chosen power-of-two targets '
-              '(exponents e, values ±2^e); dashed: below it weights quantize to 0.', '']
+    lines += [ctx.heading('Weight distributions', 1), '',
+              'Histogram of log2|w| per layer (the float weights the targets were chosen from); '
+              'red lines: the chosen power-of-two targets (exponents e, values ±2^e); dashed: '
+              'below it weights quantize to 0.', '']
     for name, w in layer_weights.items():
       if name not in targets:
         continue
@@ -185,54 +190,60 @@ def quant_section(results: Mapping, ctx: _Context, layer_weights: Optional[Mappi
   return lines
 
 
-def prune_section(results: Mapping, ctx: _Context) -> List[str]:
+def prune_section(record: records.Results, ctx: _Context) -> List[str]:
   """Channels kept per group, params/MACs before and after, the search, the mask distance."""
-  if not any(results.get(k) for k in ('prune_layers', 'search', 'mask_distance', 'layer_costs')):
+  if not isinstance(record, records.PruneResults):
     return []
   lines = [ctx.heading('Pruning'), '']
-  if results.get('criterion') is not None:
-    lines += [f'Chosen: criterion `{results.get("criterion")}`, ratio '
-              f'{fmt(results.get("prune_ratio"))}, after {fmt(results.get("pretrain_epochs"))} '
-              'pretraining epochs.', '']
-  cost = [{'what': what, 'before': results.get(f'{what}_before'), 'after': results.get(what)}
-          for what in ('params', 'macs') if results.get(f'{what}_before') is not None]
-  for r in cost:
-    r['kept'] = _pct(r['after'] / r['before']) if r['before'] and r['after'] is not None else ''
+  if record.chosen_text():
+    lines += [f'Chosen: {record.chosen_text()}.', '']
+  cost = [{'what': what, 'before': before, 'after': after,
+           'kept': _pct(after / before) if before and after is not None else None}
+          for what, before, after in (('params', record.params_before, record.params),
+                                      ('MACs per image', record.macs_before, record.macs))
+          if before is not None]
   if cost:
     lines += table(cost, ['what', 'before', 'after', 'kept'])
-  if results.get('prune_layers'):
-    rows = [dict(r, fraction=_pct(r['kept'] / r['total']) if r.get('total') else '')
-            for r in results['prune_layers']]
+  if record.prune_layers:
+    rows = [dict(r, fraction=_pct(r['kept'] / r['total']) if r.get('total') else None)
+            for r in record.prune_layers]
     extra = [c for c in rows[0] if c not in ('name', 'kept', 'total', 'fraction')]
     lines += [ctx.heading('Channels kept per group', 1), '']
     lines += table(rows, ['name', 'kept', 'total', 'fraction'] + extra,
                    ['group', 'kept', 'total', 'kept %'] + extra)
-  if results.get('layer_costs'):
+  if record.layer_costs:
     lines += [ctx.heading('Params and MACs per layer', 1), '']
-    lines += table(results['layer_costs'], ['name', 'params_before', 'params', 'macs_before',
-                                            'macs'],
+    lines += table(record.layer_costs, ['name', 'params_before', 'params', 'macs_before',
+                                        'macs'],
                    ['layer', 'params before', 'params after', 'MACs before', 'MACs after'])
-  if results.get('search'):
-    best = results.get('search_best')
-    rows = []
-    for i, r in enumerate(results['search']):
-      if best is not None:
-        chosen = i == best
-      else:
-        chosen = (r.get('criterion') == results.get('criterion') and
-                  r.get('ratio') == results.get('prune_ratio') and
-                  results.get('selection') in (None, r.get('selection')))
-      rows.append(dict(r, chosen='✓' if chosen else ''))
+  if record.search:
+    best = record.search_best
+    rows = [dict(r, chosen='✓' if i == best else '', accuracy_pct=_pct(r.get('accuracy')))
+            for i, r in enumerate(record.search)]
     rows.sort(key=lambda r: -float(r.get('accuracy') or 0))
-    lines += [ctx.heading(f'Candidate search ({len(rows)} candidates, best first)', 1), '']
-    lines += table(rows[:50], ['chosen', 'description', 'params', 'macs', 'accuracy', 'loss'])
-  distances = results.get('mask_distance')
-  if distances:
-    path = plots.mask_distance_plot(distances, ctx.plot_path('mask_distance.png'),
-                                    results.get('early_bird_threshold'))
-    lines += [ctx.heading('Mask distance per pretraining epoch', 1), '',
-              'Distance: ' + ', '.join(fmt(d) for d in distances), '',
-              _image(path, ctx.workdir, 'mask distance'), '']
+    lines += [ctx.heading(f'Candidate search ({len(rows)} candidates, best first)', 1), '',
+              'Accuracy on training images held out from pretraining (prune.holdout), BN '
+              're-estimated per candidate.', '']
+    lines += table(rows[:50], ['chosen', 'description', 'params', 'macs', 'accuracy_pct',
+                               'loss'],
+                   ['chosen', 'candidate', 'params', 'MACs', 'held-out accuracy', 'loss'])
+  if record.mask_distance:
+    fired = None
+    if record.stop_rule_fired and record.pretrain_epochs:
+      fired = record.pretrain_epochs
+    path = plots.mask_distance_plot(record.mask_distance, ctx.plot_path('mask_distance.png'),
+                                    record.eb_threshold, record.mask_window_max, fired)
+    lines += [ctx.heading('Mask distance per pretraining epoch', 1), '']
+    rows = [{'epoch': i + 1, 'distance': d,
+             'window_max': (record.mask_window_max[i]
+                            if i < len(record.mask_window_max) else None),
+             'to_final': (record.mask_distance_to_final[i]
+                          if i < len(record.mask_distance_to_final) else None)}
+            for i, d in enumerate(record.mask_distance)]
+    lines += table(rows, ['epoch', 'distance', 'window_max', 'to_final'],
+                   ['epoch', 'to previous epoch', f'window maximum (window {fmt(record.eb_window)}'
+                    f', threshold {fmt(record.eb_threshold)})', 'to the final masks'])
+    lines += [_image(path, ctx.workdir, 'mask distance'), '']
   return lines
 
 
@@ -256,50 +267,65 @@ def sensitivity_lines(rows: Sequence[Mapping], ctx: _Context, kind: str) -> List
           table(rows, columns) + [_image(path, ctx.workdir, f'{kind} sensitivity'), ''])
 
 
-def run_sections(results: Mapping, ctx: _Context, layer_weights=None, targets=None) -> List[str]:
-  """Every section of one (non-pipeline) results dict."""
-  lines = summary_section(results, ctx)
-  lines += quant_section(results, ctx, layer_weights, targets)
-  lines += prune_section(results, ctx)
+def run_sections(record: records.Results, ctx: _Context, layer_weights=None, targets=None,
+                 layer_rows=None) -> List[str]:
+  """Every section of one (non-pipeline) record."""
+  lines = summary_section(record, ctx)
+  lines += quant_section(record, ctx, layer_weights, targets)
+  lines += prune_section(record, ctx)
+  lines += model_section(layer_rows, ctx)
   for kind in ('quant', 'prune'):
-    lines += sensitivity_lines(results.get(f'{kind}_sensitivity') or [], ctx, kind)
-  lines += history_section(results.get('history') or [], ctx)
+    lines += sensitivity_lines(record.extra.get(f'{kind}_sensitivity') or [], ctx, kind)
+  lines += curves_section(record, ctx)
   return lines
 
 
-def render(workdir: str, results: Mapping, layer_weights: Optional[Mapping] = None,
-           targets: Optional[Mapping] = None) -> str:
-  """The report's markdown text (writes the plots as a side effect)."""
-  title = ' '.join(str(results.get(k, '')) for k in ('model', 'dataset', 'mode')).strip()
-  lines = [f'# qprune report: {title}', '', f'Workdir: `{os.path.abspath(workdir)}`', '']
-  stages = results.get('stages')
-  if isinstance(stages, Mapping) and stages:
-    top = {k: v for k, v in results.items() if k != 'stages'}
-    lines += summary_section(top, _Context(workdir))
-    # Weights/targets belong to the quantization stage: the one with a `layers` table.
-    quant_stage = next((n for n, s in stages.items() if isinstance(s, Mapping) and s.get('layers')),
-                       None)
-    for name, stage in stages.items():
-      if not isinstance(stage, Mapping):
-        continue
+def render(workdir: str, results, layer_weights: Optional[Mapping] = None,
+           targets: Optional[Mapping] = None, layer_rows: Optional[Sequence] = None) -> str:
+  """The report's markdown text (writes the plots as a side effect).
+
+  results: the run's record or its results.json dict. layer_rows: per-layer params/MACs of the
+  saved model (`qprune.models.layer_costs` as rows), for the model table.
+  """
+  record = records.from_json(results if isinstance(results, records.Results) else dict(results))
+  title = ' '.join(str(v) for v in (record.model, record.dataset, record.mode) if v)
+  lines = [f'# qprune report: {title}', '']
+  if record.command:
+    lines += [f'Command: `{record.command}`', '']
+  if isinstance(record, records.PipelineResults) and record.stages:
+    lines += summary_section(record, _Context(workdir))
+    lines += model_section(layer_rows, _Context(workdir))
+    for name, stage in record.stages.items():
       ctx = _Context(workdir, prefix=f'{plots.slug(name)}_', level=3)
       lines += [f'## Stage `{name}`', '']
-      weights = layer_weights if name == quant_stage else None
-      lines += run_sections(stage, ctx, weights, targets if name == quant_stage else None)
-    for kind in ('quant', 'prune'):
-      lines += sensitivity_lines(top.get(f'{kind}_sensitivity') or [], _Context(workdir), kind)
+      quantized = isinstance(stage, records.QuantizeResults)
+      lines += run_sections(stage, ctx, layer_weights if quantized else None,
+                            targets if quantized else None)
   else:
-    lines += run_sections(results, _Context(workdir), layer_weights, targets)
+    lines += run_sections(record, _Context(workdir), layer_weights, targets, layer_rows)
   return '\n'.join(lines).rstrip() + '\n'
 
 
-def write_report(workdir: str, results: Mapping, variables=None, targets=None) -> str:
+def saved_model_layer_rows(workdir: str) -> Optional[list]:
+  """[{name, params, macs}] of the model saved in `workdir`, None when it has none."""
+  from qprune import artifacts  # pylint: disable=g-import-not-at-top
+  from qprune.models import layer_costs  # pylint: disable=g-import-not-at-top
+  from qprune.models.spec import model_from_spec  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(os.path.join(workdir, artifacts.MODEL_JSON)):
+    return None
+  spec, variables = artifacts.load_saved_model(workdir)
+  costs = layer_costs(model_from_spec(spec), variables, spec['input_shape'])
+  return [{'name': name, **c} for name, c in costs.items()]
+
+
+def write_report(workdir: str, results, variables=None, targets=None) -> str:
   """Writes `workdir/report.md` (+ `workdir/plots/*.png`) for a run; returns the report's path.
 
-  results: the run's results.json dict (any mode; a pipeline's `stages` are rendered per stage).
+  results: the run's record or results.json dict (any mode; a pipeline's stages are rendered
+    per stage).
   variables: optional {'params': ...} (or a bare params tree), or the path of a run folder
     holding a saved model (loaded with `qprune.load_model`), whose quantizable layers get the
-    figure-3.1 histograms; pass the FULL-PRECISION weights the target sets were chosen from (the
+    log2 histograms; pass the FULL-PRECISION weights the target sets were chosen from (the
     quantization stage's input: `init_from` for mode=quantize, `<workdir>/prune` for the
     pipeline), so the histogram shows the distribution being clustered.
   targets: optional {layer: exponents}; default: the exponents in results' `layers` rows.
@@ -313,7 +339,7 @@ def write_report(workdir: str, results: Mapping, variables=None, targets=None) -
     import jax  # pylint: disable=g-import-not-at-top
     params = variables.get('params', variables) if isinstance(variables, Mapping) else variables
     layer_weights = jax.device_get(quantizable_layers(params))
-  text = render(workdir, results, layer_weights, targets)
+  text = render(workdir, results, layer_weights, targets, saved_model_layer_rows(workdir))
   path = os.path.join(workdir, REPORT_MD)
   files.write_bytes_atomic(path, text.encode())
   return path

@@ -34,7 +34,7 @@ def slug(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Figure 3.1: weight histogram on a log2|w| axis with the chosen power-of-two targets.
+# Weight histogram on a log2|w| axis with the chosen power-of-two targets.
 
 def log2_magnitudes(w) -> np.ndarray:
   """log2|w| of the nonzero weights of `w` (any shape), float64 1-D."""
@@ -52,7 +52,7 @@ def _draw_log2_hist(ax, w, exponents: Sequence[int], title: str, bins: int = 80)
   for i, e in enumerate(exponents):
     ax.axvline(e, color='tab:red', lw=1.2, label='targets 2^e' if i == 0 else None)
   if exponents:
-    # Eq. 3.1: |w| below half the smallest target magnitude, 2^(e_min - 1), becomes 0.
+    # The quantizer maps |w| below half the smallest target magnitude, 2^(e_min - 1), to 0.
     ax.axvline(exponents[0] - 1, color='k', ls='--', lw=1.0, label='zero threshold')
   zeros = int(np.size(w) - x.size)
   ax.set_title(f'{title}  ({np.size(w)} weights' + (f', {zeros} exactly 0)' if zeros else ')'),
@@ -64,7 +64,7 @@ def _draw_log2_hist(ax, w, exponents: Sequence[int], title: str, bins: int = 80)
 
 
 def weight_histogram(w, exponents: Sequence[int], path: str, title: str = '') -> str:
-  """The thesis' figure 3.1 for one layer: histogram of log2|w| with a vertical line at every
+  """One layer's histogram of log2|w| with a vertical line at every
   target exponent e (the value ±2^e) and a dashed one at the zero threshold e_min - 1."""
   fig = _figure()
   _draw_log2_hist(fig.add_subplot(), w, exponents, title)
@@ -73,7 +73,7 @@ def weight_histogram(w, exponents: Sequence[int], path: str, title: str = '') ->
 
 def weight_histogram_grid(layers: Mapping[str, np.ndarray], targets: Mapping[str, Sequence[int]],
                           path: str, columns: int = 3) -> str:
-  """All layers' figure-3.1 histograms in one grid PNG (layers without targets are skipped)."""
+  """All layers' log2|w| histograms in one grid PNG (layers without targets are skipped)."""
   names = [n for n in layers if n in targets]
   rows = max(1, math.ceil(len(names) / columns))
   fig = _figure(4.2 * columns, 3.0 * rows)
@@ -104,21 +104,72 @@ def line_plot(xs, series: Mapping[str, Sequence[float]], path: str, *, xlabel: s
   return save_figure(fig, path)
 
 
-def mask_distance_plot(distances: Sequence[float], path: str, threshold: Optional[float] = None
-                       ) -> str:
-  """Early-Bird mask distance between consecutive pretraining epochs."""
+def _integer_ticks(ax):
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def mask_distance_plot(distances: Sequence[Optional[float]], path: str,
+                       threshold: Optional[float] = None,
+                       window_max: Optional[Sequence[Optional[float]]] = None,
+                       stop_epoch: Optional[int] = None) -> str:
+  """Early-Bird: mask distance to the previous pretraining epoch, and the quantity the stop rule
+  tests (the largest pairwise distance among the last `window` epochs' masks) against its
+  threshold; the epoch the rule fired is marked."""
   fig = _figure()
   ax = fig.add_subplot()
   epochs = np.arange(1, len(distances) + 1)
-  ys = [np.nan if d is None else d for d in distances]
-  ax.plot(epochs, ys, marker='o')
+  ax.plot(epochs, [np.nan if d is None else d for d in distances], marker='o',
+          label='distance to previous epoch')
+  if window_max:
+    ax.plot(epochs[:len(window_max)], [np.nan if d is None else d for d in window_max],
+            marker='s', ms=4, label='window maximum (what the rule tests)')
   if threshold is not None:
     ax.axhline(threshold, color='tab:red', ls='--', label=f'threshold {threshold:g}')
-    ax.legend(fontsize=8)
+  if stop_epoch is not None:
+    ax.axvline(stop_epoch, color='tab:green', ls=':', label=f'rule fired (epoch {stop_epoch})')
+  ax.legend(fontsize=8)
   ax.set_xlabel('pretraining epoch')
-  ax.set_ylabel('mask distance to previous epoch')
-  ax.set_title('Pruning mask distance (Early-Bird)', fontsize=10)
+  ax.set_ylabel('normalized Hamming distance')
+  ax.set_title('Pruning mask distance (Early-Bird, You et al. 2020)', fontsize=10)
   ax.grid(alpha=0.3)
+  _integer_ticks(ax)
+  return save_figure(fig, path)
+
+
+def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curves') -> str:
+  """Accuracy (train and test) and training loss per epoch, the stages one after another on one
+  epoch axis. stages: [(name, history rows)] (rows as metrics.jsonl: epoch, train_loss,
+  train_accuracy, test_accuracy)."""
+  fig = _figure(7.5, 5.0)
+  acc_ax, loss_ax = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+  offset, colors = 0, ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple',
+                       'tab:brown', 'tab:pink', 'tab:gray')
+  for i, (name, history) in enumerate(stages):
+    if not history:
+      continue
+    xs = np.arange(offset + 1, offset + len(history) + 1)
+    color = colors[i % len(colors)]
+    for key, style, ax in (('train_accuracy', '--', acc_ax), ('test_accuracy', '-', acc_ax),
+                           ('train_loss', '-', loss_ax)):
+      pts = [(x, h.get(key)) for x, h in zip(xs, history) if h.get(key) is not None]
+      if pts:
+        label = f'{name}: {key.replace("_", " ")}' if key != 'train_loss' else name
+        ax.plot(*zip(*pts), style, marker='o', ms=3, color=color, label=label or key)
+    if offset:
+      for ax in (acc_ax, loss_ax):
+        ax.axvline(offset + 0.5, color='k', lw=0.6, alpha=0.5)
+    offset += len(history)
+  acc_ax.set_ylabel('accuracy')
+  acc_ax.set_title(title, fontsize=10)
+  loss_ax.set_ylabel('training loss')
+  loss_ax.set_xlabel('epoch (stages in order)')
+  for ax in (acc_ax, loss_ax):
+    ax.grid(alpha=0.3)
+    _integer_ticks(ax)
+  acc_ax.legend(fontsize=7, ncol=2)
+  if len(stages) > 1:
+    loss_ax.legend(fontsize=7, ncol=2)
   return save_figure(fig, path)
 
 
@@ -183,6 +234,9 @@ def _scatter(points, x_index: int, path: str, xlabel: str, title: str, log_x: bo
                     textcoords='offset points')
     if log_x and min(p[x_index] for p in pts) > 0:
       ax.set_xscale('log')
+      if max(p[x_index] for p in pts) / min(p[x_index] for p in pts) < 20:
+        from matplotlib.ticker import ScalarFormatter  # pylint: disable=g-import-not-at-top
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers, not 10^1
     ax.margins(x=0.15, y=0.1)  # room for the labels
   ax.set_xlabel(xlabel)
   ax.set_ylabel('test accuracy')
@@ -200,7 +254,7 @@ def sweep_plots(results_list: Sequence[Mapping], out_dir: str) -> list:
   points = sweep_points(results_list)
   return [
       _scatter(points, 2, os.path.join(out_dir, 'accuracy_vs_bits.png'),
-               'bits per weight (32 = float)', 'Accuracy vs bits per weight', log_x=True),
+               'bits per weight (32 = float)', 'Accuracy vs bits per weight', log_x=False),
       _scatter(points, 3, os.path.join(out_dir, 'accuracy_vs_macs.png'), 'MACs per image',
                'Accuracy vs MACs', log_x=True),
   ]

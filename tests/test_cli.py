@@ -70,3 +70,13 @@ def test_flag_error_messages():
   unknown = AttributeError(KeyError("'bogus'"))
   assert main._flag_error(unknown, ['q', '--config.bogus=1']).startswith(  # pylint: disable=protected-access
       "unknown config field 'bogus' (")
+
+
+def test_version_has_one_source():
+  import configparser  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import qprune  # pylint: disable=g-import-not-at-top
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(REPO_ROOT, 'setup.cfg'))
+  assert setup['metadata']['version'] == 'attr: qprune.__version__'
+  assert re.fullmatch(r'\d+\.\d+\.\d+([.-]?\w+)?', qprune.__version__)

@@ -234,5 +234,6 @@ def load_arrays(name: str, data_dir: Optional[str] = None,
   raise DataNotFoundError(
       f'dataset {name!r} not found. Tried: {", ".join(tried)} ({reason}). Fix: pass '
       f'--config.data_dir=DIR where DIR holds {name}/{{train,test}}/<label>/<images> or '
-      f'{name}.tar.gz (e.g. ../shared/data), or run on a machine with internet so '
-      f'tensorflow-datasets can download it.')
+      f'{name}.tar.gz (python -m qprune.data.make_folders writes one), or run on a machine '
+      f"with internet so tensorflow-datasets can download it (needs TensorFlow: pip install "
+      f"'qprune[tfds]').")

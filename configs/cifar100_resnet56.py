@@ -1,4 +1,5 @@
-"""ResNet-56 on CIFAR-100 (via TFDS; no offline copy ships in ../shared/data)."""
+"""ResNet-56 on CIFAR-100 (TFDS download, or an offline copy from `python -m
+qprune.data.make_folders --from_tfds=cifar100 --out=DATA`)."""
 from qprune.configs import base_config
 
 

@@ -5,8 +5,8 @@ Default: the error-optimal target sets, k = 3 exponents per layer (7 codes with 
 3 bits), INQ schedule 50/75/87.5/100 %, one retraining epoch per step (cosine LR within it),
 then one epoch training only BN and biases: 99.37 % against 99.44 % full precision (RESULTS.md).
 For 2 bits use --config.quant.k=1 --config.quant.retrain_epochs=2 (98.92 %); for INQ's rule
---config.quant.method=inq --config.quant.bits=5; for the thesis' k-means
---config.quant.method=kmeans.
+--config.quant.method=inq --config.quant.bits=5 (Zhou et al. 2017); for k-means on log2|w|
+(clustered targets) --config.quant.method=kmeans.
 """
 from qprune.configs import sibling_config
 

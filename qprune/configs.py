@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = 'train'
   c.dataset = 'mnist'
-  c.data_dir = ''          # '' = look in ../shared/data-like dirs via $QPRUNE_DATA_DIR, else TFDS
+  c.data_dir = ''          # '' = $QPRUNE_DATA_DIR if set, else TFDS (download)
   c.cache_dir = ''         # '' = $QPRUNE_CACHE_DIR or ~/.cache/qprune
   c.model = 'lenet5'
   c.width = 1.0
@@ -98,9 +98,9 @@ def prune_config() -> ml_collections.ConfigDict:
 def quant_config() -> ml_collections.ConfigDict:
   """mode=quantize: power-of-two targets per layer, applied with INQ's incremental schedule."""
   q = ml_collections.ConfigDict()
-  q.method = 'kmeans'      # 'kmeans' (clustered log2 targets, the thesis), 'optimal' (the sets
+  q.method = 'kmeans'      # 'kmeans' (clustered log2|w| targets), 'optimal' (the sets
                            # of least error, exact) or 'inq' (INQ's rule)
-  q.objective = 'l1'       # optimal: the error minimized, 'l1' (eq. 3.2) or 'l2'
+  q.objective = 'l1'       # optimal: the error minimized, 'l1' (sum |W - Wq|) or 'l2'
   q.bits = 5               # inq: bit-width b of INQ's rule
   q.k = 3                  # kmeans/optimal: exponents per layer (when tolerance and bits_budget are 0)
   q.tolerance = 0.0        # kmeans/optimal: smallest k per layer with relative L1 error <= tolerance

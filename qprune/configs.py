@@ -6,6 +6,7 @@ value and what is allowed, before any work starts.
 """
 import importlib.util
 import json
+import math
 import os
 
 import ml_collections
@@ -126,6 +127,54 @@ def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def config_file_argument(argv) -> str:
+  """The value of --config in an argv list ('' when absent)."""
+  for i, arg in enumerate(argv):
+    for prefix in ('--config=', '-config='):
+      if arg.startswith(prefix):
+        return arg[len(prefix):]
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      return argv[i + 1]
+  return ''
+
+
+def check_config_file(path: str) -> None:
+  """Loads a config file as ml_collections does (`FILE.py` or `FILE.py:ARG`); ConfigError naming
+  the file and what is wrong when it is missing, does not parse, lacks get_config or it fails."""
+  arg = None
+  if not os.path.exists(path) and ':' in path:
+    path, arg = path.split(':', 1)
+  if not path:
+    raise ConfigError('--config is empty: pass a config file, e.g. --config=configs/mnist_lenet5.py')
+  if not os.path.isfile(path):
+    what = 'a folder' if os.path.isdir(path) else 'not found'
+    raise ConfigError(f'config file {path}: {what} (pass an existing configs/*.py file)')
+  try:
+    spec = importlib.util.spec_from_file_location('qprune_checked_config', path)
+    if spec is None or spec.loader is None:
+      raise ConfigError(f'config file {path}: not a Python file (configs are FILE.py)')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except ConfigError:
+    raise
+  except SyntaxError as e:
+    raise ConfigError(f'config file {path}, line {e.lineno}: syntax error: {e.msg}') from None
+  except Exception as e:  # pylint: disable=broad-except  (the file's own code failed)
+    raise ConfigError(f'config file {path}: loading it raised {type(e).__name__}: {e}') from None
+  get_config = getattr(module, 'get_config', None)
+  if not callable(get_config):
+    raise ConfigError(f'config file {path} defines no get_config() (it must return a '
+                      f'ConfigDict, e.g. base_config() with changes; see configs/mnist_lenet5.py)')
+  try:
+    config = get_config() if arg is None else get_config(arg)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'config file {path}: get_config() raised {type(e).__name__}: '
+                      f'{e}') from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'config file {path}: get_config() returned a {type(config).__name__}, '
+                      f'not a ConfigDict (start from qprune.configs.base_config())')
+
+
 def _check(problems, ok, field, value, allowed):
   if not ok:
     problems.append(f'{field}={value!r}: {allowed}')
@@ -135,9 +184,33 @@ def _is_int(v):
   return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _non_finite(tree, prefix=''):
+  """'field=value' of every NaN or infinite number in a (nested) config dict."""
+  out = []
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out += _non_finite(value, f'{name}.')
+    elif isinstance(value, (list, tuple)):
+      if any(isinstance(v, float) and not math.isfinite(v) for v in value):
+        out.append(name)
+    elif isinstance(value, float) and not math.isfinite(value):
+      out.append(name)
+  return out
+
+
+# Run files a quantized export must not overwrite (quant.export_name is written into the workdir).
+_RUN_FILES = ('config.json', 'results.json', 'model.json', 'metrics.jsonl', 'report.md',
+              'search.json', '.qprune.lock')
+
+
 def validate(config) -> None:
   """Raises ConfigError listing every bad field."""
   p = []
+  for name in _non_finite(config.to_dict()):
+    p.append(f'{name}: must be a finite number (not NaN or infinite)')
+  if p:  # the range checks below would only repeat these
+    raise ConfigError('bad config: ' + '; '.join(p))
   _check(p, config.mode in MODES, 'mode', config.mode, f'must be one of {", ".join(MODES)}')
   _check(p, config.dataset in DATASETS, 'dataset', config.dataset,
          f'must be one of {", ".join(sorted(DATASETS))}')
@@ -153,11 +226,14 @@ def validate(config) -> None:
   for field in ('train_subset', 'eval_subset'):
     _check(p, _is_int(config[field]) and config[field] >= 0, field, config[field],
            'must be an integer >= 0 (0 = the whole split)')
-  _check(p, _is_int(config.seed), 'seed', config.seed, 'must be an integer')
+  _check(p, _is_int(config.seed) and 0 <= config.seed < 2 ** 32, 'seed', config.seed,
+         'must be an integer in 0..2^32-1')
+  _check(p, config.width <= 64, 'width', config.width, 'must be <= 64 (a width multiplier)')
   _check(p, config.learning_rate > 0, 'learning_rate', config.learning_rate, 'must be > 0')
   _check(p, 0 <= config.momentum < 1, 'momentum', config.momentum, 'must be in [0, 1)')
   _check(p, config.weight_decay >= 0, 'weight_decay', config.weight_decay, 'must be >= 0')
-  _check(p, config.warmup_epochs >= 0, 'warmup_epochs', config.warmup_epochs, 'must be >= 0')
+  _check(p, 0 <= config.warmup_epochs <= max(config.epochs, 0), 'warmup_epochs',
+         config.warmup_epochs, f'must be in [0, epochs] ({config.epochs})')
   _check(p, config.lr_schedule in SCHEDULES, 'lr_schedule', config.lr_schedule,
          f'must be one of {", ".join(SCHEDULES)}')
   _check(p, config.augment in AUGMENTS, 'augment', config.augment,
@@ -226,14 +302,22 @@ def _validate_quant(q, p):
   from qprune.quant import OBJECTIVES  # pylint: disable=g-import-not-at-top
   _check(p, q.objective in OBJECTIVES, 'quant.objective', q.objective,
          f'must be one of {", ".join(OBJECTIVES)}')
-  _check(p, _is_int(q.bits) and q.bits >= 2, 'quant.bits', q.bits, 'must be an integer >= 2')
+  _check(p, _is_int(q.bits) and 2 <= q.bits <= 8, 'quant.bits', q.bits,
+         'must be an integer in 2..8 (INQ at b bits has 2^(b-2) exponents; beyond 8 bits they '
+         'leave float32\'s exponent range)')
+  name = q.export_name
+  _check(p, isinstance(name, str) and name not in ('', '.', '..') and '/' not in name and
+         '\\' not in name and name == name.strip() and name not in _RUN_FILES,
+         'quant.export_name', name,
+         'must be a plain file name in the workdir (no folders, no ..), e.g. model.qpq, and not '
+         'one of the run\'s own files')
   _check(p, _is_int(q.k_max) and 1 <= q.k_max <= 16, 'quant.k_max', q.k_max, 'must be in 1..16')
   _check(p, _is_int(q.k) and 1 <= q.k <= max(q.k_max, 1), 'quant.k', q.k,
          f'must be an integer in 1..quant.k_max ({q.k_max})')
   _check(p, 0 <= q.tolerance < 1, 'quant.tolerance', q.tolerance,
          'must be in [0, 1) (relative L1 error; 0 = unused)')
-  _check(p, q.bits_budget == 0 or q.bits_budget >= 1, 'quant.bits_budget', q.bits_budget,
-         'must be 0 (unused) or >= 1 bit per weight')
+  _check(p, q.bits_budget == 0 or 1 <= q.bits_budget <= 32, 'quant.bits_budget', q.bits_budget,
+         'must be 0 (unused) or in [1, 32] bits per weight')
   _check(p, not (q.tolerance and q.bits_budget), 'quant.tolerance/bits_budget',
          (q.tolerance, q.bits_budget), 'set at most one of them')
   schedule = tuple(q.schedule)

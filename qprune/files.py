@@ -1,13 +1,18 @@
 """Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half.
 
 Each writer fills a temp file in the target's folder, then `os.replace`s it over the target.
+`read_json` turns a damaged file (truncated, not JSON, the wrong shape) into one
+`DamagedFileError` naming it; `os_error_message` words an OSError for the one-line report.
 """
+import errno
 import json
 import os
 import tempfile
 from typing import Any, Iterable, Optional
 
 import numpy as np
+
+from qprune.errors import DamagedFileError, UserError
 
 
 def write_bytes_atomic(path: str, data: bytes) -> int:
@@ -41,10 +46,183 @@ def write_lines_atomic(path: str, lines: Iterable[str]):
   write_bytes_atomic(path, ''.join(line + '\n' for line in lines).encode())
 
 
-def read_json(path: str) -> Optional[Any]:
-  """The parsed file, or None when it does not exist."""
+# The run files every workdir (and pipeline stage) holds: the keys each must have to be usable.
+RUN_FILE_KEYS = {
+    'config.json': ('mode', 'model', 'dataset'),
+    'results.json': ('test_accuracy', 'epochs_run'),
+    'model.json': ('name', 'num_classes', 'input_shape', 'width', 'mean', 'std'),
+}
+
+
+def read_json(path: str, required: Optional[Iterable[str]] = None) -> Optional[Any]:
+  """The parsed file, or None when it does not exist.
+
+  A file that is not valid UTF-8 JSON raises DamagedFileError naming it. `required`: keys the file
+  must hold as a JSON object (default: RUN_FILE_KEYS for a run file's name, else no check).
+  """
   try:
-    with open(path) as f:
-      return json.load(f)
+    with open(path, 'rb') as f:
+      data = f.read()
   except FileNotFoundError:
     return None
+  except IsADirectoryError:
+    raise DamagedFileError(f'{path} is a folder, not a file; move it away') from None
+  try:
+    obj = json.loads(data.decode('utf-8'))
+  except (UnicodeDecodeError, ValueError) as e:
+    raise DamagedFileError(
+        f'{path} is damaged (not valid JSON: {e}); {_damaged_hint(path)}') from None
+  if required is None:
+    required = RUN_FILE_KEYS.get(os.path.basename(path), None)
+  if required is not None:
+    missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+    if not isinstance(obj, dict) or missing:
+      what = (f'a JSON {type(obj).__name__}, not an object' if not isinstance(obj, dict)
+              else f'missing {", ".join(missing)}')
+      raise DamagedFileError(f'{path} is damaged ({what}); {_damaged_hint(path)}')
+  return obj
+
+
+def _damaged_hint(path: str) -> str:
+  name = os.path.basename(path)
+  if name == 'results.json':
+    return ('delete it and rerun the same command (a finished run is rebuilt from its model and '
+            'checkpoints)')
+  if name == 'config.json':
+    return ('delete it and rerun the same command, or use another --workdir')
+  if name == 'model.json':
+    return 'this folder holds no usable model: rerun the run that made it, or use another one'
+  return 'delete it or restore a good copy'
+
+
+def os_error_message(e: OSError) -> str:
+  """One line for an OSError: what failed, on which file, and what to do."""
+  where = e.filename if e.filename is not None else ''
+  if e.filename2 is not None:
+    where = f'{where} -> {e.filename2}'
+  where = f' {where}' if where else ''
+  reason = e.strerror or str(e)
+  code = e.errno
+  if code == errno.ENOSPC or code == errno.EDQUOT:
+    return (f'disk full writing{where} ({reason}): free space (or point --workdir / cache_dir '
+            f'elsewhere) and rerun the same command; the run resumes from its last checkpoint')
+  if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return (f'cannot write{where} ({reason}): make it writable or use another --workdir')
+  if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+    return (f'{where.strip()}: {reason}: a file stands where a folder is needed (or the other way '
+            f'round); move it away or use another --workdir')
+  if code == errno.ENOENT:
+    return f'{where.strip()}: {reason}: check the path'
+  if code == errno.ENAMETOOLONG:
+    return f'{where.strip()}: file name too long: use a shorter path'
+  return f'{where.strip() or "I/O error"}: {reason} (errno {code})'
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir lock.
+
+LOCK_NAME = '.qprune.lock'
+
+
+class WorkdirBusyError(UserError):
+  """Another live process holds the workdir's lock."""
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir: `<workdir>/.qprune.lock`, flock'ed while held, holding the
+  holder's pid, host and start time (for the message a second process prints).
+
+  The kernel drops a flock when its process dies (even by SIGKILL), so a lock file left behind is
+  stale exactly when nobody holds its flock; without flock support (some network file systems)
+  a file naming a dead pid on this host is stale. `release()` deletes the file.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self._fd = None
+
+  def acquire(self) -> 'WorkdirLock':
+    import fcntl  # pylint: disable=g-import-not-at-top
+    import socket  # pylint: disable=g-import-not-at-top
+    import time  # pylint: disable=g-import-not-at-top
+    for _ in range(10):
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        os.close(fd)
+        raise WorkdirBusyError(self._busy_message()) from None
+      except OSError as e:  # no flock on this file system: judge by the pid in the file
+        if self._holder_alive():
+          os.close(fd)
+          raise WorkdirBusyError(self._busy_message()) from None
+        del e
+      try:  # the file we locked must still be the one at self.path (not unlinked by a release)
+        same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+      except FileNotFoundError:
+        same = False
+      if not same:
+        os.close(fd)
+        continue
+      holder = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                           'since': time.strftime('%Y-%m-%d %H:%M:%S %Z')})
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, holder.encode() + b'\n', 0)
+      self._fd = fd
+      return self
+    raise WorkdirBusyError(f'could not lock {self.path}: it keeps changing; is another qprune '
+                           f'starting there?')
+
+  def _holder(self) -> dict:
+    try:
+      with open(self.path) as f:
+        holder = json.loads(f.read() or '{}')
+      return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+      return {}
+
+  def _holder_alive(self) -> bool:
+    import socket  # pylint: disable=g-import-not-at-top
+    holder = self._holder()
+    if not holder.get('pid'):
+      return False
+    if holder.get('host') != socket.gethostname():
+      return True  # cannot tell: assume alive
+    try:
+      os.kill(int(holder['pid']), 0)
+    except ProcessLookupError:
+      return False
+    except (PermissionError, ValueError, OverflowError):
+      return True
+    return True
+
+  def _busy_message(self) -> str:
+    holder = self._holder()
+    who = (f'pid {holder.get("pid")} on {holder.get("host")} (since {holder.get("since")})'
+           if holder else 'another process')
+    return (f'workdir {os.path.dirname(self.path)} is in use by {who}: wait for that run to '
+            f'end, or use another --workdir (if that process is gone, delete {self.path})')
+
+  def release(self):
+    if self._fd is None:
+      return
+    import fcntl  # pylint: disable=g-import-not-at-top
+    try:
+      os.unlink(self.path)  # before unlocking: a waiter then locks a fresh file, never this one
+    except OSError:
+      pass
+    try:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+    finally:
+      os.close(self._fd)
+      self._fd = None
+
+  @property
+  def held(self) -> bool:
+    return self._fd is not None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

@@ -8,18 +8,28 @@ needed) and cached as .npy, so a second run starts in seconds.
 Example order: files are sorted by (numeric file stem, label index). For MNIST the stem is the
 image's index in the original split, so this is the original order; for per-class numbering
 (the CIFAR copy) it interleaves the classes, so `train_subset=N` takes a class-balanced prefix.
+
+Damaged input is a `DataError` naming the file: an unreadable archive or image, a missing split
+folder, label folders that differ between splits (labels are numbered by sorted folder name, so
+they must match). The cache carries a manifest (shapes, dtypes, CRC32 of every array) and is
+checked on load (also label range and image shape); a damaged or partial cache is rebuilt with
+one warning.
 """
 import concurrent.futures
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
+import shutil
 import tarfile
+import zlib
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from qprune import errors
 from qprune.errors import UserError
 
 SPLITS = ('train', 'test')
@@ -44,7 +54,11 @@ DATASETS = {
 }
 
 
-class DataNotFoundError(UserError):
+class DataError(UserError):
+  """The dataset's files are damaged or laid out wrongly; the message names the file."""
+
+
+class DataNotFoundError(DataError):
   """No source could provide the dataset; the message lists what was tried."""
 
 
@@ -70,13 +84,20 @@ def _sort_key(path: str, label_index: int):
   return (int(digits) if digits else 0, label_index, stem)
 
 
-def _decode(data: bytes, shape) -> np.ndarray:
+def _decode(data: bytes, shape, name: str = 'image') -> np.ndarray:
+  """uint8 [H, W, C] of one encoded image; DataError naming `name` if it is damaged."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  image = Image.open(io.BytesIO(data))
-  image = image.convert('L' if shape[-1] == 1 else 'RGB')
-  array = np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], -1)
+  try:
+    image = Image.open(io.BytesIO(data))
+    image = image.convert('L' if shape[-1] == 1 else 'RGB')
+    array = np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], -1)
+  except Exception as e:  # pylint: disable=broad-except  (any decoder failure: a bad file)
+    raise DataError(f'{name}: not a readable image ({type(e).__name__}: '
+                    f'{str(e).replace(repr(io.BytesIO), "data")[:200]}); replace or delete the '
+                    f'file (and the cache is rebuilt)') from None
   if array.shape != tuple(shape):
-    raise ValueError(f'image of shape {array.shape}, expected {tuple(shape)}')
+    raise DataError(f'{name}: image of shape {array.shape}, this dataset\'s images are '
+                    f'{tuple(shape)}; replace or delete the file')
   return array
 
 
@@ -86,7 +107,7 @@ def _decode_all(entries: List[Tuple[str, int, bytes]], shape, what: str):
     raise DataNotFoundError(f'no images found in {what}')
   entries.sort(key=lambda e: _sort_key(e[0], e[1]))
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-    images = list(pool.map(lambda e: _decode(e[2], shape), entries, chunksize=512))
+    images = list(pool.map(lambda e: _decode(e[2], shape, e[0]), entries, chunksize=512))
   labels = np.asarray([e[1] for e in entries], np.int32)
   return np.stack(images), labels
 
@@ -96,20 +117,50 @@ def _label_names(names) -> List[str]:
   return sorted(names)
 
 
+def check_label_folders(labels: Dict[str, List[str]], where: str) -> List[str]:
+  """The label names shared by every split; DataError if the splits' label folders differ
+  (labels are numbered by sorted folder name, so a renamed folder would shift every label)."""
+  train = labels[SPLITS[0]]
+  for split in SPLITS[1:]:
+    if labels[split] != train:
+      only_train = sorted(set(train) - set(labels[split]))
+      only_other = sorted(set(labels[split]) - set(train))
+      raise DataError(
+          f'{where}: the label folders of {split} differ from those of {SPLITS[0]} (only in '
+          f'{SPLITS[0]}: {", ".join(only_train) or "-"}; only in {split}: '
+          f'{", ".join(only_other) or "-"}); every split needs the same label folder names')
+  return train
+
+
 def read_image_folder(root: str, info: DatasetInfo) -> Arrays:
   """Decodes `<root>/<split>/<label>/<file>` for both splits."""
+  labels = {}
+  for split in SPLITS:
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+      raise DataError(f'{root}: no {split} split folder ({split_dir} missing); the layout is '
+                      f'{root}/{{{",".join(SPLITS)}}}/<label>/<images>')
+    try:
+      names = os.listdir(split_dir)
+    except OSError as e:
+      raise DataError(f'cannot read {split_dir}: {e.strerror}') from None
+    labels[split] = _label_names(d for d in names if os.path.isdir(os.path.join(split_dir, d)))
+  check_label_folders(labels, root)
   out = {}
   for split in SPLITS:
     split_dir = os.path.join(root, split)
-    labels = _label_names(d for d in os.listdir(split_dir)
-                          if os.path.isdir(os.path.join(split_dir, d)))
     entries = []
-    for index, label in enumerate(labels):
+    for index, label in enumerate(labels[split]):
       label_dir = os.path.join(split_dir, label)
       for file in os.listdir(label_dir):
         if file.lower().endswith(_IMAGE_SUFFIXES):
-          with open(os.path.join(label_dir, file), 'rb') as f:
-            entries.append((file, index, f.read()))
+          path = os.path.join(label_dir, file)
+          try:
+            with open(path, 'rb') as f:
+              entries.append((path, index, f.read()))
+          except OSError as e:
+            raise DataError(f'cannot read {path}: {e.strerror}; fix its permissions or delete '
+                            f'it') from None
     out[split] = _decode_all(entries, info.shape, split_dir)
   _check_classes(out, info, root)
   return out
@@ -118,17 +169,29 @@ def read_image_folder(root: str, info: DatasetInfo) -> Arrays:
 def read_tarball(path: str, info: DatasetInfo) -> Arrays:
   """Decodes an image-folder tarball in memory (no extraction to disk)."""
   raw = {split: [] for split in SPLITS}
-  with tarfile.open(path, 'r:*') as tar:
-    for member in tar:
-      if not member.isfile() or not member.name.lower().endswith(_IMAGE_SUFFIXES):
-        continue
-      parts = member.name.strip('/').split('/')
-      if len(parts) < 3 or parts[-3] not in raw:
-        continue
-      raw[parts[-3]].append((parts[-1], parts[-2], tar.extractfile(member).read()))
+  try:
+    with tarfile.open(path, 'r:*') as tar:
+      for member in tar:
+        if not member.isfile() or not member.name.lower().endswith(_IMAGE_SUFFIXES):
+          continue
+        parts = member.name.strip('/').split('/')
+        if len(parts) < 3 or parts[-3] not in raw:
+          continue
+        raw[parts[-3]].append((f'{path}:{member.name}', parts[-2],
+                               tar.extractfile(member).read()))
+  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or 'truncated'
+    raise DataError(f'{path} is damaged or not a tar archive ({type(e).__name__}: {reason}); '
+                    f'replace it with a good copy') from None
+  for split, items in raw.items():
+    if not items:
+      raise DataError(f'{path}: no {split} images (expected members <name>/{split}/<label>/'
+                      f'<image>); replace it with a good copy')
+  names = check_label_folders(
+      {split: _label_names({item[1] for item in items}) for split, items in raw.items()}, path)
+  labels = {name: i for i, name in enumerate(names)}
   out = {}
   for split, items in raw.items():
-    labels = {name: i for i, name in enumerate(_label_names({item[1] for item in items}))}
     entries = [(file, labels[label], data) for file, label, data in items]
     out[split] = _decode_all(entries, info.shape, f'{path} ({split} split)')
   _check_classes(out, info, path)
@@ -139,7 +202,7 @@ def _check_classes(arrays: Arrays, info: DatasetInfo, where: str):
   for split, (_, labels) in arrays.items():
     found = int(labels.max()) + 1 if labels.size else 0
     if found != info.num_classes:
-      raise ValueError(f'{where}: {split} split has {found} label folders, '
+      raise DataError(f'{where}: {split} split has {found} label folders, '
                        f'{info.name} has {info.num_classes}')
 
 
@@ -170,25 +233,88 @@ def _cache_path(cache_dir: str, name: str, source: str) -> str:
   return os.path.join(cache_dir, f'{name}-{tag.hexdigest()[:12]}')
 
 
-def _load_cache(path: str) -> Optional[Arrays]:
+_MANIFEST = 'manifest.json'
+_CACHE_FORMAT = 1
+
+
+def _crc32(array: np.ndarray) -> int:
+  return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast('B'))
+
+
+def check_arrays(arrays: Arrays, info: DatasetInfo) -> Optional[str]:
+  """Why `arrays` cannot be this dataset (shapes, dtypes, label range), or None if they can."""
+  for split in SPLITS:
+    if split not in arrays:
+      return f'no {split} split'
+    images, labels = arrays[split]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != tuple(info.shape):
+      return f'{split} images are {images.dtype} {images.shape}, expected uint8 [N, {info.shape}]'
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+      return f'{split}: {labels.shape} labels for {images.shape[0]} images'
+    if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
+      return f'{split} labels outside 0..{info.num_classes - 1}'
+  return None
+
+
+def _load_cache(path: str, info: DatasetInfo) -> Tuple[Optional[Arrays], Optional[str]]:
+  """(arrays, None) from a good cache; (None, None) when there is none; (None, why) if damaged."""
+  if not os.path.exists(path):
+    return None, None
+  if not os.path.exists(os.path.join(path, _MANIFEST)):
+    return None, 'no manifest: a cache of an older qprune, or a partial one'
   try:
-    return {split: (np.load(os.path.join(path, f'{split}_images.npy')),
-                    np.load(os.path.join(path, f'{split}_labels.npy'))) for split in SPLITS}
-  except (OSError, ValueError):
-    return None
+    with open(os.path.join(path, _MANIFEST)) as f:
+      manifest = json.load(f)
+    arrays = {}
+    for split in SPLITS:
+      loaded = []
+      for kind in ('images', 'labels'):
+        name = f'{split}_{kind}'
+        array = np.load(os.path.join(path, f'{name}.npy'), allow_pickle=False)
+        meta = manifest['arrays'][name]
+        if (list(array.shape) != meta['shape'] or str(array.dtype) != meta['dtype'] or
+            _crc32(array) != meta['crc32']):
+          return None, f'{name}.npy does not match its checksum'
+        loaded.append(array)
+      arrays[split] = tuple(loaded)
+    if manifest.get('format') != _CACHE_FORMAT:
+      return None, f'cache format {manifest.get("format")}, this qprune writes {_CACHE_FORMAT}'
+  except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+    return None, f'{type(e).__name__}: {str(e)[:120]}'
+  problem = check_arrays(arrays, info)
+  return (None, problem) if problem else (arrays, None)
 
 
 def _save_cache(path: str, arrays: Arrays):
-  """Writes into a temp folder, then renames it: a reader never sees a half-written cache."""
+  """Writes into a temp folder, then renames it over `path` (replacing a damaged cache there): a
+  reader never sees a half-written cache."""
   tmp = f'{path}.tmp-{os.getpid()}'
+  old = f'{path}.old-{os.getpid()}'
   try:
     os.makedirs(tmp, exist_ok=True)
+    manifest = {'format': _CACHE_FORMAT, 'arrays': {}}
     for split, (images, labels) in arrays.items():
-      np.save(os.path.join(tmp, f'{split}_images.npy'), images)
-      np.save(os.path.join(tmp, f'{split}_labels.npy'), labels)
+      for kind, array in (('images', images), ('labels', labels)):
+        name = f'{split}_{kind}'
+        np.save(os.path.join(tmp, f'{name}.npy'), array)
+        manifest['arrays'][name] = {'shape': list(array.shape), 'dtype': str(array.dtype),
+                                    'crc32': _crc32(array)}
+    with open(os.path.join(tmp, _MANIFEST), 'w') as f:
+      json.dump(manifest, f)
+    if os.path.lexists(path):
+      os.replace(path, old)
     os.replace(tmp, path)
   except OSError:
     pass  # A read-only or full cache dir only costs speed next time.
+  finally:
+    for leftover in (tmp, old):
+      if os.path.isdir(leftover):
+        shutil.rmtree(leftover, ignore_errors=True)
+      elif os.path.lexists(leftover):
+        try:
+          os.unlink(leftover)
+        except OSError:
+          pass
 
 
 # ---------------------------------------------------------------- entry point
@@ -213,8 +339,11 @@ def load_arrays(name: str, data_dir: Optional[str] = None,
     tried.append(candidate)
     if os.path.isdir(os.path.join(candidate, 'train')) or os.path.isfile(candidate):
       cache = _cache_path(cache_dir, name, candidate)
-      arrays = _load_cache(cache)
+      arrays, damage = _load_cache(cache, info)
       if arrays is None:
+        if damage:
+          errors.warn(f'dataset cache {cache} is damaged ({damage}); rebuilding it from '
+                      f'{candidate}')
         reader = read_tarball if os.path.isfile(candidate) else read_image_folder
         arrays = reader(candidate, info)
         _save_cache(cache, arrays)

@@ -6,6 +6,7 @@ A run's workdir holds:
   results.json     written last, atomically: a finished run
   metrics.jsonl, checkpoints/   from the training loop (or per stage, in subfolders)
 """
+import atexit
 import os
 import shutil
 from typing import Optional
@@ -76,16 +77,79 @@ def train_options(config, **overrides) -> TrainOptions:
   return TrainOptions.from_config(config, **overrides)
 
 
-def prepare_workdir(config, workdir: str) -> Optional[dict]:
-  """Creates the workdir; returns the results of an identical finished run, if any.
+_LOCKS = {}  # realpath of a workdir -> the WorkdirLock this process holds on it
 
-  Refuses a workdir holding a run of a different config unless config.overwrite is set.
+
+def check_workdir(workdir: str) -> str:
+  """The workdir path, or RunError when it cannot be one (empty, a file)."""
+  if not workdir or not workdir.strip():
+    raise RunError('--workdir is empty: pass a folder for the run, e.g. --workdir=/tmp/run')
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise RunError(f'workdir {workdir} is a file, not a folder: use another --workdir')
+  return workdir
+
+
+def _has_outputs(workdir: str) -> bool:
+  """Whether the workdir holds anything of a run beyond config.json (a checkpoint, metrics, a
+  stage, ...): a config.json alone is a run that failed before its first output."""
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      if root == workdir and (name in (CONFIG_JSON, files.LOCK_NAME) or name.startswith('.tmp-')):
+        continue
+      return True
+  return False
+
+
+def lock_workdir(workdir: str):
+  """Locks the workdir for this process (once; see files.WorkdirLock) until release_workdirs()."""
+  key = os.path.realpath(workdir)
+  if key not in _LOCKS:
+    try:
+      _LOCKS[key] = files.WorkdirLock(workdir).acquire()
+    except PermissionError as e:
+      raise RunError(f'workdir {workdir} is not writable ({e.strerror}): make it writable or '
+                     f'use another --workdir') from None
+    except OSError as e:
+      raise RunError(f'cannot lock workdir {workdir}: {files.os_error_message(e)}') from None
+  return _LOCKS[key]
+
+
+def release_workdirs():
+  """Releases every workdir lock this process holds (also at exit)."""
+  while _LOCKS:
+    _LOCKS.popitem()[1].release()
+
+
+atexit.register(release_workdirs)
+
+
+def prepare_workdir(config, workdir: str) -> Optional[dict]:
+  """Creates and locks the workdir; returns the results of an identical finished run, if any.
+
+  Refuses a workdir holding a run of a different config unless config.overwrite is set (a
+  config.json without any other output is a run that failed before it started: replaced). A
+  finished identical run is reported without writing anything (works on a read-only workdir).
   """
-  os.makedirs(workdir, exist_ok=True)
-  previous = files.read_json(os.path.join(workdir, CONFIG_JSON))
+  check_workdir(workdir)
+  config_path = os.path.join(workdir, CONFIG_JSON)
+  wanted = configs.semantic_dict(config)
+  previous = files.read_json(config_path) if os.path.isdir(workdir) else None
   if previous is not None:
     previous = configs.with_new_defaults(previous)
-  wanted = configs.semantic_dict(config)
+    if previous == wanted:
+      finished = files.read_json(os.path.join(workdir, RESULTS_JSON))
+      if finished is not None:
+        return finished
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise RunError(f'cannot create workdir {workdir}: {files.os_error_message(e)}') from None
+  lock_workdir(workdir)
+  previous = files.read_json(config_path)  # again, under the lock
+  if previous is not None:
+    previous = configs.with_new_defaults(previous)
+  if previous is not None and previous != wanted and not _has_outputs(workdir):
+    previous = None  # only the config.json of a run that failed before it started
   if previous is not None and previous != wanted and not config.overwrite:
     changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
     raise RunError(f'workdir {workdir} holds a run of a different config (differs in: '
@@ -93,10 +157,11 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
                    f'--config.overwrite=True to start over there')
   if previous is not None and previous != wanted:  # overwrite=True: drop the other run's outputs
     for name in os.listdir(workdir):
-      if name != CONFIG_JSON:
+      if name not in (CONFIG_JSON, files.LOCK_NAME):
         path = os.path.join(workdir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-  files.write_json_atomic(os.path.join(workdir, CONFIG_JSON), wanted)
+  if previous != wanted:
+    files.write_json_atomic(config_path, wanted)
   if previous == wanted:
     return files.read_json(os.path.join(workdir, RESULTS_JSON))
   return None

@@ -126,6 +126,12 @@ def candidate_masks(variables, groups: Groups, candidates: Sequence[Candidate], 
           for c in candidates]
 
 
+def within_budget(row: dict, max_params: Optional[int] = None,
+                  max_macs: Optional[int] = None) -> bool:
+  return ((max_params is None or row['params'] <= max_params) and
+          (max_macs is None or row['macs'] <= max_macs))
+
+
 def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
                 max_macs: Optional[int] = None) -> int:
   """Index of the best row: highest accuracy (then lowest loss) among rows within the budget.
@@ -133,11 +139,7 @@ def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
   rows: dicts with 'accuracy', 'loss', 'params', 'macs'. If no row fits, the cheapest row (by
   params if max_params is set, else MACs) is returned so a run never ends without a model.
   """
-  def fits(r):
-    return ((max_params is None or r['params'] <= max_params) and
-            (max_macs is None or r['macs'] <= max_macs))
-
-  feasible = [i for i, r in enumerate(rows) if fits(r)]
+  feasible = [i for i, r in enumerate(rows) if within_budget(r, max_params, max_macs)]
   if not feasible:
     key = 'params' if max_params is not None else 'macs'
     return min(range(len(rows)), key=lambda i: rows[i][key])
@@ -168,4 +170,10 @@ def search(model, variables, groups: Groups, candidates: Sequence[Candidate], in
                  'ratio': cand.ratio, 'selection': cand.selection, **cost,
                  'accuracy': float(metrics['accuracy'][k]), 'loss': float(metrics['loss'][k])})
   best = choose_best(rows, max_params=max_params, max_macs=max_macs)
+  if not within_budget(rows[best], max_params, max_macs):
+    from qprune import errors  # pylint: disable=g-import-not-at-top
+    errors.warn(f'no pruning candidate meets the budget (max_params={max_params}, '
+                f'max_macs={max_macs}); chose the cheapest, {rows[best]["description"]} with '
+                f'{rows[best]["params"]} params and {rows[best]["macs"]} MACs: raise the ratios '
+                f'(prune.search_ratios) or loosen the budget')
   return best, rows, [jax.tree_util.tree_map(np.asarray, m) for m in masks]

@@ -33,8 +33,13 @@ import numpy as np
 from flax import traverse_util
 
 from qprune import files
+from qprune.errors import UserError
 from qprune.models.spec import model_from_spec
 from qprune.quant import targets as targets_lib
+
+class ExportFormatError(UserError):
+  """A file is not a readable quantized export (truncated, corrupt, a bad header)."""
+
 
 MAGIC = b'QPRUNEQ\x00'
 FORMAT_VERSION = 2
@@ -158,27 +163,86 @@ def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Map
 def _parse_header(data: bytes) -> Tuple[dict, memoryview]:
   """(header, payload) after checking magic, version, lengths and checksum; ValueError if bad."""
   if len(data) < _PREAMBLE.size:
-    raise ValueError(f'quantized export truncated: {len(data)} bytes, shorter than its preamble')
+    raise ExportFormatError(f'quantized export truncated: {len(data)} bytes, shorter than its preamble')
   magic, version, header_nbytes = _PREAMBLE.unpack_from(data)
   if magic != MAGIC:
-    raise ValueError(f'not a qprune quantized export (bad magic {magic!r})')
+    raise ExportFormatError(f'not a qprune quantized export (bad magic {magic!r})')
   if version not in READABLE_VERSIONS:
-    raise ValueError(f'unsupported quantized export version {version}; this qprune reads versions '
+    raise ExportFormatError(f'unsupported quantized export version {version}; this qprune reads versions '
                      f'{", ".join(map(str, READABLE_VERSIONS))}')
   start = _PREAMBLE.size + header_nbytes
   if len(data) < start:
-    raise ValueError(f'quantized export truncated inside its header ({len(data)} of >= {start} bytes)')
+    raise ExportFormatError(f'quantized export truncated inside its header ({len(data)} of >= {start} bytes)')
   try:
     header = json.loads(zlib.decompress(data[_PREAMBLE.size:start]))
   except (zlib.error, ValueError) as e:
-    raise ValueError(f'quantized export has a corrupt header: {e}') from e
+    raise ExportFormatError(f'quantized export has a corrupt header: {e}') from e
   payload = memoryview(data)[start:]
+  _check_header(header)
   if len(payload) != header['payload_nbytes']:
-    raise ValueError(f'quantized export truncated or padded: payload is {len(payload)} bytes, '
+    raise ExportFormatError(f'quantized export truncated or padded: payload is {len(payload)} bytes, '
                      f'header says {header["payload_nbytes"]}')
   if zlib.crc32(payload) != header['payload_crc32']:
-    raise ValueError('quantized export payload is corrupt (CRC32 mismatch)')
+    raise ExportFormatError('quantized export payload is corrupt (CRC32 mismatch)')
   return header, payload
+
+
+def _is_count(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_header(header) -> None:
+  """ExportFormatError naming the first header field that is missing or inconsistent (the CRC
+  covers the payload only, so a crafted or buggy header must be checked field by field)."""
+  def bad(where, what):
+    raise ExportFormatError(f'quantized export header: {where} {what}')
+
+  if not isinstance(header, dict):
+    bad('', f'is a JSON {type(header).__name__}, not an object')
+  for key, ok in (('spec', lambda v: isinstance(v, dict)), ('payload_nbytes', _is_count),
+                  ('payload_crc32', _is_count), ('leaves', lambda v: isinstance(v, list))):
+    if key not in header:
+      bad(f'field {key!r}', 'is missing')
+    if not ok(header[key]):
+      bad(f'field {key!r}', f'has a bad value {header[key]!r:.80}')
+  paths = set()
+  for i, meta in enumerate(header['leaves']):
+    if not isinstance(meta, dict):
+      bad(f'leaf {i}', 'is not an object')
+    where = f'leaf {meta.get("path", i)!r}'
+    for key in ('path', 'kind', 'shape', 'offset', 'nbytes'):
+      if key not in meta:
+        bad(where, f'has no {key!r}')
+    if not isinstance(meta['path'], str) or not meta['path'] or meta['path'] in paths:
+      bad(where, 'has an empty or repeated path')
+    paths.add(meta['path'])
+    shape = meta['shape']
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+      bad(where, f'has a bad shape {shape!r:.80}')
+    if not _is_count(meta['offset']) or not _is_count(meta['nbytes']) or (
+        meta['offset'] + meta['nbytes'] > header['payload_nbytes']):
+      bad(where, f'has bytes {meta["offset"]!r}+{meta["nbytes"]!r} outside the payload')
+    count = int(np.prod(shape, dtype=np.int64))
+    if meta['kind'] == 'float32':
+      if meta['nbytes'] != 4 * count:
+        bad(where, f'holds {meta["nbytes"]} bytes for shape {shape} (float32 needs {4 * count})')
+    elif meta['kind'] == 'codes':
+      exponents, bits = meta.get('exponents'), meta.get('bits')
+      if not isinstance(exponents, list) or not all(
+          isinstance(e, int) and targets_lib.MIN_EXPONENT <= e <= targets_lib.MAX_EXPONENT
+          for e in exponents) or len(set(exponents)) != len(exponents):
+        bad(where, f'has bad exponents {exponents!r:.80}')
+      if bits != targets_lib.bits_per_weight(len(exponents)):
+        bad(where, f'has bits={bits!r}, but {len(exponents)} exponents need '
+            f'{targets_lib.bits_per_weight(len(exponents))}')
+      codec = meta.get('codec', 'packed')
+      if codec not in CODECS:
+        bad(where, f'has an unknown codec {codec!r} (this qprune reads {", ".join(CODECS)})')
+      if codec == 'packed' and meta['nbytes'] != -(-count * bits // 8):
+        bad(where, f'holds {meta["nbytes"]} bytes, but {count} codes of {bits} bits need '
+            f'{-(-count * bits // 8)}')
+    else:
+      bad(where, f'has an unknown kind {meta["kind"]!r} (codes or float32)')
 
 
 def _decode_leaf(meta: dict, payload: memoryview) -> np.ndarray:
@@ -197,14 +261,14 @@ def leaf_codes(meta: dict, data) -> np.ndarray:
     try:
       codes = np.frombuffer(lzma.decompress(data), np.uint8)
     except lzma.LZMAError as e:
-      raise ValueError(f'quantized export leaf {meta["path"]}: corrupt xz codes ({e})') from e
+      raise ExportFormatError(f'quantized export leaf {meta["path"]}: corrupt xz codes ({e})') from e
     if codes.size != count:
-      raise ValueError(f'quantized export leaf {meta["path"]}: {codes.size} codes for shape '
+      raise ExportFormatError(f'quantized export leaf {meta["path"]}: {codes.size} codes for shape '
                        f'{meta["shape"]}')
   elif codec == 'packed':
     codes = unpack_codes(data, count, meta['bits'])
   else:
-    raise ValueError(f'quantized export leaf {meta["path"]}: unknown codec {codec!r} (this '
+    raise ExportFormatError(f'quantized export leaf {meta["path"]}: unknown codec {codec!r} (this '
                      f'qprune reads {", ".join(CODECS)})')
   return codes
 
@@ -217,16 +281,43 @@ def decode_variables(data: bytes) -> Tuple[dict, dict]:
 
 
 def load_quantized(path: str):
-  """(model, variables) from `save_quantized`'s file; weights are the exact dequantized values."""
+  """(model, variables) from `save_quantized`'s file; weights are the exact dequantized values.
+
+  ExportFormatError naming the file if it is damaged or its leaves do not fit its model."""
   with open(path, 'rb') as f:
-    spec, variables = decode_variables(f.read())
-  return model_from_spec(spec), jax.tree.map(jnp.asarray, variables)
+    data = f.read()
+  try:
+    spec, variables = decode_variables(data)
+    model = model_from_spec(spec)
+    _check_leaves_fit(model, spec, variables)
+  except ExportFormatError as e:
+    raise ExportFormatError(f'{path}: {e}') from None
+  except (KeyError, TypeError, ValueError) as e:  # a spec the model zoo cannot build
+    raise ExportFormatError(f'{path}: quantized export header: bad model spec ({type(e).__name__}: '
+                            f'{e})') from None
+  return model, jax.tree.map(jnp.asarray, variables)
+
+
+def _check_leaves_fit(model, spec, variables):
+  """ExportFormatError if the stored leaves are not exactly the model's (paths and shapes)."""
+  images = jax.ShapeDtypeStruct((1, *spec['input_shape']), jnp.uint8)
+  expected = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
+  want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected, sep='/').items()}
+  have = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(variables, sep='/').items()}
+  for key in sorted(set(want) | set(have)):
+    if want.get(key) != have.get(key):
+      raise ExportFormatError(f'quantized export leaf {key!r}: stored shape {have.get(key)}, its '
+                              f'model ({spec.get("name")}) needs {want.get(key)}')
 
 
 def read_targets(path: str) -> dict:
   """{layer_name: exponents} stored in an export (without decoding the weights)."""
   with open(path, 'rb') as f:
-    header, _ = _parse_header(f.read())
+    data = f.read()
+  try:
+    header, _ = _parse_header(data)
+  except ExportFormatError as e:
+    raise ExportFormatError(f'{path}: {e}') from None
   return {targets_lib.layer_name(tuple(m['path'].split('/')[1:])): tuple(m['exponents'])
           for m in header['leaves'] if m['kind'] == 'codes'}
 

@@ -4,6 +4,7 @@ Orbax writes each checkpoint into a temporary folder and renames it when complet
 killed mid-write leaves either the previous checkpoint or the new one, never half of one.
 A checkpoint holds a pytree ('state': arrays) and JSON metadata ('meta': epoch, step, history).
 """
+import errno
 import os
 import shutil
 from typing import Any, Optional, Tuple
@@ -28,6 +29,9 @@ class CheckpointStore:
 
   def __init__(self, directory: str, keep: int = 2):
     self.directory = os.path.abspath(directory)
+    if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+      raise CheckpointError(f'{self.directory} is a file, not a checkpoint folder; move it away '
+                            f'(or use another --workdir)')
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -37,9 +41,14 @@ class CheckpointStore:
     return self._manager.latest_step()
 
   def save(self, step: int, tree, meta: dict):
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
+      self._manager.wait_until_finished()
+    except OSError:
+      raise  # the binary words it (disk full, read-only, ...)
+    except Exception as e:  # pylint: disable=broad-except
+      raise as_os_error(e, self.directory) from e
 
   def restore_latest(self, like) -> Optional[Tuple[Any, dict]]:
     """(tree, meta) of the newest checkpoint, shaped like `like`; None when there is none."""
@@ -61,6 +70,17 @@ class CheckpointStore:
     self._manager.close()
 
 
+def as_os_error(e: Exception, directory: str) -> Exception:
+  """Orbax/TensorStore report some I/O failures as ValueError/RuntimeError text: those become the
+  OSError they are (so the binary reports them in one line); anything else is returned as is."""
+  text = str(e)
+  for code, needle in ((errno.ENOSPC, 'No space left'), (errno.EACCES, 'Permission denied'),
+                       (errno.EROFS, 'Read-only file system'), (errno.EDQUOT, 'quota exceeded')):
+    if needle.lower() in text.lower():
+      return OSError(code, os.strerror(code), directory)
+  return e
+
+
 def save_variables(directory: str, variables):
   """Final model variables (params + batch_stats) as a standalone Orbax checkpoint."""
   directory = os.path.abspath(directory)
@@ -68,8 +88,13 @@ def save_variables(directory: str, variables):
     tmp = directory + '.tmp'
     if os.path.exists(tmp):
       shutil.rmtree(tmp)
-    checkpointer.save(tmp, to_host(variables))
-    checkpointer.wait_until_finished()
+    try:
+      checkpointer.save(tmp, to_host(variables))
+      checkpointer.wait_until_finished()
+    except OSError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise as_os_error(e, tmp) from e
   if os.path.exists(directory):
     shutil.rmtree(directory)
   os.replace(tmp, directory)

@@ -78,7 +78,7 @@ def test_write_report_tables_and_plots(tmp_path, lenet):
   for needle in ('## Quantization', 'conv1', 'fc2', 'exponents e', 'distinct values used',
                  'bits per weight: 32.00 → ', 'compression (float32 / exported bytes) | 10.0x',
                  'test accuracy, quantized | 71.00%', '## Training curves',
-                 '**INQ step 1 (50.00% frozen)**: 3 epochs', '| 1 | 50.00% | 3 | 70.00% |'):
+                 '**INQ step 1 (50% frozen)**: 3 epochs', '| 1 | 50.00% | 3 | 70.00% |'):
     assert needle in text, needle
   plots = sorted(os.listdir(tmp_path / 'q' / 'plots'))
   for name in quant.quantizable_layers(variables['params']):

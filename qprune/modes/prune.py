@@ -69,8 +69,10 @@ def decision_callback(pconfig, model, groups, score_data, rng):
             (pconfig.stop_rule == 'fixed' and epoch >= pconfig.pretrain_epochs))
     def finite(x):
       return None if x is None or np.isnan(x) else float(x)
+    full = info['step'] >= pconfig.eb_window  # before that the rule cannot fire
     return stop, {'mask': encode_masks(masks), 'mask_distance': finite(info['distance']),
-                  'mask_window_max': finite(info['window_max']), 'mask_stable': info['stable']}
+                  'mask_window_max': finite(info['window_max']) if full else None,
+                  'mask_stable': info['stable']}
 
   return on_epoch_end
 
@@ -151,6 +153,11 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   rng = jax.random.PRNGKey(config.seed)
   before = prune.model_cost(model, variables, spec['input_shape'])
 
+  warnings = []
+  if pconfig.stop_rule == 'early_bird' and pconfig.eb_window > config.epochs:
+    warnings.append(f'prune.eb_window={pconfig.eb_window} > epochs={config.epochs}: the '
+                    'Early-Bird rule can never fire, pretraining runs all epochs')
+    print(f'qprune: warning: {warnings[-1]}', flush=True)
   variables, history = pretrain(config, workdir, mesh, data, model, variables, groups, score_data,
                                 rng)
   masks, rows, best = run_search(config, workdir, model, spec, variables, groups, score_data,
@@ -192,7 +199,8 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
                     for name in sorted(masks)],
       layer_costs=costs,
       finetune_epochs=finetuned.epochs_run, epochs_run=len(history) + finetuned.epochs_run,
-      pretrain_history=[_curve(h) for h in history], finetune_history=finetuned.history)
+      pretrain_history=[_curve(h) for h in history], finetune_history=finetuned.history,
+      warnings=warnings)
 
 
 def _curve(record: dict) -> dict:

@@ -109,7 +109,7 @@ def training_stages(record: records.Results) -> List[tuple]:
   if isinstance(record, records.TrainResults):
     return [('train', record.history)]
   if isinstance(record, records.QuantizeResults):
-    out = [(f'INQ step {s.step} ({_pct(s.frozen_fraction)} frozen)', s.history)
+    out = [(f'INQ step {s.step} ({100 * (s.frozen_fraction or 0):g}% frozen)', s.history)
            for s in record.inq_steps]
     return out + [('final (BN, biases)', record.final_history)]
   if isinstance(record, records.PruneResults):

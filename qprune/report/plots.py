@@ -153,13 +153,15 @@ def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curv
     for key, style, ax in (('train_accuracy', '--', acc_ax), ('test_accuracy', '-', acc_ax),
                            ('train_loss', '-', loss_ax)):
       pts = [(x, h.get(key)) for x, h in zip(xs, history) if h.get(key) is not None]
-      if pts:
-        label = f'{name}: {key.replace("_", " ")}' if key != 'train_loss' else name
-        ax.plot(*zip(*pts), style, marker='o', ms=3, color=color, label=label or key)
+      if pts:  # one legend entry per stage; the line style says train (dashed) or test
+        label = name if key != 'train_accuracy' else None
+        ax.plot(*zip(*pts), style, marker='o', ms=3, color=color, label=label)
     if offset:
       for ax in (acc_ax, loss_ax):
         ax.axvline(offset + 0.5, color='k', lw=0.6, alpha=0.5)
     offset += len(history)
+  acc_ax.plot([], [], 'k--', label='train (dashed)')
+  acc_ax.plot([], [], 'k-', label='test (solid)')
   acc_ax.set_ylabel('accuracy')
   acc_ax.set_title(title, fontsize=10)
   loss_ax.set_ylabel('training loss')

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from qprune.quant import inq, targets
+from qprune.train.optim import freezable
 
 
 def tiny_params():
@@ -66,14 +67,13 @@ def make_retrain(steps=5):
     return jnp.mean((x @ p['fc']['kernel'] + p['fc']['bias']) ** 2) + jnp.sum(p['conv1']['kernel'] ** 2)
 
   def retrain(params, mask):
-    tx = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.5, momentum=0.9),
-                     inq.freeze_frozen_updates(mask))
+    tx = freezable(optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.5, momentum=0.9)))
     state = tx.init(params)
 
     @jax.jit
     def step(p, s):
       grads = jax.grad(loss)(p)
-      updates, s = tx.update(grads, s, p)
+      updates, s = tx.update(grads, s, p, freeze_mask=mask)
       return optax.apply_updates(p, updates), s
 
     for _ in range(steps):

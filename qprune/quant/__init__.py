@@ -2,8 +2,7 @@
 incremental schedule, and a small bit-packed export. Pure functions over Flax param pytrees."""
 from qprune.quant.export import (FORMAT_VERSION, float32_nbytes, load_quantized, read_targets,
                                  save_quantized)
-from qprune.quant.inq import (DEFAULT_SCHEDULE, freeze_frozen_updates, freeze_mask, no_frozen,
-                              run_inq, snap, zero_frozen)
+from qprune.quant.inq import DEFAULT_SCHEDULE, freeze_mask, no_frozen, run_inq, snap, zero_frozen
 from qprune.quant.kmeans import (CandidateTable, Clusters, candidate_errors, candidate_table,
                                  cluster_all, exponent_sets, initial_centers, kmeans_targets,
                                  select_by_bit_budget,

@@ -13,9 +13,9 @@ from typing import Callable, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import traverse_util
 
+from qprune.ops.masking import zero_frozen  # noqa: F401 (re-exported: qprune.quant.zero_frozen)
 from qprune.quant import targets as targets_lib
 
 DEFAULT_SCHEDULE: Tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
@@ -78,22 +78,6 @@ def snap(params, mask, targets: targets_lib.Targets,
   return traverse_util.unflatten_dict(out)
 
 
-def zero_frozen(updates, mask):
-  """Updates with frozen entries set to exactly 0 (apply after the optimizer, before apply_updates)."""
-  return jax.tree.map(lambda u, m: jnp.where(m, jnp.zeros_like(u), u), updates, mask)
-
-
-def freeze_frozen_updates(mask) -> optax.GradientTransformation:
-  """optax transform zeroing the updates of frozen entries; chain it LAST, after weight decay and
-  momentum, so frozen weights get no update at all: `optax.chain(tx, freeze_frozen_updates(mask))`.
-
-  The mask is a constant of the transform: build a new one per INQ step (or use `zero_frozen`
-  inside a train step that takes the mask as an argument, which avoids recompiling).
-  """
-  def update_fn(updates, state, params=None):
-    del params
-    return zero_frozen(updates, mask), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def run_inq(params, targets: targets_lib.Targets, retrain_fn: RetrainFn,
@@ -103,7 +87,7 @@ def run_inq(params, targets: targets_lib.Targets, retrain_fn: RetrainFn,
 
   For each fraction: grow the freeze mask, snap frozen weights, then (unless everything targeted is
   frozen, fraction >= 1) call `retrain_fn(params, mask)`, which must leave frozen entries unchanged
-  (e.g. `optax.chain(tx, freeze_frozen_updates(mask))`). A last snap with the final mask makes every
+  (e.g. with `qprune.train.optim.freezable(tx)` and `freeze_mask=mask`). A last snap with the final mask makes every
   targeted weight exactly representable even if the schedule does not end at 1.0 — only for the
   frozen ones; end the schedule at 1.0 to quantize every weight.
   """

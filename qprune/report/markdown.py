@@ -332,8 +332,8 @@ def write_report(workdir: str, results, variables=None, targets=None) -> str:
   """
   layer_weights = None
   if isinstance(variables, str):
-    from qprune import load_model  # pylint: disable=g-import-not-at-top
-    variables = load_model(variables)[1]
+    from qprune.artifacts import load_saved_model  # pylint: disable=g-import-not-at-top
+    variables = load_saved_model(variables)[1]
   if variables is not None:
     from qprune.quant import quantizable_layers  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top

@@ -16,6 +16,7 @@ import sys
 from typing import Dict, List, Sequence
 
 from qprune import quant
+from qprune.artifacts import load_saved_model
 
 
 def inq_bits_for(k: int):
@@ -74,7 +75,6 @@ def main(argv=None) -> int:
   parser.add_argument('--ks', default='1,2,3,4')
   parser.add_argument('--out', default=None)
   args = parser.parse_args(argv)
-  import qprune  # pylint: disable=g-import-not-at-top
   from qprune.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     ks = sorted({int(k) for k in args.ks.split(',')})
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     print(f'qprune: error: --ks={args.ks!r}: give positive integers, e.g. 1,2,4', file=sys.stderr)
     return 2
   try:
-    _, variables = qprune.load_model(args.model_dir)
+    _, variables = load_saved_model(args.model_dir)
   except (UserError, OSError) as e:
     print(f'qprune: error: {e}', file=sys.stderr)
     return 2

@@ -8,7 +8,7 @@ momentum trace left from before the freeze can move them (INQ's frozen, quantize
 import jax
 import optax
 
-from qprune.quant.inq import zero_frozen
+from qprune.ops.masking import zero_frozen
 
 
 def lr_schedule(kind: str, base_lr: float, total_steps: int, warmup_steps: int = 0,

@@ -3,8 +3,8 @@
 #
 # Usage:
 #   ./launch.sh --configs configs/a.py,configs/b.py [--override "--config.x=1"]... \
-#               [--seeds 0,1] [--set "--config.epochs=1 --config.data_dir=../shared/data"] \
-#               [--out runs/sweep1] [--gpus 0,1] [--dry-run] [--no-plots]
+#               [--seeds 0,1] [--set "--config.epochs=1 --config.data_dir=DATA"] \
+#               [--out runs/sweep1] [--gpus 0,1] [--dry-run [--no-check]] [--no-plots]
 #   ./launch.sh ... --multi-host [--hosts N] [--coordinator HOST:PORT]   # print per-host commands
 #   ./launch.sh --sweep sweep.txt [--seeds 0,1] [--set "..."] [--out DIR]
 #
@@ -22,12 +22,18 @@
 # launch resumes unfinished jobs from their checkpoints and skips finished ones (the binary
 # does that per workdir).
 #
+# --dry-run runs nothing: it checks every job (its config file loads, every --config.* override
+# names a real field with a valid value, qprune.configs.validate accepts the result; all jobs in
+# one $QPRUNE_PYTHON process, exit status 2 naming the bad jobs) and prints the commands, as a
+# script that can be run as printed (it starts with the mkdir of the log folder). --no-check
+# skips the check (e.g. on a machine without qprune installed).
+#
 # Scheduling. When `nvidia-smi -L` lists GPUs, jobs run in parallel, one per GPU
 # (CUDA_VISIBLE_DEVICES=<i>; --gpus 0,2 picks the GPUs); otherwise one after another. A failed
 # job does not stop the others. At the end the results are collected into <out>/summary.md and
 # <out>/summary.csv (`python qprune/report/collect.py <out> --plots`, also
-# <out>/plots/accuracy_vs_{bits,macs}.png unless --no-plots); the exit status is 1 when a job failed, and the
-# failed jobs are named on stderr.
+# <out>/plots/accuracy_vs_{bits,macs}.png unless --no-plots); the exit status is 1 when a job
+# failed, and the failed jobs are named on stderr.
 #
 # Several hosts (TPU VM pods, multi-node GPU). One job then spans all hosts: every host runs
 # the SAME command at the same time, and the binary calls jax.distributed.initialize() when
@@ -49,8 +55,8 @@ set -u
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-usage() {
-  sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed -e 's/^# \{0,1\}//'
+usage() {  # the comment block at the top of this file, without the '# '
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"
 }
 
 die() { echo "launch.sh: error: $*" >&2; exit 2; }
@@ -67,6 +73,7 @@ SET=""
 OUT=""
 SWEEP=""
 DRY_RUN=0
+CHECK=1
 PLOTS="--plots"
 MULTI_HOST=0
 HOSTS="N"
@@ -92,6 +99,7 @@ while [[ $# -gt 0 ]]; do
     --gpus) [[ $# -ge 2 ]] || die "--gpus needs a value"; GPUS="$2"; shift 2 ;;
     --gpus=*) GPUS="${1#*=}"; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --no-check) CHECK=0; shift ;;
     --no-plots) PLOTS=""; shift ;;
     --multi-host) MULTI_HOST=1; shift ;;
     --hosts) [[ $# -ge 2 ]] || die "--hosts needs a number"; HOSTS="$2"; shift 2 ;;
@@ -205,19 +213,40 @@ else
   fi
 fi
 
+check_jobs() {  # every job's flags and config, in one python process; exit 2 naming bad jobs
+  local list i status
+  list="$(mktemp "${TMPDIR:-/tmp}/qprune-jobs.XXXXXX")" || die "cannot create a temporary file"
+  for i in "${!J_NAME[@]}"; do
+    { printf '%s' "${J_NAME[$i]}"; job_args "$i" | tail -n +3 | while IFS= read -r word; do
+        printf '\t%s' "$word"; done; printf '\n'; } >> "$list"
+  done
+  "$PY" -c 'import sys; from qprune import main; sys.exit(main.check_jobs_main(sys.argv[1:]))' \
+    "$list"
+  status=$?
+  rm -f "$list"
+  case $status in
+    0) ;;
+    2) echo "launch.sh: error: bad job(s) above; nothing printed (--no-check skips this check)" >&2
+       exit 2 ;;
+    *) die "could not check the jobs with $PY (exit $status; set QPRUNE_PYTHON to an interpreter with qprune installed, or pass --no-check)" ;;
+  esac
+}
+
 if [[ $DRY_RUN -eq 1 ]]; then
+  [[ $CHECK -eq 0 ]] || check_jobs
   if [[ ${#GPU_LIST[@]} -gt 0 ]]; then
     echo "# ${#J_NAME[@]} job(s), in parallel on GPUs ${GPU_LIST[*]} (one job per GPU)"
   else
     echo "# ${#J_NAME[@]} job(s), one after another (no GPU found)"
   fi
+  echo "mkdir -p $(printf '%q' "$OUT/logs")"
   for i in "${!J_NAME[@]}"; do
     if [[ ${#GPU_LIST[@]} -gt 0 ]]; then
       printf 'CUDA_VISIBLE_DEVICES=%s ' "${GPU_LIST[$((i % ${#GPU_LIST[@]}))]}"
     fi
-    echo "$(job_command "$i") > $OUT/logs/${J_NAME[$i]}.log 2>&1"
+    echo "$(job_command "$i") > $(printf '%q' "$OUT/logs/${J_NAME[$i]}.log") 2>&1"
   done
-  echo "$COLLECT_PY $SCRIPT_DIR/qprune/report/collect.py $OUT${PLOTS:+ $PLOTS}"
+  echo "$COLLECT_PY $(printf '%q %q' "$SCRIPT_DIR/qprune/report/collect.py" "$OUT")${PLOTS:+ $PLOTS}"
   exit 0
 fi
 

@@ -221,6 +221,13 @@ def _flag_error(e: Exception, argv) -> str:
   return f'bad flag: {" ".join(text.split())}'
 
 
+def _load_error(e: Exception, argv) -> str:
+  """One line for a config file that ml_collections could not load (its last line says why)."""
+  reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [repr(e)]
+  names = [a.split('=', 1)[1] for a in argv if a.startswith(('--config=', '-config='))]
+  return f'cannot load --config={names[-1] if names else "?"}: {reason[0]}'
+
+
 def _exit_with_error(message: str):
   print(f'qprune: error: {message}', file=sys.stderr, flush=True)
   sys.exit(2)
@@ -242,13 +249,13 @@ def parse_flags(argv):
     _exit_with_error(_flag_error(e, argv))
   except (flags.Error, TypeError, ValueError) as e:
     _exit_with_error(_flag_error(e, argv))
+  except OSError as e:  # an override on a config file that did not load
+    _exit_with_error(_load_error(e, argv))
   try:
     config = _CONFIG.value
     config.keys()  # ml_collections defers a config file's load error to the first attribute use
   except Exception as e:  # pylint: disable=broad-except
-    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [repr(e)]
-    _exit_with_error(f'cannot load --config={flags.FLAGS["config"].config_filename}: '
-                     f'{reason[0]}')
+    _exit_with_error(_load_error(e, argv))
   if _PRINT_CONFIG.value:
     print(json.dumps(config.to_dict(), indent=2, default=str))
     _check_config(config, warn_only=True)
@@ -269,6 +276,50 @@ def _check_config(config, warn_only: bool = False):
     if not warn_only:
       _exit_with_error(str(e))
     print(f'qprune: warning: this config would be refused: {e}', file=sys.stderr, flush=True)
+
+
+def check_job_args(args) -> 'str | None':
+  """The error `python -m qprune.main ARGS` would stop at before any work (flags, the config file,
+  --config.* overrides, configs.validate), or None. Only --config* and --workdir are checked
+  (other absl flags are left to the run). Each call has its own FlagValues, so one process checks
+  a whole batch of jobs (launch.sh --dry-run)."""
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  argv = ['qprune'] + [a for a in args if a.startswith(('--config', '--workdir'))]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=values, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, '', flag_values=values)
+  try:
+    values(argv)
+  except (AttributeError, KeyError, flags.Error, TypeError, ValueError) as e:
+    return _flag_error(e, argv)
+  except OSError as e:  # an override on a config file that did not load
+    return _load_error(e, argv)
+  if values['config'].value is None:
+    return '--config is required'
+  try:
+    config = values['config'].value
+    config.keys()  # a config file's load error surfaces here
+  except Exception as e:  # pylint: disable=broad-except
+    return _load_error(e, argv)
+  try:
+    configs.validate(config)
+  except configs.ConfigError as e:
+    return str(e)
+  return None
+
+
+def check_jobs_main(argv) -> int:
+  """`check_jobs_main([JOBS_FILE])`: JOBS_FILE has one job a line, `NAME<TAB>ARG<TAB>ARG...`.
+  Prints one line per bad job; returns 0 when all are good, else 2."""
+  bad = 0
+  with open(argv[0]) as f:
+    jobs = [line.rstrip('\n').split('\t') for line in f if line.strip()]
+  for name, *args in jobs:
+    error = check_job_args(args)
+    if error:
+      bad += 1
+      print(f'launch.sh: error: job {name}: {error}', file=sys.stderr, flush=True)
+  return 2 if bad else 0
 
 
 def main(argv):

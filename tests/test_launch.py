@@ -69,22 +69,24 @@ def _launch(args, env, cwd):
 def test_help():
   out = subprocess.run(['bash', LAUNCH, '--help'], capture_output=True, text=True, check=True)
   assert 'Usage:' in out.stdout and '--dry-run' in out.stdout and '--multi-host' in out.stdout
+  assert 'set -u' not in out.stdout and out.stdout.rstrip().endswith('nvidia-smi).')
+  assert '\n#' not in out.stdout  # comment markers stripped
 
 
 def test_dry_run_prints_commands(tmp_path):
-  env = _env(tmp_path, QPRUNE_PYTHON='python')
+  env = _env(tmp_path, QPRUNE_PYTHON=sys.executable)  # it checks the jobs with it
   out = _launch(['--configs', 'configs/mnist_lenet5.py,configs/cifar10_resnet20.py',
                  '--seeds', '0,1', '--set', '--config.epochs=1 --config.data_dir=../shared/data',
                  '--out', 'runs/sweep1', '--dry-run'], env, REPO_ROOT)
   assert out.returncode == 0, out.stderr
   commands = [l for l in out.stdout.splitlines() if not l.startswith('#')]
-  expected = [
-      f'python -m qprune.main --config=configs/{c}.py --workdir=runs/sweep1/{c}_s{s} '
+  expected = ['mkdir -p runs/sweep1/logs'] + [
+      f'{sys.executable} -m qprune.main --config=configs/{c}.py --workdir=runs/sweep1/{c}_s{s} '
       f'--config.epochs=1 --config.data_dir=../shared/data --config.seed={s} '
       f'> runs/sweep1/logs/{c}_s{s}.log 2>&1'
       for c in ('mnist_lenet5', 'cifar10_resnet20') for s in (0, 1)]
-  assert commands[:4] == expected
-  assert commands[4].endswith('qprune/report/collect.py runs/sweep1 --plots')
+  assert commands[:5] == expected
+  assert commands[5].endswith('qprune/report/collect.py runs/sweep1 --plots')
   assert not os.path.exists(os.path.join(REPO_ROOT, 'runs', 'sweep1'))  # nothing ran
 
 
@@ -92,7 +94,7 @@ def test_dry_run_variants_sweep_file_and_gpus(tmp_path):
   sweep = tmp_path / 'sweep.txt'
   sweep.write_text('# comment\nconfigs/mnist_lenet5.py --config.learning_rate=0.02\n\n'
                    'configs/mnist_lenet5.py --config.width=0.5 --config.quant.k=3\n')
-  env = _env(tmp_path, smi=_script(tmp_path / 'smi', FAKE_SMI), QPRUNE_PYTHON='py')
+  env = _env(tmp_path, smi=_script(tmp_path / 'smi', FAKE_SMI), QPRUNE_PYTHON=sys.executable)
   out = _launch(['--sweep', str(sweep), '--configs', 'configs/mnist_lenet5.py', '--override', '',
                  '--override', '--config.epochs=2', '--out', 'o', '--dry-run'], env, REPO_ROOT)
   assert out.returncode == 0, out.stderr
@@ -106,6 +108,47 @@ def test_dry_run_variants_sweep_file_and_gpus(tmp_path):
   dup = _launch(['--configs', 'configs/mnist_lenet5.py,other/mnist_lenet5.py', '--out', 'o',
                  '--dry-run'], env, REPO_ROOT)
   assert dup.returncode == 2 and 'share the workdir' in dup.stderr
+
+
+def test_dry_run_checks_every_job(tmp_path):
+  """Bad overrides and config files are named per job (one process checks them all), and
+  nothing is printed to run; --no-check prints anyway."""
+  env = _env(tmp_path, QPRUNE_PYTHON=sys.executable)
+  args = ['--configs', 'configs/mnist_lenet5.py,configs/missing.py', '--override',
+          '--config.epochs=1', '--override', '--config.epoch=1', '--out', 'o', '--dry-run']
+  out = _launch(args, env, REPO_ROOT)
+  assert out.returncode == 2, out.stdout + out.stderr
+  errors = [l for l in out.stderr.splitlines() if l.startswith('launch.sh: error: job ')]
+  assert errors == [
+      "launch.sh: error: job mnist_lenet5_epoch-1_s0: unknown config field 'epoch'; did you mean "
+      "'epochs'? (python -m qprune.main --help lists the fields)",
+      'launch.sh: error: job missing_epochs-1_s0: cannot load --config=configs/missing.py: '
+      "[Errno 2] No such file or directory: 'configs/missing.py'",
+      'launch.sh: error: job missing_epoch-1_s0: cannot load --config=configs/missing.py: '
+      "[Errno 2] No such file or directory: 'configs/missing.py'"]
+  assert 'qprune.main' not in out.stdout
+  bad_value = _launch(['--configs', 'configs/mnist_lenet5.py', '--set', '--config.mode=zip',
+                       '--out', 'o', '--dry-run'], env, REPO_ROOT)
+  assert bad_value.returncode == 2 and "mode='zip': must be one of" in bad_value.stderr
+  unchecked = _launch(args + ['--no-check'], env, REPO_ROOT)
+  assert unchecked.returncode == 0 and unchecked.stdout.count(' -m qprune.main ') == 4
+
+
+def test_dry_run_output_runs_as_printed(tmp_path):
+  (good,) = _configs(tmp_path, 'good.py')
+  env = _env(tmp_path)  # the fake interpreter: no check (it is not Python)
+  out = _launch(['--configs', good, '--seeds', '0,1', '--out', 'runs/x', '--no-plots',
+                 '--dry-run', '--no-check'], env, str(tmp_path))
+  assert out.returncode == 0, out.stderr
+  script = tmp_path / 'printed.sh'
+  script.write_text(out.stdout)
+  ran = subprocess.run(['bash', '-e', str(script)], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+  assert ran.returncode == 0, ran.stderr
+  for seed in (0, 1):
+    assert (tmp_path / 'runs' / 'x' / f'good_s{seed}' / 'results.json').exists()
+    assert 'fake run of' in (tmp_path / 'runs' / 'x' / 'logs' / f'good_s{seed}.log').read_text()
+  assert (tmp_path / 'runs' / 'x' / 'summary.md').exists()
 
 
 def test_multi_host_prints_per_host_commands(tmp_path):

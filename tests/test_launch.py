@@ -184,6 +184,16 @@ def test_sequential_run_failure_and_summary(tmp_path):
   assert rows['good_s0']['config'] == good and rows['good_s0']['seed'] == '0'
   md = (out_dir / 'summary.md').read_text()
   assert '| good_s0 | ok |' in md and 'not ok: bad_s0, bad_s1' in md
+  # the seeds of one job aggregated: mean ± sample std over the finished ones
+  assert '## Over seeds' in md
+  good_line = next(l for l in md.splitlines() if l.startswith('| good | 2/2 |'))
+  assert '0.9050 ± 0.0071' in good_line
+  assert any(l.startswith('| bad | 0/2 |') for l in md.splitlines())
+  with open(out_dir / 'summary_seeds.csv') as f:
+    groups = {r['group']: r for r in csv.DictReader(f)}
+  assert groups['good']['n'] == '2' and abs(float(groups['good']['test_accuracy_mean']) - 0.905) < 1e-9
+  assert abs(float(groups['good']['test_accuracy_std']) - 0.00707107) < 1e-6
+  assert groups['bad']['n'] == '0' and groups['bad']['test_accuracy_mean'] == ''
   assert (out_dir / 'plots' / 'accuracy_vs_macs.png').exists()
 
 

@@ -168,7 +168,7 @@ def write_summary(out: str, plots: bool = False) -> List[dict]:
   md = f'# Sweep summary: {os.path.abspath(out)}\n\n' + to_markdown(rows, columns)
   md += f'\n{len(rows) - len(failed)} of {len(rows)} jobs ok'
   md += (f'; not ok: {", ".join(failed)}\n' if failed else '\n')
-  _write_atomic(os.path.join(out, SUMMARY_MD), md)
+  _write_atomic(os.path.join(out, SUMMARY_MD), md + write_seed_summary(out, rows))
   _write_atomic(os.path.join(out, SUMMARY_CSV), to_csv(rows, columns))
   if plots:
     results = [dict(r['_results'], job=r['job']) for r in rows if r['_results']]
@@ -192,6 +192,72 @@ def main(argv=None) -> int:
   print(to_markdown(rows, columns_of(rows)), end='')
   print(f'wrote {os.path.join(args.out, SUMMARY_MD)} and {os.path.join(args.out, SUMMARY_CSV)}')
   return 0
+
+
+# ------------------------------------------------------------------- seeds (launch.sh --seeds)
+
+SEEDS_CSV = 'summary_seeds.csv'
+
+
+def seed_group(row: dict) -> str:
+  """The name of a job's group: its name without launch.sh's `_s<seed>` suffix (jobs that
+  differ only in their seed share it)."""
+  import re  # pylint: disable=g-import-not-at-top
+  return re.sub(r'_s\d+$', '', row['job'])
+
+
+def aggregate_seeds(rows: List[dict]) -> List[dict]:
+  """One row per group of jobs that differ only in the seed (in first-job order), when some group
+  has two or more jobs: group, n (finished jobs), jobs, and for each numeric result column the
+  mean and sample standard deviation over the finished jobs (`<column>_mean`, `<column>_std`;
+  std None for n < 2). [] when every job is alone in its group."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  groups: Dict[str, List[dict]] = {}
+  for row in rows:
+    groups.setdefault(seed_group(row), []).append(row)
+  if all(len(members) < 2 for members in groups.values()):
+    return []
+  out = []
+  for name, members in groups.items():
+    ok = [r for r in members if r['status'] == 'ok']
+    agg = {'group': name, 'n': len(ok), 'jobs': len(members)}
+    for column, _ in RESULT_COLUMNS:
+      values = [r[column] for r in ok if isinstance(r.get(column), (int, float))
+                and not isinstance(r.get(column), bool)]
+      if values and len(values) == len(ok):
+        agg[f'{column}_mean'] = statistics.fmean(values)
+        agg[f'{column}_std'] = statistics.stdev(values) if len(values) > 1 else None
+    out.append(agg)
+  return out
+
+
+def seeds_markdown(groups: List[dict]) -> str:
+  """The groups as a markdown table of `mean ± std` cells (n: finished jobs of the group)."""
+  columns = [c for c, _ in RESULT_COLUMNS if any(f'{c}_mean' in g for g in groups)]
+  lines = ['| group | n | ' + ' | '.join(columns) + ' |',
+           '|' + '|'.join('---' for _ in range(len(columns) + 2)) + '|']
+  for g in groups:
+    cells = []
+    for c in columns:
+      mean, std = g.get(f'{c}_mean'), g.get(f'{c}_std')
+      cells.append('' if mean is None else _cell(float(mean), c) +
+                   ('' if std is None else f' ± {_cell(float(std), c)}'))
+    lines.append(f'| {g["group"]} | {g["n"]}/{g["jobs"]} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_seed_summary(out: str, rows: List[dict]) -> str:
+  """Writes OUT/summary_seeds.csv (one row per group: group, n, jobs, <column>_mean,
+  <column>_std) when jobs repeat over seeds; returns the summary.md section ('' otherwise)."""
+  groups = aggregate_seeds(rows)
+  if not groups:
+    return ''
+  columns = ['group', 'n', 'jobs'] + [k for c, _ in RESULT_COLUMNS
+                                      for k in (f'{c}_mean', f'{c}_std')
+                                      if any(f'{c}_mean' in g for g in groups)]
+  _write_atomic(os.path.join(out, SEEDS_CSV), to_csv(groups, columns))
+  return ('\n## Over seeds: mean ± sample std (n = finished jobs / jobs)\n\n' +
+          seeds_markdown(groups))
 
 
 if __name__ == '__main__':

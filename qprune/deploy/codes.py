@@ -69,7 +69,7 @@ def _npz_bytes(spec: Mapping, entries: Mapping) -> bytes:
 
 def save_codes(path: str, variables, targets: targets_lib.Targets, spec: Mapping,
                path_filter: targets_lib.PathFilter = targets_lib.default_path_filter) -> int:
-  """Writes the `.npz` code export of `variables` (kernels quantized to `targets` with eq. 3.1,
+  """Writes the `.npz` code export of `variables` (kernels quantized to `targets` by `quant.quantize`,
   exactly as `quant.save_quantized` does); returns its size in bytes."""
   spec_out, entries = qpq_to_codes(qpq.encode_variables(variables, targets, spec, path_filter))
   return files.write_bytes_atomic(path, _npz_bytes(spec_out, entries))

@@ -26,7 +26,8 @@ no members to aggregate.
              dL/dg_c| (loss = mean cross-entropy of each batch; eval-mode BN). Gating the BN output
              before ReLU gives the same value as gating after it (ReLU is positively homogeneous).
 * `random`   uniform in [0, 1), seeded by `rng`: the baseline every criterion must beat.
-* `attention` (the thesis) — see `attention_scores`.
+* `attention` channel attention, squeeze-and-excitation style (Hu et al. 2018) — see
+             `attention_scores`.
 """
 import functools
 from typing import Callable, Dict, Optional
@@ -238,7 +239,7 @@ def channel_attention(squeezed, temperature: float = 1.0, eps: float = 1e-8):
 def attention_scores(variables, groups: Groups, *, model=None, batches=None,
                      base: str = 'l1', temperature: float = 1.0, rng=None,
                      aggregate: Optional[str] = None, **_) -> Scores:
-  """Channel attention on top of a base criterion (the thesis' criterion).
+  """Channel attention on top of a base criterion (SE-style, Hu et al. 2018).
 
   For every group (a layer's channels), on a few training batches:
     squeeze     s_c = mean_{batches, n, h, w} relu(y_c)       (y = BN output of the channel;

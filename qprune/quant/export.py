@@ -19,7 +19,7 @@ Python's `lzma` module); chosen per leaf only where it is smaller than 'packed' 
 stage of Deep Compression, Han et al. 2016). It gains where the codes are skewed (many zeros);
 the error-optimal sets spread codes almost evenly (LeNet-5 at 3 bits: 2.8 bits of entropy), so
 there it saves little.
-Weights not yet on their layer's set are quantized with eq. 3.1 when saved.
+Weights not yet on their layer's set are quantized (`targets.quantize`) when saved.
 """
 import json
 import lzma

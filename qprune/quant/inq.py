@@ -2,7 +2,7 @@
 
 At step s with fraction f_s (default 0.5, 0.75, 0.875, 1.0), each targeted layer's
 `ceil(f_s · n)` weights are frozen: the previously frozen ones plus the largest-|w| of the rest.
-Frozen weights are snapped to their layer's target set (eq. 3.1) and must then get no update at
+Frozen weights are snapped to their layer's target set (`targets.quantize`) and must then get no update at
 all; the other weights are retrained by the caller to compensate. Target sets are fixed before the
 first step (e.g. from the pretrained weights), so frozen values stay valid throughout.
 
@@ -64,7 +64,7 @@ def freeze_mask(params, targets: targets_lib.Targets, fraction: float, previous=
 
 def snap(params, mask, targets: targets_lib.Targets,
          path_filter: targets_lib.PathFilter = targets_lib.default_path_filter):
-  """Frozen weights (mask True) -> exactly 0 or ±2^e, e in the layer's set (eq. 3.1); rest as is."""
+  """Frozen weights (mask True) -> exactly 0 or ±2^e, e in the layer's set (nearest); rest as is."""
   flat_params = traverse_util.flatten_dict(params)
   flat_mask = traverse_util.flatten_dict(mask)
   out = {}

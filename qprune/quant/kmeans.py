@@ -1,4 +1,4 @@
-"""Per-layer power-of-two target sets from 1-D k-means on log2|w| (the thesis' clustered targets).
+"""Per-layer power-of-two target sets from 1-D k-means on log2|w| (clustered targets).
 
 For every layer l and every k in 1..k_max, Lloyd's k-means clusters the layer's log2 magnitudes
 `x = log2|w|` into k clusters; the centers, rounded to integers and de-duplicated, are the layer's
@@ -27,7 +27,7 @@ exponents, so its values are {0, ±2^e}. Everything (all layers, all k) runs in 
   centers (de-duplicated), so its set has fewer than k exponents. An all-zero layer gets none.
 
 Adaptive k (all on host from the [L, k_max] table of candidate sets and errors, no recompiles):
-fixed k; the smallest k whose relative L1 error Σ|W−Ŵ|/Σ|W| (eq. 3.2 normalised by the layer's
+fixed k; the smallest k whose relative L1 error Σ|W−Ŵ|/Σ|W| (the L1 error normalised by the layer's
 L1 norm, so one tolerance fits every layer) is <= tol; or a global average bit budget per weight,
 spent greedily on the upgrade with the largest L1 error reduction per extra bit.
 """
@@ -276,7 +276,7 @@ def initial_centers(layers: Sequence[jax.Array], k_max: int = 8, log2_range: flo
 
 @jax.jit
 def candidate_errors(layers: Sequence[jax.Array], exponents: jax.Array, valid: jax.Array):
-  """L1 errors (eq. 3.2) of quantizing each layer with each candidate set.
+  """L1 errors Σ|W − Ŵ| of quantizing each layer with each candidate set.
 
   layers: list of L arrays; exponents/valid: [L, C, n] candidate sets (C candidates per layer).
   Returns (errors [L, C], l1_norms [L]) with l1_norms = Σ|W| per layer.

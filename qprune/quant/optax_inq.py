@@ -7,7 +7,7 @@ Schedule. Update calls are numbered t = 0, 1, 2, ...; a call with t % steps_per_
 still has a stage ahead (t // steps_per_stage < len(schedule)) is a *snap step*: it grows the
 freeze mask to the next fraction (`quant.freeze_mask`: previously frozen + largest |w| of the
 rest, from the params it is given) and returns `snapped − params` as the update, so that
-`optax.apply_updates` moves the newly frozen weights exactly onto their targets (eq. 3.1). The
+`optax.apply_updates` moves the newly frozen weights exactly onto their targets (`quantize`). The
 gradient of a snap step is not used and the inner optimizer does not step. Every other call is a
 *train step*: the inner transform's update with frozen entries zeroed (`quant.zero_frozen`, after
 momentum and weight decay, so frozen weights never move). Hence stage i is one snap step and
@@ -17,7 +17,7 @@ updates. After the last stage (fraction 1.0) the quantized kernels stay frozen a
 params (biases, BatchNorm) keep training if the loop goes on.
 
 Why the snap is exact: `p + (q − p)` (what `apply_updates` computes) is `q` in float32 whenever
-`q − p` is exactly representable, which holds for eq. 3.1's targets: either q = 0, or
+`q − p` is exactly representable, which holds for power-of-two targets: either q = 0, or
 |p| ∈ [q/2, 2q] (Sterbenz), or |p| > 2q where p − q is a multiple of ulp(p) lying in (|p|/2, |p|)
 and so is representable too (unless q < ulp(p), a > 2^23 gap between a weight and its target).
 `inq_params` snaps again with the final mask (idempotent) for callers who want that guaranteed.

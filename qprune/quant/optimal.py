@@ -1,9 +1,9 @@
 """Exactly optimal power-of-two target sets: for every layer and every k, the k integer exponents
-whose nearest-target quantizer (eq. 3.1 in `targets`) has the smallest error.
+whose nearest-target quantizer (`targets.quantize`) has the smallest error.
 
-k-means on log2|w| (`kmeans`, the thesis' method) minimizes a proxy, the squared distance in log2
+k-means on log2|w| (`kmeans`, the clustered targets) minimizes a proxy, the squared distance in log2
 space, which weighs a tiny weight's relative error as much as a large weight's; the quantity
-that matters, the quantization error of the layer, Σ|W − Ŵ| (`l1`, eq. 3.2) or Σ(W − Ŵ)² (`l2`),
+that matters, the quantization error of the layer, Σ|W − Ŵ| (`l1`) or Σ(W − Ŵ)² (`l2`),
 is dominated by the large weights. Exponents are integers, so the error-optimal set can be found
 exactly instead:
 

@@ -13,8 +13,8 @@ def layer_report(params, targets: targets_lib.Targets,
                  ) -> List[dict]:
   """[{name, num_weights, exponents, bits, distinct_values, l1_error}] per targeted layer.
 
-  The layer is quantized with its set (eq. 3.1; a no-op for already-snapped weights), so
-  `l1_error` (eq. 3.2) is against `params` as given: pass the full-precision params to measure
+  The layer is quantized with its set (`quantize`; a no-op for already-snapped weights), so
+  `l1_error` (Σ|W − Ŵ|) is against `params` as given: pass the full-precision params to measure
   the quantization error, the final INQ params to get 0. `distinct_values` counts the distinct
   values the quantized layer actually uses (zero included if present).
   """

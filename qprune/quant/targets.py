@@ -1,19 +1,19 @@
 """Which leaves are quantized, their power-of-two target sets, and the nearest-target quantizer.
 
 A *target set* of a layer is a sorted tuple of integer exponents `(e_1 < ... < e_n)`; the values a
-weight may take are `P = {0} ∪ {±2^e_i}` (thesis / INQ notation `P_l`). Target sets are plain
-Python data, `Targets = {layer_path: (e_1, ..., e_n)}`, keyed like `quantizable_layers`.
+weight may take are `P = {0} ∪ {±2^e_i}` (INQ's notation `P_l`, Zhou et al. 2017). Target sets
+are plain Python data, `Targets = {layer_path: (e_1, ..., e_n)}`, keyed like `quantizable_layers`.
 
-Quantizer (thesis eq. 3.1, our exact reading). Let `0 = m_0 < m_1 < ... < m_n` be the sorted
+Quantizer (INQ's rule, our exact reading). Let `0 = m_0 < m_1 < ... < m_n` be the sorted
 target magnitudes (zero included). A weight maps to `sgn(w)·m_j` where `j` is the largest index
 with `(m_{j-1} + m_j)/2 <= |w|` (j = 0 if none): every threshold lies halfway between adjacent
 magnitudes, ties go to the larger magnitude, the smallest nonzero target `m_1` has lower
 threshold `m_1/2` (its neighbour is the zero target), and anything at or above the last threshold
-maps to the largest target — including `|w| >= 3·m_n/2`, which eq. 3.1 leaves out (with INQ's rule
-`max|W| < 3·2^n1/2`, so this clipping only matters for clustered sets). In short: nearest target,
+maps to the largest target — including `|w| >= 3·m_n/2`, which INQ's rule leaves out (with INQ's
+bound `max|W| < 3·2^n1/2`, so this clipping only matters for clustered sets). In short: nearest target,
 ties upward, clipped at the largest.
 
-Error (thesis eq. 3.2): `E = Σ |W − Ŵ|` over a layer (or summed over layers).
+Error (L1): `E = Σ |W − Ŵ|` over a layer (or summed over layers).
 Bits per weight: `ceil(log2(2n + 1))`: n exponents, two signs, one zero code.
 """
 import math
@@ -100,7 +100,7 @@ def bits_per_weight_array(num_exponents: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# Quantizer (eq. 3.1) and error (eq. 3.2).
+# Quantizer and L1 error.
 
 def target_magnitudes(exponents: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   """Sorted magnitudes [n + 1]: 0 then 2^e. Invalid (padding) entries become extra zeros.
@@ -116,7 +116,7 @@ def target_magnitudes(exponents: jax.Array, valid: jax.Array | None = None) -> j
 
 
 def nearest_magnitude(abs_w: jax.Array, magnitudes: jax.Array) -> jax.Array:
-  """Eq. 3.1 on magnitudes: the largest m_j whose lower threshold (m_{j-1}+m_j)/2 <= |w|."""
+  """The quantizer on magnitudes: the largest m_j whose lower threshold (m_{j-1}+m_j)/2 <= |w|."""
   thresholds = 0.5 * (magnitudes[:-1] + magnitudes[1:])
   # Target tables are tiny (<= ~20 entries): comparing against all of them vectorizes best.
   index = jnp.searchsorted(thresholds, abs_w, side='right', method='compare_all')
@@ -124,7 +124,7 @@ def nearest_magnitude(abs_w: jax.Array, magnitudes: jax.Array) -> jax.Array:
 
 
 def quantize(w: jax.Array, exponents, valid: jax.Array | None = None) -> jax.Array:
-  """Ŵ = sgn(W)·nearest target magnitude (eq. 3.1), same shape and dtype float32 as `w`.
+  """Ŵ = sgn(W)·nearest target magnitude, same shape and dtype float32 as `w`.
 
   `exponents`: [n] ints (optionally padded, with a bool `valid` mask of the same shape).
   Values already in the set are returned unchanged, bit for bit.
@@ -148,7 +148,7 @@ def quantize_params(params, targets: Targets, path_filter: PathFilter = default_
 
 
 def l1_error(w: jax.Array, w_hat: jax.Array) -> jax.Array:
-  """Eq. 3.2 for one layer: Σ |W − Ŵ| (float32 scalar)."""
+  """The L1 error of one layer: Σ |W − Ŵ| (float32 scalar)."""
   return jnp.sum(jnp.abs(jnp.asarray(w, jnp.float32) - jnp.asarray(w_hat, jnp.float32)))
 
 

@@ -77,3 +77,15 @@ def test_records_import_only_the_standard_library():
   imported |= {n.module.split('.')[0] for n in ast.walk(tree)
                if isinstance(n, ast.ImportFrom) and n.module}
   assert imported <= {'dataclasses', 'math', 'typing'}, imported
+
+
+def test_public_surface_is_curated():
+  """`__all__` of the pytree-transform packages lists exactly what they export."""
+  import qprune.prune
+  import qprune.quant
+  for package in (qprune.prune, qprune.quant):
+    public = {n for n in dir(package) if not n.startswith('_')
+              and type(getattr(package, n)).__name__ != 'module'}
+    assert public == set(package.__all__), (package.__name__,
+                                            sorted(public ^ set(package.__all__)))
+    assert len(package.__all__) == len(set(package.__all__))

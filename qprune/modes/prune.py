@@ -127,15 +127,16 @@ def run_search(config, workdir, model, spec, variables, groups, score_data, bn_i
   pconfig = config.prune
   cost = prune.model_cost(model, variables, spec['input_shape'])
   eval_images, eval_labels = _batches(holdout, holdout.size // _BATCH or 1)
-  best, rows, masks = prune.search(
+  found = prune.search(
       model, variables, groups, candidates(pconfig), spec['input_shape'], bn_images,
       eval_images, eval_labels,
       max_params=int(pconfig.max_params * cost['params']) if pconfig.max_params else None,
       max_macs=int(pconfig.max_macs * cost['macs']) if pconfig.max_macs else None,
       batches=score_data, rng=rng, criterion_kwargs=criterion_options(pconfig),
       selection_kwargs=selection_options(pconfig))
-  files.write_json_atomic(path, {'best': best, 'rows': rows, 'masks': encode_masks(masks[best])})
-  return masks[best], rows, best
+  files.write_json_atomic(path, {'best': found.best, 'rows': found.rows,
+                                 'masks': encode_masks(found.best_masks)})
+  return found.best_masks, found.rows, found.best
 
 
 def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:

@@ -10,7 +10,7 @@
   cheap (XLA folds K into the batch dimension instead of running grouped convolutions). Gates = 1
   with gradients gives the first-order Taylor score; the recorded activations feed `attention`.
 """
-from typing import Callable, Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -172,8 +172,3 @@ def stack_masks(mask_list) -> Masks:
   return jax.tree_util.tree_map(lambda *m: jnp.stack(m), *mask_list)
 
 
-def unstack_masks(stacked, k: int) -> Masks:
-  return jax.tree_util.tree_map(lambda m: m[k], stacked)
-
-
-MaskFn = Callable[..., Masks]

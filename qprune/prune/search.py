@@ -16,7 +16,7 @@ live at a time.
 """
 import dataclasses
 import functools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -146,11 +146,22 @@ def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
   return max(feasible, key=lambda i: (rows[i]['accuracy'], -rows[i]['loss']))
 
 
+class SearchResult(NamedTuple):
+  """What `search` found: `rows[best]` is the chosen candidate, `masks[k]` candidate k's masks
+  (numpy); unpacks as `best, rows, masks`."""
+  best: int
+  rows: List[dict]
+  masks: List[Dict]
+
+  @property
+  def best_masks(self) -> Dict:
+    return self.masks[self.best]
+
+
 def search(model, variables, groups: Groups, candidates: Sequence[Candidate], input_shape,
            bn_images, eval_images, eval_labels, *, max_params=None, max_macs=None,
-           criterion_kwargs=None, selection_kwargs=None,
-           **data) -> Tuple[int, List[dict], List[Dict]]:
-  """Build, cost and score every candidate; returns (best index, rows, masks list).
+           criterion_kwargs=None, selection_kwargs=None, **data) -> SearchResult:
+  """Build, cost and score every candidate; returns a SearchResult (best index, rows, masks).
 
   input_shape: (H, W, C) of a uint8 image, or an example input with a batch axis (for costs).
   rows[k] = {'description', 'criterion', 'ratio', 'selection', 'params', 'macs', 'accuracy',
@@ -176,4 +187,4 @@ def search(model, variables, groups: Groups, candidates: Sequence[Candidate], in
                 f'max_macs={max_macs}); chose the cheapest, {rows[best]["description"]} with '
                 f'{rows[best]["params"]} params and {rows[best]["macs"]} MACs: raise the ratios '
                 f'(prune.search_ratios) or loosen the budget')
-  return best, rows, [jax.tree_util.tree_map(np.asarray, m) for m in masks]
+  return SearchResult(best, rows, [jax.tree_util.tree_map(np.asarray, m) for m in masks])

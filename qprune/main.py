@@ -218,6 +218,9 @@ def _flag_error(e: Exception, argv) -> str:
     did_you_mean = f"; did you mean '{suggestion}'?" if suggestion else ''
     return (f'unknown config field {field!r}{did_you_mean} (python -m qprune.main --help lists '
             'the fields)')
+  if 'Flag --config must have a value other than None' in text:
+    return ('--config is required: a config file, e.g. --config=configs/mnist_lenet5.py '
+            '(python -m qprune.main --help lists them)')
   return f'bad flag: {" ".join(text.split())}'
 
 

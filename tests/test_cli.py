@@ -70,6 +70,10 @@ def test_flag_error_messages():
   unknown = AttributeError(KeyError("'bogus'"))
   assert main._flag_error(unknown, ['q', '--config.bogus=1']).startswith(  # pylint: disable=protected-access
       "unknown config field 'bogus' (")
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  missing = flags.IllegalFlagValueError(
+      'flag --config=None: Flag --config must have a value other than None.')
+  assert main._flag_error(missing, ['q']).startswith('--config is required')  # pylint: disable=protected-access
 
 
 def test_version_has_one_source():

@@ -32,8 +32,10 @@
 # (CUDA_VISIBLE_DEVICES=<i>; --gpus 0,2 picks the GPUs); otherwise one after another. A failed
 # job does not stop the others. At the end the results are collected into <out>/summary.md and
 # <out>/summary.csv (`python qprune/report/collect.py <out> --plots`, also
-# <out>/plots/accuracy_vs_{bits,macs}.png unless --no-plots); the exit status is 1 when a job
-# failed, and the failed jobs are named on stderr.
+# <out>/plots/accuracy_vs_{bits,macs}.png unless --no-plots); jobs that differ only in their
+# seed are also aggregated (mean ± sample std, n) in a second table of summary.md and in
+# <out>/summary_seeds.csv. The exit status is 1 when a job failed, and the failed jobs are
+# named on stderr.
 #
 # Several hosts (TPU VM pods, multi-node GPU). One job then spans all hosts: every host runs
 # the SAME command at the same time, and the binary calls jax.distributed.initialize() when

@@ -21,7 +21,7 @@ from qprune.models import layer_cost_rows
 from qprune.modes import common
 from qprune.ops import compile as compile_lib
 from qprune.records import PruneResults
-from qprune.train import loop, steps
+from qprune.train import evaluation, loop, steps
 
 SEARCH_JSON = 'search.json'
 _BATCH = 100  # images per batch for scoring, BN re-estimation and candidate evaluation
@@ -126,10 +126,12 @@ def run_search(config, workdir, model, spec, variables, groups, score_data, bn_i
     return decode_masks(saved['masks']), saved['rows'], saved['best']
   pconfig = config.prune
   cost = prune.model_cost(model, variables, spec['input_shape'])
-  eval_images, eval_labels = _batches(holdout, holdout.size // _BATCH or 1)
+  # Every held-out example counts (the last batch padded, its padding masked).
+  eval_images, eval_labels, eval_valid = evaluation.pad_to_batches(holdout.images,
+                                                                   holdout.labels, _BATCH)
   found = prune.search(
       model, variables, groups, candidates(pconfig), spec['input_shape'], bn_images,
-      eval_images, eval_labels,
+      eval_images, eval_labels, eval_valid=eval_valid,
       max_params=int(pconfig.max_params * cost['params']) if pconfig.max_params else None,
       max_macs=int(pconfig.max_macs * cost['macs']) if pconfig.max_macs else None,
       batches=score_data, rng=rng, criterion_kwargs=criterion_options(pconfig),

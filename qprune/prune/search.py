@@ -11,8 +11,9 @@ Masks are applied as activation gates (`apply_with_gates`), so weights stay unba
 folds K into the batch dimension; it compiles once for all K (shapes do not depend on the masks).
 
 Images are pre-batched: bn_images uint8[B, N, H, W, C]; eval_images uint8[E, M, H, W, C] with
-eval_labels int[E, M]. The batches run sequentially (lax.map) to bound memory: K * M images are
-live at a time.
+eval_labels int[E, M] and optionally eval_valid bool[E, M] (`qprune.train.evaluation.
+pad_to_batches`: every held-out example counts once). The batches run sequentially (lax.map, in
+`evaluation.batch_sums`) to bound memory: K * M images are live at a time.
 """
 import dataclasses
 import functools
@@ -21,7 +22,6 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
 from qprune.ops import compile as compile_lib
@@ -30,6 +30,7 @@ from qprune.prune.groups import Groups
 from qprune.prune.masks import apply_with_gates, stack_masks
 from qprune.prune.selection import select
 from qprune.prune.shrink import mask_cost
+from qprune.train import evaluation
 
 
 def batched(x, batch_size: int):
@@ -64,26 +65,20 @@ def reestimate_bn_stats(model, groups: Groups, variables, masks, bn_images):
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
-def evaluate_masks(model, groups: Groups, variables, masks, bn_images, eval_images, eval_labels):
+def evaluate_masks(model, groups: Groups, variables, masks, bn_images, eval_images, eval_labels,
+                   eval_valid=None):
   """{'accuracy', 'loss'} (scalars) of one candidate; see the module docstring.
 
-  bn_images=None keeps the variables' own batch statistics.
+  bn_images=None keeps the variables' own batch statistics. eval_valid: bool [E, M] marking the
+  real examples of padded batches (`qprune.train.evaluation.pad_to_batches`); default all.
   """
   gates = _float_gates(masks)
   if bn_images is not None:
     variables = {'params': variables['params'],
                  'batch_stats': reestimate_bn_stats(model, groups, variables, masks, bn_images)}
-
-  def one_batch(batch):
-    images, labels = batch
-    logits = apply_with_gates(model, variables, images, groups, gates)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
-    correct = (logits.argmax(-1) == labels).sum()
-    return loss, correct
-
-  losses, corrects = jax.lax.map(one_batch, (eval_images, eval_labels))
-  total = eval_labels.size
-  return {'accuracy': corrects.sum() / total, 'loss': losses.sum() / total}
+  sums = evaluation.batch_sums(lambda x: apply_with_gates(model, variables, x, groups, gates),
+                               eval_images, eval_labels, eval_valid)
+  return evaluation.accuracy_and_loss(sums)
 
 
 evaluate_masks_jit = compile_lib.jit(evaluate_masks, static_argnums=(0, 1))
@@ -91,11 +86,12 @@ evaluate_masks_jit = compile_lib.jit(evaluate_masks, static_argnums=(0, 1))
 
 @compile_lib.jit(static_argnums=(0, 1))
 def evaluate_candidates(model, groups: Groups, variables, stacked_masks, bn_images, eval_images,
-                        eval_labels):
+                        eval_labels, eval_valid=None):
   """evaluate_masks for K candidates at once: stacked_masks {group: bool[K, C]} -> {metric: [K]}."""
   one = functools.partial(evaluate_masks, model, groups, variables)
-  return jax.vmap(one, in_axes=(0, None, None, None))(stacked_masks, bn_images, eval_images,
-                                                         eval_labels)
+  return jax.vmap(one, in_axes=(0, None, None, None, None))(stacked_masks, bn_images,
+                                                               eval_images, eval_labels,
+                                                               eval_valid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +155,8 @@ class SearchResult(NamedTuple):
 
 
 def search(model, variables, groups: Groups, candidates: Sequence[Candidate], input_shape,
-           bn_images, eval_images, eval_labels, *, max_params=None, max_macs=None,
-           criterion_kwargs=None, selection_kwargs=None, **data) -> SearchResult:
+           bn_images, eval_images, eval_labels, *, eval_valid=None, max_params=None,
+           max_macs=None, criterion_kwargs=None, selection_kwargs=None, **data) -> SearchResult:
   """Build, cost and score every candidate; returns a SearchResult (best index, rows, masks).
 
   input_shape: (H, W, C) of a uint8 image, or an example input with a batch axis (for costs).
@@ -173,7 +169,7 @@ def search(model, variables, groups: Groups, candidates: Sequence[Candidate], in
                           criterion_kwargs=criterion_kwargs, selection_kwargs=selection_kwargs,
                           **data)
   metrics = jax.device_get(evaluate_candidates(model, groups, variables, stack_masks(masks),
-                                               bn_images, eval_images, eval_labels))
+                                               bn_images, eval_images, eval_labels, eval_valid))
   rows = []
   for k, (cand, m) in enumerate(zip(candidates, masks)):
     cost = mask_cost(model, variables, groups, m, input_shape)

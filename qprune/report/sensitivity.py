@@ -26,30 +26,22 @@ from typing import List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from qprune import prune as prune_lib
 from qprune.ops import compile as compile_lib
 from qprune.quant import kmeans as kmeans_lib
 from qprune.quant import targets as targets_lib
+from qprune.train import evaluation
 
 
 # ---------------------------------------------------------------------------------------------
 # Shared: evaluation data.
 
 def padded_batches(images, labels, batch_size: int):
-  """(images [B, bs, ...], labels [B, bs], valid bool [B, bs]): the whole split, zero-padded
-  to a multiple of bs = min(batch_size, N), with `valid` marking the real examples."""
-  images, labels = np.asarray(images), np.asarray(labels)
-  n = labels.shape[0]
-  bs = max(1, min(int(batch_size), n))
-  pad = (-n) % bs
-  images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-  labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-  valid = np.arange(n + pad) < n
-  shape = (-1, bs)
-  return (jnp.asarray(images.reshape(shape + images.shape[1:])),
-          jnp.asarray(labels.reshape(shape)), jnp.asarray(valid.reshape(shape)))
+  """(images [B, bs, ...], labels [B, bs], valid bool [B, bs]) on device: the whole split,
+  zero-padded to a multiple of bs = min(batch_size, N) (`evaluation.pad_to_batches`)."""
+  return tuple(jnp.asarray(a) for a in evaluation.pad_to_batches(
+      np.asarray(images), np.asarray(labels), batch_size))
 
 
 def _rows_with_baseline(rows: List[dict], baseline: float) -> List[dict]:
@@ -88,15 +80,8 @@ def eval_quant_variants(model, names, variables, quantized, layer_ids, k_ids, im
               for i, name in enumerate(names)}
     v = dict(variables, params=targets_lib.replace_layers(params, chosen, path_filter))
 
-    def one_batch(batch):
-      x, y, ok = batch
-      logits = model.apply(v, x, train=False)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      return (jnp.sum(jnp.where(ok, jnp.argmax(logits, -1) == y, False)),
-              jnp.sum(jnp.where(ok, losses, 0.0)))
-
-    correct, loss = jax.lax.map(one_batch, (images, labels, valid))
-    return correct.sum(), loss.sum()
+    sums = evaluation.batch_sums(lambda x: model.apply(v, x, train=False), images, labels, valid)
+    return sums['correct'], sums['loss']
 
   group = lambda ids: jax.vmap(one_variant)(*ids)
   ids = (layer_ids.reshape(-1, vmap_size), k_ids.reshape(-1, vmap_size))
@@ -176,24 +161,22 @@ def prune_sensitivity(model, variables, split, ratios: Sequence[float] = (0.25, 
   groups: default `derive_groups(variables)`. criterion: any registered criterion (data-driven
   ones take model=/batches=/rng= via criterion_data). bn_images: uint8 [B, N, H, W, C] training
   batches to re-estimate BN statistics per candidate (None keeps the model's). The eval uses
-  the first (N // bs) * bs examples of `split`, bs = min(batch_size, N). Candidates are scored
+  every example of `split` (padded batches of bs = min(batch_size, N)). Candidates are scored
   `chunk` at a time in one compiled jit(vmap) (the last chunk is padded with unpruned masks).
   """
   groups = tuple(groups if groups is not None else prune_lib.derive_groups(variables))
   scores = prune_lib.score(criterion, variables, groups, **criterion_data)
   candidates = [(None, 0.0, prune_lib.full_masks(groups))]
   candidates += single_group_masks(groups, scores, ratios, selection)
-  n = int(np.asarray(split.labels).shape[0])
-  bs = max(1, min(int(batch_size), n))
-  eval_images = prune_lib.batched(jnp.asarray(split.images), bs)
-  eval_labels = prune_lib.batched(jnp.asarray(split.labels), bs)
+  eval_images, eval_labels, eval_valid = padded_batches(split.images, split.labels, batch_size)
   chunk = max(1, min(int(chunk), len(candidates)))
   padded = candidates + [candidates[0]] * ((-len(candidates)) % chunk)
   accuracy, loss = [], []
   for start in range(0, len(padded), chunk):
     stacked = prune_lib.stack_masks([c[2] for c in padded[start:start + chunk]])
     m = jax.device_get(prune_lib.evaluate_candidates(model, groups, variables, stacked,
-                                                     bn_images, eval_images, eval_labels))
+                                                     bn_images, eval_images, eval_labels,
+                                                     eval_valid))
     accuracy += [float(a) for a in m['accuracy']]
     loss += [float(x) for x in m['loss']]
   input_shape = tuple(np.asarray(split.images).shape[1:])

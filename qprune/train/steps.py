@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from qprune.ops import compile as compile_lib
+from qprune.train import evaluation
 from qprune.train.state import TrainState
 
 
@@ -79,30 +80,15 @@ def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHo
 def make_eval_fn(model, batch_size: int, batch_sharding=None):
   """Returns jitted `evaluate(variables, images, labels) -> {'loss', 'correct', 'count'}` sums.
 
-  The split is padded to a multiple of batch_size and scanned with lax.map (one compile per
-  split size); padded examples are masked out.
+  The split is padded to a multiple of batch_size and scanned batch by batch
+  (`evaluation.batch_sums`; one compile per split size); padded examples are masked out.
   """
 
   def evaluate(variables, images, labels):
-    n = labels.shape[0]
-    pad = (-n) % batch_size
-    images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
-    labels = jnp.pad(labels, (0, pad))
-    valid = jnp.arange(n + pad) < n
-    shape = (-1, batch_size)
-
-    def one_batch(batch):
-      x, y, v = batch
+    def logits(x):
       if batch_sharding is not None:
         x = jax.lax.with_sharding_constraint(x, batch_sharding)
-      logits = model.apply(variables, x, train=False)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      return (jnp.sum(jnp.where(v, losses, 0.0)),
-              jnp.sum(jnp.where(v, jnp.argmax(logits, -1) == y, False)))
-
-    losses, correct = jax.lax.map(
-        one_batch, (images.reshape(shape + images.shape[1:]), labels.reshape(shape),
-                    valid.reshape(shape)))
-    return {'loss': losses.sum(), 'correct': correct.sum(), 'count': jnp.asarray(n)}
+      return model.apply(variables, x, train=False)
+    return evaluation.batch_sums(logits, *evaluation.pad_to_batches(images, labels, batch_size))
 
   return compile_lib.jit(evaluate)

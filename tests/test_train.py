@@ -180,3 +180,31 @@ def test_one_train_step_and_one_eval_compile_per_run(mnist_small):
   _, eval_compiles = count_compiles('jit(evaluate)', lambda: loop.fit(
       model, variables, data, options, None, aux=aux))
   assert eval_compiles == 0  # compiled by `run` already
+
+
+def test_quantize_mode_compiles_one_train_step_and_one_eval(mnist_small, tmp_path):
+  """A whole 4-step INQ run (3 retraining stages + the final BN/bias epoch, each its own fit)
+  compiles the train step once and the evaluation once."""
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  from qprune.modes import common, quantize  # pylint: disable=g-import-not-at-top
+  from qprune.train import parallel  # pylint: disable=g-import-not-at-top
+  config = configs.sibling_config(os.path.join(REPO_ROOT, 'configs', 'x.py'), 'mnist_lenet5_quant')
+  # A learning rate no other test uses, so nothing is cached from earlier tests.
+  config.batch_size, config.quant.learning_rate, config.progress = 64, 0.00321, False
+  config.quant.retrain_epochs, config.quant.final_epochs = 1, 1
+  config.eval_batch_size = 256
+  data = _subset(mnist_small, 128)
+  model, variables = _lenet()
+  spec = common.spec_for(config)
+  spec['input_shape'] = (28, 28, 1)
+  mesh = parallel.make_mesh()
+
+  def run():
+    return quantize.quantize_model(config, str(tmp_path), mesh, data, spec, variables)
+
+  counts = {}
+  record, counts['step'] = count_compiles('jit(step)', lambda: count_compiles(
+      'jit(evaluate)', run))
+  record, counts['evaluate'] = record
+  assert len(record.inq_steps) == 3 and record.final_epochs == 1
+  assert counts == {'step': 1, 'evaluate': 1}

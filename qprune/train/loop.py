@@ -17,18 +17,16 @@ import functools
 import json
 import math
 import os
-import signal
 import time
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-from tqdm import tqdm
 
-from qprune import files
-from qprune.errors import UserError
+from qprune import files, interrupts
+from qprune.errors import Interrupted, UserError
 from qprune.data import pipeline
-from qprune.train import checkpoint, optim, parallel, steps
+from qprune.train import checkpoint, optim, parallel, progress, steps
 from qprune.train.parallel import BatchSizeError
 from qprune.train.state import TrainState, create_state
 
@@ -111,45 +109,29 @@ def evaluate(model, variables, split: pipeline.Split, batch_size: int, mesh=None
   devices = mesh.devices.size
   batch_size = max(devices, min(batch_size, split.size) // devices * devices)
   fn = _eval_fn(model, batch_size, parallel.batch_sharded(mesh))
+  # Placed like the training state, so host (numpy) and device variables share one compile.
+  variables = jax.device_put(variables, parallel.replicated(mesh))
   sums = jax.device_get(fn(variables, split.images, split.labels))
   count = max(int(sums['count']), 1)
   return {'accuracy': float(sums['correct']) / count, 'loss': float(sums['loss']) / count}
 
 
-class _SigtermFlag:
-  """Turns SIGTERM (preemption notice) into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.raised = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, nothing to restore
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir: Optional[str], *,
         hooks: steps.StepHooks = steps.StepHooks(), aux: Any = None,
-        on_epoch_end: Optional[Callable] = None, mesh=None) -> FitResult:
-  """Trains and returns the final state; resumes from `<stage_dir>/checkpoints` if present."""
+        on_epoch_end: Optional[Callable] = None, mesh=None, label: str = '') -> FitResult:
+  """Trains and returns the final state; resumes from `<stage_dir>/checkpoints` if present.
+
+  label names the stage in progress and epoch lines (e.g. 'pretrain', 'inq 2/4 (75% frozen)').
+  """
   start_time = time.time()
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_divisible(options.batch_size, mesh)
   replicated = parallel.replicated(mesh)
   per_epoch = steps_per_epoch(data.train.size, options.batch_size)
+  misses = _train_step.cache_info().misses
   tx, train_step = _train_step(model, options, data.train.size, hooks,
                                parallel.batch_sharded(mesh))
+  new_step = _train_step.cache_info().misses > misses  # its first call compiles
   # A copy: the train step donates its state, and the caller keeps using `variables`.
   state = jax.device_put(create_state(variables, tx), replicated, may_alias=False)
   aux = jax.device_put(aux, replicated) if aux is not None else {}
@@ -177,21 +159,26 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
 
   stopped_early = bool(history and history[-1].get('stopped_early'))
   test_accuracy = history[-1].get('test_accuracy', math.nan) if history else math.nan
-  with _SigtermFlag() as sigterm:
+  first_epoch = new_step
+  # SIGINT/SIGTERM only set a flag in here (never an exception inside XLA compilation or a
+  # checkpoint write); it is checked after every step.
+  with interrupts.deferred() as signals:
     while epoch < options.epochs and not stopped_early:
       perm = pipeline.epoch_permutation(key, epoch, data.train.size)
       epoch_start = time.time()
-      bar = tqdm(total=per_epoch, initial=index, desc=f'epoch {epoch + 1}/{options.epochs}',
-                 disable=None if options.progress else True, leave=False, mininterval=1.0)
+      bar = progress.EpochProgress(label, epoch + 1, options.epochs, per_epoch, index,
+                                   options.batch_size, enabled=options.progress,
+                                   first_compile=first_epoch)
+      first_epoch = False
       while index < per_epoch:
         state, metrics = train_step(state, data.train.images, data.train.labels, perm,
                                     jnp.int32(index), key, aux, metrics)
         index += 1
-        bar.update(1)
-        if sigterm.raised:
+        bar.update(index, metrics)
+        if signals.pending is not None:
           bar.close()
           save(epoch, index)
-          raise _preempted(stage_dir, epoch, index)
+          raise _preempted(signals, stage_dir, epoch, index)
       bar.close()
       sums = jax.device_get(metrics)
       train_loss = float(sums['loss']) / max(int(sums['count']), 1)
@@ -213,7 +200,7 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
         stopped_early = bool(stop) and epoch + 1 < options.epochs
         record['stopped_early'] = stopped_early
       if options.progress:
-        print(_format_record(record), flush=True)
+        print((f'[{label}] ' if label else '') + _format_record(record), flush=True)
       history.append(record)
       epoch, index = epoch + 1, 0
       metrics = jax.device_put(steps.zero_metrics(), replicated)
@@ -230,9 +217,12 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
                    time.time() - start_time)
 
 
-def _preempted(stage_dir, epoch, index):
-  return SystemExit(f'SIGTERM: saved a checkpoint in {stage_dir} at epoch {epoch + 1}, step '
-                    f'{index}; rerun the same command to resume.')
+def _preempted(signals, stage_dir, epoch, index):
+  signum, signals.pending = signals.pending, None
+  where = (f'saved a checkpoint in {stage_dir} at epoch {epoch + 1}, step {index}; rerun the '
+           f'same command to resume' if stage_dir else
+           f'stopped at epoch {epoch + 1}, step {index} (no stage_dir: nothing saved)')
+  return Interrupted(signum, f'{interrupts.signal_name(signum)}: {where}')
 
 
 def _format_record(record: dict) -> str:

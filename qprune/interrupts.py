@@ -79,9 +79,9 @@ class _Handler:
     if in_unsafe_code(frame):
       self._retry_later(signum)
       return
-    raise Interrupted(signum, f'{signal_name(signum)}: stopped before any training step of '
-                      f'this stage; finished epochs and stages are kept, rerun the same command '
-                      f'to resume')
+    raise Interrupted(signum, f'{signal_name(signum)}: stopped outside training; saved '
+                      f'checkpoints and finished stages are kept, rerun the same command to '
+                      f'resume')
 
   def _retry_later(self, signum):
     if self._timer is not None and self._timer.is_alive():
@@ -125,3 +125,24 @@ def deferred():
       _HANDLER.pending = None
       raise Interrupted(signum, f'{signal_name(signum)}: stopped after training finished; '
                         f'rerun the same command to resume')
+
+
+def install_early():
+  """Before the run starts (imports, flag parsing): SIGINT/SIGTERM print one line and exit with
+  128 + the signal number at once (nothing has been written yet). `handling()` replaces this."""
+  def stop(signum, frame):
+    del frame
+    import sys  # pylint: disable=g-import-not-at-top
+    print(f'qprune: interrupted: {signal_name(signum)} before the run started; nothing was '
+          f'written', file=sys.stderr, flush=True)
+    os._exit(128 + signum)  # pylint: disable=protected-access
+  for signum in SIGNALS:
+    signal.signal(signum, stop)
+
+
+def ignore():
+  """SIGINT/SIGTERM ignored from now on: for the binary's last moments, after every file is
+  written (Python's shutdown resets handled signals to their default action, which would end a
+  finished run with a death by signal; ignored ones it leaves alone)."""
+  for signum in SIGNALS:
+    signal.signal(signum, signal.SIG_IGN)

@@ -18,7 +18,11 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+if __name__ == '__main__':  # first: Ctrl-C/SIGTERM from here on are one line, never a traceback
+  from qprune import interrupts  # pylint: disable=g-import-not-at-top
+  interrupts.install_early()
+
+from absl import app, flags, logging  # noqa: E402  pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -56,8 +60,9 @@ def maybe_initialize_distributed():
 def run(config, workdir: str) -> dict:
   """Validates, prepares the workdir and runs config.mode; returns results.json's content."""
   # Imports here keep `--help` and config errors fast (no JAX start-up).
-  from qprune import configs  # pylint: disable=g-import-not-at-top
+  from qprune import configs, errors  # pylint: disable=g-import-not-at-top
   configs.validate(config)
+  errors.collected_warnings(clear=True)
   from qprune.modes import MODES, common  # pylint: disable=g-import-not-at-top
   from qprune import files  # pylint: disable=g-import-not-at-top
   from qprune.train import parallel  # pylint: disable=g-import-not-at-top
@@ -249,6 +254,12 @@ def parse_flags(argv):
   try:
     rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # ml_collections: a field the config does not have
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  if any(a.split('=', 1)[0] in ('--config', '-config') for a in argv[1:]):
+    try:  # the file first: ml_collections reports its errors as unknown fields, or not at all
+      configs.check_config_file(configs.config_file_argument(argv[1:]))
+    except configs.ConfigError as e:
+      _exit_with_error(str(e))
     _exit_with_error(_flag_error(e, argv))
   except (flags.Error, TypeError, ValueError) as e:
     _exit_with_error(_flag_error(e, argv))
@@ -327,15 +338,36 @@ def check_jobs_main(argv) -> int:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from qprune.errors import UserError  # pylint: disable=g-import-not-at-top
+    _exit_with_error(f'unexpected arguments: {" ".join(argv[1:])} (every setting is a flag, '
+                     f'e.g. --config.epochs=1; see --help)')
   logging.set_verbosity(logging.WARNING)
   try:
-    results = run(_CONFIG.value, _WORKDIR.value)
+    with interrupts.handling():
+      return run(config, workdir)
   except UserError as e:
-    print(f'qprune: error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  results = run_reporting_errors(_CONFIG.value, _WORKDIR.value)
   print(_summary(results), flush=True)
+  if __name__ == '__main__':  # the binary: all is written, a late Ctrl-C no longer matters (and
+    from qprune import interrupts  # pylint: disable=g-import-not-at-top
+    interrupts.ignore()  # Python's shutdown resets handled signals to the default: death by it)
+
+
+def run_reporting_errors(config, workdir: str) -> dict:
+  """`run` under the error boundary: a user error (bad input, an OSError such as a full disk or a
+  read-only workdir) is one 'qprune: error:' line and exit status 2; SIGINT/SIGTERM stop at a
+  safe point with one line and 128 + the signal number. Anything else keeps its traceback."""
+  from qprune import files  # pylint: disable=g-import-not-at-top
+  from qprune.errors import Interrupted, UserError  # pylint: disable=g-import-not-at-top
+  from qprune.modes import common  # pylint: disable=g-import-not-at-top
+  from qprune import interrupts  # pylint: disable=g-import-not-at-top
+    _exit_with_error(str(e))
+  except OSError as e:
+    _exit_with_error(files.os_error_message(e))
+  except Interrupted as e:
+    print(f'qprune: interrupted: {e.message}', file=sys.stderr, flush=True)
+    sys.exit(e.exit_status)
+  finally:
+    common.release_workdirs()
 
 
 if __name__ == '__main__':

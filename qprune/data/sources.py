@@ -342,7 +342,7 @@ def load_arrays(name: str, data_dir: Optional[str] = None,
       arrays, damage = _load_cache(cache, info)
       if arrays is None:
         if damage:
-          errors.warn(f'dataset cache {cache} is damaged ({damage}); rebuilding it from '
+          errors.warn(f'dataset cache {cache} is damaged or outdated ({damage}); rebuilding it from '
                       f'{candidate}')
         reader = read_tarball if os.path.isfile(candidate) else read_image_folder
         arrays = reader(candidate, info)

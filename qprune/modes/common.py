@@ -7,6 +7,7 @@ A run's workdir holds:
   metrics.jsonl, checkpoints/   from the training loop (or per stage, in subfolders)
 """
 import atexit
+import errno
 import os
 import shutil
 from typing import Optional
@@ -106,10 +107,10 @@ def lock_workdir(workdir: str):
   if key not in _LOCKS:
     try:
       _LOCKS[key] = files.WorkdirLock(workdir).acquire()
-    except PermissionError as e:
-      raise RunError(f'workdir {workdir} is not writable ({e.strerror}): make it writable or '
-                     f'use another --workdir') from None
     except OSError as e:
+      if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        raise RunError(f'workdir {workdir} is not writable ({e.strerror}): make it writable or '
+                       f'use another --workdir') from None
       raise RunError(f'cannot lock workdir {workdir}: {files.os_error_message(e)}') from None
   return _LOCKS[key]
 
@@ -140,10 +141,12 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
       finished = files.read_json(os.path.join(workdir, RESULTS_JSON))
       if finished is not None:
         return finished
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise RunError(f'cannot create workdir {workdir}: {files.os_error_message(e)}') from None
+  if not os.path.isdir(workdir):
+    try:
+      os.makedirs(workdir)
+    except OSError as e:
+      raise RunError(f'cannot create workdir {workdir} ({e.strerror}): check the path and its '
+                     f'permissions, or use another --workdir') from None
   lock_workdir(workdir)
   previous = files.read_json(config_path)  # again, under the lock
   if previous is not None:

@@ -1,0 +1,1219 @@
+"""Fault injection: every case damages one input (config, workdir, disk, run file, dataset, cache,
+export, signal, a second process) and checks the binary's answer: the exit status, one clear
+'qprune: ...' line, no traceback, existing files byte-identical, and, where the run can go on,
+that the rerun ends bit-identical to an uninterrupted run.
+
+Most cases run in-process through `qprune.main.run_reporting_errors` (the binary's boundary) on a
+tiny MNIST copy built from the real data (8 train + 4 test images per class); the `e2e_` ones run
+the binary. `python tools/fault_table.py` runs every case and prints the markdown table.
+"""
+import contextlib
+import dataclasses
+import errno
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zlib
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO_ROOT, shared_data_dir  # noqa: E402  pylint: disable=wrong-import-position
+
+TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 4
+LOCK = '.qprune.lock'
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcome of a case, and what "clear" means.
+
+@dataclasses.dataclass
+class Outcome:
+  status: int                  # exit status (0 for a library call that returned)
+  output: str                  # stderr (+ stdout) of the call
+  expect_status: int = 2
+  expect: str = ''             # regex the reported line must match
+  unchanged: Optional[bool] = None          # existing files byte-identical (None: not checked)
+  resumed_identical: Optional[bool] = None  # rerun's params == uninterrupted run's (None: n/a)
+
+  @property
+  def line(self) -> str:
+    """The line the user reads: the error/interrupt line, else the first warning, else ''."""
+    lines = [l for l in self.output.splitlines() if l.startswith('qprune: ')]
+    for prefix in ('qprune: error:', 'qprune: interrupted:', 'qprune: warning:'):
+      found = [l for l in lines if l.startswith(prefix)]
+      if found:
+        return found[0]
+    nothing = [l for l in self.output.splitlines() if 'nothing to do' in l]
+    return nothing[0] if nothing else ''
+
+  def problems(self) -> list:
+    out = []
+    if self.status != self.expect_status:
+      out.append(f'exit status {self.status}, expected {self.expect_status}')
+    if 'Traceback' in self.output:
+      out.append('a traceback was printed')
+    final = [l for l in self.output.splitlines()
+             if l.startswith(('qprune: error:', 'qprune: interrupted:'))]
+    if self.expect_status != 0 and len(final) != 1:
+      out.append(f'{len(final)} error lines, expected 1')
+    if self.expect_status == 0 and final:
+      out.append(f'unexpected error line {final[0]!r}')
+    if self.expect and not re.search(self.expect, self.line):
+      out.append(f'line {self.line!r} does not match {self.expect!r}')
+    if self.unchanged is False:
+      out.append('an existing file changed')
+    if self.resumed_identical is False:
+      out.append('the rerun is not bit-identical to an uninterrupted run')
+    return out
+
+
+CASES: Dict[str, Callable] = {}
+SLOW = set()
+
+
+def case(name, slow=False):
+  def register(fn):
+    assert name not in CASES, name
+    CASES[name] = fn
+    if slow:
+      SLOW.add(name)
+    return fn
+  return register
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: tiny data, configs, a finished run (built once per session).
+
+def _tiny_mnist(dest: str):
+  """<dest>/mnist/{train,test}/<label>/<file>.png: the first images of each class, real MNIST."""
+  source = os.path.join(shared_data_dir(), 'mnist.tar.gz')
+  want = {'train': TRAIN_PER_CLASS, 'test': TEST_PER_CLASS}
+  counts = {}
+  with tarfile.open(source) as tar:
+    for member in tar:
+      parts = member.name.split('/')
+      if len(parts) != 4 or not member.isfile():
+        continue
+      _, split, label, name = parts
+      if counts.get((split, label), 0) >= want[split]:
+        continue
+      counts[split, label] = counts.get((split, label), 0) + 1
+      folder = os.path.join(dest, 'mnist', split, label)
+      os.makedirs(folder, exist_ok=True)
+      with open(os.path.join(folder, name), 'wb') as f:
+        f.write(tar.extractfile(member).read())
+      if len(counts) == 20 and all(n >= want[s] for (s, _), n in counts.items()):
+        break
+
+
+class Env:
+  """Shared, lazily built inputs of the cases (each case copies what it damages)."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self._finished = None
+    self._params = None
+
+  @property
+  def data(self) -> str:
+    path = os.path.join(self.root, 'data')
+    if not os.path.isdir(path):
+      _tiny_mnist(path)
+    return path
+
+  def copy_data(self, tmp, tar=False) -> str:
+    dest = os.path.join(tmp, 'data')
+    if tar:
+      os.makedirs(dest)
+      with tarfile.open(os.path.join(dest, 'mnist.tar.gz'), 'w:gz') as f:
+        f.add(os.path.join(self.data, 'mnist'), arcname='mnist')
+    else:
+      shutil.copytree(self.data, dest)
+    return dest
+
+  def config(self, tmp, file='mnist_lenet5.py', data_dir=None, **overrides):
+    from qprune import configs  # pylint: disable=g-import-not-at-top
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    config = configs.sibling_config(os.path.join(REPO_ROOT, 'configs', file),
+                                    file[:-3])
+    config.update_from_flattened_dict({
+        'data_dir': data_dir or self.data, 'cache_dir': os.path.join(tmp, 'cache'),
+        'epochs': 2, 'batch_size': 32, 'eval_batch_size': 40, 'progress': False})
+    with config.unlocked():
+      for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split('__')
+        for p in parents:
+          node = node[p]
+        node[leaf] = value
+    assert isinstance(config, ml_collections.ConfigDict)
+    return config
+
+  def finished(self) -> str:
+    """A finished 2-epoch run (the reference of every resume)."""
+    if self._finished is None:
+      path = os.path.join(self.root, 'finished')
+      status, output = call(self.config(self.root), path)
+      assert status == 0, output
+      self._finished = path
+    return self._finished
+
+  def copy_finished(self, tmp) -> str:
+    dest = os.path.join(tmp, 'w')
+    shutil.copytree(self.finished(), dest)
+    return dest
+
+  def reference_params(self):
+    if self._params is None:
+      self._params = params(self.finished())
+    return self._params
+
+
+def params(workdir):
+  import jax  # pylint: disable=g-import-not-at-top
+  from qprune.artifacts import load_saved_model  # pylint: disable=g-import-not-at-top
+  _, variables = load_saved_model(workdir)
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(variables)]
+
+
+def same_params(env, workdir) -> bool:
+  a, b = env.reference_params(), params(workdir)
+  return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def call(config, workdir):
+  """(exit status, stderr + stdout) of the binary's boundary run in-process."""
+  from qprune import main  # pylint: disable=g-import-not-at-top
+  err, out = io.StringIO(), io.StringIO()
+  status = 0
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+    try:
+      main.run_reporting_errors(config, str(workdir))
+    except SystemExit as e:
+      status = e.code if isinstance(e.code, int) else 1
+  return status, err.getvalue() + out.getvalue()
+
+
+def call_fn(fn, *args):
+  """(exit status, output) of a parse/main function that may sys.exit."""
+  err, out = io.StringIO(), io.StringIO()
+  status = 0
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+    try:
+      fn(*args)
+    except SystemExit as e:
+      status = e.code if isinstance(e.code, int) else 1
+  return status, err.getvalue() + out.getvalue()
+
+
+def snapshot(*roots) -> dict:
+  out = {}
+  for root in roots:
+    root = str(root)
+    if os.path.isfile(root):
+      with open(root, 'rb') as f:
+        out[root] = f.read()
+      continue
+    for folder, _, names in os.walk(root):
+      for name in names:
+        if name != LOCK:
+          path = os.path.join(folder, name)
+          with open(path, 'rb') as f:
+            out[path] = f.read()
+  return out
+
+
+def unchanged(before: dict) -> bool:
+  """Every file of the snapshot still exists with the same bytes."""
+  for path, data in before.items():
+    try:
+      with open(path, 'rb') as f:
+        if f.read() != data:
+          return False
+    except OSError:
+      return False
+  return True
+
+
+def _patch(monkey, target, name, value):
+  monkey.setattr(target, name, value)
+
+
+@contextlib.contextmanager
+def patched():
+  mp = pytest.MonkeyPatch()
+  try:
+    yield mp
+  finally:
+    mp.undo()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config values (validation before any work: nothing is created).
+
+_BAD_VALUES = [
+    ('warmup_epochs_inf', {'warmup_epochs': float('inf')}, 'warmup_epochs'),
+    ('warmup_beyond_epochs', {'warmup_epochs': 5.0}, 'warmup_epochs'),
+    ('learning_rate_nan', {'learning_rate': float('nan')}, 'learning_rate'),
+    ('width_inf', {'width': float('inf')}, 'width'),
+    ('momentum_nan', {'momentum': float('nan')}, 'momentum'),
+    ('weight_decay_negative', {'weight_decay': -1.0}, 'weight_decay'),
+    ('seed_negative', {'seed': -1}, 'seed'),
+    ('seed_too_large', {'seed': 2 ** 40}, 'seed'),
+    ('batch_size_zero', {'batch_size': 0}, 'batch_size'),
+    ('epochs_negative', {'epochs': -1}, 'epochs'),
+    ('width_huge', {'width': 1e9}, 'width'),
+    ('quant_bits_16', {'mode': 'quantize', 'init_from': '/nonexistent', 'quant__bits': 16},
+     r'quant\.bits'),
+    ('quant_bits_1', {'mode': 'quantize', 'init_from': '/nonexistent', 'quant__bits': 1},
+     r'quant\.bits'),
+    ('export_name_empty', {'mode': 'quantize', 'init_from': '/x', 'quant__export_name': ''},
+     r'quant\.export_name'),
+    ('export_name_dotdot', {'mode': 'quantize', 'init_from': '/x',
+                            'quant__export_name': '../outside.qpq'}, r'quant\.export_name'),
+    ('export_name_run_file', {'mode': 'quantize', 'init_from': '/x',
+                              'quant__export_name': 'results.json'}, r'quant\.export_name'),
+    ('bits_budget_inf', {'mode': 'quantize', 'init_from': '/x', 'quant__bits_budget': float('inf')},
+     r'quant\.bits_budget'),
+    ('schedule_nan', {'mode': 'quantize', 'init_from': '/x',
+                      'quant__schedule': (0.5, float('nan'), 1.0)}, r'quant\.schedule'),
+    ('max_params_nan', {'mode': 'prune', 'prune__max_params': float('nan')}, r'prune\.max_params'),
+    ('eb_threshold_inf', {'mode': 'prune', 'prune__eb_threshold': float('inf')},
+     r'prune\.eb_threshold'),
+]
+
+
+def _bad_value_case(overrides, field):
+  def run_case(env, tmp):
+    workdir = os.path.join(tmp, 'w')
+    status, output = call(env.config(tmp, **overrides), workdir)
+    return Outcome(status, output, expect=f'bad config: .*{field}',
+                   unchanged=not os.path.exists(workdir))
+  return run_case
+
+
+for _name, _overrides, _field in _BAD_VALUES:
+  case(f'config_{_name}')(_bad_value_case(_overrides, _field))
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files and the command line (parsed in-process, before absl's parser).
+
+def _config_file_case(text, expect, path_kind='file'):
+  def run_case(env, tmp):
+    from qprune import main  # pylint: disable=g-import-not-at-top
+    path = os.path.join(tmp, 'cfg.py')
+    if path_kind == 'file':
+      with open(path, 'w') as f:
+        f.write(text)
+    elif path_kind == 'folder':
+      os.makedirs(path)
+    before = snapshot(tmp)
+    status, output = call_fn(main.parse_flags, ['qprune', f'--config={path}',
+                                                f'--workdir={tmp}/w'])
+    return Outcome(status, output, expect=expect,
+                   unchanged=unchanged(before) and not os.path.exists(f'{tmp}/w'))
+  return run_case
+
+
+case('configfile_missing')(_config_file_case('', 'cfg.py: not found', path_kind='none'))
+case('configfile_is_folder')(_config_file_case('', 'cfg.py: a folder', path_kind='folder'))
+case('configfile_syntax_error')(_config_file_case('x = (\n', r'line 1: syntax error'))
+case('configfile_no_get_config')(_config_file_case('def f():\n  pass\n', 'defines no get_config'))
+case('configfile_get_config_raises')(_config_file_case(
+    'def get_config():\n  raise RuntimeError("boom")\n', 'get_config.. raised RuntimeError: boom'))
+case('configfile_get_config_returns_dict')(_config_file_case(
+    'def get_config():\n  return {}\n', 'returned a dict, not a ConfigDict'))
+case('configfile_import_fails')(_config_file_case(
+    'import no_such_module_qprune\n', 'loading it raised ModuleNotFoundError'))
+
+
+@case('cli_empty_config_flag')
+def _(env, tmp):
+  from qprune import main  # pylint: disable=g-import-not-at-top
+  status, output = call_fn(main.parse_flags, ['qprune', '--config=', f'--workdir={tmp}/w'])
+  return Outcome(status, output, expect='--config is empty', unchanged=True)
+
+
+@case('cli_extra_positional_argument')
+def _(env, tmp):
+  from qprune import main  # pylint: disable=g-import-not-at-top
+  status, output = call_fn(main.main, ['qprune', 'stray'])
+  return Outcome(status, output, expect='unexpected arguments: stray', unchanged=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir and disk.
+
+@case('workdir_is_a_file')
+def _(env, tmp):
+  path = os.path.join(tmp, 'file')
+  with open(path, 'w') as f:
+    f.write('not a folder')
+  before = snapshot(path)
+  status, output = call(env.config(tmp), path)
+  return Outcome(status, output, expect='is a file, not a folder', unchanged=unchanged(before))
+
+
+@case('workdir_empty_string')
+def _(env, tmp):
+  status, output = call(env.config(tmp), '')
+  return Outcome(status, output, expect='--workdir is empty', unchanged=True)
+
+
+@contextlib.contextmanager
+def read_only(prefix):
+  """Every write under `prefix` fails with EROFS (root ignores chmod, so the OS calls are
+  patched); reads work."""
+  import builtins  # pylint: disable=g-import-not-at-top
+  prefix = os.path.abspath(prefix)
+
+  def under(path):
+    try:
+      return os.path.abspath(os.fspath(path)).startswith(prefix)
+    except TypeError:
+      return False
+
+  def deny(path):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+  real_open, real_os_open = builtins.open, os.open
+  write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+  def fake_open(file, mode='r', *a, **k):
+    if under(file) and any(c in mode for c in 'wax+'):
+      deny(file)
+    return real_open(file, mode, *a, **k)
+
+  def fake_os_open(path, flags, *a, **k):
+    if under(path) and flags & write_flags:
+      deny(path)
+    return real_os_open(path, flags, *a, **k)
+
+  def wrap(fn, *argnums):
+    def wrapped(*a, **k):
+      for i in argnums:
+        if i < len(a) and under(a[i]):
+          deny(a[i])
+      if 'dir' in k and under(k['dir']):
+        deny(k['dir'])
+      return fn(*a, **k)
+    return wrapped
+
+  with patched() as mp:
+    mp.setattr(builtins, 'open', fake_open)
+    mp.setattr(os, 'open', fake_os_open)
+    for name in ('makedirs', 'mkdir', 'unlink', 'remove', 'rmdir'):
+      mp.setattr(os, name, wrap(getattr(os, name), 0))
+    for name in ('replace', 'rename'):
+      mp.setattr(os, name, wrap(getattr(os, name), 0, 1))
+    mp.setattr(shutil, 'rmtree', wrap(shutil.rmtree, 0))
+    mp.setattr(tempfile, 'mkstemp', wrap(tempfile.mkstemp))
+    yield
+
+
+@case('readonly_finished_run_nothing_to_do')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  before = snapshot(workdir)
+  with read_only(workdir):
+    status, output = call(env.config(tmp), workdir)
+  return Outcome(status, output, expect_status=0, expect='nothing to do',
+                 unchanged=unchanged(before) and snapshot(workdir).keys() == before.keys())
+
+
+@case('readonly_new_workdir')
+def _(env, tmp):
+  workdir = os.path.join(tmp, 'w')
+  os.makedirs(workdir)
+  with read_only(workdir):
+    status, output = call(env.config(tmp), workdir)
+  return Outcome(status, output, expect=r'workdir .* is not writable \(Read-only',
+                 unchanged=os.listdir(workdir) == [])
+
+
+@case('readonly_unfinished_run')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  os.unlink(os.path.join(workdir, 'results.json'))
+  before = snapshot(workdir)
+  with read_only(workdir):
+    status, output = call(env.config(tmp), workdir)
+  return Outcome(status, output, expect='not writable', unchanged=unchanged(before))
+
+
+@case('checkpoints_is_a_file')
+def _(env, tmp):
+  workdir = os.path.join(tmp, 'w')
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, 'checkpoints'), 'w') as f:
+    f.write('x')
+  before = snapshot(workdir)
+  status, output = call(env.config(tmp), workdir)
+  return Outcome(status, output, expect='checkpoints is a file', unchanged=unchanged(before))
+
+
+def _fail_nth_save(mp, n, error):
+  """CheckpointStore.save raises `error` on its n-th call (1-based) of this case."""
+  from qprune.train import checkpoint  # pylint: disable=g-import-not-at-top
+  real, calls = checkpoint.CheckpointStore.save, []
+
+  def save(self, *a, **k):
+    calls.append(1)
+    if len(calls) == n:
+      raise error(self)
+    return real(self, *a, **k)
+  mp.setattr(checkpoint.CheckpointStore, 'save', save)
+
+
+def _then_resume(env, tmp, workdir, outcome):
+  """Reruns the same command unpatched: must finish (0) with the reference params."""
+  status, output = call(env.config(tmp), workdir)
+  outcome.resumed_identical = status == 0 and same_params(env, workdir)
+  if status != 0:
+    outcome.output += '\n[rerun] ' + output
+  return outcome
+
+
+@case('disk_full_during_checkpoint')
+def _(env, tmp):
+  workdir = os.path.join(tmp, 'w')
+  with patched() as mp:
+    _fail_nth_save(mp, 2, lambda s: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), s.directory))
+    status, output = call(env.config(tmp), workdir)
+  before = snapshot(workdir)
+  out = Outcome(status, output, expect='disk full writing .*checkpoints')
+  out = _then_resume(env, tmp, workdir, out)
+  out.unchanged = all(p in snapshot(workdir) for p in before if 'checkpoints' not in p)
+  return out
+
+
+@case('disk_full_orbax_message')
+def _(env, tmp):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  workdir = os.path.join(tmp, 'w')
+  real, calls = ocp.CheckpointManager.save, []
+
+  def save(self, *a, **k):
+    calls.append(1)
+    if len(calls) == 2:
+      raise ValueError('tensorstore: Error writing "x": [OS error: No space left on device]')
+    return real(self, *a, **k)
+  with patched() as mp:
+    mp.setattr(ocp.CheckpointManager, 'save', save)
+    status, output = call(env.config(tmp), workdir)
+  return _then_resume(env, tmp, workdir, Outcome(status, output, expect='disk full writing',
+                                                 unchanged=True))
+
+
+@case('disk_full_writing_results')
+def _(env, tmp):
+  from qprune import files  # pylint: disable=g-import-not-at-top
+  workdir = os.path.join(tmp, 'w')
+  real = files.write_json_atomic
+
+  def write(path, obj):
+    if path.endswith('results.json'):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return real(path, obj)
+  with patched() as mp:
+    mp.setattr(files, 'write_json_atomic', write)
+    status, output = call(env.config(tmp), workdir)
+  out = Outcome(status, output, expect='disk full writing .*results.json',
+                unchanged=not os.path.exists(os.path.join(workdir, 'results.json')))
+  return _then_resume(env, tmp, workdir, out)
+
+
+@case('disk_full_writing_model')
+def _(env, tmp):
+  from qprune.train import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = os.path.join(tmp, 'w')
+
+  def save_variables(directory, variables):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), directory + '.tmp')
+  with patched() as mp:
+    mp.setattr(checkpoint, 'save_variables', save_variables)
+    status, output = call(env.config(tmp), workdir)
+  return _then_resume(env, tmp, workdir, Outcome(status, output, expect='disk full writing',
+                                                 unchanged=True))
+
+
+@case('permission_denied_writing_metrics')
+def _(env, tmp):
+  import builtins  # pylint: disable=g-import-not-at-top
+  workdir = os.path.join(tmp, 'w')
+  real_open = builtins.open
+
+  def fake_open(file, mode='r', *a, **k):
+    if str(file).endswith('metrics.jsonl') and 'a' in mode:
+      raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+    return real_open(file, mode, *a, **k)
+  with patched() as mp:
+    mp.setattr(builtins, 'open', fake_open)
+    status, output = call(env.config(tmp), workdir)
+  return _then_resume(env, tmp, workdir, Outcome(status, output,
+                                                 expect='cannot write .*metrics.jsonl',
+                                                 unchanged=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged run files.
+
+def _damaged_run_file(name, content, expect, mode='train'):
+  def run_case(env, tmp):
+    workdir = env.copy_finished(tmp)
+    path = os.path.join(workdir, name)
+    if content is None:  # a folder where the file should be
+      os.unlink(path)
+      os.makedirs(path)
+    else:
+      with open(path, 'rb') as f:
+        data = f.read()
+      with open(path, 'wb') as f:
+        f.write(content(data))
+    before = snapshot(workdir)
+    if mode == 'train':
+      config = env.config(tmp)
+      target = workdir
+    else:  # model files are read through init_from
+      config = env.config(tmp, file='mnist_lenet5_quant.py', init_from=workdir)
+      target = os.path.join(tmp, 'q')
+    status, output = call(config, target)
+    return Outcome(status, output, expect=expect, unchanged=unchanged(before))
+  return run_case
+
+
+def _half(data):
+  return data[:len(data) // 2]
+
+
+for _file, _content, _what in [
+    ('results.json', _half, 'truncated'),
+    ('results.json', lambda d: b'[1, 2]', 'list'),
+    ('results.json', lambda d: b'{}', 'empty_object'),
+    ('results.json', lambda d: b'\xff\xfe\x00garbage', 'binary'),
+    ('results.json', None, 'folder'),
+    ('config.json', _half, 'truncated'),
+    ('config.json', lambda d: b'"train"', 'string'),
+    ('config.json', lambda d: b'{"seed": 0}', 'missing_keys'),
+    ('config.json', lambda d: b'', 'empty'),
+]:
+  _expect = (f'{_file} is a folder' if _content is None else f'{_file} is damaged')
+  case(f'runfile_{_file.split(".")[0]}_{_what}')(_damaged_run_file(_file, _content, _expect))
+
+case('runfile_model_json_truncated')(_damaged_run_file(
+    'model.json', _half, 'model.json is damaged', mode='init_from'))
+case('runfile_model_json_wrong_shape')(_damaged_run_file(
+    'model.json', lambda d: b'{"name": "lenet5"}', r'model.json is damaged \(missing',
+    mode='init_from'))
+
+
+@case('runfile_model_variables_damaged')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  for folder, _, names in os.walk(os.path.join(workdir, 'model')):
+    for name in names:
+      path = os.path.join(folder, name)
+      if os.path.getsize(path) > 64:
+        with open(path, 'r+b') as f:
+          f.write(b'\0garbage' * 8)
+  before = snapshot(workdir)
+  config = env.config(tmp, file='mnist_lenet5_quant.py', init_from=workdir)
+  status, output = call(config, os.path.join(tmp, 'q'))
+  return Outcome(status, output, expect='cannot read saved variables', unchanged=unchanged(before))
+
+
+@case('runfile_checkpoint_damaged')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  os.unlink(os.path.join(workdir, 'results.json'))
+  ckpt = os.path.join(workdir, 'checkpoints')
+  step = max(int(d) for d in os.listdir(ckpt) if d.isdigit())
+  for folder, _, names in os.walk(os.path.join(ckpt, str(step), 'state')):
+    for name in names:
+      with open(os.path.join(folder, name), 'r+b') as f:
+        f.write(b'\0garbage' * 8)
+  before = snapshot(workdir)
+  status, output = call(env.config(tmp), workdir)
+  return Outcome(status, output, expect='cannot restore checkpoint', unchanged=unchanged(before))
+
+
+@case('runfile_metrics_damaged_resume')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  os.unlink(os.path.join(workdir, 'results.json'))
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'wb') as f:
+    f.write(b'{"epoch": 1, "tr')
+  status, output = call(env.config(tmp), workdir)
+  lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+  out = Outcome(status, output, expect_status=0, unchanged=True,
+                resumed_identical=status == 0 and same_params(env, workdir) and
+                [json.loads(l)['epoch'] for l in lines] == [1, 2])
+  return out
+
+
+def _stage_results_case(content):
+  def run_case(env, tmp):
+    workdir = os.path.join(tmp, 'w')
+    os.makedirs(os.path.join(workdir, 'prune'))
+    with open(os.path.join(workdir, 'prune', 'results.json'), 'wb') as f:
+      f.write(content)
+    before = snapshot(workdir)
+    config = env.config(tmp, file='mnist_lenet5_pipeline.py')
+    status, output = call(config, workdir)
+    return Outcome(status, output, expect=r'prune/results.json is damaged',
+                   unchanged=unchanged(before))
+  return run_case
+
+
+case('runfile_stage_results_truncated')(_stage_results_case(b'{"test_accuracy": 0.9'))
+case('runfile_stage_results_wrong_shape')(_stage_results_case(b'[]'))
+
+
+@case('failed_run_config_does_not_block_rerun')
+def _(env, tmp):
+  """A run that failed before any output (bad init_from) leaves config.json; the corrected
+  command is not 'a different config'."""
+  workdir = os.path.join(tmp, 'w')
+  bad = env.config(tmp, file='mnist_lenet5_quant.py', init_from=os.path.join(tmp, 'nowhere'))
+  first, output = call(bad, workdir)
+  good = env.config(tmp, file='mnist_lenet5_quant.py', init_from=os.path.join(tmp, 'nowhere2'))
+  status, output2 = call(good, workdir)
+  ok = first == 2 and 'different config' not in output2
+  return Outcome(status, output2, expect="init_from=.*nowhere2.* does not exist",
+                 unchanged=ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks and concurrent runs.
+
+@case('lock_held_by_live_process')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  os.unlink(os.path.join(workdir, 'results.json'))
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, fcntl, json, os, socket, time\n'
+       'fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n'
+       'fcntl.flock(fd, fcntl.LOCK_EX)\n'
+       'os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), '
+       '"since": "now"}).encode())\n'
+       'print("locked", flush=True)\n'
+       'time.sleep(60)\n', os.path.join(workdir, LOCK)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    before = snapshot(workdir)
+    status, output = call(env.config(tmp), workdir)
+  finally:
+    holder.kill()
+    holder.wait()
+  return Outcome(status, output, expect=rf'in use by pid {holder.pid} on ',
+                 unchanged=unchanged(before))
+
+
+@case('lock_stale_dead_pid_taken_over')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  os.unlink(os.path.join(workdir, 'results.json'))
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  with open(os.path.join(workdir, LOCK), 'w') as f:
+    json.dump({'pid': dead.pid, 'host': socket.gethostname(), 'since': 'earlier'}, f)
+  status, output = call(env.config(tmp), workdir)
+  return Outcome(status, output, expect_status=0, unchanged=True,
+                 resumed_identical=status == 0 and same_params(env, workdir) and
+                 not os.path.exists(os.path.join(workdir, LOCK)))
+
+
+@case('lock_file_garbage_taken_over')
+def _(env, tmp):
+  workdir = os.path.join(tmp, 'w')
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, LOCK), 'wb') as f:
+    f.write(b'\x00\xffnot json')
+  status, output = call(env.config(tmp), workdir)
+  return Outcome(status, output, expect_status=0, unchanged=True,
+                 resumed_identical=status == 0 and same_params(env, workdir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset files.
+
+def _first_image(data, split='train', label='3'):
+  folder = os.path.join(data, 'mnist', split, label)
+  return os.path.join(folder, sorted(os.listdir(folder))[0])
+
+
+def _data_case(damage, expect, tar=False, expect_status=2, **overrides):
+  def run_case(env, tmp):
+    data = env.copy_data(tmp, tar=tar)
+    where = damage(data)
+    before = snapshot(data)
+    status, output = call(env.config(tmp, data_dir=data, **overrides), os.path.join(tmp, 'w'))
+    pattern = expect.format(where=re.escape(where or ''))
+    return Outcome(status, output, expect_status=expect_status, expect=pattern,
+                   unchanged=unchanged(before))
+  return run_case
+
+
+def _write(path, data):
+  with open(path, 'wb') as f:
+    f.write(data)
+  return path
+
+
+def _tar_path(data):
+  return os.path.join(data, 'mnist.tar.gz')
+
+
+case('data_tar_truncated')(_data_case(
+    lambda d: _write(_tar_path(d), open(_tar_path(d), 'rb').read()[:3000]),
+    r'{where} is damaged or not a tar archive', tar=True))
+case('data_tar_garbage')(_data_case(
+    lambda d: _write(_tar_path(d), b'not a tarball at all' * 50),
+    r'{where} is damaged or not a tar archive', tar=True))
+case('data_tar_empty_file')(_data_case(
+    lambda d: _write(_tar_path(d), b''), r'{where}', tar=True))
+case('data_tar_flipped_byte')(_data_case(
+    lambda d: _write(_tar_path(d), (lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xff]) +
+                                    b[len(b) // 2 + 1:])(open(_tar_path(d), 'rb').read())),
+    r'{where}', tar=True))
+
+
+def _tar_with(data, damage_member):
+  """Rewrites the tarball from the folder copy with one member damaged."""
+  src = os.path.join(data, 'src')
+  with tarfile.open(_tar_path(data)) as tar:
+    tar.extractall(src, filter='data')
+  name = damage_member(os.path.join(src, 'mnist'))
+  with tarfile.open(_tar_path(data), 'w:gz') as tar:
+    tar.add(os.path.join(src, 'mnist'), arcname='mnist')
+  shutil.rmtree(src)
+  return name
+
+
+def _damage_png_in_tar(data):
+  _tar_with(data, lambda root: _write(_first_image(os.path.dirname(root), 'train', '5'),
+                                      b'\x89PNG garbage'))
+  return 'mnist.tar.gz:mnist/train/5/'
+
+
+def _png_of_wrong_shape(data):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path = _first_image(data)
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path, format='PNG')
+  return path
+
+
+case('data_tar_damaged_png')(_data_case(_damage_png_in_tar, r'{where}.*not a readable image',
+                                        tar=True))
+case('data_tar_no_test_split')(_data_case(
+    lambda d: _tar_with(d, lambda root: shutil.rmtree(os.path.join(root, 'test'))) or
+    'mnist.tar.gz', r'{where}: no test images', tar=True))
+case('data_tar_test_label_renamed')(_data_case(
+    lambda d: _tar_with(d, lambda root: os.rename(os.path.join(root, 'test', '7'),
+                                                  os.path.join(root, 'test', 'seven'))) or
+    'mnist.tar.gz', r'{where}: the label folders of test differ', tar=True))
+
+
+def _image_folder_root(data):
+  return os.path.join(data, 'mnist')
+
+
+case('data_png_damaged')(_data_case(
+    lambda d: _write(_first_image(d), b'\x89PNG\r\n\x1a\n truncated'),
+    r'{where}: not a readable image'))
+case('data_png_zero_bytes')(_data_case(
+    lambda d: _write(_first_image(d), b''), r'{where}: not a readable image'))
+case('data_png_wrong_shape')(_data_case(_png_of_wrong_shape,
+                                        r'{where}: image of shape \(32, 32, 1\)'))
+case('data_missing_test_split')(_data_case(
+    lambda d: shutil.rmtree(os.path.join(d, 'mnist', 'test')) or os.path.join(d, 'mnist'),
+    r'{where}: no test split folder'))
+case('data_test_label_renamed')(_data_case(
+    lambda d: os.rename(os.path.join(d, 'mnist', 'test', '7'),
+                        os.path.join(d, 'mnist', 'test', 'seven')) or os.path.join(d, 'mnist'),
+    r'{where}: the label folders of test differ .*only in train: 7; only in test: seven'))
+case('data_test_label_missing')(_data_case(
+    lambda d: shutil.rmtree(os.path.join(d, 'mnist', 'test', '9')) or os.path.join(d, 'mnist'),
+    r'{where}: the label folders of test differ .*only in train: 9'))
+case('data_extra_label_in_both_splits')(_data_case(
+    lambda d: [shutil.copytree(os.path.join(d, 'mnist', s, '0'), os.path.join(d, 'mnist', s, 'x'))
+               for s in ('train', 'test')] and os.path.join(d, 'mnist'),
+    r'{where}: train split has 11 label folders, mnist has 10'))
+case('data_empty_test_labels')(_data_case(
+    lambda d: [os.unlink(os.path.join(d, 'mnist', 'test', l, f))
+               for l in os.listdir(os.path.join(d, 'mnist', 'test'))
+               for f in os.listdir(os.path.join(d, 'mnist', 'test', l))] and
+    os.path.join(d, 'mnist', 'test'), r'no images found in {where}'))
+case('data_dir_missing')(_data_case(
+    lambda d: shutil.rmtree(d) or d, r"dataset 'mnist' not found. Tried: {where}"))
+case('data_batch_larger_than_train_set')(_data_case(
+    lambda d: '', r'batch_size=256 is larger than the training set \(80', batch_size=256))
+
+
+# ---------------------------------------------------------------------------------------------
+# The uint8 cache.
+
+def _cache_case(damage, expect):
+  def run_case(env, tmp):
+    cache = os.path.join(tmp, 'cache')
+    first, output = call(env.config(tmp), os.path.join(tmp, 'w1'))
+    assert first == 0, output
+    (entry,) = [os.path.join(cache, d) for d in os.listdir(cache)]
+    good = {n: np.load(os.path.join(entry, n)) for n in os.listdir(entry) if n.endswith('.npy')}
+    damage(entry)
+    workdir = os.path.join(tmp, 'w2')
+    status, output = call(env.config(tmp), workdir)
+    rebuilt = all(np.array_equal(np.load(os.path.join(entry, n)), a) for n, a in good.items())
+    results = json.load(open(os.path.join(workdir, 'results.json'))) if status == 0 else {}
+    recorded = any('cache' in w for w in results.get('warnings', []))
+    return Outcome(status, output, expect_status=0, expect=expect,
+                   unchanged=rebuilt and recorded,
+                   resumed_identical=status == 0 and same_params(env, workdir))
+  return run_case
+
+
+def _overwrite_labels(entry):
+  path = os.path.join(entry, 'train_labels.npy')
+  np.save(path, np.zeros_like(np.load(path)))
+
+
+case('cache_labels_overwritten')(_cache_case(_overwrite_labels, 'dataset cache .* is damaged'))
+case('cache_images_truncated')(_cache_case(
+    lambda e: _write(os.path.join(e, 'test_images.npy'),
+                     open(os.path.join(e, 'test_images.npy'), 'rb').read()[:500]),
+    'dataset cache .* is damaged'))
+case('cache_manifest_missing')(_cache_case(
+    lambda e: os.unlink(os.path.join(e, 'manifest.json')), 'dataset cache .*no manifest'))
+case('cache_entry_is_a_file')(_cache_case(
+    lambda e: shutil.rmtree(e) or _write(e, b'junk'), 'dataset cache .* is damaged'))
+
+
+@case('cache_dir_is_a_file')
+def _(env, tmp):
+  cache = os.path.join(tmp, 'cache')
+  _write(cache, b'not a folder')
+  workdir = os.path.join(tmp, 'w')
+  status, output = call(env.config(tmp), workdir)
+  return Outcome(status, output, expect_status=0, unchanged=open(cache, 'rb').read() == b'not a '
+                 b'folder', resumed_identical=status == 0 and same_params(env, workdir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals, in-process (the handlers are the binary's: run_reporting_errors installs them).
+
+def _signal_during_training(signum):
+  def run_case(env, tmp):
+    from qprune.train import checkpoint  # pylint: disable=g-import-not-at-top
+    workdir = os.path.join(tmp, 'w')
+    real, calls = checkpoint.CheckpointStore.save, []
+
+    def save(self, *a, **k):
+      real(self, *a, **k)
+      calls.append(1)
+      if len(calls) == 1:  # after epoch 1's checkpoint: lands during epoch 2's first step
+        os.kill(os.getpid(), signum)
+    with patched() as mp:
+      mp.setattr(checkpoint.CheckpointStore, 'save', save)
+      status, output = call(env.config(tmp), workdir)
+    out = Outcome(status, output, expect_status=128 + signum,
+                  expect=rf'interrupted: {signal.Signals(signum).name}: saved a checkpoint .* '
+                         r'at epoch 2, step 1', unchanged=True)
+    return _then_resume(env, tmp, workdir, out)
+  return run_case
+
+
+case('signal_sigint_mid_training')(_signal_during_training(signal.SIGINT))
+case('signal_sigterm_mid_training')(_signal_during_training(signal.SIGTERM))
+
+
+def _signal_before_training(signum, where):
+  def run_case(env, tmp):
+    from qprune.data import sources  # pylint: disable=g-import-not-at-top
+    from qprune.modes import common  # pylint: disable=g-import-not-at-top
+    workdir = os.path.join(tmp, 'w')
+    target, name = {'data': (sources, 'load_arrays'), 'model': (common, 'save_model')}[where]
+    real = getattr(target, name)
+
+    def wrapped(*a, **k):
+      os.kill(os.getpid(), signum)
+      return real(*a, **k)
+    with patched() as mp:
+      mp.setattr(target, name, wrapped)
+      status, output = call(env.config(tmp), workdir)
+    out = Outcome(status, output, expect_status=128 + signum,
+                  expect=rf'interrupted: {signal.Signals(signum).name}: stopped', unchanged=True)
+    return _then_resume(env, tmp, workdir, out)
+  return run_case
+
+
+case('signal_sigint_during_data_load')(_signal_before_training(signal.SIGINT, 'data'))
+case('signal_sigterm_during_data_load')(_signal_before_training(signal.SIGTERM, 'data'))
+case('signal_sigint_before_saving_model')(_signal_before_training(signal.SIGINT, 'model'))
+
+
+@case('signal_sigint_during_jax_tracing')
+def _(env, tmp):
+  """A Ctrl-C that lands inside JAX tracing/compilation (outside the training loop) is deferred
+  until JAX returns, then stops the run with one line."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from qprune.modes import common  # pylint: disable=g-import-not-at-top
+  workdir = os.path.join(tmp, 'w')
+  real, traced = common.initial_model, []
+
+  def initial_model(config):
+    def body(x):
+      os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside jax's tracing
+      time.sleep(0.2)
+      traced.append(1)
+      return x * 2
+    jax.block_until_ready(jax.jit(body)(np.float32(1.0)))
+    return real(config)
+  with patched() as mp:
+    mp.setattr(common, 'initial_model', initial_model)
+    status, output = call(env.config(tmp), workdir)
+  out = Outcome(status, output, expect_status=130, expect='interrupted: SIGINT',
+                unchanged=bool(traced))
+  return _then_resume(env, tmp, workdir, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantized exports (library: qprune.load_quantized).
+
+def _export(tmp):
+  import jax  # pylint: disable=g-import-not-at-top
+  from qprune import quant  # pylint: disable=g-import-not-at-top
+  from qprune.models import create_model, init_variables  # pylint: disable=g-import-not-at-top
+  from qprune.models.spec import model_spec  # pylint: disable=g-import-not-at-top
+  model = create_model('lenet5', num_classes=10)
+  variables = init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
+  targets = quant.inq_targets(quant.quantizable_layers(variables['params']), 4)
+  path = os.path.join(tmp, 'm.qpq')
+  quant.save_quantized(path, variables, targets, model_spec('lenet5', 10, (28, 28, 1)))
+  return path
+
+
+_PREAMBLE = struct.Struct('<8sHI')
+
+
+def _rewrite_header(path, edit):
+  data = open(path, 'rb').read()
+  magic, version, n = _PREAMBLE.unpack_from(data)
+  header = json.loads(zlib.decompress(data[_PREAMBLE.size:_PREAMBLE.size + n]))
+  payload = data[_PREAMBLE.size + n:]
+  header = edit(header) or header
+  blob = zlib.compress(json.dumps(header).encode())
+  _write(path, _PREAMBLE.pack(magic, version, len(blob)) + blob + payload)
+
+
+def _leaf(header, kind):
+  return next(l for l in header['leaves'] if l['kind'] == kind)
+
+
+def _qpq_case(damage, expect):
+  def run_case(env, tmp):
+    from qprune.errors import UserError  # pylint: disable=g-import-not-at-top
+    from qprune.quant import export  # pylint: disable=g-import-not-at-top
+    path = _export(tmp)
+    damage(path)
+    before = snapshot(path)
+    try:
+      export.load_quantized(path)
+      status, output = 0, ''
+    except UserError as e:
+      status, output = 2, f'qprune: error: {e}'
+    return Outcome(status, output, expect=expect.format(path=re.escape(path)),
+                   unchanged=unchanged(before))
+  return run_case
+
+
+case('qpq_truncated')(_qpq_case(
+    lambda p: _write(p, open(p, 'rb').read()[:-100]), r'{path}: quantized export truncated'))
+case('qpq_bad_magic')(_qpq_case(
+    lambda p: _write(p, b'NOTQPRUN' + open(p, 'rb').read()[8:]), r'{path}: not a qprune'))
+case('qpq_payload_flipped_byte')(_qpq_case(
+    lambda p: _write(p, (lambda b: b[:-1] + bytes([b[-1] ^ 1]))(open(p, 'rb').read())),
+    r'{path}: .*CRC32 mismatch'))
+case('qpq_header_missing_leaves')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: h.pop('leaves') and None), r"field 'leaves' is missing"))
+case('qpq_header_not_object')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: [1, 2]), r'header: +is a JSON list'))
+case('qpq_leaf_missing_kind')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: _leaf(h, 'float32').pop('kind') and None),
+    r"leaf '.*' has no 'kind'"))
+case('qpq_leaf_shape_vs_bytes')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: _leaf(h, 'float32').update(shape=[3, 7])),
+    r"leaf '.*' holds \d+ bytes for shape \[3, 7\]"))
+case('qpq_leaf_shape_wrong_for_model')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: _leaf(h, 'float32').update(
+        shape=list(reversed(_leaf(h, 'float32')['shape'])) + [1])),
+    r"leaf '.*': stored shape .* needs"))
+case('qpq_leaf_bits_mismatch')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: _leaf(h, 'codes').update(bits=7)),
+    r"leaf '.*' has bits=7"))
+case('qpq_leaf_outside_payload')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: _leaf(h, 'codes').update(offset=10 ** 9)),
+    r'outside the payload'))
+case('qpq_leaf_unknown_codec')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: _leaf(h, 'codes').update(codec='zip')),
+    r"unknown codec 'zip'"))
+case('qpq_spec_unknown_model')(_qpq_case(
+    lambda p: _rewrite_header(p, lambda h: h['spec'].update(name='resnet9000')),
+    r'bad model spec'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Silently accepted before: now a warning in results.json.
+
+@case('prune_budget_no_candidate_fits', slow=True)
+def _(env, tmp):
+  workdir = os.path.join(tmp, 'w')
+  config = env.config(tmp, file='mnist_lenet5_prune.py', epochs=1, batch_size=16,
+                      prune__holdout=20, prune__stop_rule='full', prune__finetune_epochs=0,
+                      prune__max_params=0.01, prune__score_batches=1, prune__bn_batches=1)
+  status, output = call(config, workdir)
+  warnings = (json.load(open(os.path.join(workdir, 'results.json'))).get('warnings', [])
+              if status == 0 else [])
+  return Outcome(status, output, expect_status=0, expect='no pruning candidate meets the budget',
+                 unchanged=any('budget' in w for w in warnings))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the real binary in a subprocess.
+
+def _binary(env, tmp, workdir, *extra, data_dir=None):
+  return [sys.executable, '-m', 'qprune.main',
+          f'--config={os.path.join(REPO_ROOT, "configs", "mnist_lenet5.py")}',
+          f'--workdir={workdir}', f'--config.data_dir={data_dir or env.data}',
+          f'--config.cache_dir={tmp}/cache', '--config.epochs=2', '--config.batch_size=32',
+          '--config.eval_batch_size=40', '--config.progress=False', *extra]
+
+
+def _e2e_signal(signum, delay):
+  def run_case(env, tmp):
+    workdir = os.path.join(tmp, 'w')
+    proc = subprocess.Popen(_binary(env, tmp, workdir), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=300)
+    status = proc.returncode
+    output = err + out
+    if status == 0:  # finished before the signal: nothing to check but a clean run
+      return Outcome(status, output, expect_status=0, unchanged=True,
+                     resumed_identical=same_params(env, workdir))
+    rerun = subprocess.run(_binary(env, tmp, workdir), cwd=REPO_ROOT, capture_output=True,
+                           text=True, timeout=300)
+    return Outcome(status, output + ('' if rerun.returncode == 0 else rerun.stderr),
+                   expect_status=128 + signum,
+                   expect=rf'interrupted: {signal.Signals(signum).name}', unchanged=True,
+                   resumed_identical=rerun.returncode == 0 and same_params(env, workdir))
+  return run_case
+
+
+# From start-up (imports, the huge-page re-exec) through flag parsing, data loading, XLA
+# compilation of the train step, training, to writing the model and report (~4 s in all here).
+for _delay in (0.3, 1.0, 2.0, 2.5, 3.0, 3.5):
+  case(f'e2e_sigint_after_{_delay}s', slow=True)(_e2e_signal(signal.SIGINT, _delay))
+for _delay in (0.3, 2.0, 3.0):
+  case(f'e2e_sigterm_after_{_delay}s', slow=True)(_e2e_signal(signal.SIGTERM, _delay))
+
+
+@case('e2e_two_processes_one_workdir', slow=True)
+def _(env, tmp):
+  workdir = os.path.join(tmp, 'w')
+  procs = [subprocess.Popen(_binary(env, tmp, workdir), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  statuses = sorted(p.returncode for p in procs)
+  output = '\n'.join(err + out for out, err in outs)
+  refused = [err + out for (out, err), p in zip(outs, procs) if p.returncode == 2]
+  # Either one refused (in use) and the other finished, or the second found the run finished.
+  ok = statuses == [0, 2] and 'is in use by pid' in refused[0] or (
+      statuses == [0, 0] and 'nothing to do' in output)
+  line = next((l for l in output.splitlines() if 'in use' in l or 'nothing to do' in l), '')
+  return Outcome(2 if statuses == [0, 2] else 0, line if ok else output,
+                 expect_status=2 if statuses == [0, 2] else 0,
+                 expect='is in use by pid|nothing to do', unchanged=ok,
+                 resumed_identical=same_params(env, workdir))
+
+
+@case('e2e_damaged_tarball', slow=True)
+def _(env, tmp):
+  data = env.copy_data(tmp, tar=True)
+  _write(_tar_path(data), open(_tar_path(data), 'rb').read()[:2000])
+  proc = subprocess.run(_binary(env, tmp, os.path.join(tmp, 'w'), data_dir=data), cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+  return Outcome(proc.returncode, proc.stderr + proc.stdout,
+                 expect='mnist.tar.gz is damaged or not a tar archive', unchanged=True)
+
+
+@case('e2e_missing_config_file', slow=True)
+def _(env, tmp):
+  proc = subprocess.run([sys.executable, '-m', 'qprune.main', f'--config={tmp}/nope.py',
+                         f'--workdir={tmp}/w'], cwd=REPO_ROOT, capture_output=True, text=True,
+                        timeout=300)
+  return Outcome(proc.returncode, proc.stderr + proc.stdout, expect='nope.py: not found',
+                 unchanged=not os.path.exists(f'{tmp}/w'))
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest.
+
+@pytest.fixture(scope='module')
+def env(data_dir, tmp_path_factory):
+  del data_dir  # the real copy must exist (skip or fail as conftest says)
+  return Env(str(tmp_path_factory.mktemp('faults')))
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in CASES])
+def test_fault(env, tmp_path, name):
+  outcome = CASES[name](env, str(tmp_path))
+  assert not outcome.problems(), (outcome.problems(), outcome.output[-3000:])
+
+
+def test_interrupt_inside_jit_is_deferred_until_jax_returns():
+  import jax  # pylint: disable=g-import-not-at-top
+  from qprune import interrupts  # pylint: disable=g-import-not-at-top
+  from qprune.errors import Interrupted  # pylint: disable=g-import-not-at-top
+  done = []
+
+  def body(x):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)
+    done.append('traced')
+    return x + 1
+
+  with pytest.raises(Interrupted) as e:
+    with interrupts.handling():
+      y = jax.jit(body)(np.float32(1.0))
+      done.append(float(y))
+      for _ in range(100):  # re-delivered within RETRY_S once out of jax
+        time.sleep(0.01)
+  assert done[:2] == ['traced', 2.0] and e.value.exit_status == 130
+
+
+def test_lock_refuses_a_second_holder_and_is_released(tmp_path):
+  from qprune import files  # pylint: disable=g-import-not-at-top
+  first = files.WorkdirLock(str(tmp_path)).acquire()
+  with pytest.raises(files.WorkdirBusyError, match=f'in use by pid {os.getpid()} on'):
+    files.WorkdirLock(str(tmp_path)).acquire()
+  first.release()
+  assert not os.path.exists(tmp_path / LOCK)
+  with files.WorkdirLock(str(tmp_path)):
+    assert os.path.exists(tmp_path / LOCK)

@@ -16,7 +16,7 @@ This module imports only the standard library (the collector runs without JAX).
 """
 import dataclasses
 import math
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 # Units: how a value is shown (`format_value`).
 TEXT, COUNT, FRACTION, BYTES, SECONDS, RATIO, TIMES, BITS, LIST = (
@@ -296,11 +296,11 @@ class PipelineResults(Results):
             ('export', None, self.export_path, TEXT)]
 
 
-RECORDS: Dict[str, type] = {cls.MODE: cls for cls in (TrainResults, QuantizeResults,
+RECORDS: Dict[str, Type[Results]] = {cls.MODE: cls for cls in (TrainResults, QuantizeResults,
                                                       PruneResults, PipelineResults)}
 
 
-def from_json(data: dict) -> Results:
+def from_json(data: Union[dict, Results]) -> Results:
   """The record of a results.json object, by its `mode` (an unknown mode reads as Results)."""
   if isinstance(data, Results):
     return data
@@ -312,7 +312,7 @@ def from_json(data: dict) -> Results:
 def _metadata(cls, name: str) -> dict:
   for f in dataclasses.fields(cls):
     if f.name == name:
-      return f.metadata
+      return dict(f.metadata)
   raise KeyError(name)
 
 
@@ -331,7 +331,8 @@ def summary_rows(record: Results) -> List[Tuple[str, str]]:
 
 def _column_names() -> List[str]:
   names, tail = [], []
-  for cls in (Results, *RECORDS.values()):
+  classes: List[Type[Results]] = [Results, *RECORDS.values()]
+  for cls in classes:
     for f in dataclasses.fields(cls):
       if f.metadata.get('column') and f.name not in names + tail:
         (tail if f.metadata.get('tail') else names).append(f.name)
@@ -340,7 +341,8 @@ def _column_names() -> List[str]:
 
 # The sweep summary's result columns (summary.md / summary.csv), in this order.
 COLUMNS: Tuple[str, ...] = tuple(_column_names())
-UNITS: Dict[str, str] = {f.name: f.metadata['unit'] for cls in (Results, *RECORDS.values())
+_CLASSES: List[Type[Results]] = [Results, *RECORDS.values()]
+UNITS: Dict[str, str] = {f.name: f.metadata['unit'] for cls in _CLASSES
                          for f in dataclasses.fields(cls)}
 
 

@@ -1,6 +1,6 @@
 """Which model a finished run hands to deployment: its quantized export if any, else its model."""
 import os
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from qprune import files
 from qprune.errors import UserError
@@ -11,7 +11,7 @@ class ExportError(UserError):
 
 
 class RunModel(NamedTuple):
-  model: object
+  model: Any  # a flax.linen.Module
   variables: dict
   spec: dict
   qpq_path: Optional[str]  # the .qpq export the model was read from (quantized runs), else None

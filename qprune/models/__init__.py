@@ -3,7 +3,7 @@
 `create_model(name, num_classes, ...)` returns a Flax module; `init_variables` its variables.
 """
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ from qprune.models.lenet import LeNet5
 from qprune.models.resnet import ResNetCifar
 from qprune.models.vgg import VGG
 
-MODELS = {
+MODELS: Dict[str, Callable[..., ZooModel]] = {
     'lenet5': LeNet5,
     'alexnet': AlexNet,
     'vgg11': functools.partial(VGG, depth=11),

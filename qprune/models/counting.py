@@ -12,7 +12,7 @@ A layer called twice counts twice. Other layers (attention einsums, custom matmu
 counted.
 """
 import inspect
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -72,7 +72,8 @@ def _kernel_size(module) -> int:
   return int(np.prod(kernel.shape))
 
 
-def layer_macs(model: nn.Module, variables, input_shape: Optional[Sequence[int]] = None, *,
+def layer_macs(model: nn.Module, variables,
+               input_shape: Union[Sequence[int], jax.ShapeDtypeStruct, None] = None, *,
                example_input=None) -> dict:
   """Inference multiply-accumulates per example of every conv and dense layer.
 

@@ -50,9 +50,9 @@ def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> nn.Module:
 
 def normalize_images(images, mean: Sequence[float], std: Sequence[float], dtype: Dtype):
   """uint8 (or float in [0, 255]) NHWC images -> standardized float, per channel."""
-  mean = jnp.asarray(mean, jnp.float32) * 255.0
-  std = jnp.asarray(std, jnp.float32) * 255.0
-  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+  mean_255 = jnp.asarray(mean, jnp.float32) * 255.0
+  std_255 = jnp.asarray(std, jnp.float32) * 255.0
+  return ((images.astype(jnp.float32) - mean_255) / std_255).astype(dtype)
 
 
 def scaled(channels: int, width: float) -> int:

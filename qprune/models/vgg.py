@@ -28,7 +28,7 @@ class VGG(ZooModel):
         x = nn.max_pool(x, (2, 2), (2, 2))
         continue
       i += 1
-      x = self.conv(f'conv{i}', self.ch(f'conv{i}', item))(x)
+      x = self.conv(f'conv{i}', self.ch(f'conv{i}', int(item)))(x)
       x = nn.relu(self.bn(f'bn{i}', train)(x))
     x = x.mean(axis=(1, 2))
     return self.logits(self.dense('fc', self.num_classes)(x))

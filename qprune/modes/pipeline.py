@@ -18,7 +18,7 @@ def run_stage(name, stage_fn, config, workdir, mesh, data, spec, variables) -> r
   done = files.read_json(results_path)
   if done is not None:
     print(f'stage {name}: finished earlier, skipped', flush=True)
-    return records.from_json(done)
+    return records.RECORDS[name].from_json(done)  # older stage files carry no `mode`
   print(f'stage {name}: running in {stage_dir}', flush=True)
   result = stage_fn(config, stage_dir, mesh, data, spec, variables)
   result.mode, result.model, result.dataset = name, config.model, config.dataset
@@ -31,8 +31,10 @@ def run(config, workdir: str, mesh) -> records.PipelineResults:
   data = common.load_data(config, mesh)
   fp32_bytes = quant.float32_nbytes(variables)
   pruned = run_stage('prune', prune_model, config, workdir, mesh, data, spec, variables)
+  assert isinstance(pruned, records.PruneResults)
   spec, variables = common.load_saved_model(os.path.join(workdir, 'prune'))
   quantized = run_stage('quantize', quantize_model, config, workdir, mesh, data, spec, variables)
+  assert isinstance(quantized, records.QuantizeResults)
   spec, variables = common.load_saved_model(os.path.join(workdir, 'quantize'))
   common.save_model(workdir, spec, variables)
   return records.PipelineResults(

@@ -146,7 +146,7 @@ def shrunk_model(model, groups: Groups, masks, variables=None):
   return ShrunkModel(model, _freeze(overrides))
 
 
-def shrink(model, variables, groups: Groups, masks) -> Tuple[object, dict]:
+def shrink(model, variables, groups: Groups, masks) -> Tuple[nn.Module, dict]:
   """(smaller model, its variables); `small.apply(v, x)` == masked full model's output."""
   return (shrunk_model(model, groups, masks, variables),
           slice_variables(variables, groups, masks))
@@ -167,8 +167,8 @@ def mask_cost(model, variables, groups: Groups, masks, input_shape) -> Dict[str,
   return model_cost(small, shapes, input_shape)
 
 
-def shrink_report(model, variables, groups: Groups, masks, input_shape) -> Dict[str, int]:
-  """params/MACs before and after, and the kept fractions."""
+def shrink_report(model, variables, groups: Groups, masks, input_shape) -> Dict[str, float]:
+  """params/MACs before and after (counts), and the kept fractions."""
   before = model_cost(model, variables, input_shape)
   after = mask_cost(model, variables, groups, masks, input_shape)
   return {'params_before': before['params'], 'macs_before': before['macs'],

@@ -589,7 +589,7 @@ def trace_model(model: nn.Module, variables, example_input) -> TraceResult:
 
   tracer = _Tracer(calls)
   leaves = jax.tree_util.tree_leaves_with_path(variables)  # the jaxpr's invar order
-  in_states = []
+  in_states: list = []
   for keypath, leaf in leaves:
     path = '/'.join(str(getattr(k, 'key', k)) for k in keypath)
     shape = np.shape(leaf)

@@ -46,7 +46,7 @@ class InqOptaxError(UserError):
 
 
 class InqState(NamedTuple):
-  count: jax.Array       # int32 []: update calls so far
+  count: jax.Array  # type: ignore[assignment]  # int32 []: update calls (shadows tuple.count)
   stage: jax.Array       # int32 []: snap steps done (0..len(schedule))
   fractions: jax.Array   # float32 [S]: the schedule
   exponents: Any         # {layer_name: int32 [n]}: each targeted layer's exponent set

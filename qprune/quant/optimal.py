@@ -25,7 +25,7 @@ compares it with brute force over every subset). Adding an exponent never increa
 so the k-set is the best set of at most k exponents.
 """
 import functools
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,7 @@ def _candidate_exponents(max_abs, span: int):
   return jnp.clip(e, targets_lib.MIN_EXPONENT, targets_lib.MAX_EXPONENT)
 
 
-def _prefix_at(sorted_abs, prefix_n, prefix_s, prefix_q, points):
+def _prefix_at(sorted_abs, prefix_n, prefix_s, prefix_q, points) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """(count, Σ|w|, Σw²) of the magnitudes below each of `points` (any shape)."""
   index = jnp.searchsorted(sorted_abs, points.reshape(-1), side='left')
   take = lambda p: p[index].reshape(points.shape)
@@ -87,7 +87,8 @@ def _row_optimal_sets(sorted_abs, count, k_max: int, span: int, objective: str):
   i, j = jnp.indices((size, size))
   pair = jnp.where(i < j, pair, jnp.inf)        # pair[i, j]: m_prev = values[i] < m = values[j]
   total = (prefix_n[-1], prefix_s[-1], prefix_q[-1])
-  top = cost_between(*at(values), *[jnp.broadcast_to(t, (size,)) for t in total], values)
+  top_n, top_s, top_q = (jnp.broadcast_to(t, (size,)) for t in total)
+  top = cost_between(*at(values), top_n, top_s, top_q, values)
   top = top.at[0].set(jnp.inf)                  # a set has at least one exponent
 
   def add_exponent(best, _):

@@ -1,5 +1,5 @@
 """Per-layer quantization report: what results.json's `layers` list and the printed table hold."""
-from typing import List, Mapping
+from typing import List, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +31,13 @@ def layer_report(params, targets: targets_lib.Targets,
   return rows
 
 
-def average_bits(rows: List[Mapping]) -> float:
+def average_bits(rows: Sequence[Mapping]) -> float:
   """Bits per weight averaged over all quantized weights (weighted by num_weights)."""
   total = sum(r['num_weights'] for r in rows)
   return sum(r['bits'] * r['num_weights'] for r in rows) / total if total else 0.0
 
 
-def format_table(rows: List[Mapping]) -> str:
+def format_table(rows: Sequence[Mapping]) -> str:
   """Plain-text table of `layer_report` rows plus a total line."""
   header = f'{"layer":<28} {"weights":>9} {"bits":>4} {"values":>6} {"L1 error":>11}  exponents'
   lines = [header, '-' * len(header)]

@@ -88,7 +88,7 @@ def collect(out: str) -> List[dict]:
   """One row per job: job, status, config, seed, overrides and the RESULT_COLUMNS, plus the
   full results dict under '_results' (None when missing)."""
   jobs = read_jobs(out)
-  rows = []
+  rows: List[dict] = []
   if jobs is not None:
     for job in jobs:
       workdir = job['workdir'] or os.path.join(out, job['name'])
@@ -106,9 +106,9 @@ def collect(out: str) -> List[dict]:
                      'status': 'ok' if results is not None else 'unreadable',
                      '_results': results})
   for row in rows:
-    results = row['_results'] or {}
+    found = row['_results'] or {}
     for column, key in RESULT_COLUMNS:
-      row[column] = result_field(results, key)
+      row[column] = result_field(found, key)
   return rows
 
 

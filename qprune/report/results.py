@@ -428,7 +428,8 @@ def plot(groups: Dict[str, List[dict]], plots_dir: str):
         for bits, accuracy in points:  # recipe variants at equal bits: the line joins the best
           best[bits] = max(best.get(bits, accuracy), accuracy)
         line, = ax.plot(*zip(*sorted(best.items())), marker='o', label=METHOD_TITLES[method])
-        ax.scatter(*zip(*points), color=line.get_color(), alpha=0.4, s=14)
+        xs, ys = zip(*points)
+        ax.scatter(xs, ys, color=line.get_color(), alpha=0.4, s=14)
     fp = _fp_run(runs)
     if fp:
       ax.axhline(100 * fp['results']['test_accuracy'], color='gray', linestyle='--',

@@ -67,7 +67,8 @@ def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHo
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    freeze_mask=(aux or {}).get('freeze_mask'))
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+    new_state = state.replace(  # type: ignore[attr-defined]  # flax struct.dataclass
+        step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     metrics = {'loss': metrics['loss'] + loss * batch_size,
                'correct': metrics['correct'] + jnp.sum(jnp.argmax(logits, -1) == y),

@@ -93,3 +93,20 @@ def test_spec_round_trip_rebuilds_the_same_model():
 def test_unknown_model_is_a_clear_error():
   with pytest.raises(ValueError, match='unknown model .resnet21.'):
     models.create_model('resnet21', 10)
+
+
+def test_batch_norm_impl_is_switched_by_backend_and_interchangeable(monkeypatch):
+  """FusedBatchNorm on CPU, flax's elsewhere; the same variables give the same train-mode
+  outputs and statistics with either, so checkpoints move between backends."""
+  from qprune.ops import batchnorm  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv(batchnorm.BN_SWITCH, raising=False)
+  assert batchnorm.resolve_impl() == ('fused' if jax.default_backend() == 'cpu' else 'flax')
+  x = jax.random.randint(jax.random.PRNGKey(3), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)
+  outs = {}
+  for impl in batchnorm.IMPLS:
+    monkeypatch.setenv(batchnorm.BN_SWITCH, impl)
+    assert batchnorm.resolve_impl() == impl
+    model = models.create_model('resnet20', 10, width=0.25)
+    variables = models.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3))
+    outs[impl] = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  chex.assert_trees_all_close(outs['fused'], outs['flax'], atol=1e-4, rtol=1e-4)

@@ -685,16 +685,16 @@ case('runfile_stage_results_wrong_shape')(_stage_results_case(b'[]'))
 
 @case('failed_run_config_does_not_block_rerun')
 def _(env, tmp):
-  """A run that failed before any output (bad init_from) leaves config.json; the corrected
-  command is not 'a different config'."""
+  """A run that failed before any output (a bad init_from) leaves its config.json; the corrected
+  command is not refused as 'a different config' and ends like an uninterrupted run."""
   workdir = os.path.join(tmp, 'w')
-  bad = env.config(tmp, file='mnist_lenet5_quant.py', init_from=os.path.join(tmp, 'nowhere'))
-  first, output = call(bad, workdir)
-  good = env.config(tmp, file='mnist_lenet5_quant.py', init_from=os.path.join(tmp, 'nowhere2'))
-  status, output2 = call(good, workdir)
-  ok = first == 2 and 'different config' not in output2
-  return Outcome(status, output2, expect="init_from=.*nowhere2.* does not exist",
-                 unchanged=ok)
+  first, output = call(env.config(tmp, init_from=os.path.join(tmp, 'nowhere')), workdir)
+  out = Outcome(first, output, expect="init_from=.*nowhere.* does not exist", unchanged=True)
+  status, output = call(env.config(tmp), workdir)
+  out.resumed_identical = status == 0 and same_params(env, workdir)
+  if status != 0:
+    out.output += '\n[rerun] ' + output
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -834,9 +834,10 @@ def _image_folder_root(data):
 
 case('data_png_damaged')(_data_case(
     lambda d: _write(_first_image(d), b'\x89PNG\r\n\x1a\n truncated'),
-    r'{where}: not a readable image'))
+    r'{where}: not a readable image \(OSError: '))
 case('data_png_zero_bytes')(_data_case(
-    lambda d: _write(_first_image(d), b''), r'{where}: not a readable image'))
+    lambda d: _write(_first_image(d), b''),
+    r'{where}: not a readable image \(UnidentifiedImageError: cannot identify image file\)'))
 case('data_png_wrong_shape')(_data_case(_png_of_wrong_shape,
                                         r'{where}: image of shape \(32, 32, 1\)'))
 case('data_missing_test_split')(_data_case(
@@ -1050,7 +1051,7 @@ case('qpq_payload_flipped_byte')(_qpq_case(
 case('qpq_header_missing_leaves')(_qpq_case(
     lambda p: _rewrite_header(p, lambda h: h.pop('leaves') and None), r"field 'leaves' is missing"))
 case('qpq_header_not_object')(_qpq_case(
-    lambda p: _rewrite_header(p, lambda h: [1, 2]), r'header: +is a JSON list'))
+    lambda p: _rewrite_header(p, lambda h: [1, 2]), r'header is a JSON list'))
 case('qpq_leaf_missing_kind')(_qpq_case(
     lambda p: _rewrite_header(p, lambda h: _leaf(h, 'float32').pop('kind') and None),
     r"leaf '.*' has no 'kind'"))

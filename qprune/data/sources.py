@@ -92,9 +92,9 @@ def _decode(data: bytes, shape, name: str = 'image') -> np.ndarray:
     image = image.convert('L' if shape[-1] == 1 else 'RGB')
     array = np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], -1)
   except Exception as e:  # pylint: disable=broad-except  (any decoder failure: a bad file)
-    raise DataError(f'{name}: not a readable image ({type(e).__name__}: '
-                    f'{str(e).replace(repr(io.BytesIO), "data")[:200]}); replace or delete the '
-                    f'file (and the cache is rebuilt)') from None
+    reason = re.sub(r'\s*<_io\.BytesIO object at 0x[0-9a-f]+>', '', str(e))  # not the file
+    raise DataError(f'{name}: not a readable image ({type(e).__name__}: {reason[:200]}); '
+                    f'replace or delete the file') from None
   if array.shape != tuple(shape):
     raise DataError(f'{name}: image of shape {array.shape}, this dataset\'s images are '
                     f'{tuple(shape)}; replace or delete the file')
@@ -181,6 +181,7 @@ def read_tarball(path: str, info: DatasetInfo) -> Arrays:
                                tar.extractfile(member).read()))
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or 'truncated'
+    reason = reason.splitlines()[0].rstrip(':') if reason.strip() else 'truncated'
     raise DataError(f'{path} is damaged or not a tar archive ({type(e).__name__}: {reason}); '
                     f'replace it with a good copy') from None
   for split, items in raw.items():

@@ -195,7 +195,8 @@ def _check_header(header) -> None:
   """ExportFormatError naming the first header field that is missing or inconsistent (the CRC
   covers the payload only, so a crafted or buggy header must be checked field by field)."""
   def bad(where, what):
-    raise ExportFormatError(f'quantized export header: {where} {what}')
+    raise ExportFormatError(f'quantized export header: {where} {what}' if where else
+                            f'quantized export header {what}')
 
   if not isinstance(header, dict):
     bad('', f'is a JSON {type(header).__name__}, not an object')

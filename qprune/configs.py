@@ -11,17 +11,25 @@ import os
 
 import ml_collections
 
+from qprune.data.pipeline import AUGMENTATIONS
 from qprune.data.sources import DATASETS
 from qprune.errors import UserError
 from qprune.models import MODELS
+from qprune.models import spec as spec_lib
+from qprune.ops import conv as conv_lib
+from qprune.prune import decision
+from qprune.quant.rules import TARGET_RULES
+from qprune.train import optim
 
+# The modes of the binary (qprune.modes.MODES dispatches on exactly these; a test checks).
 MODES = ('train', 'quantize', 'prune', 'pipeline')
-QUANT_METHODS = ('kmeans', 'optimal', 'inq')
-STOP_RULES = ('early_bird', 'fixed', 'full')
-SCHEDULES = ('cosine', 'step', 'constant')
-AUGMENTS = ('none', 'crop_flip')
-DTYPES = ('float32', 'bfloat16')
-CONV_IMPLS = ('auto', 'xla', 'fast')
+# Every other allowed value comes from the registry that dispatches on it.
+QUANT_METHODS = tuple(TARGET_RULES)
+STOP_RULES = decision.STOP_RULES
+SCHEDULES = optim.LR_SCHEDULES
+AUGMENTS = tuple(AUGMENTATIONS)
+DTYPES = tuple(spec_lib.DTYPES)
+CONV_IMPLS = ('auto', *conv_lib.IMPLS)
 
 # Fields that change how a run looks or where it reads from, not what it computes.
 NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_impl', 'eval_every')

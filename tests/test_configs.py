@@ -52,3 +52,16 @@ def test_bad_quantization_fields(field, value, message):
   config.quant[field] = value
   with pytest.raises(configs.ConfigError, match=message.replace('(', r'\(')):
     configs.validate(config)
+
+
+def test_allowed_values_come_from_the_registries():
+  """One place per enumeration: validation checks against the tables that dispatch."""
+  from qprune import prune, quant  # pylint: disable=g-import-not-at-top
+  from qprune.data import pipeline  # pylint: disable=g-import-not-at-top
+  from qprune.modes import MODES  # pylint: disable=g-import-not-at-top
+  from qprune.train import optim  # pylint: disable=g-import-not-at-top
+  assert set(configs.MODES) == set(MODES)
+  assert set(configs.QUANT_METHODS) == set(quant.TARGET_RULES)
+  assert configs.STOP_RULES == prune.STOP_RULES
+  assert configs.SCHEDULES == optim.LR_SCHEDULES
+  assert set(configs.AUGMENTS) == set(pipeline.AUGMENTATIONS)

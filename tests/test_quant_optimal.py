@@ -110,3 +110,16 @@ def test_target_error_table(rng):
     assert (r['inq'] is None) == (r['k'] == 3)
     assert r['inq'] is None or r['optimal'] <= r['inq'] * (1 + 1e-5)
   assert '| total | 928 | 1 |' in target_errors.markdown(rows)  # 3·3·4·8 + 64·10 weights
+
+
+def test_choose_targets_dispatches_by_rule(rng):
+  """quant.choose_targets: the registry the config's quant.method is checked against."""
+  from qprune import quant  # pylint: disable=g-import-not-at-top
+  layers = {'a': rng.normal(0, 0.1, (64, 8)).astype(np.float32)}
+  assert quant.choose_targets(layers, 'optimal', k=2) == quant.optimal_targets(layers, k=2)
+  assert quant.choose_targets(layers, 'kmeans', k=2) == quant.kmeans_targets(layers, k=2)
+  assert quant.choose_targets(layers, 'inq', bits=3) == quant.inq_targets(layers, 3)
+  budget = quant.choose_targets(layers, 'optimal', bits_budget=2.5, k=7)  # the budget wins
+  assert budget == quant.optimal_targets(layers, bits_per_weight=2.5)
+  with pytest.raises(ValueError, match="unknown target rule 'median'; choose one of kmeans"):
+    quant.choose_targets(layers, 'median')

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from qprune.models import create_model
 from qprune.models.base import ZooModel
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def model_spec(name: str, num_classes: int, input_shape, *, width: float = 1.0,
@@ -21,6 +21,6 @@ def model_spec(name: str, num_classes: int, input_shape, *, width: float = 1.0,
 def model_from_spec(spec: Mapping[str, Any], *, dtype: str = 'float32',
                     conv_impl: str = 'auto') -> ZooModel:
   """Inverse of `model_spec` (inference and training use the same module)."""
-  return create_model(spec['name'], spec['num_classes'], width=spec['width'], dtype=_DTYPES[dtype],
+  return create_model(spec['name'], spec['num_classes'], width=spec['width'], dtype=DTYPES[dtype],
                       mean=spec['mean'], std=spec['std'], conv_impl=conv_impl,
                       channels=dict(spec.get('channels', {})))

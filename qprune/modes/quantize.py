@@ -29,18 +29,9 @@ def choose_targets(qconfig, params) -> dict:
     raise common.RunError(f'quant.exclude names {", ".join(unknown)}, which the model does not '
                           f'have; its quantizable layers are {", ".join(layers)}')
   layers = {name: w for name, w in layers.items() if name not in qconfig.exclude}
-  if qconfig.method == 'inq':
-    return quant.inq_targets(layers, qconfig.bits)
-  if qconfig.tolerance:
-    choice = {'tolerance': qconfig.tolerance}
-  elif qconfig.bits_budget:
-    choice = {'bits_per_weight': qconfig.bits_budget}
-  else:
-    choice = {'k': qconfig.k}
-  if qconfig.method == 'optimal':
-    return quant.optimal_targets(layers, k_max=qconfig.k_max, objective=qconfig.objective,
-                                 **choice)
-  return quant.kmeans_targets(layers, k_max=qconfig.k_max, **choice)
+  return quant.choose_targets(layers, qconfig.method, bits=qconfig.bits, k=qconfig.k,
+                              k_max=qconfig.k_max, tolerance=qconfig.tolerance,
+                              bits_budget=qconfig.bits_budget, objective=qconfig.objective)
 
 
 def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResults:

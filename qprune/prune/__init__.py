@@ -14,7 +14,8 @@ Typical use (see each module's docstring for shapes and math):
 from qprune.prune.criteria import (AGGREGATES, CRITERIA, attention_scores, bn_gamma_scores,
                                    channel_attention, l1_gamma_penalty, l1_scores, random_scores,
                                    register_criterion, score, taylor_scores)
-from qprune.prune.decision import EarlyBirdRule, EarlyBirdState, early_bird_step, mask_distance
+from qprune.prune.decision import (STOP_RULES, EarlyBirdRule, EarlyBirdState, early_bird_step,
+                                   mask_distance)
 from qprune.prune.groups import (RESIDUAL, ChannelGroup, Slot, derive_groups, group_sizes,
                                  ignore_layers)
 from qprune.prune.masks import apply_masks, apply_with_gates, full_masks, kept_counts, stack_masks
@@ -40,7 +41,8 @@ __all__ = [
     'SELECTIONS', 'register_selection', 'select', 'make_masks', 'full_masks', 'apply_masks',
     'apply_with_gates', 'kept_counts', 'stack_masks',
     # the early decision
-    'EarlyBirdRule', 'EarlyBirdState', 'early_bird_step', 'mask_distance', 'EarlyBirdTracker',
+    'STOP_RULES', 'EarlyBirdRule', 'EarlyBirdState', 'early_bird_step', 'mask_distance',
+    'EarlyBirdTracker',
     'TrackerError', 'tracker_step',
     # candidate search
     'Candidate', 'SearchResult', 'candidate_grid', 'candidate_masks', 'search', 'choose_best',

@@ -11,6 +11,10 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+# When pretraining stops: at the first Early-Bird-stable epoch, after a fixed number of epochs,
+# or after all of them (the decision after full training).
+STOP_RULES = ('early_bird', 'fixed', 'full')
+
 
 def mask_distance(a, b) -> float:
   """Normalized Hamming distance: fraction of channels (over all groups) whose keep bit differs.

@@ -14,6 +14,7 @@ from qprune.quant.kmeans import (CandidateTable, candidate_table, cluster_all, e
                                  select_by_tolerance, select_fixed_k, select_targets)
 from qprune.quant.optimal import OBJECTIVES, optimal_sets, optimal_table, optimal_targets
 from qprune.quant.report import average_bits, format_table, layer_report
+from qprune.quant.rules import TARGET_RULES, choose_targets
 from qprune.quant.targets import (Targets, bits_per_weight, default_path_filter, in_target_set,
                                   inq_exponents, inq_targets, l1_error, layer_name, quantizable_layers,
                                   quantize, quantize_layers, quantize_params, relative_l1_error,
@@ -22,6 +23,7 @@ from qprune.quant.optax_inq import InqOptaxError, InqState, inq_done, inq_optax,
 
 __all__ = [
     # target sets per layer
+    'choose_targets', 'TARGET_RULES',
     'quantizable_layers', 'default_path_filter', 'layer_name', 'Targets', 'inq_targets',
     'inq_exponents', 'kmeans_targets', 'optimal_targets', 'OBJECTIVES', 'select_targets',
     'select_fixed_k', 'select_by_tolerance', 'select_by_bit_budget', 'CandidateTable',

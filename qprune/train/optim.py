@@ -11,6 +11,9 @@ import optax
 from qprune.ops.masking import zero_frozen
 
 
+LR_SCHEDULES = ('cosine', 'step', 'constant')
+
+
 def lr_schedule(kind: str, base_lr: float, total_steps: int, warmup_steps: int = 0,
                 boundaries=(0.5, 0.75), decay: float = 0.1) -> optax.Schedule:
   """'cosine' (to 0, optional linear warmup), 'step' (x decay at fractions of training) or 'constant'."""
@@ -25,7 +28,7 @@ def lr_schedule(kind: str, base_lr: float, total_steps: int, warmup_steps: int =
         base_lr, {int(b * total_steps): decay for b in boundaries})
   if kind == 'constant':
     return optax.constant_schedule(base_lr)
-  raise ValueError(f'unknown lr schedule {kind!r}; choose cosine, step or constant')
+  raise ValueError(f'unknown lr schedule {kind!r}; choose one of {", ".join(LR_SCHEDULES)}')
 
 
 def decay_mask(params):

@@ -4,6 +4,7 @@ Config files in `configs/` call `base_config()` and change what their experiment
 `validate(config)` turns every bad field into one `ConfigError` that names the field, the bad
 value and what is allowed, before any work starts.
 """
+import dataclasses
 import importlib.util
 import json
 import math
@@ -20,6 +21,7 @@ from qprune.ops import conv as conv_lib
 from qprune.prune import decision
 from qprune.quant.rules import TARGET_RULES
 from qprune.train import optim
+from qprune.train.loop import TrainOptions
 
 # The modes of the binary (qprune.modes.MODES dispatches on exactly these; a test checks).
 MODES = ('train', 'quantize', 'prune', 'pipeline')
@@ -47,24 +49,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.cache_dir = ''         # '' = $QPRUNE_CACHE_DIR or ~/.cache/qprune
   c.model = 'lenet5'
   c.width = 1.0
+  # The training fields and their defaults are TrainOptions' (one place), except epochs: an
+  # experiment trains 10 by default, a library `fit` call 1.
+  for field in dataclasses.fields(TrainOptions):
+    c[field.name] = field.default
   c.epochs = 10
-  c.batch_size = 128
-  c.eval_batch_size = 1000
-  c.learning_rate = 0.1
-  c.lr_schedule = 'cosine'
-  c.warmup_epochs = 0.0
-  c.momentum = 0.9
-  c.nesterov = True
-  c.weight_decay = 5e-4
-  c.augment = 'none'
-  c.seed = 0
   c.train_subset = 0       # first N training examples (0 = all)
   c.eval_subset = 0        # first N test examples (0 = all)
-  c.eval_every = 1
   c.init_from = ''         # a previous run's workdir to start from
   c.compute_dtype = 'float32'
   c.conv_impl = 'auto'
-  c.progress = True
   c.overwrite = False      # allow reusing a workdir that holds a finished run of another config
   c.quant = quant_config()
   c.prune = prune_config()

@@ -34,7 +34,8 @@ DTYPES = tuple(spec_lib.DTYPES)
 CONV_IMPLS = ('auto', *conv_lib.IMPLS)
 
 # Fields that change how a run looks or where it reads from, not what it computes.
-NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_impl', 'eval_every')
+NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_impl', 'eval_every',
+                       'compilation_cache_dir')
 
 
 class ConfigError(UserError):
@@ -47,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = 'mnist'
   c.data_dir = ''          # '' = $QPRUNE_DATA_DIR if set, else TFDS (download)
   c.cache_dir = ''         # '' = $QPRUNE_CACHE_DIR or ~/.cache/qprune
+  # XLA's persistent compilation cache: repeated runs (sweeps, resumes) load compiled steps
+  # instead of compiling them ('' = $QPRUNE_COMPILATION_CACHE, else off).
+  c.compilation_cache_dir = ''
   c.model = 'lenet5'
   c.width = 1.0
   # The training fields and their defaults are TrainOptions' (one place), except epochs: an

@@ -190,3 +190,19 @@ def test_init_from_a_corrupt_model_is_refused(trained, data_dir, tmp_path):
                   f'--config.init_from={broken}', *SMALL, check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert 'cannot read saved variables' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.slow
+def test_persistent_compilation_cache(data_dir, tmp_path):
+  """--config.compilation_cache_dir: the first run stores its compiled train step there, a
+  second run of the same shapes loads it; results are the same and the field is not part of
+  the run's identity (config.json)."""
+  cache = tmp_path / 'xla_cache'
+  runs = [run_main('mnist_lenet5.py', str(tmp_path / f'run{i}'), f'--config.data_dir={data_dir}',
+                   '--config.epochs=1', '--config.learning_rate=0.0432',
+                   f'--config.compilation_cache_dir={cache}', *SMALL) for i in range(2)]
+  assert runs and len(os.listdir(cache)) >= 1
+  results = [json.loads(p.stdout.strip().splitlines()[-1]) for p in runs]
+  assert results[0]['test_accuracy'] == results[1]['test_accuracy']
+  config = json.load(open(tmp_path / 'run0' / 'config.json'))
+  assert 'compilation_cache_dir' not in config

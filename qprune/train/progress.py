@@ -46,7 +46,8 @@ class EpochProgress:
       self.bar = tqdm(total=per_epoch, initial=start_index, desc=self.desc, leave=False,
                       mininterval=min_interval_s, file=self.stream)
     if self.compiling:
-      self._line(f'{self.desc}: compiling the train step (first step of this run)')
+      self._line(f'{self.desc}: compiling the train step (or loading it from the compilation '
+                 'cache)')
 
   def _line(self, text: str):
     if self.bar is not None:
@@ -62,7 +63,8 @@ class EpochProgress:
     if self.compiling:
       jax.block_until_ready(metrics)
       now = time.time()
-      self._line(f'{self.desc}: train step compiled and run once in {now - self.start:.1f} s')
+      self._line(f'{self.desc}: first train step (compilation included) took '
+                 f'{now - self.start:.1f} s')
       self.compiling = False
       self.start, self.start_index = now, index
     if self.bar is not None:

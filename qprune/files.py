@@ -46,10 +46,11 @@ def write_lines_atomic(path: str, lines: Iterable[str]):
   write_bytes_atomic(path, ''.join(line + '\n' for line in lines).encode())
 
 
-# The run files every workdir (and pipeline stage) holds: the keys each must have to be usable.
+# The run files every workdir (and pipeline stage) holds: the keys each must have to be usable
+# (results.json: only a JSON object here, its readers differ; prepare_workdir asks for more).
 RUN_FILE_KEYS = {
     'config.json': ('mode', 'model', 'dataset'),
-    'results.json': ('test_accuracy', 'epochs_run'),
+    'results.json': (),
     'model.json': ('name', 'num_classes', 'input_shape', 'width', 'mean', 'std'),
 }
 

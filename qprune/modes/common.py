@@ -78,6 +78,7 @@ def train_options(config, **overrides) -> TrainOptions:
   return TrainOptions.from_config(config, **overrides)
 
 
+FINISHED_KEYS = ('mode', 'test_accuracy')  # what a finished run's results.json must hold
 _LOCKS = {}  # realpath of a workdir -> the WorkdirLock this process holds on it
 
 
@@ -138,7 +139,7 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
   if previous is not None:
     previous = configs.with_new_defaults(previous)
     if previous == wanted:
-      finished = files.read_json(os.path.join(workdir, RESULTS_JSON))
+      finished = files.read_json(os.path.join(workdir, RESULTS_JSON), FINISHED_KEYS)
       if finished is not None:
         return finished
   if not os.path.isdir(workdir):
@@ -166,5 +167,5 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
   if previous != wanted:
     files.write_json_atomic(config_path, wanted)
   if previous == wanted:
-    return files.read_json(os.path.join(workdir, RESULTS_JSON))
+    return files.read_json(os.path.join(workdir, RESULTS_JSON), FINISHED_KEYS)
   return None

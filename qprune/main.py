@@ -72,15 +72,31 @@ def run(config, workdir: str) -> dict:
     print(f'{workdir} already holds this finished run; nothing to do.', flush=True)
     return finished
   maybe_initialize_distributed()
+  enable_compilation_cache(config.compilation_cache_dir or
+                           os.environ.get('QPRUNE_COMPILATION_CACHE', ''))
   mesh = parallel.make_mesh()
   start = time.time()
-  results = MODES[config.mode](config, workdir, mesh)
-  results = {'mode': config.mode, 'model': config.model, 'dataset': config.dataset,
-             **results, 'wall_time_s': time.time() - start, 'devices': int(mesh.devices.size),
-             'machine': machine_description(), 'command': command_line()}
+  record = MODES[config.mode](config, workdir, mesh)
+  record.mode, record.model, record.dataset = config.mode, config.model, config.dataset
+  record.wall_time_s, record.devices = time.time() - start, int(mesh.devices.size)
+  record.machine, record.command = machine_description(), command_line()
+  record.warnings = [*record.warnings, *errors.collected_warnings()]  # data, search, ... one line each
+  results = record.to_json()
   files.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), results)
   write_report(config, workdir, results)
   return results
+
+
+def enable_compilation_cache(path: str):
+  """JAX's persistent compilation cache in `path` ('' = off): every compiled step is stored, so
+  the next run of the same shapes (a sweep's next job, a resume) loads it instead of compiling."""
+  if not path:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', os.path.abspath(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 def machine_description() -> str:
@@ -118,9 +134,10 @@ def write_report(config, workdir: str, results: dict):
 
 
 def _summary(results: dict) -> str:
-  keys = ('mode', 'model', 'dataset', 'test_accuracy', 'params', 'macs', 'epochs_run',
-          'wall_time_s')
-  return json.dumps({k: results[k] for k in keys if k in results})
+  """The mode's summary block (before -> after), then its headline numbers as one JSON line."""
+  from qprune import records  # pylint: disable=g-import-not-at-top
+  record = records.from_json(results)
+  return '\n'.join(record.summary_lines() + [json.dumps(record.headline())])
 
 
 MODE_HELP = (
@@ -251,15 +268,15 @@ def parse_flags(argv):
   if any(arg in ('--helpfull', '-helpfull') for arg in argv[1:]):
     print(usage_text() + '\n\nAll flags:\n' + flags.FLAGS.get_help())
     sys.exit(0)
-  try:
-    rest = flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # ml_collections: a field the config does not have
   from qprune import configs  # pylint: disable=g-import-not-at-top
   if any(a.split('=', 1)[0] in ('--config', '-config') for a in argv[1:]):
     try:  # the file first: ml_collections reports its errors as unknown fields, or not at all
       configs.check_config_file(configs.config_file_argument(argv[1:]))
     except configs.ConfigError as e:
       _exit_with_error(str(e))
+  try:
+    rest = flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: a field the config does not have
     _exit_with_error(_flag_error(e, argv))
   except (flags.Error, TypeError, ValueError) as e:
     _exit_with_error(_flag_error(e, argv))
@@ -341,10 +358,6 @@ def main(argv):
     _exit_with_error(f'unexpected arguments: {" ".join(argv[1:])} (every setting is a flag, '
                      f'e.g. --config.epochs=1; see --help)')
   logging.set_verbosity(logging.WARNING)
-  try:
-    with interrupts.handling():
-      return run(config, workdir)
-  except UserError as e:
   results = run_reporting_errors(_CONFIG.value, _WORKDIR.value)
   print(_summary(results), flush=True)
   if __name__ == '__main__':  # the binary: all is written, a late Ctrl-C no longer matters (and
@@ -360,6 +373,10 @@ def run_reporting_errors(config, workdir: str) -> dict:
   from qprune.errors import Interrupted, UserError  # pylint: disable=g-import-not-at-top
   from qprune.modes import common  # pylint: disable=g-import-not-at-top
   from qprune import interrupts  # pylint: disable=g-import-not-at-top
+  try:
+    with interrupts.handling():
+      return run(config, workdir)
+  except UserError as e:
     _exit_with_error(str(e))
   except OSError as e:
     _exit_with_error(files.os_error_message(e))

@@ -52,6 +52,7 @@ RUN_FILE_KEYS = {
     'config.json': ('mode', 'model', 'dataset'),
     'results.json': (),
     'model.json': ('name', 'num_classes', 'input_shape', 'width', 'mean', 'std'),
+    'search.json': ('best', 'rows', 'masks'),
 }
 
 
@@ -91,6 +92,8 @@ def _damaged_hint(path: str) -> str:
             'checkpoints)')
   if name == 'config.json':
     return ('delete it and rerun the same command, or use another --workdir')
+  if name == 'search.json':
+    return 'delete it and rerun the same command (the search is run again)'
   if name == 'model.json':
     return 'this folder holds no usable model: rerun the run that made it, or use another one'
   return 'delete it or restore a good copy'

@@ -1218,3 +1218,22 @@ def test_lock_refuses_a_second_holder_and_is_released(tmp_path):
   assert not os.path.exists(tmp_path / LOCK)
   with files.WorkdirLock(str(tmp_path)):
     assert os.path.exists(tmp_path / LOCK)
+
+
+@pytest.mark.parametrize('name,content,expect', [
+    ('search.json', b'{"best": 0}', r'search.json is damaged \(missing rows, masks\)'),
+    ('model.json', b'[]', r'model.json is damaged \(a JSON list'),
+    ('config.json', b'{"mode": "train"', r'config.json is damaged \(not valid JSON'),
+    ('other.json', b'[1]', None),
+])
+def test_read_json_checks_the_run_files_it_knows(tmp_path, name, content, expect):
+  from qprune import files  # pylint: disable=g-import-not-at-top
+  from qprune.errors import DamagedFileError  # pylint: disable=g-import-not-at-top
+  path = tmp_path / name
+  path.write_bytes(content)
+  if expect is None:
+    assert files.read_json(str(path)) == [1]
+  else:
+    with pytest.raises(DamagedFileError, match=expect):
+      files.read_json(str(path))
+  assert files.read_json(str(tmp_path / 'missing.json')) is None

@@ -17,10 +17,15 @@ import sys
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'workdir of a finished qprune run')
-_FORMAT = flags.DEFINE_enum('format', 'onnx', ['onnx', 'codes'], 'what to write')
-_OUT = flags.DEFINE_string('out', None, 'output path (default: inside the workdir)')
-_FOLD_BN = flags.DEFINE_bool('fold_bn', True, 'onnx: fold BatchNorm into the convs')
+
+def define_flags():
+  """The binary's flags, defined only when it runs (so importing this module next to another
+  absl binary, e.g. in a test process, defines no duplicate --workdir)."""
+  flags.DEFINE_string('workdir', None, 'workdir of a finished qprune run')
+  flags.DEFINE_enum('format', 'onnx', ['onnx', 'codes'], 'what to write')
+  flags.DEFINE_string('out', None, 'output path (default: inside the workdir)')
+  flags.DEFINE_bool('fold_bn', True, 'onnx: fold BatchNorm into the convs')
+
 
 DEFAULT_NAMES = {'onnx': 'model.onnx', 'codes': 'model_codes.npz'}
 
@@ -47,13 +52,14 @@ def export(workdir: str, fmt: str, out: str = None, fold_bn: bool = True) -> dic
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not _WORKDIR.value:
+  f = flags.FLAGS
+  if not f.workdir:
     print('qprune.export: error: --workdir is required', file=sys.stderr, flush=True)
     sys.exit(2)
   from qprune import deploy  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   try:
-    result = export(_WORKDIR.value, _FORMAT.value, _OUT.value, _FOLD_BN.value)
+    result = export(f.workdir, f.format, f.out, f.fold_bn)
   except (deploy.ExportError, deploy.UnsupportedModelError, deploy.OnnxNotInstalledError,
           deploy.CodesFormatError) as e:
     print(f'qprune.export: error: {e}', file=sys.stderr, flush=True)
@@ -62,4 +68,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -18,33 +18,38 @@ from qprune.prune import batched
 from qprune.report.markdown import write_sensitivity
 from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a finished qprune run.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Dataset folder (as --config.data_dir).')
-_EVAL_SUBSET = flags.DEFINE_integer('eval_subset', 2000, 'First N test images (0 = all).')
-_KS = flags.DEFINE_list('ks', ['1', '2', '3', '4'], 'Clustered values per layer to try.')
-_RATIOS = flags.DEFINE_list('ratios', ['0.25', '0.5', '0.75'], 'Pruning ratios to try.')
-flags.mark_flags_as_required(['workdir'])
+
+
+def define_flags():
+  """The binary's flags, defined only when it runs (no duplicate --workdir beside qprune.main
+  in one process)."""
+  flags.DEFINE_string('workdir', None, 'Workdir of a finished qprune run.')
+  flags.DEFINE_string('data_dir', None, 'Dataset folder (as --config.data_dir).')
+  flags.DEFINE_integer('eval_subset', 2000, 'First N test images (0 = all).')
+  flags.DEFINE_list('ks', ['1', '2', '3', '4'], 'Clustered values per layer to try.')
+  flags.DEFINE_list('ratios', ['0.25', '0.5', '0.75'], 'Pruning ratios to try.')
+  flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
   del argv
   try:
-    ks = tuple(int(k) for k in _KS.value)
-    ratios = tuple(float(r) for r in _RATIOS.value)
+    ks = tuple(int(k) for k in flags.FLAGS.ks)
+    ratios = tuple(float(r) for r in flags.FLAGS.ratios)
   except ValueError as e:
     raise app.UsageError(f'--ks takes integers and --ratios numbers: {e}')
   try:
-    spec, variables = load_saved_model(_WORKDIR.value)
+    spec, variables = load_saved_model(flags.FLAGS.workdir)
     model = model_from_spec(spec)
-    data = pipeline.load_data(spec['dataset'], _DATA_DIR.value, train_subset=400,
-                              eval_subset=_EVAL_SUBSET.value)
+    data = pipeline.load_data(spec['dataset'], flags.FLAGS.data_dir, train_subset=400,
+                              eval_subset=flags.FLAGS.eval_subset)
   except ValueError as e:  # every UserError is one
     raise app.UsageError(str(e))
   quant_rows = quant_sensitivity(model, variables, data.test, ks)
   prune_rows = prune_sensitivity(model, variables, data.test, ratios,
                                  bn_images=batched(data.train.images, 100))
   for kind, rows in (('quant', quant_rows), ('prune', prune_rows)):
-    path = write_sensitivity(rows, _WORKDIR.value, kind)
+    path = write_sensitivity(rows, flags.FLAGS.workdir, kind)
     print(open(path).read())
   worst = max(quant_rows, key=lambda r: r['accuracy_drop'] if r['k'] == 1 else -np.inf)
   print(f'most sensitive layer at k=1: {worst["layer"]} (-{worst["accuracy_drop"]:.4f})')
@@ -53,4 +58,5 @@ def main(argv):
 if __name__ == '__main__':
   from qprune.ops import malloc  # pylint: disable=g-import-not-at-top
   malloc.reexec_with_hugepages()  # see qprune/ops/malloc.py
+  define_flags()
   app.run(main)

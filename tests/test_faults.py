@@ -789,7 +789,7 @@ case('data_tar_empty_file')(_data_case(
 case('data_tar_flipped_byte')(_data_case(
     lambda d: _write(_tar_path(d), (lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xff]) +
                                     b[len(b) // 2 + 1:])(open(_tar_path(d), 'rb').read())),
-    r'{where}', tar=True))
+    r'{where} is damaged or not a tar archive', tar=True))
 
 
 def _tar_with(data, damage_member):

@@ -179,6 +179,10 @@ def read_tarball(path: str, info: DatasetInfo) -> Arrays:
           continue
         raw[parts[-3]].append((f'{path}:{member.name}', parts[-2],
                                tar.extractfile(member).read()))
+      # Read to the end of the stream: gzip checks its CRC only there, and tarfile stops at the
+      # archive's end marker, so damage that still inflates would otherwise pass unnoticed.
+      while tar.fileobj.read(1 << 20):
+        pass
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or 'truncated'
     reason = reason.splitlines()[0].rstrip(':') if reason.strip() else 'truncated'

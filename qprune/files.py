@@ -143,7 +143,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_NAME)
-    self._fd = None
+    self._fd: Optional[int] = None
 
   def acquire(self) -> 'WorkdirLock':
     import fcntl  # pylint: disable=g-import-not-at-top

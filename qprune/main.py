@@ -365,7 +365,7 @@ def main(argv):
     interrupts.ignore()  # Python's shutdown resets handled signals to the default: death by it)
 
 
-def run_reporting_errors(config, workdir: str) -> dict:
+def run_reporting_errors(config, workdir: str) -> dict:  # type: ignore[return]  # exits
   """`run` under the error boundary: a user error (bad input, an OSError such as a full disk or a
   read-only workdir) is one 'qprune: error:' line and exit status 2; SIGINT/SIGTERM stop at a
   safe point with one line and 128 + the signal number. Anything else keeps its traceback."""

@@ -88,8 +88,7 @@ def _decode(data: bytes, shape, name: str = 'image') -> np.ndarray:
   """uint8 [H, W, C] of one encoded image; DataError naming `name` if it is damaged."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    image = Image.open(io.BytesIO(data))
-    image = image.convert('L' if shape[-1] == 1 else 'RGB')
+    image = Image.open(io.BytesIO(data)).convert('L' if shape[-1] == 1 else 'RGB')
     array = np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], -1)
   except Exception as e:  # pylint: disable=broad-except  (any decoder failure: a bad file)
     reason = re.sub(r'\s*<_io\.BytesIO object at 0x[0-9a-f]+>', '', str(e))  # not the file
@@ -243,7 +242,7 @@ _CACHE_FORMAT = 1
 
 
 def _crc32(array: np.ndarray) -> int:
-  return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast('B'))
+  return zlib.crc32(np.ascontiguousarray(array).tobytes())
 
 
 def check_arrays(arrays: Arrays, info: DatasetInfo) -> Optional[str]:
@@ -297,7 +296,7 @@ def _save_cache(path: str, arrays: Arrays):
   old = f'{path}.old-{os.getpid()}'
   try:
     os.makedirs(tmp, exist_ok=True)
-    manifest = {'format': _CACHE_FORMAT, 'arrays': {}}
+    manifest: dict = {'format': _CACHE_FORMAT, 'arrays': {}}
     for split, (images, labels) in arrays.items():
       for kind, array in (('images', images), ('labels', labels)):
         name = f'{split}_{kind}'

@@ -21,7 +21,7 @@ from qprune.records import InqStep, QuantizeResults
 from qprune.train import loop
 
 
-def choose_targets(qconfig, params) -> dict:
+def choose_targets(qconfig, params) -> quant.Targets:
   """Target sets of every quantizable layer not in quant.exclude (those stay float32)."""
   layers = quant.quantizable_layers(params)
   unknown = sorted(set(qconfig.exclude) - set(layers))

@@ -681,6 +681,7 @@ def _stage_results_case(content):
 
 case('runfile_stage_results_truncated')(_stage_results_case(b'{"test_accuracy": 0.9'))
 case('runfile_stage_results_wrong_shape')(_stage_results_case(b'[]'))
+case('runfile_stage_results_missing_keys')(_stage_results_case(b'{"test_accuracy": 0.9}'))
 
 
 @case('failed_run_config_does_not_block_rerun')

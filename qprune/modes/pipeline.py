@@ -12,10 +12,17 @@ from qprune.modes.prune import prune_model
 from qprune.modes.quantize import quantize_model
 
 
+# What the pipeline reads from each finished stage's results.json (a damaged one is named).
+STAGE_KEYS = {'prune': ('test_accuracy', 'params', 'macs', 'params_before', 'macs_before',
+                        'epochs_run'),
+              'quantize': ('test_accuracy', 'params', 'macs', 'export_path', 'export_bytes',
+                           'bits_per_weight', 'epochs_run')}
+
+
 def run_stage(name, stage_fn, config, workdir, mesh, data, spec, variables) -> records.Results:
   stage_dir = os.path.join(workdir, name)
   results_path = os.path.join(stage_dir, common.RESULTS_JSON)
-  done = files.read_json(results_path)
+  done = files.read_json(results_path, required=STAGE_KEYS[name])
   if done is not None:
     print(f'stage {name}: finished earlier, skipped', flush=True)
     return records.RECORDS[name].from_json(done)  # older stage files carry no `mode`

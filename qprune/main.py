@@ -67,11 +67,11 @@ def run(config, workdir: str) -> dict:
   from qprune import files  # pylint: disable=g-import-not-at-top
   from qprune.train import parallel  # pylint: disable=g-import-not-at-top
 
+  maybe_initialize_distributed()  # first: which process writes the run's files needs it
   finished = common.prepare_workdir(config, workdir)
   if finished is not None:
     print(f'{workdir} already holds this finished run; nothing to do.', flush=True)
     return finished
-  maybe_initialize_distributed()
   enable_compilation_cache(config.compilation_cache_dir or
                            os.environ.get('QPRUNE_COMPILATION_CACHE', ''))
   mesh = parallel.make_mesh()
@@ -82,8 +82,9 @@ def run(config, workdir: str) -> dict:
   record.machine, record.command = machine_description(), command_line()
   record.warnings = [*record.warnings, *errors.collected_warnings()]  # data, search, ... one line each
   results = record.to_json()
-  files.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), results)
-  write_report(config, workdir, results)
+  if parallel.is_primary():  # one writer on a multi-host job's shared workdir
+    files.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), results)
+    write_report(config, workdir, results)
   return results
 
 

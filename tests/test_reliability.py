@@ -121,3 +121,13 @@ def test_pipeline_killed_during_inq_resumes_to_the_same_export(data_dir, cache_d
   assert a['test_accuracy'] == b['test_accuracy'] and a['export_bytes'] == b['export_bytes']
   with open(a['export_path'], 'rb') as f1, open(b['export_path'], 'rb') as f2:
     assert f1.read() == f2.read()
+
+
+def test_remote_workdir_is_refused_and_one_process_is_primary():
+  """A gs:// workdir would silently become a local folder named 'gs:': refused, with the fix.
+  A single-process run is the writer of its own files (multi-host: process 0 only)."""
+  from qprune.modes import common  # pylint: disable=g-import-not-at-top
+  from qprune.train import parallel  # pylint: disable=g-import-not-at-top
+  with pytest.raises(common.RunError, match='remote URLs are not supported; mount the bucket'):
+    common.check_workdir('gs://bucket/run1')
+  assert parallel.is_primary()

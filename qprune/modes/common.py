@@ -86,6 +86,9 @@ def check_workdir(workdir: str) -> str:
   """The workdir path, or RunError when it cannot be one (empty, a file)."""
   if not workdir or not workdir.strip():
     raise RunError('--workdir is empty: pass a folder for the run, e.g. --workdir=/tmp/run')
+  if '://' in workdir:
+    raise RunError(f'workdir {workdir}: remote URLs are not supported; mount the bucket (e.g. '
+                   f'gcsfuse) and pass the mounted path')
   if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise RunError(f'workdir {workdir} is a file, not a folder: use another --workdir')
   return workdir
@@ -103,7 +106,11 @@ def _has_outputs(workdir: str) -> bool:
 
 
 def lock_workdir(workdir: str):
-  """Locks the workdir for this process (once; see files.WorkdirLock) until release_workdirs()."""
+  """Locks the workdir for this process (once; see files.WorkdirLock) until release_workdirs().
+
+  In a multi-host job only process 0 locks: the others run the same job on the same workdir."""
+  if not parallel.is_primary():
+    return None
   key = os.path.realpath(workdir)
   if key not in _LOCKS:
     try:
@@ -164,7 +171,7 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
       if name not in (CONFIG_JSON, files.LOCK_NAME):
         path = os.path.join(workdir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-  if previous != wanted:
+  if previous != wanted and parallel.is_primary():
     files.write_json_atomic(config_path, wanted)
   if previous == wanted:
     return files.read_json(os.path.join(workdir, RESULTS_JSON), FINISHED_KEYS)

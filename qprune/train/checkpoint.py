@@ -82,12 +82,18 @@ def as_os_error(e: Exception, directory: str) -> Exception:
 
 
 def save_variables(directory: str, variables):
-  """Final model variables (params + batch_stats) as a standalone Orbax checkpoint."""
+  """Final model variables (params + batch_stats) as a standalone Orbax checkpoint.
+
+  Saved into `<directory>.tmp`, then renamed over `directory`. In a multi-host job every process
+  takes part in Orbax's save, process 0 alone clears and renames, and all wait for it.
+  """
   directory = os.path.abspath(directory)
+  primary = jax.process_index() == 0
   with ocp.StandardCheckpointer() as checkpointer:
     tmp = directory + '.tmp'
-    if os.path.exists(tmp):
+    if primary and os.path.exists(tmp):
       shutil.rmtree(tmp)
+    ocp.multihost.sync_global_processes('qprune_save_variables_clear')
     try:
       checkpointer.save(tmp, to_host(variables))
       checkpointer.wait_until_finished()
@@ -95,9 +101,11 @@ def save_variables(directory: str, variables):
       raise
     except Exception as e:  # pylint: disable=broad-except
       raise as_os_error(e, tmp) from e
-  if os.path.exists(directory):
-    shutil.rmtree(directory)
-  os.replace(tmp, directory)
+  if primary:
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(tmp, directory)
+  ocp.multihost.sync_global_processes('qprune_save_variables_rename')
 
 
 def load_variables(directory: str, like=None):

@@ -137,7 +137,9 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   aux = jax.device_put(aux, replicated) if aux is not None else {}
   key = jax.random.PRNGKey(options.seed)
   store = checkpoint.CheckpointStore(os.path.join(stage_dir, 'checkpoints')) if stage_dir else None
-  metrics_path = os.path.join(stage_dir, 'metrics.jsonl') if stage_dir else None
+  # metrics.jsonl: written by process 0 only (one writer on a multi-host job's shared workdir).
+  metrics_path = (os.path.join(stage_dir, 'metrics.jsonl')
+                  if stage_dir and parallel.is_primary() else None)
 
   epoch, index, history = 0, 0, []
   # Placed like the step's own output, or the first step compiles a second variant.
@@ -149,7 +151,8 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
       state = jax.device_put(tree['state'], replicated)
       metrics = jax.device_put(tree['metrics'], replicated)
       epoch, index, history = meta['epoch'], meta['index'], meta['history']
-      files.write_lines_atomic(metrics_path, [json.dumps(h) for h in history])
+      if metrics_path:
+        files.write_lines_atomic(metrics_path, [json.dumps(h) for h in history])
       print(f'Resuming {stage_dir} at epoch {epoch + 1}, step {index}/{per_epoch}', flush=True)
 
   def save(epoch_, index_):

@@ -15,6 +15,13 @@ class BatchSizeError(UserError):
   """A batch size that does not fit the data or the devices."""
 
 
+def is_primary() -> bool:
+  """Whether this is process 0 of a (multi-host) job: the one that writes the run's own files
+  (config.json, metrics.jsonl, results.json, report) and holds the workdir lock; checkpoints
+  and saved models are written collectively by Orbax."""
+  return jax.process_index() == 0
+
+
 def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices or jax.devices()), ('data',))
 

@@ -16,7 +16,7 @@ This module imports only the standard library (the collector runs without JAX).
 """
 import dataclasses
 import math
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
 # Units: how a value is shown (`format_value`).
 TEXT, COUNT, FRACTION, BYTES, SECONDS, RATIO, TIMES, BITS, LIST = (
@@ -358,6 +358,17 @@ def format_bytes(n) -> str:
   return f'{int(n)} B'
 
 
+_FORMATS = {
+    FRACTION: lambda v: f'{100.0 * float(v):.2f}%',
+    COUNT: lambda v: f'{int(v):,}',
+    BYTES: lambda v: f'{format_bytes(v)} ({int(v):,} B)',
+    SECONDS: lambda v: f'{float(v):.1f} s',
+    BITS: lambda v: f'{float(v):.2f}',
+    RATIO: lambda v: f'{float(v):.3g}',
+    TIMES: lambda v: f'{float(v):.1f}x',
+}
+
+
 def format_value(value, unit: str = TEXT) -> str:
   """One style everywhere: accuracies/fractions as percent, counts with separators, bytes in
   kB/MB, ratios with an 'x' only for compression."""
@@ -369,25 +380,6 @@ def format_value(value, unit: str = TEXT) -> str:
     return ', '.join(str(v) for v in value) if value else '–'
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
-  if unit == FRACTION:
-    return f'{100.0 * float(value):.2f}%'
-  if unit == COUNT:
-    return f'{int(value):,}'
-  if unit == BYTES:
-    return f'{format_bytes(value)} ({int(value):,} B)'
-  if unit == SECONDS:
-    return f'{float(value):.1f} s'
-  if unit == BITS:
-    return f'{float(value):.2f}'
-  if unit == RATIO:
-    return f'{float(value):.3g}'
-  if unit == TIMES:
-    return f'{float(value):.1f}x'
-  return str(value)
+  formatter = _FORMATS.get(unit)
+  return formatter(value) if formatter else str(value)
 
-
-def stage_records(record: Results) -> Sequence[Tuple[str, Results]]:
-  """[(stage name, record)] of a pipeline, [('', record)] of any other run."""
-  if isinstance(record, PipelineResults) and record.stages:
-    return list(record.stages.items())
-  return [('', record)]

@@ -36,9 +36,20 @@ def data_dir(config) -> Optional[str]:
 
 
 def load_data(config, mesh) -> pipeline.Data:
-  return pipeline.load_data(config.dataset, data_dir(config), train_subset=config.train_subset,
+  """The config's dataset on device; says what it loads and how long it took (a first run
+  decodes the images and caches them as uint8 arrays, later runs read the cache)."""
+  import time  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  if config.progress:
+    print(f'data: loading {config.dataset} (decoded once, then read from the uint8 cache)',
+          flush=True)
+  data = pipeline.load_data(config.dataset, data_dir(config), train_subset=config.train_subset,
                             eval_subset=config.eval_subset, cache_dir=config.cache_dir or None,
                             sharding=parallel.replicated(mesh))
+  if config.progress:
+    print(f'data: {data.train.size:,} training and {data.test.size:,} test images on device in '
+          f'{time.time() - start:.1f} s', flush=True)
+  return data
 
 
 def spec_for(config) -> dict:

@@ -35,7 +35,7 @@ CONV_IMPLS = ('auto', *conv_lib.IMPLS)
 
 # Fields that change how a run looks or where it reads from, not what it computes.
 NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_impl', 'eval_every',
-                       'compilation_cache_dir')
+                       'compilation_cache_dir', 'tensorboard')
 
 
 class ConfigError(UserError):

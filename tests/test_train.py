@@ -1,4 +1,5 @@
 import json
+import dataclasses
 import os
 import signal
 import subprocess
@@ -208,3 +209,21 @@ def test_quantize_mode_compiles_one_train_step_and_one_eval(mnist_small, tmp_pat
   record, counts['evaluate'] = record
   assert len(record.inq_steps) == 3 and record.final_epochs == 1
   assert counts == {'step': 1, 'evaluate': 1}
+
+
+def test_tensorboard_scalars_mirror_metrics(mnist_small, tmp_path):
+  """tensorboard=True: every numeric field of each epoch's metrics line is also a TensorBoard
+  scalar (tensorboardX event file under <stage>/tensorboard/); training is unchanged."""
+  pytest.importorskip('tensorboardX')
+  data = _subset(mnist_small, 128)
+  model, variables = _lenet()
+  options = loop.TrainOptions(epochs=2, batch_size=64, progress=False)
+  plain = loop.fit(model, variables, data, options, str(tmp_path / 'plain'))
+  board = loop.fit(model, variables, data, dataclasses.replace(options, tensorboard=True),
+                   str(tmp_path / 'board'))
+  assert _leaves_equal(plain.state.params, board.state.params)
+  events = os.listdir(tmp_path / 'board' / 'tensorboard')
+  assert len(events) == 1 and events[0].startswith('events.out.tfevents')
+  raw = open(tmp_path / 'board' / 'tensorboard' / events[0], 'rb').read()
+  for name in (b'train_loss', b'train_accuracy', b'test_accuracy'):
+    assert name in raw

@@ -50,6 +50,7 @@ class TrainOptions:
   seed: int = 0
   eval_every: int = 1
   progress: bool = True
+  tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars
 
   @classmethod
   def from_config(cls, config, **overrides):
@@ -140,6 +141,7 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   # metrics.jsonl: written by process 0 only (one writer on a multi-host job's shared workdir).
   metrics_path = (os.path.join(stage_dir, 'metrics.jsonl')
                   if stage_dir and parallel.is_primary() else None)
+  board = tensorboard_writer(stage_dir) if options.tensorboard and metrics_path else None
 
   epoch, index, history = 0, 0, []
   # Placed like the step's own output, or the first step compiles a second variant.
@@ -211,13 +213,35 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
       if metrics_path:
         with open(metrics_path, 'a') as f:
           f.write(json.dumps(record) + '\n')
+      if board is not None:
+        for name, value in record.items():  # (not `key`: that is the run's PRNG key)
+          if isinstance(value, (int, float)) and not isinstance(value, bool) and name != 'epoch':
+            board.add_scalar(name, value, record['epoch'])
+        board.flush()
   if math.isnan(test_accuracy):
     test_accuracy = evaluate(model, state.variables, data.test, options.eval_batch_size,
                              mesh)['accuracy']
   if store is not None:
     store.close()
+  if board is not None:
+    board.close()
   return FitResult(state, history, epoch, stopped_early, test_accuracy,
                    time.time() - start_time)
+
+
+class TensorBoardNotInstalledError(UserError):
+  """tensorboard=True without tensorboardX."""
+
+
+def tensorboard_writer(stage_dir: str):
+  """A tensorboardX SummaryWriter on `<stage_dir>/tensorboard/` (metrics.jsonl stays the
+  record; this is a view of it for `tensorboard --logdir WORKDIR`)."""
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise TensorBoardNotInstalledError(
+        "tensorboard=True needs tensorboardX: pip install 'qprune[tensorboard]'") from None
+  return SummaryWriter(os.path.join(stage_dir, 'tensorboard'))
 
 
 def _preempted(signals, stage_dir, epoch, index):

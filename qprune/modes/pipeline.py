@@ -55,5 +55,4 @@ def run(config, workdir: str, mesh) -> records.PipelineResults:
       params_before=pruned.params_before, macs_before=pruned.macs_before,
       params=quantized.params, macs=quantized.macs, pretrain_epochs=pruned.pretrain_epochs,
       epochs_run=pruned.epochs_run + quantized.epochs_run,
-      stages={'prune': pruned, 'quantize': quantized},
-      warnings=[*pruned.warnings, *quantized.warnings])
+      stages={'prune': pruned, 'quantize': quantized})

@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from qprune import files, prune
+from qprune import errors, files, prune
 from qprune.data import pipeline
 from qprune.models import layer_cost_rows
 from qprune.modes import common
@@ -156,11 +156,10 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   rng = jax.random.PRNGKey(config.seed)
   before = prune.model_cost(model, variables, spec['input_shape'])
 
-  warnings = []
   if pconfig.stop_rule == 'early_bird' and pconfig.eb_window > config.epochs:
-    warnings.append(f'prune.eb_window={pconfig.eb_window} > epochs={config.epochs}: the '
-                    'Early-Bird rule can never fire, pretraining runs all epochs')
-    print(f'qprune: warning: {warnings[-1]}', flush=True)
+    # printed once, and kept in results.json `warnings` by the binary
+    errors.warn(f'prune.eb_window={pconfig.eb_window} > epochs={config.epochs}: the Early-Bird '
+                'rule can never fire, pretraining runs all epochs')
   variables, history = pretrain(config, workdir, mesh, data, model, variables, groups, score_data,
                                 rng)
   masks, rows, best = run_search(config, workdir, model, spec, variables, groups, score_data,
@@ -202,8 +201,7 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
                     for name in sorted(masks)],
       layer_costs=costs,
       finetune_epochs=finetuned.epochs_run, epochs_run=len(history) + finetuned.epochs_run,
-      pretrain_history=[_curve(h) for h in history], finetune_history=finetuned.history,
-      warnings=warnings)
+      pretrain_history=[_curve(h) for h in history], finetune_history=finetuned.history)
 
 
 def _curve(record: dict) -> dict:

@@ -81,3 +81,13 @@ def count_compiles(needle, fn):
   finally:
     logger.removeHandler(counter)
   return out, counter.count
+
+
+def pytest_collection_modifyitems(config, items):
+  """Every test that reads the real datasets (through the data_dir fixture, directly or via
+  mnist_small / a trained run) is marked real_data: `pytest -m "not slow and not real_data"` is
+  the unit tier (synthetic arrays and tiny models only)."""
+  del config
+  for item in items:
+    if 'data_dir' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.real_data)

@@ -329,10 +329,13 @@ def summary_rows(record: Results) -> List[Tuple[str, str]]:
   return rows + tail
 
 
+# Every record class, the base first (its fields lead every column list).
+_CLASSES: List[Type[Results]] = [Results, *RECORDS.values()]
+
+
 def _column_names() -> List[str]:
   names, tail = [], []
-  classes: List[Type[Results]] = [Results, *RECORDS.values()]
-  for cls in classes:
+  for cls in _CLASSES:
     for f in dataclasses.fields(cls):
       if f.metadata.get('column') and f.name not in names + tail:
         (tail if f.metadata.get('tail') else names).append(f.name)
@@ -341,7 +344,6 @@ def _column_names() -> List[str]:
 
 # The sweep summary's result columns (summary.md / summary.csv), in this order.
 COLUMNS: Tuple[str, ...] = tuple(_column_names())
-_CLASSES: List[Type[Results]] = [Results, *RECORDS.values()]
 UNITS: Dict[str, str] = {f.name: f.metadata['unit'] for cls in _CLASSES
                          for f in dataclasses.fields(cls)}
 

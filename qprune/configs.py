@@ -99,6 +99,12 @@ def prune_config() -> ml_collections.ConfigDict:
   p.bn_batches = 4         # training batches of 100 to re-estimate BN statistics per candidate
   p.finetune_epochs = 2
   p.finetune_learning_rate = 0.01
+  # Decision studies: `snapshots` keeps the model after every pretraining epoch (in
+  # pretrain/epochs/<E>/, the saved-model format); `decide_from` (the workdir of such a run, same
+  # model, data, seed and mask settings) replays its pretraining instead of repeating it and takes
+  # the decision at the epoch this run's stop rule picks, from that epoch's snapshot.
+  p.snapshots = False
+  p.decide_from = ''
   return p
 
 
@@ -300,6 +306,9 @@ def _validate_prune(config, p):
          r.ignored_layers, 'must be layer paths, e.g. conv1 or stage1_block1/conv1')
   _check(p, r.finetune_learning_rate > 0, 'prune.finetune_learning_rate',
          r.finetune_learning_rate, 'must be > 0')
+  _check(p, not r.decide_from or r.stop_rule != 'fixed' or r.pretrain_epochs >= 1,
+         'prune.pretrain_epochs', r.pretrain_epochs,
+         'with decide_from and stop_rule=fixed must be >= 1 (a decision from a snapshot)')
 
 
 def _validate_quant(q, p):

@@ -85,6 +85,29 @@ def read_json(path: str, required: Optional[Iterable[str]] = None) -> Optional[A
   return obj
 
 
+def read_jsonl(path: str) -> Optional[list]:
+  """The records of a JSON-lines file (e.g. metrics.jsonl), or None when it does not exist; a
+  line that is not a JSON object raises DamagedFileError naming the file and line."""
+  try:
+    with open(path, 'rb') as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    return None
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line.decode('utf-8'))
+    except (UnicodeDecodeError, ValueError) as e:
+      record = e
+    if not isinstance(record, dict):
+      raise DamagedFileError(f'{path} is damaged (line {number} is not a JSON object); '
+                             f'{_damaged_hint(path)}')
+    records.append(record)
+  return records
+
+
 def _damaged_hint(path: str) -> str:
   name = os.path.basename(path)
   if name == 'results.json':

@@ -216,6 +216,11 @@ class PruneResults(Results):
   mask_distance: List[Optional[float]] = _field(factory=list)
   mask_window_max: List[Optional[float]] = _field(factory=list)
   mask_distance_to_final: List[float] = _field(factory=list)
+  final_mask_distance: Optional[float] = _field(
+      'Hamming distance of the pruned masks to the last pretraining epoch\'s', FRACTION)
+  decided_from: Optional[str] = _field('pretraining replayed from (prune.decide_from)')
+  train_macs: Optional[int] = _field(
+      'training compute, forward MACs x training images (pretraining + fine-tuning)', COUNT)
   criterion: Optional[str] = _field('criterion', column=True)
   prune_ratio: Optional[float] = _field('prune ratio', RATIO, column=True)
   selection: Optional[str] = _field('selection')

@@ -1238,3 +1238,18 @@ def test_read_json_checks_the_run_files_it_knows(tmp_path, name, content, expect
     with pytest.raises(DamagedFileError, match=expect):
       files.read_json(str(path))
   assert files.read_json(str(tmp_path / 'missing.json')) is None
+
+
+def test_read_jsonl_reads_records_and_names_a_damaged_line(tmp_path):
+  from qprune import files  # pylint: disable=g-import-not-at-top
+  from qprune.errors import DamagedFileError  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'metrics.jsonl'
+  assert files.read_jsonl(str(path)) is None
+  path.write_bytes(b'{"epoch": 1}\n\n{"epoch": 2}\n')
+  assert files.read_jsonl(str(path)) == [{'epoch': 1}, {'epoch': 2}]
+  path.write_bytes(b'{"epoch": 1}\n{"epoch": \n')
+  with pytest.raises(DamagedFileError, match='metrics.jsonl is damaged \\(line 2 is not'):
+    files.read_jsonl(str(path))
+  path.write_bytes(b'{"epoch": 1}\n[2]\n')
+  with pytest.raises(DamagedFileError, match='line 2'):
+    files.read_jsonl(str(path))

@@ -206,3 +206,35 @@ def test_persistent_compilation_cache(data_dir, tmp_path):
   assert results[0]['test_accuracy'] == results[1]['test_accuracy']
   config = json.load(open(tmp_path / 'run0' / 'config.json'))
   assert 'compilation_cache_dir' not in config
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_decisions_replay_a_recorded_pretraining(data_dir, tmp_path):
+  """prune.decide_from takes the decision from another run's snapshots, without pretraining:
+  the same masks and accuracy as pretraining anew to that epoch, its distance to the recorded
+  final masks, and the compute it stands for."""
+  single = [f'--config.data_dir={data_dir}', *TINY_PRUNE, '--config.prune.search_criteria=()',
+            '--config.prune.search_ratios=()', '--config.prune.search_selections=()',
+            '--config.prune.max_params=0.0']
+  full = str(tmp_path / 'full')
+  run_main('mnist_lenet5_prune.py', full, *single, '--config.prune.stop_rule=full',
+           '--config.prune.snapshots=True')
+  assert sorted(os.listdir(os.path.join(full, 'pretrain', 'epochs'))) == ['1', '2', '3']
+  replay = str(tmp_path / 'replay')
+  run_main('mnist_lenet5_prune.py', replay, *single, '--config.prune.stop_rule=fixed',
+           '--config.prune.pretrain_epochs=1', f'--config.prune.decide_from={full}')
+  anew = str(tmp_path / 'anew')
+  run_main('mnist_lenet5_prune.py', anew, *single, '--config.prune.stop_rule=fixed',
+           '--config.prune.pretrain_epochs=1')
+  f, r, a = (json.load(open(os.path.join(d, 'results.json'))) for d in (full, replay, anew))
+  assert not os.path.exists(os.path.join(replay, 'pretrain'))  # nothing pretrained
+  assert r['pretrain_epochs'] == 1 and r['decided_from'] == full
+  assert r['prune_layers'] == a['prune_layers'] and r['test_accuracy'] == a['test_accuracy']
+  assert r['final_mask_distance'] == pytest.approx(f['mask_distance_to_final'][0])
+  assert f['final_mask_distance'] == 0.0
+  images = 1400 - 300  # train_subset - holdout
+  assert r['train_macs'] == images * (f['macs_before'] + f['finetune_epochs'] * f['macs'])
+  proc = run_main('mnist_lenet5_prune.py', str(tmp_path / 'bad'), *single,
+                  '--config.prune.ratio=0.3', f'--config.prune.decide_from={full}', check=False)
+  assert proc.returncode == 2 and 'differs in: prune.ratio' in proc.stderr

@@ -92,3 +92,50 @@ def test_publish_copies_a_run_without_checkpoints(tmp_path):
   assert str(work) not in (dest / 'report.md').read_text()
   with pytest.raises(results_lib.ResultsError, match='missing'):
     results_lib.publish(str(tmp_path / 'nowhere'), str(tmp_path / 'x'))
+
+
+def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',
+               fired=False, distance=0.0, train_macs=100):
+  folder = root / 'cifar10_resnet20' / name
+  folder.mkdir(parents=True)
+  (folder / 'config.json').write_text(json.dumps({
+      'mode': 'prune', 'epochs': 10,
+      'prune': {'snapshots': decided_from is None, 'finetune_learning_rate': 0.01}}))
+  (folder / 'results.json').write_text(json.dumps({
+      'mode': 'prune', 'dataset': 'cifar10', 'model': 'resnet20', 'criterion': 'l1',
+      'prune_ratio': 0.3, 'selection': 'uniform', 'macs_removed': 0.45, 'params': 10,
+      'macs': 20, 'macs_before': 40, 'test_accuracy': accuracy, 'pretrained_test_accuracy': 0.85,
+      'pruned_test_accuracy': 0.5, 'pretrain_epochs': epochs, 'stop_rule': stop_rule,
+      'stop_rule_fired': fired, 'final_mask_distance': distance, 'decided_from': decided_from,
+      'train_macs': train_macs, 'finetune_epochs': 2, 'mask_distance': [None, 0.1],
+      'mask_distance_to_final': [0.1, 0.0], 'command': 'python -m qprune.main'}))
+
+
+def test_decision_study_table_and_goals(tmp_path):
+  """Hand-made study: the full-training decision at 84.00 %, an epoch-2 decision 0.2 below it
+  at a quarter of the compute (goals met), an epoch-1 one 1.0 below (not the best early one), and
+  an Early-Bird pick at epoch 5 (50 %: that goal missed)."""
+  _study_run(tmp_path, 'prune_l1_full', epochs=10, accuracy=0.84, stop_rule='full',
+             train_macs=400)
+  _study_run(tmp_path, 'prune_l1_epoch1', epochs=1, accuracy=0.83, decided_from='w',
+             distance=0.2, train_macs=90)
+  _study_run(tmp_path, 'prune_l1_epoch2', epochs=2, accuracy=0.838, decided_from='w',
+             distance=0.1, train_macs=100)
+  _study_run(tmp_path, 'prune_l1_early_bird', epochs=5, accuracy=0.839, decided_from='w',
+             stop_rule='early_bird', fired=True, train_macs=200)
+  text = results_lib.render(str(tmp_path))
+  assert '#### Criterion `l1`: ratio 0.3 (uniform), 45.00 % of the MACs removed' in text
+  rows = [line for line in text.splitlines() if line.startswith('| [prune_l1')]
+  assert [row.split(']')[0][3:] for row in rows] == [
+      'prune_l1_full', 'prune_l1_epoch1', 'prune_l1_epoch2', 'prune_l1_early_bird']
+  assert '| 2 of 10 epochs (20 %) | 0.100 |' in rows[2] and '| -0.20 | -1.20 |' in rows[2]
+  assert '(0.25x)' in rows[2] and '5 of 10 epochs (50 %), Early-Bird rule |' in rows[3]
+  assert ('- decision at ≤ 20 % of pretraining within 0.3 % of the full-training decision: '
+          '**met** (`prune_l1_epoch2`: -0.20)') in text
+  assert '- ... and within 1.0 % of the unpruned network after the same pretraining: **missed**' \
+      in text
+  assert '**met** (0.25x)' in text
+  assert '- the stop rule finds such an epoch by itself: **missed** (epoch 5, -0.10)' in text
+  results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
+  assert sorted(os.listdir(tmp_path / 'plots')) == [
+      'cifar10_resnet20_prune_accuracy_vs_macs.png', 'cifar10_resnet20_prune_mask_distance.png']

@@ -15,7 +15,8 @@ import os
 import jax
 import numpy as np
 
-from qprune import errors, files, prune
+from qprune import configs, errors, files, prune
+from qprune.artifacts import load_saved_model, save_model
 from qprune.data import pipeline
 from qprune.models import layer_cost_rows
 from qprune.modes import common
@@ -24,6 +25,13 @@ from qprune.records import PruneResults
 from qprune.train import evaluation, loop, steps
 
 SEARCH_JSON = 'search.json'
+SNAPSHOTS = 'epochs'  # pretrain/epochs/<E>/: the model after pretraining epoch E (prune.snapshots)
+# What a run replaying another's pretraining (prune.decide_from) may set differently: when to
+# decide, and everything after the decision. Every other field shapes the pretraining trajectory
+# or the masks recorded along it.
+DECISION_FIELDS = ('stop_rule', 'pretrain_epochs', 'snapshots', 'decide_from', 'search_criteria',
+                   'search_ratios', 'search_selections', 'max_params', 'max_macs', 'bn_batches',
+                   'finetune_epochs', 'finetune_learning_rate')
 _BATCH = 100  # images per batch for scoring, BN re-estimation and candidate evaluation
 
 
@@ -52,11 +60,20 @@ def _batches(split: pipeline.Split, count: int):
           prune.batched(split.labels[:n], min(_BATCH, n)))
 
 
-def decision_callback(pconfig, model, groups, score_data, rng):
-  """on_epoch_end for pretraining: masks, their distance, and the stop rule."""
+def stops_at(pconfig, epoch: int, record: dict) -> bool:
+  """Whether the stop rule ends pretraining after `epoch`, whose record is `record`."""
+  return ((pconfig.stop_rule == 'early_bird' and bool(record.get('mask_stable'))) or
+          (pconfig.stop_rule == 'fixed' and epoch >= pconfig.pretrain_epochs))
+
+
+def decision_callback(pconfig, model, groups, score_data, rng, snapshot_dir=None, spec=None):
+  """on_epoch_end for pretraining: masks, their distance, the stop rule, and (with
+  `snapshot_dir`) the model after every epoch."""
   rule = prune.EarlyBirdRule(pconfig.eb_window, pconfig.eb_threshold)
 
   def on_epoch_end(epoch, state, history):
+    if snapshot_dir is not None:
+      save_model(os.path.join(snapshot_dir, str(epoch)), spec, state.variables)
     eb = prune.EarlyBirdState()
     for record in history:
       eb, _ = prune.early_bird_step(eb, decode_masks(record['mask']), rule)
@@ -65,8 +82,7 @@ def decision_callback(pconfig, model, groups, score_data, rng):
                              criterion_kwargs=criterion_options(pconfig),
                              **selection_options(pconfig))
     eb, info = prune.early_bird_step(eb, masks, rule)
-    stop = ((pconfig.stop_rule == 'early_bird' and info['stable']) or
-            (pconfig.stop_rule == 'fixed' and epoch >= pconfig.pretrain_epochs))
+    stop = stops_at(pconfig, epoch, {'mask_stable': info['stable']})
     def finite(x):
       return None if x is None or np.isnan(x) else float(x)
     full = info['step'] >= pconfig.eb_window  # before that the rule cannot fire
@@ -85,7 +101,54 @@ def distances_to_final(history) -> list:
   return [prune.mask_distance(decode_masks(h['mask']), final) for h in history]
 
 
-def pretrain(config, workdir, mesh, data, model, variables, groups, score_data, rng):
+def replay_pretraining(config, source: str):
+  """(variables, history, recorded) for prune.decide_from=`source`: the snapshot and history up
+  to the epoch this config's stop rule picks on the pretraining that prune run recorded, and its
+  whole recorded history; RunError if `source` is not such a run, has not finished pretraining,
+  or pretrained differently from what this config asks for."""
+  pconfig = config.prune
+  stored = files.read_json(os.path.join(source, common.CONFIG_JSON))
+  if stored is None:
+    raise common.RunError(f'prune.decide_from={source!r} holds no run ({common.CONFIG_JSON} '
+                          'missing): point it to the workdir of a prune run with '
+                          'prune.snapshots=True')
+  theirs = configs.with_new_defaults(stored)
+  ours = configs.semantic_dict(config)
+  differ = sorted(k for k in set(theirs) | set(ours)
+                  if k not in ('prune', 'init_from') and theirs.get(k) != ours.get(k))
+  differ += sorted('prune.' + k for k in set(theirs['prune']) | set(ours['prune'])
+                   if k not in DECISION_FIELDS and theirs['prune'].get(k) != ours['prune'].get(k))
+  if theirs.get('init_from') != ours.get('init_from'):
+    differ.append('init_from')
+  if theirs.get('mode') != 'prune' or not theirs['prune'].get('snapshots'):
+    raise common.RunError(f'prune.decide_from={source!r} is not a prune run with '
+                          'prune.snapshots=True (no pretraining snapshots to decide from)')
+  if differ:
+    raise common.RunError(f'prune.decide_from={source!r} pretrained with a different config '
+                          f'(differs in: {", ".join(differ)}); its recorded masks are not the '
+                          'ones this run would make')
+  recorded = files.read_jsonl(os.path.join(source, 'pretrain', 'metrics.jsonl'))
+  if not recorded or not (recorded[-1].get('epoch') == theirs['epochs'] or
+                          recorded[-1].get('stopped_early')):
+    done = len(recorded or [])
+    raise common.RunError(f'prune.decide_from={source!r} has recorded {done} of its '
+                          f'{theirs["epochs"]} pretraining epochs; decide from it once its '
+                          'pretraining has finished')
+  end = next((i + 1 for i, record in enumerate(recorded)
+              if stops_at(pconfig, i + 1, record)), len(recorded))
+  if pconfig.stop_rule == 'fixed' and end < pconfig.pretrain_epochs:
+    raise common.RunError(f'prune.decide_from={source!r} recorded {len(recorded)} pretraining '
+                          f'epochs, fewer than prune.pretrain_epochs={pconfig.pretrain_epochs}')
+  snapshot = os.path.join(source, 'pretrain', SNAPSHOTS, str(end))
+  try:
+    _, variables = load_saved_model(snapshot)
+  except errors.UserError as e:
+    raise common.RunError(f'prune.decide_from={source!r}: no snapshot of pretraining epoch '
+                          f'{end} ({e})') from None
+  return variables, recorded[:end], recorded
+
+
+def pretrain(config, workdir, mesh, data, model, spec, variables, groups, score_data, rng):
   pconfig = config.prune
   if pconfig.stop_rule == 'fixed' and pconfig.pretrain_epochs == 0:
     return variables, []
@@ -95,7 +158,10 @@ def pretrain(config, workdir, mesh, data, model, variables, groups, score_data, 
         params, pconfig.slimming_lambda))
   result = loop.fit(model, variables, data, common.train_options(config),
                     os.path.join(workdir, 'pretrain'), hooks=hooks, mesh=mesh,
-                    on_epoch_end=decision_callback(pconfig, model, groups, score_data, rng),
+                    on_epoch_end=decision_callback(
+                        pconfig, model, groups, score_data, rng, spec=spec,
+                        snapshot_dir=(os.path.join(workdir, 'pretrain', SNAPSHOTS)
+                                      if pconfig.snapshots else None)),
                     label='pretrain')
   return result.state.variables, result.history
 
@@ -160,8 +226,12 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
     # printed once, and kept in results.json `warnings` by the binary
     errors.warn(f'prune.eb_window={pconfig.eb_window} > epochs={config.epochs}: the Early-Bird '
                 'rule can never fire, pretraining runs all epochs')
-  variables, history = pretrain(config, workdir, mesh, data, model, variables, groups, score_data,
-                                rng)
+  if pconfig.decide_from:
+    variables, history, recorded = replay_pretraining(config, pconfig.decide_from)
+  else:
+    variables, history = pretrain(config, workdir, mesh, data, model, spec, variables, groups,
+                                  score_data, rng)
+    recorded = history
   masks, rows, best = run_search(config, workdir, model, spec, variables, groups, score_data,
                                  bn_images, holdout, rng)
   small_model, small_variables = prune.shrink(model, variables, groups, masks)
@@ -182,6 +252,10 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   counts = common.model_counts(small_spec, variables, config)
   sizes = prune.group_sizes(groups)
   fired = bool(history and history[-1].get('mask_stable')) and pconfig.stop_rule == 'early_bird'
+  # Training compute to the pruned model, in forward MACs x training images seen.
+  images = data.train.size
+  train_macs = (len(history) * images * before['macs'] +
+                finetuned.epochs_run * images * counts['macs'])
   return PruneResults(
       test_accuracy=finetuned.test_accuracy,
       pretrained_test_accuracy=history[-1].get('test_accuracy') if history else None,
@@ -195,6 +269,9 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
       mask_distance=[h.get('mask_distance') for h in history],
       mask_window_max=[h.get('mask_window_max') for h in history],
       mask_distance_to_final=distances_to_final(history),
+      final_mask_distance=(prune.mask_distance(masks, decode_masks(recorded[-1]['mask']))
+                           if recorded and 'mask' in recorded[-1] else None),
+      decided_from=pconfig.decide_from or None, train_macs=train_macs,
       criterion=rows[best]['criterion'], prune_ratio=rows[best]['ratio'],
       selection=rows[best]['selection'], search=rows, search_best=best,
       prune_layers=[{'name': name, 'kept': int(np.sum(masks[name])), 'total': sizes[name]}

@@ -15,12 +15,14 @@ text is a pure function of the folders, so a test can check that RESULTS.md is i
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
 from typing import Dict, List, Optional
 
 from qprune.errors import UserError
+from qprune.records import plural
 
 RESULTS_JSON, CONFIG_JSON, REPORT_MD = 'results.json', 'config.json', 'report.md'
 TARGET_ERRORS_JSON = 'target_errors.json'  # python -m qprune.report.target_errors --out=...
@@ -320,6 +322,103 @@ def smallest_lossless_lines(runs: List[dict], fp_accuracy: float, within: float)
   return lines
 
 
+def decision_studies(runs: List[dict]) -> Dict[str, dict]:
+  """{criterion: {'full': run, 'decisions': [run, ...]}} for the pruning decision studies in
+  `runs`: a prune run that kept pretraining snapshots, and the runs that decided from it
+  (prune.decide_from), sorted by pretraining epochs."""
+  prunes = [r for r in runs if r['results'].get('mode') == 'prune']
+  fulls = {r['results']['criterion']: r for r in prunes
+           if r['config'].get('prune', {}).get('snapshots') and not r['results'].get('decided_from')}
+  studies = {}
+  for criterion, full in fulls.items():
+    decisions = [r for r in prunes
+                 if r['results'].get('decided_from') and r['results']['criterion'] == criterion]
+    decisions.sort(key=lambda r: (r['results']['pretrain_epochs'],
+                                  r['results'].get('stop_rule') == 'early_bird'))
+    studies[criterion] = {'full': full, 'decisions': decisions}
+  return studies
+
+
+def decided_after(run: dict) -> str:
+  """'2 of 10 epochs (20 %)', plus ', Early-Bird rule' where that rule chose the epoch."""
+  r = run['results']
+  total = run['config'].get('epochs')
+  text = f'{r["pretrain_epochs"]} of {total} epochs' if total else f'{r["pretrain_epochs"]} epochs'
+  if total:
+    text += f' ({100 * r["pretrain_epochs"] / total:.0f} %)'
+  if r.get('stop_rule') == 'early_bird':
+    text += ', Early-Bird rule' + ('' if r.get('stop_rule_fired') else ' (did not fire)')
+  return text
+
+
+def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[float]) -> List[str]:
+  """The table of one decision study, and its goals (the project's pruning issue)."""
+  full = study['full']
+  unpruned = full['results'].get('pretrained_test_accuracy')
+  final = full['results']['test_accuracy']
+  full_compute = full['results'].get('train_macs')
+  rows = [full] + study['decisions']
+  r0 = full['results']
+  finetune_lr = full['config'].get('prune', {}).get('finetune_learning_rate')
+  out = [f'#### Criterion `{criterion}`: ratio {r0["prune_ratio"]} ({r0.get("selection")}), '
+         f'{_pct(r0.get("macs_removed"))} of the MACs removed', '',
+         f'The unpruned network after all {r0["pretrain_epochs"]} pretraining epochs: '
+         f'{_pct(unpruned)}. Every decision is fine-tuned for '
+         f"{plural(r0.get('finetune_epochs') or 0, 'epoch')} at lr {finetune_lr}. "
+         'Training compute: forward MACs × training images, pretraining plus fine-tuning.', '',
+         '| run | decided after | mask distance to final | params | MACs | right after '
+         'shrinking | fine-tuned | Δ vs full-training decision | Δ vs unpruned | training '
+         'compute |',
+         '|---|---|---|---|---|---|---|---|---|---|']
+  for run in rows:
+    r = run['results']
+    compute = r.get('train_macs')
+    distance = r.get('final_mask_distance')
+    compute_text = '' if compute is None else f'{compute / 1e15:.2f} PMAC'
+    if compute and full_compute:
+      compute_text += f' ({compute / full_compute:.2f}x)'
+    vs_unpruned = None if unpruned is None else r['test_accuracy'] - unpruned
+    out.append(f'| [{run["name"]}](results/{run["path"]}) | {decided_after(run)} | '
+               f'{"" if distance is None else format(distance, ".3f")} | '
+               f'{r["params"]:,} | {r["macs"]:,} | {_pct(r.get("pruned_test_accuracy"))} | '
+               f'{_pct(r["test_accuracy"])} | {_delta(r["test_accuracy"] - final)} | '
+               f'{_delta(vs_unpruned)} | {compute_text} |')
+  out.append('')
+  total = full['config'].get('epochs') or r0['pretrain_epochs']
+  early = [d for d in study['decisions'] if d['results']['pretrain_epochs'] <= 0.2 * total]
+  best = max(early, key=lambda d: d['results']['test_accuracy'], default=None)
+  removed = r0.get('macs_removed') or 0.0
+  lines = [f'- ≥ 40 % of the MACs removed: **{"met" if removed >= 0.4 else "missed"}** '
+           f'({_pct(removed)})']
+  if best is None:
+    lines.append('- a decision at ≤ 20 % of pretraining: **not measured**')
+  else:
+    b = best['results']
+    gap = b['test_accuracy'] - final
+    lines.append(f'- decision at ≤ 20 % of pretraining within 0.3 % of the full-training '
+                 f'decision: **{"met" if gap >= -0.003 - 1e-12 else "missed"}** (`{best["name"]}`: '
+                 f'{_delta(gap)})')
+    if unpruned is not None:
+      lines.append(f'- ... and within 1.0 % of the unpruned network after the same pretraining: '
+                   f'**{"met" if b["test_accuracy"] - unpruned >= -0.01 - 1e-12 else "missed"}** '
+                   f'({_delta(b["test_accuracy"] - unpruned)})')
+    if fp_accuracy is not None:
+      lines.append(f'- ... against the full-precision model of this table ({_pct(fp_accuracy)}): '
+                   f'{_delta(b["test_accuracy"] - fp_accuracy)}')
+    if b.get('train_macs') and full_compute:
+      ratio = b['train_macs'] / full_compute
+      lines.append(f'- compute to the pruned model ≤ 1/3 of prune-after-full-training: '
+                   f'**{"met" if ratio <= 1 / 3 + 1e-12 else "missed"}** ({ratio:.2f}x)')
+  rule = [d for d in study['decisions'] if d['results'].get('stop_rule') == 'early_bird']
+  if rule:
+    d = rule[0]['results']
+    ok = (d.get('stop_rule_fired') and d['pretrain_epochs'] <= 0.2 * total and
+          d['test_accuracy'] - final >= -0.003 - 1e-12)
+    lines.append(f'- the stop rule finds such an epoch by itself: **{"met" if ok else "missed"}** '
+                 f'(epoch {d["pretrain_epochs"]}, {_delta(d["test_accuracy"] - final)})')
+  return out + ['Goals:', ''] + lines + ['']
+
+
 def commands_block(runs: List[dict]) -> List[str]:
   """A collapsed list of the commands that made `runs`."""
   return (['<details><summary>Commands</summary>', '', '```'] +
@@ -403,6 +502,21 @@ def render(results_dir: str) -> str:
         out.append(f'- Goal {text}: **{"met" if met else "missed"}**' +
                    (f' by `{met[0]["name"]}`' if met else ''))
       out += [''] + commands_block(pipelines)
+    studies = decision_studies(runs)
+    if studies:
+      out += ['### Structured pruning: when to decide', '',
+              'One pretraining run from scratch per criterion records the masks of every epoch '
+              '(`stop_rule=full`, `prune.snapshots`); the decision runs replay it '
+              '(`prune.decide_from`) and take the masks after fewer epochs, or when the '
+              'Early-Bird rule (You et al. 2020) finds them stable. Each decision is shrunk to '
+              'a smaller dense model, its BatchNorm statistics re-estimated, and fine-tuned '
+              'with the same budget.', '']
+      for criterion, study in studies.items():
+        out += decision_study_lines(criterion, study, fp_accuracy)
+      out += [f'![mask distance per epoch](results/{PLOTS_DIR}/{key}_prune_mask_distance.png)',
+              f'![accuracy vs MACs](results/{PLOTS_DIR}/{key}_prune_accuracy_vs_macs.png)', '']
+      out += commands_block([run for study in studies.values()
+                             for run in [study['full']] + study['decisions']])
     if key in errors:
       out += target_error_lines(errors[key])
   return '\n'.join(out).rstrip() + '\n'
@@ -444,6 +558,64 @@ def plot(groups: Dict[str, List[dict]], plots_dir: str):
     plt.close(fig)
 
 
+def plot_decision_studies(groups: Dict[str, List[dict]], plots_dir: str):
+  """Per model with a decision study: the masks' Hamming distance to the final ones per
+  pretraining epoch, and fine-tuned accuracy vs MACs, a line per criterion."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  os.makedirs(plots_dir, exist_ok=True)
+  for key, runs in groups.items():
+    studies = decision_studies(runs)
+    if not studies:
+      continue
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for criterion, study in studies.items():
+      distances = study['full']['results'].get('mask_distance_to_final') or []
+      line, = ax.plot(range(1, len(distances) + 1), distances, marker='o',
+                      label=f'{criterion}: to the final masks')
+      steps = study['full']['results'].get('mask_distance') or []
+      ax.plot(range(1, len(steps) + 1), [math.nan if d is None else d for d in steps],
+              linestyle=':', color=line.get_color(), label=f'{criterion}: to the previous epoch')
+    ax.set_xlabel('pretraining epoch')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel('mask Hamming distance')
+    ax.set_title(f'{key}: when the masks settle')
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(plots_dir, f'{key}_prune_mask_distance.png'), dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for index, (criterion, study) in enumerate(studies.items()):
+      color = f'C{index}'
+      for number, run in enumerate([study['full']] + study['decisions']):
+        r = run['results']
+        ax.scatter(r['macs'] / 1e6, 100 * r['test_accuracy'], s=18, color=color,
+                   label=criterion if number == 0 else None)
+        ax.annotate(f'{criterion} @{r["pretrain_epochs"]}', (r['macs'] / 1e6,
+                                                            100 * r['test_accuracy']),
+                    fontsize=7, xytext=(3, 3), textcoords='offset points')
+      unpruned = study['full']['results']
+      if unpruned.get('pretrained_test_accuracy') is not None:
+        ax.scatter(unpruned['macs_before'] / 1e6, 100 * unpruned['pretrained_test_accuracy'],
+                   marker='s', color=color, s=24, label=f'{criterion}: unpruned, same pretraining')
+    fp = _fp_run(runs)
+    if fp:
+      ax.axhline(100 * fp['results']['test_accuracy'], color='gray', linestyle='--',
+                 label=f'full precision ({fp["name"]})')
+    ax.legend(fontsize=8)
+    ax.set_xlabel('MACs per image (millions)')
+    ax.set_ylabel('test accuracy after fine-tuning (%)')
+    ax.set_title(f'{key}: pruned models (criterion @ decision epoch)')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(plots_dir, f'{key}_prune_accuracy_vs_macs.png'), dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m qprune.report.results',
                                    description=__doc__.split('\n\n')[0])
@@ -480,7 +652,9 @@ def main(argv=None) -> int:
       return 0
     _write_text(args.out, text)
     if not args.no_plots:
-      plot(read_runs(args.results), os.path.join(args.results, PLOTS_DIR))
+      groups = read_runs(args.results)
+      plot(groups, os.path.join(args.results, PLOTS_DIR))
+      plot_decision_studies(groups, os.path.join(args.results, PLOTS_DIR))
     print(args.out)
     return 0
   except (ResultsError, OSError) as e:

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The CIFAR-10 ResNet-20 pruning decision study in one command: per criterion, one pretraining
+# run that records the masks and a snapshot of every epoch (stop_rule=full), then decisions
+# taken from it at 10 %, 20 % and 50 % of the pretraining epochs and by the Early-Bird rule
+# (prune.decide_from: no pretraining is repeated), each shrunk and fine-tuned with the same
+# budget; then published under results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or
+# results/cifar10_resnet20_gpu/... (gpu) and RESULTS.md regenerated.
+#
+#   bash configs/sweeps/cifar10_resnet20_prune_decision.sh DATA_DIR OUT [gpu|cpu|tiny] [CRITERIA]
+#
+#   cpu   configs/experiments/cifar10_resnet20_prune_decision.py: 10 pretraining epochs,
+#         2 fine-tuning epochs (about 1 hour per criterion on 2 cores)
+#   gpu   the paper's schedule: 160 pretraining epochs, Early-Bird window 5, 40 fine-tuning epochs
+#   tiny  a smoke test of the whole command on 512 images (minutes on a CPU; not published)
+#   CRITERIA  default "l1 bn_gamma" (bn_gamma pretrains with the Network Slimming penalty on
+#             BatchNorm gamma, lambda 1e-5 as Liu et al. 2017 use for ResNets)
+#
+# DATA_DIR holds cifar10/ or cifar10.tar.gz. Reruns resume every run and skip finished ones.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[[ $# -ge 2 ]] || { sed -n '2,18p' "$0"; exit 2; }
+data="$1"; out="$2"; kind="${3:-gpu}"; criteria="${4:-l1 bn_gamma}"
+python="${QPRUNE_PYTHON:-python}"
+config=configs/experiments/cifar10_resnet20_prune_decision.py
+case "$kind" in
+  cpu) extra=() ;;
+  gpu) extra=(--config.epochs=160 --config.weight_decay=1e-4 --config.prune.eb_window=5
+              --config.prune.finetune_epochs=40 --config.batch_size=256 --config.learning_rate=0.2) ;;
+  tiny) extra=(--config.epochs=4 --config.train_subset=1024 --config.eval_subset=256
+               --config.batch_size=64 --config.prune.holdout=300 --config.prune.finetune_epochs=1) ;;
+  *) echo "unknown kind '$kind': gpu, cpu or tiny" >&2; exit 2 ;;
+esac
+epochs=$("$python" -m qprune.main --config="$config" "${extra[@]}" --print_config 2>/dev/null |
+         "$python" -c 'import json, sys; print(json.load(sys.stdin)["epochs"])')
+[[ -n "$epochs" ]] || { echo "cannot read epochs from $config" >&2; exit 1; }
+# 10 %, 20 % and 50 % of the pretraining epochs (at least 1), deduplicated.
+decisions=$(for pct in 10 20 50; do e=$(( epochs * pct / 100 )); echo $(( e < 1 ? 1 : e )); done |
+            sort -n -u)
+group=results/cifar10_resnet20; [[ "$kind" == cpu ]] || group="${group}_$kind"
+for criterion in $criteria; do
+  crit=(--config.prune.criterion="$criterion")
+  [[ "$criterion" != bn_gamma ]] || crit+=(--config.prune.slimming_lambda=1e-5)
+  run() {  # run NAME OVERRIDES...: one run of the study, its log beside its workdir
+    local name="$1"; shift
+    mkdir -p "$out/logs"
+    echo "== $criterion $name" >&2
+    "$python" -m qprune.main --config="$config" --workdir="$out/$criterion/$name" \
+        --config.data_dir="$data" "${extra[@]}" "${crit[@]}" "$@" \
+        > "$out/logs/${criterion}_$name.log" 2>&1 ||
+      { echo "failed: see $out/logs/${criterion}_$name.log" >&2; return 1; }
+  }
+  run full
+  source_dir="$out/$criterion/full"
+  for e in $decisions; do
+    run "epoch$e" --config.prune.decide_from="$source_dir" --config.prune.stop_rule=fixed \
+        --config.prune.pretrain_epochs="$e"
+  done
+  run early_bird --config.prune.decide_from="$source_dir" --config.prune.stop_rule=early_bird
+  if [[ "$kind" != tiny ]]; then
+    for name in full $(for e in $decisions; do echo "epoch$e"; done) early_bird; do
+      "$python" -m qprune.report.results publish --workdir="$out/$criterion/$name" \
+          --to="$group/prune_${criterion}_$name"
+    done
+  fi
+done
+[[ "$kind" != tiny ]] || { echo "tiny run finished: $out (not published)"; exit 0; }
+"$python" -m qprune.report.results write

@@ -85,6 +85,11 @@ def prune_config() -> ml_collections.ConfigDict:
   p.round_to = 1           # kept widths rounded up to a multiple of this
   p.max_ratio = 0.0        # cap on any layer's removed fraction (0 = none)
   p.slimming_lambda = 0.0  # L1 penalty on BatchNorm gamma during pretraining (Network Slimming)
+  # Learned channel attention: pretrain with squeeze-and-excitation gates (Hu et al. 2018) at
+  # every group's gate point, dropped before shrinking; needs an se_* criterion
+  # (qprune.prune.attention). se_reduction: the SE blocks' channel reduction r.
+  p.se_gates = False
+  p.se_reduction = 4
   p.stop_rule = 'early_bird'  # 'early_bird' (masks stable), 'fixed' (pretrain_epochs), 'full'
   p.pretrain_epochs = 0    # 'fixed': epochs of pretraining before the decision
   p.eb_window = 5          # Early-Bird: masks compared (FIFO)
@@ -306,6 +311,20 @@ def _validate_prune(config, p):
          r.ignored_layers, 'must be layer paths, e.g. conv1 or stage1_block1/conv1')
   _check(p, r.finetune_learning_rate > 0, 'prune.finetune_learning_rate',
          r.finetune_learning_rate, 'must be > 0')
+  from qprune.prune import SE_CRITERIA  # pylint: disable=g-import-not-at-top
+  chosen = set(r.search_criteria or (r.criterion,))
+  if r.se_gates:
+    _check(p, chosen <= set(SE_CRITERIA), 'prune.se_gates', r.se_gates,
+           f'scores with a learned-attention criterion only ({", ".join(SE_CRITERIA)}); '
+           f'got {", ".join(sorted(chosen - set(SE_CRITERIA)))}')
+    _check(p, not r.decide_from, 'prune.decide_from', r.decide_from,
+           'cannot replay a pretraining with prune.se_gates (its snapshots hold no gates)')
+  else:
+    _check(p, not chosen & set(SE_CRITERIA), 'prune.criterion', sorted(chosen & set(SE_CRITERIA)),
+           'a learned-attention criterion needs prune.se_gates=True (SE gates trained during '
+           'pretraining)')
+  _check(p, _is_int(r.se_reduction) and r.se_reduction >= 1, 'prune.se_reduction',
+         r.se_reduction, 'must be an integer >= 1')
   _check(p, not r.decide_from or r.stop_rule != 'fixed' or r.pretrain_epochs >= 1,
          'prune.pretrain_epochs', r.pretrain_epochs,
          'with decide_from and stop_rule=fixed must be >= 1 (a decision from a snapshot)')

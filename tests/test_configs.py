@@ -54,6 +54,27 @@ def test_bad_quantization_fields(field, value, message):
     configs.validate(config)
 
 
+@pytest.mark.parametrize('fields, message', [
+    ({'criterion': 'se_l1'}, 'needs prune.se_gates=True'),
+    ({'se_gates': True}, 'learned-attention criterion only'),
+    ({'se_gates': True, 'criterion': 'se_l1', 'search_criteria': ('se_l1', 'l1')}, 'got l1'),
+    ({'se_gates': True, 'criterion': 'se_l1', 'decide_from': '/a/run'}, 'cannot replay'),
+    ({'se_reduction': 0}, 'prune.se_reduction=0'),
+    ({'decide_from': '/a/run', 'stop_rule': 'fixed', 'pretrain_epochs': 0},
+     'a decision from a snapshot'),
+])
+def test_bad_pruning_study_fields(fields, message):
+  config = configs.base_config()
+  config.mode = 'prune'
+  for field, value in fields.items():
+    config.prune[field] = value
+  with pytest.raises(configs.ConfigError, match=message):
+    configs.validate(config)
+  config.prune.se_gates, config.prune.criterion = True, 'se_bn_gamma'
+  config.prune.search_criteria, config.prune.decide_from, config.prune.se_reduction = (), '', 4
+  configs.validate(config)
+
+
 def test_allowed_values_come_from_the_registries():
   """One place per enumeration: validation checks against the tables that dispatch."""
   from qprune import prune, quant  # pylint: disable=g-import-not-at-top

@@ -132,9 +132,12 @@ def test_every_registered_criterion_runs_on_resnet_with_residual():
   groups = prune.derive_groups(variables, residual=True)
   images = jax.random.randint(jax.random.PRNGKey(2), (1, 2, 32, 32, 3), 0, 256).astype(jnp.uint8)
   batches = (images, jnp.zeros((1, 2), jnp.int32))
+  gated, gated_variables = prune.attach_se(model, variables, groups, jax.random.PRNGKey(3),
+                                           example=images[0])
+  excitation = prune.mean_excitation(gated, gated_variables, groups, images)
   for name in prune.CRITERIA:
     scores = prune.score(name, variables, groups, model=model, batches=batches,
-                         rng=jax.random.PRNGKey(0))
+                         rng=jax.random.PRNGKey(0), excitation=excitation)
     assert {k: v.shape for k, v in scores.items()} == {g.name: (g.size,) for g in groups}, name
     assert all(np.isfinite(v).all() for v in scores.values()), name
 

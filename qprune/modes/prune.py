@@ -66,21 +66,29 @@ def stops_at(pconfig, epoch: int, record: dict) -> bool:
           (pconfig.stop_rule == 'fixed' and epoch >= pconfig.pretrain_epochs))
 
 
-def decision_callback(pconfig, model, groups, score_data, rng, snapshot_dir=None, spec=None):
+def plain_variables(pconfig, variables):
+  """The pruned architecture's own variables (the SE gates of prune.se_gates dropped)."""
+  return prune.detach_se(variables) if pconfig.se_gates else variables
+
+
+def decision_callback(pconfig, model, groups, score_data, rng, snapshot_dir=None, spec=None,
+                      gated_model=None):
   """on_epoch_end for pretraining: masks, their distance, the stop rule, and (with
-  `snapshot_dir`) the model after every epoch."""
+  `snapshot_dir`) the model after every epoch. gated_model: the SE wrapper being pretrained
+  (prune.se_gates); masks are computed on the plain model with its excitation."""
   rule = prune.EarlyBirdRule(pconfig.eb_window, pconfig.eb_threshold)
 
   def on_epoch_end(epoch, state, history):
+    variables = plain_variables(pconfig, state.variables)
     if snapshot_dir is not None:
-      save_model(os.path.join(snapshot_dir, str(epoch)), spec, state.variables)
+      save_model(os.path.join(snapshot_dir, str(epoch)), spec, variables)
     eb = prune.EarlyBirdState()
     for record in history:
       eb, _ = prune.early_bird_step(eb, decode_masks(record['mask']), rule)
-    masks = prune.make_masks(state.variables, groups, pconfig.criterion, pconfig.ratio,
+    options = criterion_options(pconfig, gated_model, state.variables, groups, score_data)
+    masks = prune.make_masks(variables, groups, pconfig.criterion, pconfig.ratio,
                              pconfig.selection, model=model, batches=score_data, rng=rng,
-                             criterion_kwargs=criterion_options(pconfig),
-                             **selection_options(pconfig))
+                             criterion_kwargs=options, **selection_options(pconfig))
     eb, info = prune.early_bird_step(eb, masks, rule)
     stop = stops_at(pconfig, epoch, {'mask_stable': info['stable']})
     def finite(x):
@@ -148,7 +156,10 @@ def replay_pretraining(config, source: str):
   return variables, recorded[:end], recorded
 
 
-def pretrain(config, workdir, mesh, data, model, spec, variables, groups, score_data, rng):
+def pretrain(config, workdir, mesh, data, model, spec, variables, groups, score_data, rng,
+             gated_model=None):
+  """(variables, history) after pretraining; with prune.se_gates, `variables` are the SE
+  wrapper's (`gated_model`), which is what is trained."""
   pconfig = config.prune
   if pconfig.stop_rule == 'fixed' and pconfig.pretrain_epochs == 0:
     return variables, []
@@ -156,19 +167,26 @@ def pretrain(config, workdir, mesh, data, model, spec, variables, groups, score_
   if pconfig.slimming_lambda:
     hooks = steps.StepHooks(extra_loss=lambda params, aux: prune.l1_gamma_penalty(
         params, pconfig.slimming_lambda))
-  result = loop.fit(model, variables, data, common.train_options(config),
+  result = loop.fit(gated_model or model, variables, data, common.train_options(config),
                     os.path.join(workdir, 'pretrain'), hooks=hooks, mesh=mesh,
                     on_epoch_end=decision_callback(
                         pconfig, model, groups, score_data, rng, spec=spec,
                         snapshot_dir=(os.path.join(workdir, 'pretrain', SNAPSHOTS)
-                                      if pconfig.snapshots else None)),
+                                      if pconfig.snapshots else None),
+                        gated_model=gated_model),
                     label='pretrain')
   return result.state.variables, result.history
 
 
-def criterion_options(pconfig) -> dict:
-  """Options every criterion gets: group aggregation (prune.aggregate, '' = none)."""
-  return {'aggregate': pconfig.aggregate} if pconfig.aggregate else {}
+def criterion_options(pconfig, gated_model=None, gated_variables=None, groups=None,
+                      score_data=None) -> dict:
+  """Options every criterion gets: group aggregation (prune.aggregate, '' = none) and, with
+  prune.se_gates, the SE gates' mean excitation on the scoring batches."""
+  options = {'aggregate': pconfig.aggregate} if pconfig.aggregate else {}
+  if gated_model is not None:
+    options['excitation'] = prune.mean_excitation(gated_model, gated_variables, tuple(groups),
+                                                  score_data[0])
+  return options
 
 
 def selection_options(pconfig) -> dict:
@@ -184,7 +202,7 @@ def candidates(pconfig):
 
 
 def run_search(config, workdir, model, spec, variables, groups, score_data, bn_images, holdout,
-               rng):
+               rng, options):
   """The chosen masks and the search table; computed once, then read from search.json."""
   path = os.path.join(workdir, SEARCH_JSON)
   saved = files.read_json(path)
@@ -200,7 +218,7 @@ def run_search(config, workdir, model, spec, variables, groups, score_data, bn_i
       eval_images, eval_labels, eval_valid=eval_valid,
       max_params=int(pconfig.max_params * cost['params']) if pconfig.max_params else None,
       max_macs=int(pconfig.max_macs * cost['macs']) if pconfig.max_macs else None,
-      batches=score_data, rng=rng, criterion_kwargs=criterion_options(pconfig),
+      batches=score_data, rng=rng, criterion_kwargs=options,
       selection_kwargs=selection_options(pconfig))
   files.write_json_atomic(path, {'best': found.best, 'rows': found.rows,
                                  'masks': encode_masks(found.best_masks)})
@@ -226,14 +244,21 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
     # printed once, and kept in results.json `warnings` by the binary
     errors.warn(f'prune.eb_window={pconfig.eb_window} > epochs={config.epochs}: the Early-Bird '
                 'rule can never fire, pretraining runs all epochs')
+  gated_model = None
+  if pconfig.se_gates:
+    gated_model, variables = prune.attach_se(model, variables, groups, jax.random.fold_in(rng, 1),
+                                             reduction=pconfig.se_reduction,
+                                             example=np.zeros(example.shape, np.uint8))
   if pconfig.decide_from:
     variables, history, recorded = replay_pretraining(config, pconfig.decide_from)
   else:
     variables, history = pretrain(config, workdir, mesh, data, model, spec, variables, groups,
-                                  score_data, rng)
+                                  score_data, rng, gated_model=gated_model)
     recorded = history
+  scoring = criterion_options(pconfig, gated_model, variables, groups, score_data)
+  variables = plain_variables(pconfig, variables)  # the gates go before the search and shrink
   masks, rows, best = run_search(config, workdir, model, spec, variables, groups, score_data,
-                                 bn_images, holdout, rng)
+                                 bn_images, holdout, rng, scoring)
   small_model, small_variables = prune.shrink(model, variables, groups, masks)
   # Pruning shifts every downstream activation distribution: re-estimate BN statistics (as the
   # search did per candidate) so the pruned model is evaluated and fine-tuned from sane ones.

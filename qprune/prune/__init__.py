@@ -11,6 +11,8 @@ Typical use (see each module's docstring for shapes and math):
                  bn_images, eval_images, eval_labels, max_macs=...)  # SearchResult
   small_model, small_variables = shrink(model, variables, groups, found.best_masks)
 """
+from qprune.prune.attention import (SE_CRITERIA, WithSqueezeExcite, attach_se, detach_se,
+                                    learned_attention_scores, mean_excitation)
 from qprune.prune.criteria import (AGGREGATES, CRITERIA, attention_scores, bn_gamma_scores,
                                    channel_attention, l1_gamma_penalty, l1_scores, random_scores,
                                    register_criterion, score, taylor_scores)
@@ -37,6 +39,9 @@ __all__ = [
     # criteria (one registry) and the network-slimming penalty
     'CRITERIA', 'AGGREGATES', 'register_criterion', 'score', 'l1_scores', 'bn_gamma_scores',
     'taylor_scores', 'random_scores', 'attention_scores', 'channel_attention', 'l1_gamma_penalty',
+    # learned channel attention: SE gates trained during pretraining, dropped before shrinking
+    'SE_CRITERIA', 'WithSqueezeExcite', 'attach_se', 'detach_se', 'mean_excitation',
+    'learned_attention_scores',
     # selection (one registry) -> masks
     'SELECTIONS', 'register_selection', 'select', 'make_masks', 'full_masks', 'apply_masks',
     'apply_with_gates', 'kept_counts', 'stack_masks',

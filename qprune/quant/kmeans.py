@@ -84,6 +84,17 @@ def length_groups(layers: Sequence[jax.Array], max_groups: int) -> list:
   return [grp for grp in groups[::-1] if grp]
 
 
+def _sort_rows(x: jax.Array) -> jax.Array:
+  """Sorts each row of x ascending. XLA's CPU sort is a generic comparator sort, ~40x slower than
+  numpy's vectorised one (most of `cluster_all`'s time on ResNet-56 went into it), so on CPU the
+  rows go to numpy through a callback. Rows hold only finite values and +inf (no NaN, no -0.0),
+  so every sort returns the same array: the results do not depend on the platform."""
+  def numpy_sort(rows):
+    return jax.pure_callback(lambda a: np.sort(np.asarray(a), axis=-1),
+                             jax.ShapeDtypeStruct(rows.shape, rows.dtype), rows)
+  return jax.lax.platform_dependent(x, cpu=numpy_sort, default=lambda r: jnp.sort(r, axis=-1))
+
+
 def _padded_log2_rows(layers: Sequence[jax.Array], log2_range: float):
   """Stack layers as sorted log2|w| rows [L, N] (+inf padded) and their valid counts [L]."""
   length = max(int(np.prod(w.shape)) for w in layers)
@@ -93,22 +104,8 @@ def _padded_log2_rows(layers: Sequence[jax.Array], log2_range: float):
     floor = jnp.maximum(jnp.max(a) * 2.0 ** -log2_range, _FLOAT32_TINY)
     x = jnp.where(a >= floor, jnp.log2(jnp.maximum(a, _FLOAT32_TINY)), jnp.inf)
     rows.append(jnp.pad(x, (0, length - x.shape[0]), constant_values=jnp.inf))
-  x = jnp.sort(jnp.stack(rows), axis=1)
+  x = _sort_rows(jnp.stack(rows))
   return x, jnp.sum(jnp.isfinite(x), axis=1).astype(jnp.int32)
-
-
-def _per_length_group(row_fn, layers: Sequence[jax.Array], log2_range: float, max_groups: int):
-  """Applies `row_fn(sorted_x, count)` vmapped over each group of similar-length layers and
-  returns its outputs stacked in the original layer order. Padding every layer to the longest
-  one would waste most of the work on small layers; each group costs one more copy of the
-  computation to compile, hence few groups."""
-  outputs, order = [], []
-  for group in length_groups(layers, max_groups):
-    sorted_x, counts = _padded_log2_rows([layers[i] for i in group], log2_range)
-    outputs.append(jax.vmap(row_fn)(sorted_x, counts))
-    order += group
-  inverse = np.argsort(np.asarray(order))
-  return jax.tree.map(lambda *xs: jnp.concatenate(xs)[inverse], *outputs)
 
 
 def _centered_prefix_sums(sorted_x: jax.Array, count: jax.Array):
@@ -145,16 +142,32 @@ def _run_costs(positions, prefix, prefix_sq):
 
 
 def _best_starts(costs, k_max: int):
-  """A [K, B+1]: A[j-1, i] = first bin of cluster j in the best j-cluster split of bins [0, i).
+  """A [..., K, B+1]: A[j-1, i] = first bin of cluster j in the best j-cluster split of bins [0, i).
 
   D_1[i] = C[0, i];  D_j[i] = min_m D_{j-1}[m] + C[m, i]  (Bellman, O(K·B²) for all k at once).
+  costs: [..., B+1, B+1], any leading batch axes (all layers go through one scan).
+  Ties go to the smallest m, as with argmin; but XLA's argmin on CPU is a slow two-operand
+  reduction, so the argmin is the smallest m whose total equals the minimum (two fast min
+  reductions, the same float sums). Cluster K only ever ends at bin B (the last cluster of the
+  k = K split), so its step computes that one column.
   """
+  iota = jnp.arange(costs.shape[-2], dtype=jnp.int32)[:, None]
+  last = jnp.int32(costs.shape[-2])
+
+  def first_argmin(total):  # total [..., m, i] -> (min over m, smallest minimising m)
+    low = jnp.min(total, axis=-2)
+    return low, jnp.min(jnp.where(total == low[..., None, :], iota, last), axis=-2)
+
   def add_cluster(best, _):
-    total = best[:, None] + costs
-    return jnp.min(total, axis=0), jnp.argmin(total, axis=0).astype(jnp.int32)
-  first = jnp.zeros((costs.shape[0],), jnp.int32)
-  _, starts = jax.lax.scan(add_cluster, costs[0], None, length=k_max - 1)
-  return jnp.concatenate([first[None], starts])
+    return first_argmin(best[..., :, None] + costs)
+
+  first = jnp.zeros(costs.shape[:-2] + (1, costs.shape[-1]), jnp.int32)
+  if k_max == 1:
+    return first
+  best, starts = jax.lax.scan(add_cluster, costs[..., 0, :], None, length=k_max - 2)
+  _, top = first_argmin(best[..., :, None] + costs[..., -1:])  # [..., 1]: column B only
+  top = jnp.broadcast_to(top[..., None, :], first.shape)  # entries < B are never read
+  return jnp.concatenate([first, jnp.moveaxis(starts, 0, -2), top], axis=-2)
 
 
 def _dp_centers(sorted_x, count, k, starts, positions, prefix, mean):
@@ -227,24 +240,50 @@ def _rounded_unique_exponents(centers, sizes, k):
   return jnp.where(valid, e, 0), valid
 
 
-def _row_init_all_k(sorted_x, count, k_max: int, num_bins: int):
-  """(centers [K, K] DP initial centers for k = 1..K, mean, prefix) of one row."""
-  mean, prefix, prefix_sq = _centered_prefix_sums(sorted_x, count)
-  positions = _bin_edges(sorted_x, count, num_bins)
-  starts = _best_starts(_run_costs(positions, prefix, prefix_sq), k_max)
-  init = jax.vmap(lambda k: _dp_centers(sorted_x, count, k, starts, positions, prefix, mean))
-  return init(jnp.arange(1, k_max + 1)), mean, prefix
+def _initial_centers_by_group(rows, k_max: int, num_bins: int):
+  """Per group of `rows` [(sorted_x, counts)]: (DP initial centers [G, K, K] for k = 1..K, means
+  [G], centered prefix sums [G, N+1]). The DP of every layer runs in one batched scan: its
+  [B+1, B+1] tables have the same shape in every group, and a scan step costs the same few ops
+  whatever the batch, so one scan instead of one per group saves per-op overhead."""
+  stats = []
+  for sorted_x, counts in rows:
+    mean, prefix, prefix_sq = jax.vmap(_centered_prefix_sums)(sorted_x, counts)
+    positions = jax.vmap(functools.partial(_bin_edges, num_bins=num_bins))(sorted_x, counts)
+    stats.append((mean, prefix, positions, jax.vmap(_run_costs)(positions, prefix, prefix_sq)))
+  starts = _best_starts(jnp.concatenate([costs for *_, costs in stats]), k_max)
+  splits = np.cumsum([len(mean) for mean, *_ in stats])[:-1]
+  out = []
+  for (sorted_x, counts), (mean, prefix, positions, _), group_starts in zip(
+      rows, stats, jnp.split(starts, splits)):
+    def row_centers(x, count, row_starts, row_positions, row_prefix, row_mean):
+      return jax.vmap(lambda k: _dp_centers(x, count, k, row_starts, row_positions, row_prefix,
+                                            row_mean))(jnp.arange(1, k_max + 1))
+    inits = jax.vmap(row_centers)(sorted_x, counts, group_starts, positions, prefix, mean)
+    out.append((inits, mean, prefix))
+  return out
 
 
-def _cluster_row_all_k(sorted_x, count, k_max, max_iter, tol, num_bins):
-  """All k = 1..K for one row: stacked Clusters fields [K, K]."""
-  inits, mean, prefix = _row_init_all_k(sorted_x, count, k_max, num_bins)
+def _grouped_rows(layers: Sequence[jax.Array], log2_range: float, max_groups: int):
+  """(groups of layer indices, [(sorted_x [G, N_g], counts [G])] per group). Padding every layer
+  to the longest one would waste most of the work on small layers; each group costs one more copy
+  of the computation to compile, hence few groups."""
+  groups = length_groups(layers, max_groups)
+  return groups, [_padded_log2_rows([layers[i] for i in group], log2_range) for group in groups]
 
+
+def _in_layer_order(groups, outputs):
+  """Per-group outputs (pytrees of [G, ...]) concatenated back into the order of the layers."""
+  inverse = np.argsort(np.asarray([i for group in groups for i in group]))
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs)[inverse], *outputs)
+
+
+def _cluster_row_all_k(sorted_x, count, inits, mean, prefix, max_iter, tol):
+  """Lloyd from the initial centers for all k = 1..K of one row: stacked Clusters fields [K, K]."""
   def one_k(k, init):
     centers, sizes = _lloyd(sorted_x, prefix, count, k, init, mean, max_iter, tol)
     e, valid = _rounded_unique_exponents(centers, sizes, k)
     return centers, sizes, e, valid
-  return jax.vmap(one_k)(jnp.arange(1, k_max + 1), inits)
+  return jax.vmap(one_k)(jnp.arange(1, inits.shape[0] + 1), inits)
 
 
 @functools.partial(jax.jit, static_argnames=('k_max', 'max_iter', 'tol', 'log2_range', 'num_bins',
@@ -257,9 +296,11 @@ def cluster_all(layers: Sequence[jax.Array], k_max: int = 8, max_iter: int = 100
   One compiled call per (layer shapes, k_max); see the module docstring for the method.
   Returns `Clusters` with leading axis = layer order of `layers`.
   """
-  per_row = functools.partial(_cluster_row_all_k, k_max=k_max, max_iter=max_iter, tol=tol,
-                              num_bins=num_bins)
-  return Clusters(*_per_length_group(per_row, list(layers), log2_range, max_groups))
+  groups, rows = _grouped_rows(list(layers), log2_range, max_groups)
+  starts = _initial_centers_by_group(rows, k_max, num_bins)
+  per_row = functools.partial(_cluster_row_all_k, max_iter=max_iter, tol=tol)
+  outputs = [jax.vmap(per_row)(x, c, *init) for (x, c), init in zip(rows, starts)]
+  return Clusters(*_in_layer_order(groups, outputs))
 
 
 @functools.partial(jax.jit, static_argnames=('k_max', 'log2_range', 'num_bins', 'max_groups'))
@@ -267,8 +308,9 @@ def initial_centers(layers: Sequence[jax.Array], k_max: int = 8, log2_range: flo
                     num_bins: int = 256, max_groups: int = 3) -> jax.Array:
   """[L, K, K] the deterministic DP initial centers `cluster_all` starts Lloyd from (for k at
   index k-1 (its first k entries are live)); e.g. to give another k-means the same start."""
-  per_row = lambda x, c: _row_init_all_k(x, c, k_max, num_bins)[0]
-  return _per_length_group(per_row, list(layers), log2_range, max_groups)
+  groups, rows = _grouped_rows(list(layers), log2_range, max_groups)
+  starts = _initial_centers_by_group(rows, k_max, num_bins)
+  return _in_layer_order(groups, [inits for inits, _, _ in starts])
 
 
 # ---------------------------------------------------------------------------------------------

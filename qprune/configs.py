@@ -106,8 +106,9 @@ def prune_config() -> ml_collections.ConfigDict:
   p.finetune_learning_rate = 0.01
   # Decision studies: `snapshots` keeps the model after every pretraining epoch (in
   # pretrain/epochs/<E>/, the saved-model format); `decide_from` (the workdir of such a run, same
-  # model, data, seed and mask settings) replays its pretraining instead of repeating it and takes
-  # the decision at the epoch this run's stop rule picks, from that epoch's snapshot.
+  # model, data, seed and training; same mask settings unless stop_rule='fixed') replays its
+  # pretraining instead of repeating it and takes the decision at the epoch this run's stop rule
+  # picks, from that epoch's snapshot.
   p.snapshots = False
   p.decide_from = ''
   return p
@@ -317,8 +318,6 @@ def _validate_prune(config, p):
     _check(p, chosen <= set(SE_CRITERIA), 'prune.se_gates', r.se_gates,
            f'scores with a learned-attention criterion only ({", ".join(SE_CRITERIA)}); '
            f'got {", ".join(sorted(chosen - set(SE_CRITERIA)))}')
-    _check(p, not r.decide_from, 'prune.decide_from', r.decide_from,
-           'cannot replay a pretraining with prune.se_gates (its snapshots hold no gates)')
   else:
     _check(p, not chosen & set(SE_CRITERIA), 'prune.criterion', sorted(chosen & set(SE_CRITERIA)),
            'a learned-attention criterion needs prune.se_gates=True (SE gates trained during '

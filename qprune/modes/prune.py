@@ -22,7 +22,7 @@ from qprune.models import layer_cost_rows
 from qprune.modes import common
 from qprune.ops import compile as compile_lib
 from qprune.records import PruneResults
-from qprune.train import evaluation, loop, steps
+from qprune.train import checkpoint, evaluation, loop, steps
 
 SEARCH_JSON = 'search.json'
 SNAPSHOTS = 'epochs'  # pretrain/epochs/<E>/: the model after pretraining epoch E (prune.snapshots)
@@ -32,6 +32,12 @@ SNAPSHOTS = 'epochs'  # pretrain/epochs/<E>/: the model after pretraining epoch 
 DECISION_FIELDS = ('stop_rule', 'pretrain_epochs', 'snapshots', 'decide_from', 'search_criteria',
                    'search_ratios', 'search_selections', 'max_params', 'max_macs', 'bn_batches',
                    'finetune_epochs', 'finetune_learning_rate')
+# What only the recorded masks depend on, not the trajectory: free to differ too when the stop
+# rule is fixed (then the decision epoch does not depend on the masks), e.g. to score several
+# criteria on one pretraining; the distance to the recorded final masks is then undefined.
+MASK_FIELDS = ('criterion', 'ratio', 'selection', 'aggregate', 'round_to', 'max_ratio', 'residual',
+               'dense', 'ignored_layers', 'score_batches', 'eb_window', 'eb_threshold')
+GATES = 'se'  # pretrain/epochs/<E>/se/: the SE gates' variables of that epoch (prune.se_gates)
 _BATCH = 100  # images per batch for scoring, BN re-estimation and candidate evaluation
 
 
@@ -82,6 +88,9 @@ def decision_callback(pconfig, model, groups, score_data, rng, snapshot_dir=None
     variables = plain_variables(pconfig, state.variables)
     if snapshot_dir is not None:
       save_model(os.path.join(snapshot_dir, str(epoch)), spec, variables)
+      if gated_model is not None:
+        checkpoint.save_variables(os.path.join(snapshot_dir, str(epoch), GATES),
+                                  prune.gate_variables(state.variables))
     eb = prune.EarlyBirdState()
     for record in history:
       eb, _ = prune.early_bird_step(eb, decode_masks(record['mask']), rule)
@@ -110,10 +119,11 @@ def distances_to_final(history) -> list:
 
 
 def replay_pretraining(config, source: str):
-  """(variables, history, recorded) for prune.decide_from=`source`: the snapshot and history up
-  to the epoch this config's stop rule picks on the pretraining that prune run recorded, and its
-  whole recorded history; RunError if `source` is not such a run, has not finished pretraining,
-  or pretrained differently from what this config asks for."""
+  """(variables, history, recorded, same_masks) for prune.decide_from=`source`: the snapshot
+  (with prune.se_gates, the SE wrapper's variables) and history up to the epoch this config's
+  stop rule picks on the pretraining that prune run recorded, its whole recorded history, and
+  whether its recorded masks are the ones this config makes; RunError if `source` is not such a
+  run, has not finished pretraining, or pretrained differently from what this config asks for."""
   pconfig = config.prune
   stored = files.read_json(os.path.join(source, common.CONFIG_JSON))
   if stored is None:
@@ -124,8 +134,10 @@ def replay_pretraining(config, source: str):
   ours = configs.semantic_dict(config)
   differ = sorted(k for k in set(theirs) | set(ours)
                   if k not in ('prune', 'init_from') and theirs.get(k) != ours.get(k))
+  free = DECISION_FIELDS + (MASK_FIELDS if pconfig.stop_rule == 'fixed' else ())
   differ += sorted('prune.' + k for k in set(theirs['prune']) | set(ours['prune'])
-                   if k not in DECISION_FIELDS and theirs['prune'].get(k) != ours['prune'].get(k))
+                   if k not in free and theirs['prune'].get(k) != ours['prune'].get(k))
+  same_masks = all(theirs['prune'].get(k) == ours['prune'].get(k) for k in MASK_FIELDS)
   if theirs.get('init_from') != ours.get('init_from'):
     differ.append('init_from')
   if theirs.get('mode') != 'prune' or not theirs['prune'].get('snapshots'):
@@ -133,8 +145,8 @@ def replay_pretraining(config, source: str):
                           'prune.snapshots=True (no pretraining snapshots to decide from)')
   if differ:
     raise common.RunError(f'prune.decide_from={source!r} pretrained with a different config '
-                          f'(differs in: {", ".join(differ)}); its recorded masks are not the '
-                          'ones this run would make')
+                          f'(differs in: {", ".join(differ)}); its recorded pretraining is not '
+                          'the one this run would make')
   recorded = files.read_jsonl(os.path.join(source, 'pretrain', 'metrics.jsonl'))
   if not recorded or not (recorded[-1].get('epoch') == theirs['epochs'] or
                           recorded[-1].get('stopped_early')):
@@ -153,7 +165,13 @@ def replay_pretraining(config, source: str):
   except errors.UserError as e:
     raise common.RunError(f'prune.decide_from={source!r}: no snapshot of pretraining epoch '
                           f'{end} ({e})') from None
-  return variables, recorded[:end], recorded
+  if pconfig.se_gates:
+    gates = os.path.join(snapshot, GATES)
+    if not os.path.isdir(gates):
+      raise common.RunError(f'prune.decide_from={source!r}: the snapshot of epoch {end} holds no '
+                            'SE gates')
+    variables = prune.with_gates(variables, checkpoint.load_variables(gates))
+  return variables, recorded[:end], recorded, same_masks
 
 
 def pretrain(config, workdir, mesh, data, model, spec, variables, groups, score_data, rng,
@@ -250,11 +268,11 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
                                              reduction=pconfig.se_reduction,
                                              example=np.zeros(example.shape, np.uint8))
   if pconfig.decide_from:
-    variables, history, recorded = replay_pretraining(config, pconfig.decide_from)
+    variables, history, recorded, same_masks = replay_pretraining(config, pconfig.decide_from)
   else:
     variables, history = pretrain(config, workdir, mesh, data, model, spec, variables, groups,
                                   score_data, rng, gated_model=gated_model)
-    recorded = history
+    recorded, same_masks = history, True
   scoring = criterion_options(pconfig, gated_model, variables, groups, score_data)
   variables = plain_variables(pconfig, variables)  # the gates go before the search and shrink
   masks, rows, best = run_search(config, workdir, model, spec, variables, groups, score_data,
@@ -295,7 +313,7 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
       mask_window_max=[h.get('mask_window_max') for h in history],
       mask_distance_to_final=distances_to_final(history),
       final_mask_distance=(prune.mask_distance(masks, decode_masks(recorded[-1]['mask']))
-                           if recorded and 'mask' in recorded[-1] else None),
+                           if same_masks and recorded and 'mask' in recorded[-1] else None),
       decided_from=pconfig.decide_from or None, train_macs=train_macs,
       criterion=rows[best]['criterion'], prune_ratio=rows[best]['ratio'],
       selection=rows[best]['selection'], search=rows, search_best=best,

@@ -12,7 +12,8 @@ Typical use (see each module's docstring for shapes and math):
   small_model, small_variables = shrink(model, variables, groups, found.best_masks)
 """
 from qprune.prune.attention import (SE_CRITERIA, WithSqueezeExcite, attach_se, detach_se,
-                                    learned_attention_scores, mean_excitation)
+                                    gate_variables, learned_attention_scores, mean_excitation,
+                                    with_gates)
 from qprune.prune.criteria import (AGGREGATES, CRITERIA, attention_scores, bn_gamma_scores,
                                    channel_attention, l1_gamma_penalty, l1_scores, random_scores,
                                    register_criterion, score, taylor_scores)
@@ -40,8 +41,8 @@ __all__ = [
     'CRITERIA', 'AGGREGATES', 'register_criterion', 'score', 'l1_scores', 'bn_gamma_scores',
     'taylor_scores', 'random_scores', 'attention_scores', 'channel_attention', 'l1_gamma_penalty',
     # learned channel attention: SE gates trained during pretraining, dropped before shrinking
-    'SE_CRITERIA', 'WithSqueezeExcite', 'attach_se', 'detach_se', 'mean_excitation',
-    'learned_attention_scores',
+    'SE_CRITERIA', 'WithSqueezeExcite', 'attach_se', 'detach_se', 'gate_variables', 'with_gates',
+    'mean_excitation', 'learned_attention_scores',
     # selection (one registry) -> masks
     'SELECTIONS', 'register_selection', 'select', 'make_masks', 'full_masks', 'apply_masks',
     'apply_with_gates', 'kept_counts', 'stack_masks',

@@ -113,18 +113,24 @@ def attach_se(model: nn.Module, variables, groups: Groups, rng, *, reduction: in
   if example is None:
     raise ValueError('attach_se needs example= (an input batch) to initialize the SE blocks')
   wrapper = WithSqueezeExcite(model, _point_widths(variables, groups), reduction)
-  fresh = wrapper.init(rng, example, train=False)['params']
-  params = {BASE: variables['params'], **{k: v for k, v in fresh.items() if k != BASE}}
-  out = {'params': params}
-  for collection, value in variables.items():
-    if collection != 'params':
-      out[collection] = {BASE: value}
-  return wrapper, out
+  return wrapper, with_gates(variables, gate_variables(wrapper.init(rng, example, train=False)))
 
 
 def detach_se(variables) -> dict:
   """The wrapped model's own variables (the SE blocks dropped)."""
   return {collection: value[BASE] for collection, value in variables.items() if BASE in value}
+
+
+def gate_variables(variables) -> dict:
+  """The SE blocks' variables of a wrapper's (what `detach_se` drops)."""
+  return {'params': {k: v for k, v in variables['params'].items() if k != BASE}}
+
+
+def with_gates(variables, gates) -> dict:
+  """A wrapper's variables from the model's own and `gate_variables`' (the inverse split)."""
+  out = {collection: {BASE: value} for collection, value in variables.items()}
+  out['params'] = {**out.get('params', {}), **gates['params']}
+  return out
 
 
 @compile_lib.jit(static_argnums=(0, 2))

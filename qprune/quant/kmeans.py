@@ -141,33 +141,50 @@ def _run_costs(positions, prefix, prefix_sq):
   return jnp.where(m < i, cost, jnp.inf)
 
 
-def _best_starts(costs, k_max: int):
-  """A [..., K, B+1]: A[j-1, i] = first bin of cluster j in the best j-cluster split of bins [0, i).
+_DP_LAYERS_PER_BATCH = 14  # [B+1, B+1] f32 tables of 14 layers (3.7 MB) stay in cache
+
+
+def _first_argmin(total):
+  """(min over axis -2, the smallest index attaining it) of total [..., M, I]. XLA's argmin on
+  CPU is a slow two-operand reduction; two plain min reductions over the same floats give the
+  same index (ties to the smallest, an all-inf column to 0)."""
+  low = jnp.min(total, axis=-2)
+  iota = jnp.arange(total.shape[-2], dtype=jnp.int32)[:, None]
+  return low, jnp.min(jnp.where(total == low[..., None, :], iota, total.shape[-2]), axis=-2)
+
+
+def _best_starts_one(costs, k_max: int):
+  """A [K, B+1]: A[j-1, i] = first bin of cluster j in the best j-cluster split of bins [0, i).
 
   D_1[i] = C[0, i];  D_j[i] = min_m D_{j-1}[m] + C[m, i]  (Bellman, O(K·B²) for all k at once).
-  costs: [..., B+1, B+1], any leading batch axes (all layers go through one scan).
-  Ties go to the smallest m, as with argmin; but XLA's argmin on CPU is a slow two-operand
-  reduction, so the argmin is the smallest m whose total equals the minimum (two fast min
-  reductions, the same float sums). Cluster K only ever ends at bin B (the last cluster of the
-  k = K split), so its step computes that one column.
+  C[m, i] is inf unless m < i, so the columns i < h only need the rows m < h: the table is cut
+  into a left block [:h, :h] and a right one [:, h:], a quarter less work (more blocks cost more
+  ops than they save). Cluster K only ever ends at bin B (the top cluster of the k = K split), so
+  its step computes that one column; its other entries are never read.
   """
-  iota = jnp.arange(costs.shape[-2], dtype=jnp.int32)[:, None]
-  last = jnp.int32(costs.shape[-2])
-
-  def first_argmin(total):  # total [..., m, i] -> (min over m, smallest minimising m)
-    low = jnp.min(total, axis=-2)
-    return low, jnp.min(jnp.where(total == low[..., None, :], iota, last), axis=-2)
+  n = costs.shape[-1]
+  h = (n + 1) // 2
+  left, right = costs[:h, :h], costs[:, h:]
 
   def add_cluster(best, _):
-    return first_argmin(best[..., :, None] + costs)
+    low_left, arg_left = _first_argmin(best[:h, None] + left)
+    low_right, arg_right = _first_argmin(best[:, None] + right)
+    return (jnp.concatenate([low_left, low_right]), jnp.concatenate([arg_left, arg_right]))
 
-  first = jnp.zeros(costs.shape[:-2] + (1, costs.shape[-1]), jnp.int32)
+  first = jnp.zeros((1, n), jnp.int32)
   if k_max == 1:
     return first
-  best, starts = jax.lax.scan(add_cluster, costs[..., 0, :], None, length=k_max - 2)
-  _, top = first_argmin(best[..., :, None] + costs[..., -1:])  # [..., 1]: column B only
-  top = jnp.broadcast_to(top[..., None, :], first.shape)  # entries < B are never read
-  return jnp.concatenate([first, jnp.moveaxis(starts, 0, -2), top], axis=-2)
+  best, starts = jax.lax.scan(add_cluster, costs[0], None, length=k_max - 2)
+  _, top = _first_argmin(best[:, None] + costs[:, -1:])
+  return jnp.concatenate([first, starts, jnp.broadcast_to(top, (1, n))])
+
+
+def _best_starts(costs, k_max: int):
+  """`_best_starts_one` of every layer: costs [L, B+1, B+1] -> [L, K, B+1]. Vmapped over all
+  layers each step streams every table through memory; a few layers at a time the tables stay in
+  cache across the K steps (2.5x faster on ResNet-56)."""
+  return jax.lax.map(lambda c: _best_starts_one(c, k_max), costs,
+                     batch_size=min(_DP_LAYERS_PER_BATCH, costs.shape[0]))
 
 
 def _dp_centers(sorted_x, count, k, starts, positions, prefix, mean):

@@ -139,3 +139,33 @@ def test_decision_study_table_and_goals(tmp_path):
   results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
   assert sorted(os.listdir(tmp_path / 'plots')) == [
       'cifar10_resnet20_prune_accuracy_vs_macs.png', 'cifar10_resnet20_prune_mask_distance.png']
+
+
+def test_attention_ablation_table_by_hand(tmp_path):
+  """Two seeds: se_l1 beats l1 by more than either's spread, attention is within noise."""
+  from qprune.report import ablation  # pylint: disable=g-import-not-at-top
+  accuracies = {'l1': (0.90, 0.92), 'attention': (0.91, 0.92), 'se_l1': (0.95, 0.96),
+                'random': (0.5, 0.6)}
+  for criterion, values in accuracies.items():
+    for seed, accuracy in enumerate(values):
+      folder = tmp_path / 'runs' / f'seed{seed}' / f'{criterion}_r0.8'
+      folder.mkdir(parents=True)
+      (folder / 'config.json').write_text(json.dumps({'seed': seed}))
+      (folder / 'results.json').write_text(json.dumps({
+          'mode': 'prune', 'criterion': criterion, 'prune_ratio': 0.8, 'finetune_epochs': 1,
+          'test_accuracy': accuracy, 'pruned_test_accuracy': accuracy / 2, 'params': 100}))
+  pretrain = tmp_path / 'runs' / 'seed0' / 'pretrain'  # pretraining only: not a row
+  pretrain.mkdir()
+  (pretrain / 'results.json').write_text(json.dumps({'mode': 'prune', 'finetune_epochs': 0}))
+  table = ablation.table(ablation.read_runs(str(tmp_path / 'runs')))
+  rows = {row['criterion']: row for row in table['rows']}
+  assert sorted(rows) == ['attention', 'l1', 'random', 'se_l1']
+  assert rows['l1']['seeds'] == [0, 1] and rows['l1']['test_accuracy']['mean'] == pytest.approx(0.91)
+  assert rows['l1']['test_accuracy']['std'] == pytest.approx(np.std([0.90, 0.92], ddof=1))
+  assert rows['se_l1']['attention'] == 'learned' and rows['attention']['base'] == 'l1'
+  verdicts = {v['criterion']: v for v in table['verdicts'] if v['metric'] == 'test_accuracy'}
+  assert verdicts['se_l1']['beats_base'] and verdicts['se_l1']['gain'] == pytest.approx(0.045)
+  assert not verdicts['attention']['beats_base'] and not verdicts['attention']['loses_to_base']
+  text = '\n'.join(ablation.markdown(table))
+  assert '| 0.8 | `se_l1` | learned | 100 | 47.75 ± 0.35 | 95.50 ± 0.71 | 2 |' in text
+  assert '`se_l1` beats `l1` (+4.50 points' in text and '`attention` within noise of `l1`' in text

@@ -23,9 +23,11 @@ from typing import Dict, List, Optional
 
 from qprune.errors import UserError
 from qprune.records import plural
+from qprune.report.ablation import markdown as markdown_table
 
 RESULTS_JSON, CONFIG_JSON, REPORT_MD = 'results.json', 'config.json', 'report.md'
 TARGET_ERRORS_JSON = 'target_errors.json'  # python -m qprune.report.target_errors --out=...
+ABLATION_JSON = 'attention_ablation.json'  # configs/sweeps/prune_attention_ablation.sh
 MODEL_FILES = ('model.json', 'model')
 PLOTS_DIR = 'plots'
 MODEL_TITLES = {'lenet5': 'LeNet-5', 'resnet20': 'ResNet-20', 'resnet56': 'ResNet-56',
@@ -419,6 +421,23 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
   return out + ['Goals:', ''] + lines + ['']
 
 
+def attention_ablation_lines(table: dict) -> List[str]:
+  """The attention ablation (`qprune.report.ablation`'s JSON) as a RESULTS.md section."""
+  c = table.get('config', {})
+  return (['### Channel attention ablation', '',
+           'Does channel attention improve a pruning criterion? Each base criterion (L1 norm, '
+           'BN |γ|, first-order Taylor), its training-free attention variant (`attention_*`: '
+           'SE-style standardize + sigmoid of the mean post-ReLU activity, times the base score) '
+           'and its learned variant (`se_*`: squeeze-and-excitation gates, Hu et al. 2018, '
+           'trained jointly during pretraining, their mean excitation times the base score, the '
+           'gates dropped before shrinking), and random, all from the same pretraining per seed: '
+           f'masks after {c.get("pretrain_epochs")} pretraining epochs, uniform per layer '
+           f'(conv channels and fc1 units), {c.get("finetune_epochs")} fine-tuning epoch(s). '
+           f'Test accuracy on the full test split, mean ± std over seeds; {table.get("machine")}.',
+           ''] + markdown_table(table) +
+          ['', f'    {table.get("command")}', ''])
+
+
 def commands_block(runs: List[dict]) -> List[str]:
   """A collapsed list of the commands that made `runs`."""
   return (['<details><summary>Commands</summary>', '', '```'] +
@@ -517,6 +536,9 @@ def render(results_dir: str) -> str:
               f'![accuracy vs MACs](results/{PLOTS_DIR}/{key}_prune_accuracy_vs_macs.png)', '']
       out += commands_block([run for study in studies.values()
                              for run in [study['full']] + study['decisions']])
+    ablation_path = os.path.join(results_dir, key, ABLATION_JSON)
+    if os.path.isfile(ablation_path):
+      out += attention_ablation_lines(_read_json(ablation_path))
     if key in errors:
       out += target_error_lines(errors[key])
   return '\n'.join(out).rstrip() + '\n'

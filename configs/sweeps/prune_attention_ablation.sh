@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Does channel attention improve a pruning criterion? Every criterion, with and without
+# attention, and random, from the same pretraining, at two ratios and several seeds; then the
+# table (mean ± std over seeds) written to results/<dataset>_<model>/attention_ablation.json for
+# RESULTS.md.
+#
+#   bash configs/sweeps/prune_attention_ablation.sh DATA_DIR OUT [mnist|tiny] [SEEDS]
+#
+#   mnist  configs/experiments/mnist_lenet5_prune_ablation.py: LeNet-5 on all of MNIST, masks
+#          after 2 pretraining epochs, 1 fine-tuning epoch (about 15 minutes per seed on 2 cores)
+#   tiny   a smoke test on 1,400 images (not published)
+#   SEEDS  default "0 1 2"
+#
+# Per seed, two pretraining runs keep a snapshot of every epoch: a plain one, and one with learned
+# squeeze-and-excitation gates (prune.se_gates). Every decision replays one of them
+# (prune.decide_from, stop_rule=fixed): the base criteria (random, l1, bn_gamma, taylor) and the
+# training-free attention variants from the plain run, the learned se_* variants from the gated
+# one. Reruns skip finished runs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[[ $# -ge 2 ]] || { sed -n '2,19p' "$0"; exit 2; }
+data="$1"; out="$2"; kind="${3:-mnist}"; seeds="${4:-0 1 2}"
+python="${QPRUNE_PYTHON:-python}"
+config=configs/experiments/mnist_lenet5_prune_ablation.py
+ratios="0.6 0.8"
+plain="random l1 bn_gamma taylor attention attention_bn_gamma attention_taylor"
+learned="se_l1 se_bn_gamma se_taylor"
+case "$kind" in
+  mnist) extra=(); group=results/mnist_lenet5 ;;
+  tiny) extra=(--config.train_subset=1400 --config.eval_subset=500 --config.batch_size=64
+               --config.prune.holdout=300); group= ;;
+  *) echo "unknown kind '$kind': mnist or tiny" >&2; exit 2 ;;
+esac
+mkdir -p "$out/logs"
+run() {  # run WORKDIR OVERRIDES...: one run, skipped when finished, its log in $out/logs
+  local workdir="$1"; shift
+  local log="$out/logs/$(echo "${workdir#"$out"/}" | tr / _).log"
+  [[ -f "$workdir/results.json" ]] && return 0
+  "$python" -m qprune.main --config="$config" --workdir="$workdir" --config.data_dir="$data" \
+      --config.progress=False "${extra[@]}" "$@" > "$log" 2>&1 ||
+    { echo "failed: see $log" >&2; return 1; }
+}
+for seed in $seeds; do
+  s=(--config.seed="$seed")
+  echo "== seed $seed: pretraining" >&2
+  run "$out/seed$seed/pretrain" "${s[@]}" --config.prune.snapshots=True \
+      --config.prune.finetune_epochs=0
+  run "$out/seed$seed/pretrain_se" "${s[@]}" --config.prune.snapshots=True \
+      --config.prune.finetune_epochs=0 --config.prune.se_gates=True --config.prune.criterion=se_l1
+  for ratio in $ratios; do
+    echo "== seed $seed: ratio $ratio" >&2
+    for criterion in $plain; do
+      run "$out/seed$seed/${criterion}_r$ratio" "${s[@]}" --config.prune.criterion="$criterion" \
+          --config.prune.ratio="$ratio" --config.prune.decide_from="$out/seed$seed/pretrain"
+    done
+    for criterion in $learned; do
+      run "$out/seed$seed/${criterion}_r$ratio" "${s[@]}" --config.prune.criterion="$criterion" \
+          --config.prune.ratio="$ratio" --config.prune.se_gates=True \
+          --config.prune.decide_from="$out/seed$seed/pretrain_se"
+    done
+  done
+done
+"$python" -m qprune.report.ablation --runs="$out" ${group:+--out="$group/attention_ablation.json"}
+[[ -z "$group" ]] || "$python" -m qprune.report.results write

@@ -1,0 +1,149 @@
+r"""The attention ablation table: pruning criteria with and without channel attention, over seeds.
+
+  python -m qprune.report.ablation --runs=OUT [--out=results/mnist_lenet5/attention_ablation.json]
+
+Reads every finished prune run under OUT (as `configs/sweeps/prune_attention_ablation.sh` lays
+them out: OUT/seed<S>/<criterion>_r<ratio>/results.json; the pretraining-only runs are skipped; each run's seed read from its config.json),
+and prints / writes per (criterion, ratio) the mean ± std over seeds of the test accuracy right
+after shrinking (BN re-estimated) and after fine-tuning, and per attention variant its verdict
+against its base criterion. Standard library only.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+from typing import Dict, List, Optional
+
+from qprune.errors import UserError
+
+# attention variant -> (its base criterion, kind)
+VARIANTS = {
+    'attention': ('l1', 'training-free'),
+    'attention_bn_gamma': ('bn_gamma', 'training-free'),
+    'attention_taylor': ('taylor', 'training-free'),
+    'se_l1': ('l1', 'learned'),
+    'se_bn_gamma': ('bn_gamma', 'learned'),
+    'se_taylor': ('taylor', 'learned'),
+}
+METRICS = ('pruned_test_accuracy', 'test_accuracy')
+
+
+class AblationError(UserError):
+  """The runs folder holds nothing to tabulate."""
+
+
+def read_runs(runs_dir: str) -> List[dict]:
+  """results.json of every finished decision run under `runs_dir` (fine-tuned, i.e. not a
+  pretraining-only run)."""
+  found = []
+  for root, _, names in sorted(os.walk(runs_dir)):
+    if 'results.json' not in names:
+      continue
+    with open(os.path.join(root, 'results.json')) as f:
+      results = json.load(f)
+    if results.get('mode') != 'prune' or not results.get('finetune_epochs'):
+      continue
+    config_path = os.path.join(root, 'config.json')
+    if os.path.exists(config_path):
+      with open(config_path) as f:
+        results['seed'] = json.load(f).get('seed')
+    found.append(results)
+  return found
+
+
+def _stats(values: List[float]) -> dict:
+  return {'mean': statistics.fmean(values),
+          'std': statistics.stdev(values) if len(values) > 1 else 0.0, 'values': values}
+
+
+def table(runs: List[dict]) -> dict:
+  """{'rows': [...], 'verdicts': [...]} (see the module docstring)."""
+  cells: Dict[tuple, List[dict]] = {}
+  for r in runs:
+    cells.setdefault((r['criterion'], r['prune_ratio']), []).append(r)
+  rows = []
+  for (criterion, ratio), members in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    members.sort(key=lambda r: r.get('seed', 0))
+    first = members[0]
+    base, kind = VARIANTS.get(criterion, (criterion, 'base'))
+    rows.append({'criterion': criterion, 'base': base, 'attention': kind, 'ratio': ratio,
+                 'seeds': [r.get('seed') for r in members], 'params': first.get('params'),
+                 'macs': first.get('macs'), 'params_before': first.get('params_before'),
+                 **{m: _stats([r[m] for r in members]) for m in METRICS}})
+  by_key = {(row['criterion'], row['ratio']): row for row in rows}
+  verdicts = []
+  for row in rows:
+    if row['attention'] == 'base':
+      continue
+    base = by_key.get((row['base'], row['ratio']))
+    if base is None:
+      continue
+    for metric in METRICS:
+      gain = row[metric]['mean'] - base[metric]['mean']
+      spread = max(row[metric]['std'], base[metric]['std'])
+      verdicts.append({'criterion': row['criterion'], 'base': row['base'],
+                       'ratio': row['ratio'], 'metric': metric, 'gain': gain, 'spread': spread,
+                       'beats_base': gain > spread, 'loses_to_base': -gain > spread})
+  return {'rows': rows, 'verdicts': verdicts}
+
+
+def pct(stats: Optional[dict]) -> str:
+  if not stats:
+    return ''
+  return f'{100 * stats["mean"]:.2f} ± {100 * stats["std"]:.2f}'
+
+
+def markdown(ablation: dict) -> List[str]:
+  """The table and the verdicts as markdown lines."""
+  out = ['| ratio | criterion | attention | params | after shrinking | fine-tuned | seeds |',
+         '|---|---|---|---|---|---|---|']
+  for row in ablation['rows']:
+    out.append(f'| {row["ratio"]} | `{row["criterion"]}` | {row["attention"]} | '
+               f'{row["params"]:,} | {pct(row["pruned_test_accuracy"])} | '
+               f'{pct(row["test_accuracy"])} | {len(row["seeds"])} |')
+  out += ['', 'Verdict per attention variant against its base criterion, after fine-tuning '
+          '("beats" / "loses": the difference of means exceeds the larger of the two standard '
+          'deviations over seeds; otherwise "within noise"):', '']
+  seeds = {len(row['seeds']) for row in ablation['rows']}
+  for v in ablation['verdicts']:
+    if v['metric'] != 'test_accuracy':
+      continue
+    word = 'beats' if v['beats_base'] else 'loses to' if v['loses_to_base'] else 'within noise of'
+    if min(seeds) < 2:
+      word = 'vs (one seed, no verdict)'
+    out.append(f'- ratio {v["ratio"]}: `{v["criterion"]}` {word} `{v["base"]}` '
+               f'({100 * v["gain"]:+.2f} points, spread {100 * v["spread"]:.2f})')
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m qprune.report.ablation',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('--runs', required=True, help='the folder the ablation sweep wrote')
+  parser.add_argument('--out', help='write the table as JSON here (e.g. results/<group>/...)')
+  args = parser.parse_args(argv)
+  try:
+    runs = read_runs(args.runs)
+    if not runs:
+      raise AblationError(f'{args.runs} holds no finished, fine-tuned prune run')
+    ablation = table(runs)
+    ablation['command'] = 'bash configs/sweeps/prune_attention_ablation.sh DATA OUT mnist'
+    ablation['machine'] = runs[0].get('machine')
+    ablation['config'] = {k: runs[0].get(k) for k in ('model', 'dataset', 'pretrain_epochs',
+                                                      'finetune_epochs', 'selection')}
+    print('\n'.join(markdown(ablation)))
+    if args.out:
+      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+      tmp = args.out + '.tmp'
+      with open(tmp, 'w') as f:
+        f.write(json.dumps(ablation, indent=1) + '\n')
+      os.replace(tmp, args.out)
+    return 0
+  except (AblationError, OSError, ValueError, KeyError) as e:
+    print(f'qprune: error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

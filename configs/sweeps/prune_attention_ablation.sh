@@ -10,6 +10,7 @@
 #          after 2 pretraining epochs, 1 fine-tuning epoch (about 15 minutes per seed on 2 cores)
 #   tiny   a smoke test on 1,400 images (not published)
 #   SEEDS  default "0 1 2"
+#   $PLAIN / $LEARNED  the criteria to run (defaults below: every base, attention and SE one)
 #
 # Per seed, two pretraining runs keep a snapshot of every epoch: a plain one, and one with learned
 # squeeze-and-excitation gates (prune.se_gates). Every decision replays one of them
@@ -18,13 +19,13 @@
 # one. Reruns skip finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[[ $# -ge 2 ]] || { sed -n '2,19p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,20p' "$0"; exit 2; }
 data="$1"; out="$2"; kind="${3:-mnist}"; seeds="${4:-0 1 2}"
 python="${QPRUNE_PYTHON:-python}"
 config=configs/experiments/mnist_lenet5_prune_ablation.py
 ratios="0.6 0.8"
-plain="random l1 bn_gamma taylor attention attention_bn_gamma attention_taylor"
-learned="se_l1 se_bn_gamma se_taylor"
+plain="${PLAIN:-random l1 bn_gamma taylor attention attention_bn_gamma attention_taylor}"
+learned="${LEARNED:-se_l1 se_bn_gamma se_taylor}"
 case "$kind" in
   mnist) extra=(); group=results/mnist_lenet5 ;;
   tiny) extra=(--config.train_subset=1400 --config.eval_subset=500 --config.batch_size=64

@@ -82,9 +82,11 @@ def table(runs: List[dict]) -> dict:
     for metric in METRICS:
       gain = row[metric]['mean'] - base[metric]['mean']
       spread = max(row[metric]['std'], base[metric]['std'])
+      seeds = min(len(row['seeds']), len(base['seeds']))
       verdicts.append({'criterion': row['criterion'], 'base': row['base'],
                        'ratio': row['ratio'], 'metric': metric, 'gain': gain, 'spread': spread,
-                       'beats_base': gain > spread, 'loses_to_base': -gain > spread})
+                       'seeds': seeds, 'beats_base': seeds > 1 and gain > spread,
+                       'loses_to_base': seeds > 1 and -gain > spread})
   return {'rows': rows, 'verdicts': verdicts}
 
 
@@ -105,13 +107,12 @@ def markdown(ablation: dict) -> List[str]:
   out += ['', 'Verdict per attention variant against its base criterion, after fine-tuning '
           '("beats" / "loses": the difference of means exceeds the larger of the two standard '
           'deviations over seeds; otherwise "within noise"):', '']
-  seeds = {len(row['seeds']) for row in ablation['rows']}
   for v in ablation['verdicts']:
     if v['metric'] != 'test_accuracy':
       continue
     word = 'beats' if v['beats_base'] else 'loses to' if v['loses_to_base'] else 'within noise of'
-    if min(seeds) < 2:
-      word = 'vs (one seed, no verdict)'
+    if v['seeds'] < 2:
+      word = 'vs (one seed: no verdict)'
     out.append(f'- ratio {v["ratio"]}: `{v["criterion"]}` {word} `{v["base"]}` '
                f'({100 * v["gain"]:+.2f} points, spread {100 * v["spread"]:.2f})')
   return out

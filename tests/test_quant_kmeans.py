@@ -160,3 +160,66 @@ def test_kmeans_targets_end_to_end():
   assert spent <= 3.0 * sum(n.values())
   with pytest.raises(ValueError):
     kmeans.kmeans_targets(layers, k=2, tolerance=0.1)
+
+
+def reference_layers():
+  """Seeded layers of varied sizes and shapes (normal, Laplace, two scales, sparse, heavy tails)."""
+  rng = np.random.default_rng(16)
+  w = [rng.normal(0, 0.1, (3, 3, 3, 16)),
+       rng.laplace(0, 0.02, (3, 3, 16, 32)),
+       np.concatenate([rng.normal(0, 0.3, 500), rng.normal(0, 0.003, 1500)]),
+       rng.normal(0, 0.05, (64, 10)) * (rng.random((64, 10)) > 0.4),
+       rng.standard_t(2, (7,)),
+       rng.normal(0, 0.02, (3, 3, 32, 64))]
+  return [jnp.asarray(a, jnp.float32) for a in w]
+
+
+# The sets the implementation before the speed-up (XLA sort, per-row argmin DP; commit f6a7078)
+# chose for reference_layers(), k = 1..8: committed results depend on them not changing.
+REFERENCE_SETS = [
+    [(-4,), (-6, -3), (-8, -5, -3), (-9, -6, -4, -3), (-9, -6, -5, -4, -3),
+     (-9, -7, -5, -4, -3, -2), (-13, -9, -6, -5, -4, -3, -2),
+     (-13, -9, -7, -6, -5, -4, -3, -2)],
+    [(-6,), (-9, -6), (-10, -7, -5), (-11, -8, -6, -5), (-12, -9, -7, -6, -4),
+     (-13, -10, -8, -7, -6, -4), (-13, -10, -9, -7, -6, -5, -4),
+     (-14, -11, -9, -8, -7, -6, -5, -4)],
+    [(-8,), (-9, -3), (-11, -9, -2), (-13, -10, -8, -2), (-13, -10, -8, -4, -2),
+     (-15, -12, -10, -8, -4, -2), (-15, -12, -10, -9, -8, -4, -2),
+     (-15, -12, -10, -9, -8, -5, -3, -1)],
+    [(-5,), (-7, -4), (-8, -6, -4), (-9, -7, -5, -4), (-11, -8, -6, -5, -4),
+     (-12, -9, -7, -6, -4), (-12, -9, -7, -6, -5, -4, -3), (-12, -9, -7, -6, -5, -4, -3)],
+    [(-2,), (-8, -1), (-8, -3, 0), (-8, -3, -1, 1), (-8, -3, -1, 0, 1), (-8, -3, -2, -1, 0, 1),
+     (-8, -3, -2, -1, 0, 1), (-8, -3, -2, -1, 0, 1)],
+    [(-7,), (-9, -6), (-10, -7, -5), (-11, -8, -7, -5), (-12, -9, -7, -6, -5),
+     (-13, -10, -8, -7, -6, -5), (-13, -11, -9, -8, -7, -6, -5), (-14, -11, -9, -8, -7, -6, -5)],
+]
+
+
+def test_same_sets_as_before_the_speed_up():
+  clusters = kmeans.cluster_all(reference_layers(), k_max=8)
+  assert kmeans.exponent_sets(clusters.exponents, clusters.valid) == REFERENCE_SETS
+
+
+def reference_best_starts(costs, k_max):
+  """The DP as it was: vmapped over layers, full table, jnp.argmin."""
+  def one(c):
+    def add_cluster(best, _):
+      total = best[:, None] + c
+      return jnp.min(total, axis=0), jnp.argmin(total, axis=0).astype(jnp.int32)
+    _, starts = jax.lax.scan(add_cluster, c[0], None, length=k_max - 1)
+    return jnp.concatenate([jnp.zeros((1, c.shape[0]), jnp.int32), starts])
+  return jax.vmap(one)(costs)
+
+
+@pytest.mark.parametrize('layers,bins', [(3, 8), (17, 9), (30, 16)])
+def test_best_starts_match_plain_argmin_dp_with_ties(layers, bins):
+  # Coarse values make many exact ties (empty bins repeat positions, so ties are the rule).
+  rng = np.random.default_rng(layers)
+  costs = np.round(rng.exponential(1.0, (layers, bins + 1, bins + 1)) * 2) / 2
+  m, i = np.indices(costs.shape[1:])
+  costs = jnp.asarray(np.where(m < i, costs, np.inf), jnp.float32)
+  for k_max in (1, 2, 5):
+    new, old = kmeans._best_starts(costs, k_max), reference_best_starts(costs, k_max)
+    np.testing.assert_array_equal(new[:, :-1], old[:, :-1])
+    # Cluster K's row is only read at its last entry (the top cluster of the K split).
+    np.testing.assert_array_equal(new[:, -1, -1], old[:, -1, -1])

@@ -111,10 +111,10 @@ def markdown(ablation: dict) -> List[str]:
     if v['metric'] != 'test_accuracy':
       continue
     word = 'beats' if v['beats_base'] else 'loses to' if v['loses_to_base'] else 'within noise of'
+    note = f'{100 * v["gain"]:+.2f} points, spread {100 * v["spread"]:.2f}'
     if v['seeds'] < 2:
-      word = 'vs (one seed: no verdict)'
-    out.append(f'- ratio {v["ratio"]}: `{v["criterion"]}` {word} `{v["base"]}` '
-               f'({100 * v["gain"]:+.2f} points, spread {100 * v["spread"]:.2f})')
+      word, note = 'vs', f'{100 * v["gain"]:+.2f} points; one seed: no verdict'
+    out.append(f'- ratio {v["ratio"]}: `{v["criterion"]}` {word} `{v["base"]}` ({note})')
   return out
 
 

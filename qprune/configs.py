@@ -86,7 +86,7 @@ def prune_config() -> ml_collections.ConfigDict:
   p.max_ratio = 0.0        # cap on any layer's removed fraction (0 = none)
   p.slimming_lambda = 0.0  # L1 penalty on BatchNorm gamma during pretraining (Network Slimming)
   # Learned channel attention: pretrain with squeeze-and-excitation gates (Hu et al. 2018) at
-  # every group's gate point, dropped before shrinking; needs an se_* criterion
+  # every group's gate point, dropped before shrinking; the se_* criteria score with them
   # (qprune.prune.attention). se_reduction: the SE blocks' channel reduction r.
   p.se_gates = False
   p.se_reduction = 4
@@ -314,14 +314,10 @@ def _validate_prune(config, p):
          r.finetune_learning_rate, 'must be > 0')
   from qprune.prune import SE_CRITERIA  # pylint: disable=g-import-not-at-top
   chosen = set(r.search_criteria or (r.criterion,))
-  if r.se_gates:
-    _check(p, chosen <= set(SE_CRITERIA), 'prune.se_gates', r.se_gates,
-           f'scores with a learned-attention criterion only ({", ".join(SE_CRITERIA)}); '
-           f'got {", ".join(sorted(chosen - set(SE_CRITERIA)))}')
-  else:
-    _check(p, not chosen & set(SE_CRITERIA), 'prune.criterion', sorted(chosen & set(SE_CRITERIA)),
-           'a learned-attention criterion needs prune.se_gates=True (SE gates trained during '
-           'pretraining)')
+  # (se_gates with a criterion that ignores the gates is the learned variants' control.)
+  _check(p, r.se_gates or not chosen & set(SE_CRITERIA), 'prune.criterion',
+         sorted(chosen & set(SE_CRITERIA)), 'a learned-attention criterion needs '
+         'prune.se_gates=True (SE gates trained during pretraining)')
   _check(p, _is_int(r.se_reduction) and r.se_reduction >= 1, 'prune.se_reduction',
          r.se_reduction, 'must be an integer >= 1')
   _check(p, not r.decide_from or r.stop_rule != 'fixed' or r.pretrain_epochs >= 1,

@@ -56,8 +56,7 @@ def test_bad_quantization_fields(field, value, message):
 
 @pytest.mark.parametrize('fields, message', [
     ({'criterion': 'se_l1'}, 'needs prune.se_gates=True'),
-    ({'se_gates': True}, 'learned-attention criterion only'),
-    ({'se_gates': True, 'criterion': 'se_l1', 'search_criteria': ('se_l1', 'l1')}, 'got l1'),
+    ({'search_criteria': ('l1', 'se_bn_gamma')}, "\\['se_bn_gamma'\\]: a learned-attention"),
     ({'se_reduction': 0}, 'prune.se_reduction=0'),
     ({'decide_from': '/a/run', 'stop_rule': 'fixed', 'pretrain_epochs': 0},
      'a decision from a snapshot'),

@@ -142,15 +142,18 @@ def test_decision_study_table_and_goals(tmp_path):
 
 
 def test_attention_ablation_table_by_hand(tmp_path):
-  """Two seeds: se_l1 beats l1 by more than either's spread, attention is within noise."""
+  """Two seeds: se_l1 beats l1 on its own (SE-gated) pretraining and on the plain one by more than
+  either's spread; the training-free attention is within noise of l1."""
   from qprune.report import ablation  # pylint: disable=g-import-not-at-top
-  accuracies = {'l1': (0.90, 0.92), 'attention': (0.91, 0.92), 'se_l1': (0.95, 0.96),
-                'random': (0.5, 0.6)}
-  for criterion, values in accuracies.items():
+  accuracies = {('l1', False): (0.90, 0.92), ('attention', False): (0.91, 0.92),
+                ('se_l1', True): (0.95, 0.96), ('random', False): (0.5, 0.6),
+                ('l1', True): (0.94, 0.94)}
+  for (criterion, gated), values in accuracies.items():
     for seed, accuracy in enumerate(values):
-      folder = tmp_path / 'runs' / f'seed{seed}' / f'{criterion}_r0.8'
+      folder = tmp_path / 'runs' / f'seed{seed}' / f'{"gated_" * gated}{criterion}_r0.8'
       folder.mkdir(parents=True)
-      (folder / 'config.json').write_text(json.dumps({'seed': seed}))
+      (folder / 'config.json').write_text(json.dumps({'seed': seed,
+                                                      'prune': {'se_gates': gated}}))
       (folder / 'results.json').write_text(json.dumps({
           'mode': 'prune', 'criterion': criterion, 'prune_ratio': 0.8, 'finetune_epochs': 1,
           'test_accuracy': accuracy, 'pruned_test_accuracy': accuracy / 2, 'params': 100}))
@@ -158,14 +161,23 @@ def test_attention_ablation_table_by_hand(tmp_path):
   pretrain.mkdir()
   (pretrain / 'results.json').write_text(json.dumps({'mode': 'prune', 'finetune_epochs': 0}))
   table = ablation.table(ablation.read_runs(str(tmp_path / 'runs')))
-  rows = {row['criterion']: row for row in table['rows']}
-  assert sorted(rows) == ['attention', 'l1', 'random', 'se_l1']
-  assert rows['l1']['seeds'] == [0, 1] and rows['l1']['test_accuracy']['mean'] == pytest.approx(0.91)
-  assert rows['l1']['test_accuracy']['std'] == pytest.approx(np.std([0.90, 0.92], ddof=1))
-  assert rows['se_l1']['attention'] == 'learned' and rows['attention']['base'] == 'l1'
-  verdicts = {v['criterion']: v for v in table['verdicts'] if v['metric'] == 'test_accuracy'}
-  assert verdicts['se_l1']['beats_base'] and verdicts['se_l1']['gain'] == pytest.approx(0.045)
-  assert not verdicts['attention']['beats_base'] and not verdicts['attention']['loses_to_base']
+  rows = {(row['criterion'], row['pretraining']): row for row in table['rows']}
+  assert sorted(rows) == [('attention', 'plain'), ('l1', 'SE-gated'), ('l1', 'plain'),
+                          ('random', 'plain'), ('se_l1', 'SE-gated')]
+  l1 = rows['l1', 'plain']
+  assert l1['seeds'] == [0, 1] and l1['test_accuracy']['mean'] == pytest.approx(0.91)
+  assert l1['test_accuracy']['std'] == pytest.approx(np.std([0.90, 0.92], ddof=1))
+  assert rows['se_l1', 'SE-gated']['attention'] == 'learned'
+  verdicts = {(v['criterion'], v['base_pretraining']): v for v in table['verdicts']
+              if v['metric'] == 'test_accuracy'}
+  assert sorted(verdicts) == [('attention', 'plain'), ('se_l1', 'SE-gated'), ('se_l1', 'plain')]
+  assert verdicts['se_l1', 'SE-gated']['gain'] == pytest.approx(0.015)
+  assert verdicts['se_l1', 'SE-gated']['beats_base']  # spread: the std of (0.95, 0.96)
+  assert verdicts['se_l1', 'plain']['gain'] == pytest.approx(0.045)
+  attention = verdicts['attention', 'plain']
+  assert not attention['beats_base'] and not attention['loses_to_base']
   text = '\n'.join(ablation.markdown(table))
-  assert '| 0.8 | `se_l1` | learned | 100 | 47.75 ± 0.35 | 95.50 ± 0.71 | 2 |' in text
-  assert '`se_l1` beats `l1` (+4.50 points' in text and '`attention` within noise of `l1`' in text
+  assert '| 0.8 | `se_l1` | learned | SE-gated | 100 | 47.75 ± 0.35 | 95.50 ± 0.71 | 2 |' in text
+  assert '`se_l1` beats `l1` (+1.50 points' in text
+  assert '`se_l1` beats `l1` on the plain pretraining (+4.50 points' in text
+  assert '`attention` within noise of `l1`' in text

@@ -10,22 +10,26 @@
 #          after 2 pretraining epochs, 1 fine-tuning epoch (about 15 minutes per seed on 2 cores)
 #   tiny   a smoke test on 1,400 images (not published)
 #   SEEDS  default "0 1 2"
-#   $PLAIN / $LEARNED  the criteria to run (defaults below: every base, attention and SE one)
+#   $PLAIN / $LEARNED / $GATED  the criteria to run (defaults below: every base, attention and
+#          SE one, and as the SE variants' control every base criterion on the SE-gated
+#          pretraining, in gated_<criterion>_r<ratio>/)
 #
 # Per seed, two pretraining runs keep a snapshot of every epoch: a plain one, and one with learned
 # squeeze-and-excitation gates (prune.se_gates). Every decision replays one of them
 # (prune.decide_from, stop_rule=fixed): the base criteria (random, l1, bn_gamma, taylor) and the
-# training-free attention variants from the plain run, the learned se_* variants from the gated
-# one. Reruns skip finished runs.
+# training-free attention variants from the plain run, the learned se_* variants and their
+# control (the base criteria on the same gated network) from the gated one. Reruns skip
+# finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[[ $# -ge 2 ]] || { sed -n '2,20p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,22p' "$0"; exit 2; }
 data="$1"; out="$2"; kind="${3:-mnist}"; seeds="${4:-0 1 2}"
 python="${QPRUNE_PYTHON:-python}"
 config=configs/experiments/mnist_lenet5_prune_ablation.py
 ratios="0.6 0.8"
 plain="${PLAIN:-random l1 bn_gamma taylor attention attention_bn_gamma attention_taylor}"
 learned="${LEARNED:-se_l1 se_bn_gamma se_taylor}"
+gated="${GATED:-l1 bn_gamma taylor}"
 case "$kind" in
   mnist) extra=(); group=results/mnist_lenet5 ;;
   tiny) extra=(--config.train_subset=1400 --config.eval_subset=500 --config.batch_size=64
@@ -58,6 +62,11 @@ for seed in $seeds; do
       run "$out/seed$seed/${criterion}_r$ratio" "${s[@]}" --config.prune.criterion="$criterion" \
           --config.prune.ratio="$ratio" --config.prune.se_gates=True \
           --config.prune.decide_from="$out/seed$seed/pretrain_se"
+    done
+    for criterion in $gated; do  # the same network as the se_* runs, scored without excitation
+      run "$out/seed$seed/gated_${criterion}_r$ratio" "${s[@]}" \
+          --config.prune.criterion="$criterion" --config.prune.ratio="$ratio" \
+          --config.prune.se_gates=True --config.prune.decide_from="$out/seed$seed/pretrain_se"
     done
   done
 done

@@ -47,7 +47,9 @@ def read_runs(runs_dir: str) -> List[dict]:
     config_path = os.path.join(root, 'config.json')
     if os.path.exists(config_path):
       with open(config_path) as f:
-        results['seed'] = json.load(f).get('seed')
+        config = json.load(f)
+      results['seed'] = config.get('seed')
+      results['se_gates'] = bool(config.get('prune', {}).get('se_gates'))
     found.append(results)
   return found
 
@@ -57,36 +59,47 @@ def _stats(values: List[float]) -> dict:
           'std': statistics.stdev(values) if len(values) > 1 else 0.0, 'values': values}
 
 
+GATED, PLAIN = 'SE-gated', 'plain'
+
+
 def table(runs: List[dict]) -> dict:
-  """{'rows': [...], 'verdicts': [...]} (see the module docstring)."""
+  """{'rows': [...], 'verdicts': [...]} (see the module docstring). A row is one (criterion,
+  pretraining, ratio); the pretraining is 'SE-gated' (prune.se_gates) or 'plain'. Each attention
+  variant is judged against its base criterion on the same pretraining and, for the learned
+  variants, also against the base on the plain one."""
   cells: Dict[tuple, List[dict]] = {}
   for r in runs:
-    cells.setdefault((r['criterion'], r['prune_ratio']), []).append(r)
+    key = (r['criterion'], GATED if r.get('se_gates') else PLAIN, r['prune_ratio'])
+    cells.setdefault(key, []).append(r)
   rows = []
-  for (criterion, ratio), members in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    members.sort(key=lambda r: r.get('seed', 0))
+  for (criterion, pretraining, ratio), members in sorted(
+      cells.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+    members.sort(key=lambda r: r.get('seed') or 0)
     first = members[0]
     base, kind = VARIANTS.get(criterion, (criterion, 'base'))
-    rows.append({'criterion': criterion, 'base': base, 'attention': kind, 'ratio': ratio,
+    rows.append({'criterion': criterion, 'base': base, 'attention': kind,
+                 'pretraining': pretraining, 'ratio': ratio,
                  'seeds': [r.get('seed') for r in members], 'params': first.get('params'),
                  'macs': first.get('macs'), 'params_before': first.get('params_before'),
                  **{m: _stats([r[m] for r in members]) for m in METRICS}})
-  by_key = {(row['criterion'], row['ratio']): row for row in rows}
+  by_key = {(row['criterion'], row['pretraining'], row['ratio']): row for row in rows}
   verdicts = []
   for row in rows:
     if row['attention'] == 'base':
       continue
-    base = by_key.get((row['base'], row['ratio']))
-    if base is None:
-      continue
-    for metric in METRICS:
-      gain = row[metric]['mean'] - base[metric]['mean']
-      spread = max(row[metric]['std'], base[metric]['std'])
-      seeds = min(len(row['seeds']), len(base['seeds']))
-      verdicts.append({'criterion': row['criterion'], 'base': row['base'],
-                       'ratio': row['ratio'], 'metric': metric, 'gain': gain, 'spread': spread,
-                       'seeds': seeds, 'beats_base': seeds > 1 and gain > spread,
-                       'loses_to_base': seeds > 1 and -gain > spread})
+    for pretraining in dict.fromkeys((row['pretraining'], PLAIN)):
+      base = by_key.get((row['base'], pretraining, row['ratio']))
+      if base is None:
+        continue
+      for metric in METRICS:
+        gain = row[metric]['mean'] - base[metric]['mean']
+        spread = max(row[metric]['std'], base[metric]['std'])
+        seeds = min(len(row['seeds']), len(base['seeds']))
+        verdicts.append({'criterion': row['criterion'], 'base': row['base'],
+                         'base_pretraining': pretraining, 'ratio': row['ratio'],
+                         'metric': metric, 'gain': gain, 'spread': spread, 'seeds': seeds,
+                         'beats_base': seeds > 1 and gain > spread,
+                         'loses_to_base': seeds > 1 and -gain > spread})
   return {'rows': rows, 'verdicts': verdicts}
 
 
@@ -98,12 +111,13 @@ def pct(stats: Optional[dict]) -> str:
 
 def markdown(ablation: dict) -> List[str]:
   """The table and the verdicts as markdown lines."""
-  out = ['| ratio | criterion | attention | params | after shrinking | fine-tuned | seeds |',
-         '|---|---|---|---|---|---|---|']
+  out = ['| ratio | criterion | attention | pretraining | params | after shrinking | fine-tuned '
+         '| seeds |', '|---|---|---|---|---|---|---|---|']
   for row in ablation['rows']:
     out.append(f'| {row["ratio"]} | `{row["criterion"]}` | {row["attention"]} | '
-               f'{row["params"]:,} | {pct(row["pruned_test_accuracy"])} | '
-               f'{pct(row["test_accuracy"])} | {len(row["seeds"])} |')
+               f'{row.get("pretraining", PLAIN)} | {row["params"]:,} | '
+               f'{pct(row["pruned_test_accuracy"])} | {pct(row["test_accuracy"])} | '
+               f'{len(row["seeds"])} |')
   out += ['', 'Verdict per attention variant against its base criterion, after fine-tuning '
           '("beats" / "loses": the difference of means exceeds the larger of the two standard '
           'deviations over seeds; otherwise "within noise"):', '']
@@ -114,7 +128,10 @@ def markdown(ablation: dict) -> List[str]:
     note = f'{100 * v["gain"]:+.2f} points, spread {100 * v["spread"]:.2f}'
     if v['seeds'] < 2:
       word, note = 'vs', f'{100 * v["gain"]:+.2f} points; one seed: no verdict'
-    out.append(f'- ratio {v["ratio"]}: `{v["criterion"]}` {word} `{v["base"]}` ({note})')
+    base = f'`{v["base"]}`' + (' on the plain pretraining'
+                               if v.get('base_pretraining') == PLAIN and
+                               v['criterion'].startswith('se_') else '')
+    out.append(f'- ratio {v["ratio"]}: `{v["criterion"]}` {word} {base} ({note})')
   return out
 
 

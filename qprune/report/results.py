@@ -430,8 +430,11 @@ def attention_ablation_lines(table: dict) -> List[str]:
            'SE-style standardize + sigmoid of the mean post-ReLU activity, times the base score) '
            'and its learned variant (`se_*`: squeeze-and-excitation gates, Hu et al. 2018, '
            'trained jointly during pretraining, their mean excitation times the base score, the '
-           'gates dropped before shrinking), and random, all from the same pretraining per seed: '
-           f'masks after {c.get("pretrain_epochs")} pretraining epochs, uniform per layer '
+           'gates dropped before shrinking), and random. Per seed, everything plain comes from one '
+           'pretraining and everything SE-gated from one pretraining with the gates; the base '
+           'criteria on the SE-gated network are the learned variants\' control (same weights, '
+           'no excitation). '
+           f'Masks after {c.get("pretrain_epochs")} pretraining epochs, uniform per layer '
            f'(conv channels and fc1 units), {c.get("finetune_epochs")} fine-tuning epoch(s). '
            f'Test accuracy on the full test split, mean ± std over seeds; {table.get("machine")}.',
            ''] + markdown_table(table) +

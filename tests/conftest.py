@@ -83,11 +83,26 @@ def count_compiles(needle, fn):
   return out, counter.count
 
 
+SLOW_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'slow_tests.txt')
+
+
+def _listed_slow() -> set:
+  """tests/slow_tests.txt: node ids measured slow (regenerate with tools/slow_tests.py)."""
+  if not os.path.exists(SLOW_TESTS):
+    return set()
+  with open(SLOW_TESTS) as f:
+    return {line.strip() for line in f if line.strip() and not line.startswith('#')}
+
+
 def pytest_collection_modifyitems(config, items):
   """Every test that reads the real datasets (through the data_dir fixture, directly or via
   mnist_small / a trained run) is marked real_data: `pytest -m "not slow and not real_data"` is
-  the unit tier (synthetic arrays and tiny models only)."""
+  the unit tier (synthetic arrays and tiny models only). Tests listed in slow_tests.txt (measured
+  slow) are marked slow: `pytest -m "not slow"` is the fast tier."""
   del config
+  slow = _listed_slow()
   for item in items:
     if 'data_dir' in getattr(item, 'fixturenames', ()):
       item.add_marker(pytest.mark.real_data)
+    if item.nodeid in slow:
+      item.add_marker(pytest.mark.slow)

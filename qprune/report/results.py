@@ -376,7 +376,7 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
     r = run['results']
     compute = r.get('train_macs')
     distance = r.get('final_mask_distance')
-    compute_text = '' if compute is None else f'{compute / 1e15:.2f} PMAC'
+    compute_text = '' if compute is None else f'{compute / 1e12:.1f} TMAC'
     if compute and full_compute:
       compute_text += f' ({compute / full_compute:.2f}x)'
     vs_unpruned = None if unpruned is None else r['test_accuracy'] - unpruned

@@ -309,9 +309,10 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
       pretrain_epochs=len(history), stop_rule=pconfig.stop_rule, stop_rule_fired=fired,
       stopped_early=bool(history and history[-1].get('stopped_early')),
       eb_window=pconfig.eb_window, eb_threshold=pconfig.eb_threshold,
-      mask_distance=[h.get('mask_distance') for h in history],
-      mask_window_max=[h.get('mask_window_max') for h in history],
-      mask_distance_to_final=distances_to_final(history),
+      # (replayed with other mask settings, the recorded masks are not this run's: left out)
+      mask_distance=[h.get('mask_distance') for h in history] if same_masks else [],
+      mask_window_max=[h.get('mask_window_max') for h in history] if same_masks else [],
+      mask_distance_to_final=distances_to_final(history) if same_masks else [],
       final_mask_distance=(prune.mask_distance(masks, decode_masks(recorded[-1]['mask']))
                            if same_masks and recorded and 'mask' in recorded[-1] else None),
       decided_from=pconfig.decide_from or None, train_macs=train_macs,

@@ -241,10 +241,14 @@ def test_criteria_and_search_run(arch):
   groups = _groups(model, variables)
   x = _x(8)
   batches = (x.reshape(2, 4, *x.shape[1:]), jnp.zeros((2, 4), jnp.int32))
+  gated, gated_variables = prune.attach_se(model, variables, groups, jax.random.PRNGKey(1),
+                                           example=x[:1])
+  excitation = prune.mean_excitation(gated, gated_variables, groups, batches[0])
   for name in prune.CRITERIA:
     for aggregate in (None, 'mean'):
       scores = prune.score(name, variables, groups, model=model, batches=batches,
-                           rng=jax.random.PRNGKey(0), aggregate=aggregate)
+                           rng=jax.random.PRNGKey(0), aggregate=aggregate,
+                           excitation=excitation)
       assert {k: v.shape for k, v in scores.items()} == {g.name: (g.size,) for g in groups}
       assert all(np.isfinite(v).all() for v in scores.values()), name
   cands = prune.candidate_grid(['l1', 'taylor'], [0.5], ['uniform', 'global'])

@@ -2,10 +2,10 @@
 
 Hu et al. 2018 (squeeze-and-excitation) learn, per layer, how much each channel should pass:
     e = sigmoid(W2 relu(W1 GAP(y) + b1) + b2),   y <- y * e
-with GAP the global average over positions and W1 reducing C channels to C / r. The thesis says
-channel attention improves an existing criterion but gives no formula; the training-free
-`attention` criterion (criteria.py) approximates the excitation from activity statistics, and it
-lost to plain L1. This module learns it instead:
+with GAP the global average over positions and W1 reducing C channels to C / r. Channel
+attention is expected to improve an existing pruning criterion, but no formula is given for
+how; the training-free `attention` criterion (criteria.py) approximates the excitation from
+activity statistics, and it lost to plain L1. This module learns it instead:
 
 * `attach_se` wraps any Flax model so that every group's gate point (the BatchNorm output of a
   channel's producers, `masks.gate_points`; in a ResNet the residual branch before the add, as in

@@ -155,9 +155,7 @@ def mean_excitation(wrapper: WithSqueezeExcite, variables, groups: Groups,
   out = {}
   for g in groups:
     parts = [criteria._part(by_block[_sown_name(s.path)], s) for s in g.gates]  # pylint: disable=protected-access
-    total = criteria._accumulate(g.size, parts)  # pylint: disable=protected-access
-    count = criteria._accumulate(g.size, [jnp.ones_like(p) for p in parts])  # pylint: disable=protected-access
-    out[g.name] = total / jnp.maximum(count, 1.0)
+    out[g.name] = criteria.prefix_mean(g.size, parts)
   return out
 
 

@@ -82,6 +82,13 @@ def _normalized(v):
   return v / (jnp.mean(v) + 1e-12)
 
 
+def prefix_mean(size, parts):
+  """Mean of per-member vectors, prefix-aligned: entry c averages the members that cover it."""
+  total = _accumulate(size, parts)
+  count = _accumulate(size, [jnp.ones_like(p) for p in parts])
+  return total / jnp.maximum(count, 1.0)
+
+
 AGGREGATES = ('sum', 'mean', 'max')
 
 
@@ -95,11 +102,7 @@ def _aggregate(size, parts, how: str):
     for part in parts:
       total = total.at[:part.shape[0]].max(part)
     return total
-  total = _accumulate(size, parts)
-  if how == 'mean':
-    count = _accumulate(size, [jnp.ones_like(p) for p in parts])
-    total = total / jnp.maximum(count, 1.0)
-  return total
+  return prefix_mean(size, parts) if how == 'mean' else _accumulate(size, parts)
 
 
 def _filter_l1(params, path):

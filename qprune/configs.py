@@ -11,6 +11,7 @@ import math
 import os
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from qprune.data.pipeline import AUGMENTATIONS
 from qprune.data.sources import DATASETS
@@ -18,7 +19,7 @@ from qprune.errors import UserError
 from qprune.models import MODELS
 from qprune.models import spec as spec_lib
 from qprune.ops import conv as conv_lib
-from qprune.prune import decision
+from qprune.prune import criteria, decision
 from qprune.quant.rules import TARGET_RULES
 from qprune.train import optim
 from qprune.train.loop import TrainOptions
@@ -38,6 +39,17 @@ NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_i
                        'compilation_cache_dir', 'tensorboard')
 
 
+# Fields where None means "not set". Before None they were spelled '' / 0 / (), and config files,
+# command lines (--config.init_from='') and older runs' config.json still may: every falsy value
+# of these fields reads as None (validate() normalizes in place; stored configs compare so).
+UNSET_FIELDS = ('data_dir', 'cache_dir', 'compilation_cache_dir', 'init_from', 'train_subset',
+                'eval_subset', 'prune.max_ratio', 'prune.search_criteria', 'prune.search_ratios',
+                'prune.search_selections', 'prune.max_params', 'prune.max_macs',
+                'prune.decide_from', 'quant.tolerance', 'quant.bits_budget')
+# prune.aggregate: 'none' (each producer's own score; '' is its older spelling) or a group rule.
+AGGREGATES = ('none', *criteria.AGGREGATES)
+
+
 class ConfigError(UserError):
   """A config field has a bad value."""
 
@@ -46,11 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = 'train'
   c.dataset = 'mnist'
-  c.data_dir = ''          # '' = $QPRUNE_DATA_DIR if set, else TFDS (download)
-  c.cache_dir = ''         # '' = $QPRUNE_CACHE_DIR or ~/.cache/qprune
+  c.data_dir = placeholder(str)    # None: $QPRUNE_DATA_DIR if set, else TFDS (download)
+  c.cache_dir = placeholder(str)   # None: $QPRUNE_CACHE_DIR or ~/.cache/qprune
   # XLA's persistent compilation cache: repeated runs (sweeps, resumes) load compiled steps
-  # instead of compiling them ('' = $QPRUNE_COMPILATION_CACHE, else off).
-  c.compilation_cache_dir = ''
+  # instead of compiling them (None: $QPRUNE_COMPILATION_CACHE, else off).
+  c.compilation_cache_dir = placeholder(str)
   c.model = 'lenet5'
   c.width = 1.0
   # The training fields and their defaults are TrainOptions' (one place), except epochs: an
@@ -58,9 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   for field in dataclasses.fields(TrainOptions):
     c[field.name] = field.default
   c.epochs = 10
-  c.train_subset = 0       # first N training examples (0 = all)
-  c.eval_subset = 0        # first N test examples (0 = all)
-  c.init_from = ''         # a previous run's workdir to start from
+  c.train_subset = placeholder(int)  # first N training examples (None: all)
+  c.eval_subset = placeholder(int)   # first N test examples (None: all)
+  c.init_from = placeholder(str)     # a previous run's workdir to start from
   c.compute_dtype = 'float32'
   c.conv_impl = 'auto'
   c.overwrite = False      # allow reusing a workdir that holds a finished run of another config
@@ -79,11 +91,12 @@ def prune_config() -> ml_collections.ConfigDict:
   p.dense = False          # chain models: also prune hidden units of dense layers
   p.ignored_layers = ()    # layer paths (or prefixes ending in '/') whose outputs are not pruned
   # Group scores over every coupled slice (producer filters, BN |gamma|, consumers' inputs),
-  # each member normalized by its mean: '', 'sum', 'mean' or 'max'. 'mean': LeNet-5/MNIST, 50 %
-  # of every layer from a 2-epoch model, 2 fine-tune epochs: 98.95 % (3 seeds) vs 98.88 % ('').
+  # each member normalized by its mean: 'none' (the producer alone), 'sum', 'mean' or 'max'.
+  # 'mean': LeNet-5/MNIST, 50 % of every layer from a 2-epoch model, 2 fine-tune epochs:
+  # 98.95 % (3 seeds) vs 98.88 % ('none').
   p.aggregate = 'mean'
   p.round_to = 1           # kept widths rounded up to a multiple of this
-  p.max_ratio = 0.0        # cap on any layer's removed fraction (0 = none)
+  p.max_ratio = placeholder(float)  # cap on any layer's removed fraction (None: no cap)
   p.slimming_lambda = 0.0  # L1 penalty on BatchNorm gamma during pretraining (Network Slimming)
   # Learned channel attention: pretrain with squeeze-and-excitation gates (Hu et al. 2018) at
   # every group's gate point, dropped before shrinking; the se_* criteria score with them
@@ -94,11 +107,12 @@ def prune_config() -> ml_collections.ConfigDict:
   p.pretrain_epochs = 0    # 'fixed': epochs of pretraining before the decision
   p.eb_window = 5          # Early-Bird: masks compared (FIFO)
   p.eb_threshold = 0.1     # Early-Bird: stable when all pairwise Hamming distances <= this
-  p.search_criteria = ()   # candidates: criteria x ratios x selections ('' = the ones above)
-  p.search_ratios = ()
-  p.search_selections = ()
-  p.max_params = 0.0       # budget as a fraction of the unpruned model (0 = none)
-  p.max_macs = 0.0
+  # Candidates: criteria x ratios x selections (None: the criterion, ratio, selection above).
+  p.search_criteria = placeholder(tuple)
+  p.search_ratios = placeholder(tuple)
+  p.search_selections = placeholder(tuple)
+  p.max_params = placeholder(float)  # budget as a fraction of the unpruned model (None: none)
+  p.max_macs = placeholder(float)
   p.holdout = 1000         # training examples held out (from the end) to score candidates
   p.score_batches = 2      # training batches of 100 for data-driven criteria (taylor, attention)
   p.bn_batches = 4         # training batches of 100 to re-estimate BN statistics per candidate
@@ -110,7 +124,7 @@ def prune_config() -> ml_collections.ConfigDict:
   # pretraining instead of repeating it and takes the decision at the epoch this run's stop rule
   # picks, from that epoch's snapshot.
   p.snapshots = False
-  p.decide_from = ''
+  p.decide_from = placeholder(str)
   return p
 
 
@@ -121,9 +135,10 @@ def quant_config() -> ml_collections.ConfigDict:
                            # of least error, exact) or 'inq' (INQ's rule)
   q.objective = 'l1'       # optimal: the error minimized, 'l1' (sum |W - Wq|) or 'l2'
   q.bits = 5               # inq: bit-width b of INQ's rule
-  q.k = 3                  # kmeans/optimal: exponents per layer (when tolerance and bits_budget are 0)
-  q.tolerance = 0.0        # kmeans/optimal: smallest k per layer with relative L1 error <= tolerance
-  q.bits_budget = 0.0      # kmeans/optimal: average bits per weight over the network
+  q.k = 3                  # kmeans/optimal: exponents per layer (unless tolerance or bits_budget)
+  q.tolerance = placeholder(float)    # kmeans/optimal: smallest k per layer with relative L1
+                                      # error <= tolerance
+  q.bits_budget = placeholder(float)  # kmeans/optimal: average bits per weight over the network
   q.k_max = 8
   q.schedule = (0.5, 0.75, 0.875, 1.0)
   q.retrain_epochs = 1     # per schedule step
@@ -222,8 +237,28 @@ _RUN_FILES = ('config.json', 'results.json', 'model.json', 'metrics.jsonl', 'rep
               'search.json', '.qprune.lock')
 
 
+def _normalize_unset(tree) -> None:
+  """In place, on a ConfigDict or a nested dict: the older spellings of "not set" in
+  UNSET_FIELDS become None, prune.aggregate='' becomes 'none'."""
+  for path in UNSET_FIELDS + ('prune.aggregate',):
+    *parents, leaf = path.split('.')
+    node = tree
+    for name in parents:
+      node = node.get(name) if hasattr(node, 'get') else None
+    if not hasattr(node, 'get') or leaf not in node:
+      continue
+    value = node[leaf]
+    if leaf == 'aggregate':
+      if value == '':
+        node[leaf] = 'none'
+    elif value is not None and not value:
+      node[leaf] = None
+
+
 def validate(config) -> None:
-  """Raises ConfigError listing every bad field."""
+  """Normalizes the older "not set" spellings (UNSET_FIELDS) to None in place, then raises
+  ConfigError listing every bad field."""
+  _normalize_unset(config)
   p = []
   for name in _non_finite(config.to_dict()):
     p.append(f'{name}: must be a finite number (not NaN or infinite)')
@@ -242,8 +277,8 @@ def validate(config) -> None:
     _check(p, _is_int(config[field]) and config[field] >= 1, field, config[field],
            'must be an integer >= 1')
   for field in ('train_subset', 'eval_subset'):
-    _check(p, _is_int(config[field]) and config[field] >= 0, field, config[field],
-           'must be an integer >= 0 (0 = the whole split)')
+    _check(p, config[field] is None or (_is_int(config[field]) and config[field] >= 1), field,
+           config[field], 'must be an integer >= 1, or None for the whole split')
   _check(p, _is_int(config.seed) and 0 <= config.seed < 2 ** 32, 'seed', config.seed,
          'must be an integer in 0..2^32-1')
   _check(p, config.width <= 64, 'width', config.width, 'must be <= 64 (a width multiplier)')
@@ -265,7 +300,7 @@ def validate(config) -> None:
   if config.mode in ('prune', 'pipeline'):
     _validate_prune(config, p)
   if config.mode == 'quantize' and not config.init_from:
-    p.append("init_from='': mode=quantize needs the workdir of a trained run to quantize")
+    p.append('init_from is not set: mode=quantize needs the workdir of a trained run to quantize')
   if p:
     raise ConfigError('bad config: ' + '; '.join(p))
 
@@ -274,13 +309,13 @@ def _validate_prune(config, p):
   from qprune.prune import CRITERIA, SELECTIONS  # pylint: disable=g-import-not-at-top
   r = config.prune
   for field, values, allowed in (('criterion', (r.criterion,), CRITERIA),
-                                 ('search_criteria', r.search_criteria, CRITERIA),
+                                 ('search_criteria', r.search_criteria or (), CRITERIA),
                                  ('selection', (r.selection,), SELECTIONS),
-                                 ('search_selections', r.search_selections, SELECTIONS)):
+                                 ('search_selections', r.search_selections or (), SELECTIONS)):
     bad = [v for v in values if v not in allowed]
     _check(p, not bad, f'prune.{field}', bad[0] if bad else None,
            f'must be one of {", ".join(sorted(allowed))}')
-  for field, values in (('ratio', (r.ratio,)), ('search_ratios', r.search_ratios)):
+  for field, values in (('ratio', (r.ratio,)), ('search_ratios', r.search_ratios or ())):
     bad = [v for v in values if not 0 <= v < 1]
     _check(p, not bad, f'prune.{field}', bad[0] if bad else None,
            'must be in [0, 1) (the fraction of channels removed)')
@@ -294,20 +329,20 @@ def _validate_prune(config, p):
          'must be an integer >= 2')
   _check(p, 0 <= r.eb_threshold <= 1, 'prune.eb_threshold', r.eb_threshold, 'must be in [0, 1]')
   for field in ('max_params', 'max_macs'):
-    _check(p, 0 <= r[field] <= 1, f'prune.{field}', r[field],
-           'must be a fraction of the unpruned model in (0, 1], or 0 for no budget')
+    _check(p, r[field] is None or 0 < r[field] <= 1, f'prune.{field}', r[field],
+           'must be a fraction of the unpruned model in (0, 1], or None for no budget')
   for field in ('holdout', 'score_batches', 'bn_batches'):
     _check(p, _is_int(r[field]) and r[field] >= 1, f'prune.{field}', r[field],
            'must be an integer >= 1')
   _check(p, _is_int(r.finetune_epochs) and r.finetune_epochs >= 0, 'prune.finetune_epochs',
          r.finetune_epochs, 'must be an integer >= 0')
   _check(p, r.slimming_lambda >= 0, 'prune.slimming_lambda', r.slimming_lambda, 'must be >= 0')
-  _check(p, r.aggregate in ('', 'sum', 'mean', 'max'), 'prune.aggregate', r.aggregate,
-         "must be '', 'sum', 'mean' or 'max'")
+  _check(p, r.aggregate in AGGREGATES, 'prune.aggregate', r.aggregate,
+         f'must be one of {", ".join(AGGREGATES)}')
   _check(p, _is_int(r.round_to) and r.round_to >= 1, 'prune.round_to', r.round_to,
          'must be an integer >= 1')
-  _check(p, 0 <= r.max_ratio < 1, 'prune.max_ratio', r.max_ratio,
-         'must be in [0, 1) (0 = no cap)')
+  _check(p, r.max_ratio is None or 0 < r.max_ratio < 1, 'prune.max_ratio', r.max_ratio,
+         'must be in (0, 1), or None for no cap')
   _check(p, all(isinstance(x, str) and x for x in r.ignored_layers), 'prune.ignored_layers',
          r.ignored_layers, 'must be layer paths, e.g. conv1 or stage1_block1/conv1')
   _check(p, r.finetune_learning_rate > 0, 'prune.finetune_learning_rate',
@@ -343,10 +378,10 @@ def _validate_quant(q, p):
   _check(p, _is_int(q.k_max) and 1 <= q.k_max <= 16, 'quant.k_max', q.k_max, 'must be in 1..16')
   _check(p, _is_int(q.k) and 1 <= q.k <= max(q.k_max, 1), 'quant.k', q.k,
          f'must be an integer in 1..quant.k_max ({q.k_max})')
-  _check(p, 0 <= q.tolerance < 1, 'quant.tolerance', q.tolerance,
-         'must be in [0, 1) (relative L1 error; 0 = unused)')
-  _check(p, q.bits_budget == 0 or 1 <= q.bits_budget <= 32, 'quant.bits_budget', q.bits_budget,
-         'must be 0 (unused) or in [1, 32] bits per weight')
+  _check(p, q.tolerance is None or 0 < q.tolerance < 1, 'quant.tolerance', q.tolerance,
+         'must be in (0, 1) (relative L1 error), or None (unused)')
+  _check(p, q.bits_budget is None or 1 <= q.bits_budget <= 32, 'quant.bits_budget',
+         q.bits_budget, 'must be in [1, 32] bits per weight, or None (unused)')
   _check(p, not (q.tolerance and q.bits_budget), 'quant.tolerance/bits_budget',
          (q.tolerance, q.bits_budget), 'set at most one of them')
   schedule = tuple(q.schedule)
@@ -364,10 +399,11 @@ def _validate_quant(q, p):
 def semantic_dict(config) -> dict:
   """The config fields that define what a run computes (to detect a reused workdir), in the
   form they take in config.json (tuples become lists), so a stored copy compares equal."""
-  d = config.to_dict()
+  d = json.loads(json.dumps(config.to_dict()))
   for field in NON_SEMANTIC_FIELDS:
     d.pop(field, None)
-  return json.loads(json.dumps(d))
+  _normalize_unset(d)
+  return d
 
 
 def with_new_defaults(stored: dict) -> dict:
@@ -380,4 +416,6 @@ def with_new_defaults(stored: dict) -> dict:
     for key, value in default.items():
       out[key] = fill(old[key], value) if key in old else value
     return out
-  return fill(stored, semantic_dict(base_config()))
+  out = fill(stored, semantic_dict(base_config()))
+  _normalize_unset(out)
+  return out

@@ -40,6 +40,38 @@ def test_a_config_json_from_an_older_schema_matches_its_own_command():
   assert configs.with_new_defaults(older) != wanted
 
 
+def test_unset_optional_fields_are_none_and_the_older_spellings_still_mean_unset():
+  """'' / 0 / () were how "not set" was spelled before None: config files, command lines and
+  config.json files of earlier runs that use them read as None (and aggregate '' as 'none')."""
+  base = configs.base_config()
+  for path in configs.UNSET_FIELDS:
+    node = base
+    for name in path.split('.'):
+      node = node[name]
+    assert node is None, path
+  config = configs.base_config()
+  config.mode = 'prune'
+  config.init_from, config.train_subset, config.prune.search_ratios = '', 0, ()
+  config.prune.max_params, config.quant.tolerance, config.prune.aggregate = 0.0, 0.0, ''
+  configs.validate(config)
+  assert (config.init_from, config.train_subset, config.prune.search_ratios,
+          config.prune.max_params, config.quant.tolerance) == (None,) * 5
+  assert config.prune.aggregate == 'none'
+  config.train_subset, config.prune.max_params = 500, 0.4  # set values stay set
+  configs.validate(config)
+  assert (config.train_subset, config.prune.max_params) == (500, 0.4)
+
+  wanted = configs.semantic_dict(configs.base_config())
+  older = json.loads(json.dumps(wanted))
+  older.update(init_from='', train_subset=0, eval_subset=0)
+  older['prune'].update(search_criteria=[], max_macs=0.0, decide_from='', aggregate='')
+  older['quant'].update(bits_budget=0.0)
+  wanted['prune']['aggregate'] = 'none'
+  assert configs.with_new_defaults(older) == wanted
+  older['train_subset'] = 100  # a real difference stays one
+  assert configs.with_new_defaults(older) != wanted
+
+
 @pytest.mark.parametrize('field, value, message', [
     ('method', 'exact', "quant.method='exact'"),
     ('objective', 'l3', "quant.objective='l3'"),

@@ -26,10 +26,10 @@ def get_config():
   c.prune.ratio = 0.3
   c.prune.residual = True
   c.prune.selection = 'uniform'
-  c.prune.search_criteria = ()
-  c.prune.search_ratios = ()
-  c.prune.search_selections = ()
-  c.prune.max_macs = 0.0
+  c.prune.search_criteria = None
+  c.prune.search_ratios = None
+  c.prune.search_selections = None
+  c.prune.max_macs = None
   c.prune.stop_rule = 'full'
   c.prune.snapshots = True
   c.prune.eb_window = 2

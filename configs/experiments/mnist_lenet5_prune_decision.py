@@ -15,10 +15,10 @@ def get_config():
   c.prune.criterion = 'l1'
   c.prune.ratio = 0.7
   c.prune.selection = 'uniform'
-  c.prune.search_criteria = ()
-  c.prune.search_ratios = ()
-  c.prune.search_selections = ()
-  c.prune.max_params = 0.0
+  c.prune.search_criteria = None
+  c.prune.search_ratios = None
+  c.prune.search_selections = None
+  c.prune.max_params = None
   c.prune.stop_rule = 'full'
   c.prune.finetune_epochs = 2
   return c

@@ -30,15 +30,15 @@ class Data:
   test: Split
 
 
-def take_prefix(images: np.ndarray, labels: np.ndarray, n: int):
-  """The first n examples (n = 0: all)."""
-  if n < 0:
+def take_prefix(images: np.ndarray, labels: np.ndarray, n: Optional[int]):
+  """The first n examples (n = None or 0: all)."""
+  if n is not None and n < 0:
     raise ValueError(f'subset size must be >= 0, got {n}')
   return (images[:n], labels[:n]) if n else (images, labels)
 
 
-def load_data(name: str, data_dir: Optional[str] = None, *, train_subset: int = 0,
-              eval_subset: int = 0, cache_dir: Optional[str] = None, sharding=None,
+def load_data(name: str, data_dir: Optional[str] = None, *, train_subset: Optional[int] = None,
+              eval_subset: Optional[int] = None, cache_dir: Optional[str] = None, sharding=None,
               allow_download: bool = True) -> Data:
   """Loads both splits onto the device(s) (replicated under `sharding` if given)."""
   arrays = sources.load_arrays(name, data_dir, cache_dir, allow_download)

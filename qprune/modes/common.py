@@ -44,7 +44,7 @@ def load_data(config, mesh) -> pipeline.Data:
     print(f'data: loading {config.dataset} (decoded once, then read from the uint8 cache)',
           flush=True)
   data = pipeline.load_data(config.dataset, data_dir(config), train_subset=config.train_subset,
-                            eval_subset=config.eval_subset, cache_dir=config.cache_dir or None,
+                            eval_subset=config.eval_subset, cache_dir=config.cache_dir,
                             sharding=parallel.replicated(mesh))
   if config.progress:
     print(f'data: {data.train.size:,} training and {data.test.size:,} test images on device in '

@@ -198,9 +198,9 @@ def pretrain(config, workdir, mesh, data, model, spec, variables, groups, score_
 
 def criterion_options(pconfig, gated_model=None, gated_variables=None, groups=None,
                       score_data=None) -> dict:
-  """Options every criterion gets: group aggregation (prune.aggregate, '' = none) and, with
+  """Options every criterion gets: group aggregation (prune.aggregate) and, with
   prune.se_gates, the SE gates' mean excitation on the scoring batches."""
-  options = {'aggregate': pconfig.aggregate} if pconfig.aggregate else {}
+  options = {'aggregate': pconfig.aggregate} if pconfig.aggregate != 'none' else {}
   if gated_model is not None:
     options['excitation'] = prune.mean_excitation(gated_model, gated_variables, tuple(groups),
                                                   score_data[0])

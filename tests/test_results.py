@@ -29,15 +29,16 @@ def test_published_folders_are_self_contained():
   runs = _runs()
   assert runs, 'results/ holds no published run'
   for run in runs:
-    folder = os.path.join(RESULTS_DIR, run['path'])
-    assert not os.path.exists(os.path.join(folder, 'checkpoints')), run['path']
-    for value in json.dumps(run['results']).split('"'):
-      assert not value.startswith('/'), f'{run["path"]}: machine-local path {value}'
+    folder = os.path.join(RESULTS_DIR, run.path)
+    assert not os.path.exists(os.path.join(folder, 'checkpoints')), run.path
+    for value in json.dumps(run.results.to_json()).split('"'):
+      assert not value.startswith('/'), f'{run.path}: machine-local path {value}'
     with open(os.path.join(folder, 'report.md')) as f:
-      assert '/work/' not in f.read(), run['path']
-    assert run['results'].get('command', '').startswith('python -m qprune.main'), run['path']
-    if run['results'].get('export_path'):
-      assert os.path.isfile(os.path.join(folder, run['results']['export_path']))
+      assert '/work/' not in f.read(), run.path
+    assert (run.results.command or '').startswith('python -m qprune.main'), run.path
+    export = results_lib.export_path(run.results)
+    if export:
+      assert os.path.isfile(os.path.join(folder, export))
     else:
       assert os.path.isfile(os.path.join(folder, 'model.json'))
 
@@ -48,21 +49,22 @@ def test_published_mnist_models_reproduce_their_accuracy(data_dir, cache_dir):
   full MNIST test split, gives exactly the accuracy its results.json records."""
   import qprune  # pylint: disable=g-import-not-at-top
   from qprune.data import pipeline  # pylint: disable=g-import-not-at-top
-  runs = [r for r in _runs() if r['results']['dataset'] == 'mnist']
+  runs = [r for r in _runs() if r.results.dataset == 'mnist']
   assert runs
   data = pipeline.load_data('mnist', data_dir, cache_dir=cache_dir)
   for run in runs:
-    folder = os.path.join(RESULTS_DIR, run['path'])
-    if run['results'].get('export_path'):
-      model, variables = qprune.load_quantized(os.path.join(folder, run['results']['export_path']))
+    folder = os.path.join(RESULTS_DIR, run.path)
+    export = results_lib.export_path(run.results)
+    if export:
+      model, variables = qprune.load_quantized(os.path.join(folder, export))
       kernels = [np.asarray(v) for path, v in _flat(variables['params']) if path[-1] == 'kernel']
       for k in kernels:  # every weight 0 or ±2^e
         nonzero = np.abs(k[k != 0])
-        assert np.all(np.exp2(np.round(np.log2(nonzero))) == nonzero), run['path']
+        assert np.all(np.exp2(np.round(np.log2(nonzero))) == nonzero), run.path
     else:
       model, variables = qprune.load_model(folder)
     accuracy = qprune.evaluate(model, variables, data.test, 1000)['accuracy']
-    assert accuracy == pytest.approx(run['results']['test_accuracy'], abs=1e-9), run['path']
+    assert accuracy == pytest.approx(run.results.test_accuracy, abs=1e-9), run.path
 
 
 def _flat(tree, prefix=()):
@@ -82,13 +84,20 @@ def test_publish_copies_a_run_without_checkpoints(tmp_path):
   (work / 'config.json').write_text('{"quant": {"method": "optimal", "k": 1}}')
   (work / 'report.md').write_text(f'Workdir: `{work}`\n')
   (work / 'results.json').write_text(json.dumps({
-      'mode': 'quantize', 'export_path': str(work / 'model.qpq'), 'test_accuracy': 0.9}))
+      'mode': 'quantize', 'export_path': str(work / 'model.qpq'), 'test_accuracy': 0.9,
+      'machine': None, 'a_future_key': [1]}))
   dest = tmp_path / 'results' / 'mnist_lenet5' / 'optimal_k1'
   files = results_lib.publish(str(work), str(dest), command='python -m qprune.main --x',
                               machine='cpu')
   assert files == ['config.json', 'model.qpq', 'plots', 'report.md', 'results.json']
+  # The run's own file, not its record re-serialized: keys in their order, none added but the
+  # filled-in header.
+  assert (dest / 'results.json').read_text() == json.dumps({
+      'mode': 'quantize', 'export_path': 'model.qpq', 'test_accuracy': 0.9, 'machine': 'cpu',
+      'a_future_key': [1], 'command': 'python -m qprune.main --x'}, indent=1) + '\n'
+  results_lib.publish(str(work), str(dest))  # republished: the filled-in header is kept
   published = json.loads((dest / 'results.json').read_text())
-  assert published['export_path'] == 'model.qpq' and published['machine'] == 'cpu'
+  assert published['machine'] == 'cpu' and published['command'] == 'python -m qprune.main --x'
   assert str(work) not in (dest / 'report.md').read_text()
   with pytest.raises(results_lib.ResultsError, match='missing'):
     results_lib.publish(str(tmp_path / 'nowhere'), str(tmp_path / 'x'))

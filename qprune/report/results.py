@@ -14,15 +14,16 @@ text is a pure function of the folders, so a test can check that RESULTS.md is i
 `--check` exits 1 when it is not. Standard library only, except matplotlib for the plots.
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
 import shutil
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, Generic, List, Optional, Type, TypeVar
 
+from qprune import records
 from qprune.errors import UserError
-from qprune.records import plural
 from qprune.report.ablation import markdown as markdown_table
 
 RESULTS_JSON, CONFIG_JSON, REPORT_MD = 'results.json', 'config.json', 'report.md'
@@ -71,6 +72,17 @@ def _read_json(path: str) -> dict:
     raise ResultsError(f'{path} is not valid JSON ({e})') from e
 
 
+def _record(data, path: str) -> records.Results:
+  try:
+    return records.from_json(data)
+  except TypeError as e:
+    raise ResultsError(f'{path}: {e}') from e
+
+
+def _read_results(path: str) -> records.Results:
+  return _record(_read_json(path), path)
+
+
 def _write_text(path: str, text: str):
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
@@ -88,19 +100,23 @@ def publish(workdir: str, dest: str, *, command: Optional[str] = None,
   `command` / `machine` fill in results.json's fields for a run made before the binary recorded
   them (never overriding recorded ones); republishing keeps the ones filled in earlier.
   """
-  results = _read_json(os.path.join(workdir, RESULTS_JSON))
-  earlier = {}
+  source = os.path.join(workdir, RESULTS_JSON)
+  # The run's own results.json is copied (paths made relative, the header filled in), not
+  # rewritten from its record: to_json() would add every field the run predates as null and
+  # reorder the keys, so the published file would no longer be the one the run wrote.
+  data = _read_json(source)
+  record = _record(data, source)
+  earlier = records.Results()
   if os.path.isfile(os.path.join(dest, RESULTS_JSON)):  # republished: keep what was filled in
-    earlier = _read_json(os.path.join(dest, RESULTS_JSON))
-  for field, value in (('command', command), ('machine', machine)):
-    value = value or earlier.get(field)
-    if value and not results.get(field):
-      results[field] = value
+    earlier = _read_results(os.path.join(dest, RESULTS_JSON))
+  header = {'command': record.command or command or earlier.command,  # recorded values win
+            'machine': record.machine or machine or earlier.machine}
+  data.update({k: v for k, v in header.items() if v})
   if os.path.exists(dest):
     shutil.rmtree(dest)
   os.makedirs(dest)
-  results = _relative_paths(results, os.path.abspath(workdir))
-  export = results.get('export_path')
+  data = _relative_paths(data, os.path.abspath(workdir))
+  export = export_path(_record(data, source))
   if export:
     os.makedirs(os.path.dirname(os.path.join(dest, export)), exist_ok=True)
     shutil.copy2(os.path.join(workdir, export), os.path.join(dest, export))
@@ -119,8 +135,16 @@ def publish(workdir: str, dest: str, *, command: Optional[str] = None,
       # The report names the machine-local workdir; the published copy names its own folder.
       report = f.read().replace(os.path.abspath(workdir), os.path.normpath(dest))
     _write_text(os.path.join(dest, REPORT_MD), report)
-  _write_text(os.path.join(dest, RESULTS_JSON), json.dumps(results, indent=1) + '\n')
+  _write_text(os.path.join(dest, RESULTS_JSON), json.dumps(data, indent=1) + '\n')
   return sorted(os.listdir(dest))
+
+
+def export_path(record: records.Results) -> Optional[str]:
+  """The run's bit-packed export (quantize and pipeline runs); None where the run saved
+  model.json + model/ instead."""
+  if isinstance(record, (records.QuantizeResults, records.PipelineResults)):
+    return record.export_path
+  return None
 
 
 def run_name(config: dict) -> str:
@@ -179,8 +203,26 @@ def _relative_paths(value, root: str):
 # ---------------------------------------------------------------------------------------------
 # write
 
-def read_runs(results_dir: str) -> Dict[str, List[dict]]:
-  """{'<dataset>_<model>': [run, ...]}; run = {'name', 'path', 'results', 'config'}."""
+R = TypeVar('R', bound=records.Results)
+
+
+@dataclasses.dataclass
+class Run(Generic[R]):
+  """One published folder: its name, its path '<group>/<name>' under results/, its results.json
+  as the record of its mode, and its config.json ({} where it has none)."""
+  name: str
+  path: str
+  results: R
+  config: dict
+
+
+def _of_mode(runs: List[Run], kind: Type[R]) -> List[Run[R]]:
+  """The runs whose record is a `kind` (the record class follows results.json's `mode`)."""
+  return [run for run in runs if isinstance(run.results, kind)]
+
+
+def read_runs(results_dir: str) -> Dict[str, List[Run]]:
+  """{'<dataset>_<model>': [run, ...]}, the runs sorted by name."""
   groups = {}
   for group in sorted(os.listdir(results_dir)):
     group_dir = os.path.join(results_dir, group)
@@ -192,9 +234,9 @@ def read_runs(results_dir: str) -> Dict[str, List[dict]]:
       if not os.path.isfile(os.path.join(run_dir, RESULTS_JSON)):
         continue
       config_path = os.path.join(run_dir, CONFIG_JSON)
-      runs.append({'name': name, 'path': f'{group}/{name}',
-                   'results': _read_json(os.path.join(run_dir, RESULTS_JSON)),
-                   'config': _read_json(config_path) if os.path.exists(config_path) else {}})
+      runs.append(Run(name=name, path=f'{group}/{name}',
+                      results=_read_results(os.path.join(run_dir, RESULTS_JSON)),
+                      config=_read_json(config_path) if os.path.exists(config_path) else {}))
     if runs:
       groups[group] = runs
   return groups
@@ -250,10 +292,10 @@ def _minutes(seconds: Optional[float]) -> str:
   return '' if seconds is None else f'{seconds / 60:.1f} min'
 
 
-def target_rule(run: dict) -> str:
+def target_rule(run: Run[records.QuantizeResults]) -> str:
   """'optimal (l1), k=3', 'INQ's rule, b=5', 'k-means ..., budget 2.5 bits', ..."""
-  q = run['config'].get('quant', {})
-  method = run['results'].get('method', q.get('method'))
+  q = run.config.get('quant', {})
+  method = run.results.method or q.get('method')
   title = METHOD_TITLES.get(method, str(method))
   if method == 'optimal':
     title += f' ({q.get("objective", "l1")})'
@@ -266,158 +308,155 @@ def target_rule(run: dict) -> str:
   return f'{title}, k={q.get("k")}'
 
 
-def recipe(run: dict) -> str:
-  q = run['config'].get('quant', {})
+def recipe(run: Run) -> str:
+  q = run.config.get('quant', {})
   return (f'{q.get("retrain_epochs")} ep/step, lr {q.get("learning_rate")}, '
           f'final {q.get("final_epochs", 0)} ep')
 
 
-def _max_values(results: dict) -> Optional[int]:
-  layers = results.get('layers') or []
-  return max((l['distinct_values'] for l in layers), default=None)
+def _max_values(results: records.QuantizeResults) -> Optional[int]:
+  return max((layer['distinct_values'] for layer in results.layers or []), default=None)
 
 
-def _fp_run(runs: List[dict]) -> Optional[dict]:
-  trained = [r for r in runs if r['results'].get('mode') == 'train']
+def _fp_run(runs: List[Run]) -> Optional[Run[records.TrainResults]]:
+  trained = _of_mode(runs, records.TrainResults)
   return trained[0] if trained else None
 
 
-def goal_lines(key, runs: List[dict], fp_accuracy: float) -> List[str]:
+def goal_lines(key, runs: List[Run], fp_accuracy: float) -> List[str]:
   """One line per goal of (dataset, model): met or missed, by which run."""
   lines = []
-  quantized = [r for r in runs if r['results'].get('mode') == 'quantize']
+  quantized = _of_mode(runs, records.QuantizeResults)
   for text, bits, max_loss, min_accuracy in GOALS.get(key, ()):
-    eligible = [r for r in quantized if r['results']['bits_per_weight'] <= bits + 1e-9]
+    eligible = [r for r in quantized if r.results.bits_per_weight <= bits + 1e-9]
     if not eligible:
       lines.append(f'- {text}: **not measured**')
       continue
-    best = max(eligible, key=lambda r: r['results']['test_accuracy'])
-    accuracy = best['results']['test_accuracy']
+    best = max(eligible, key=lambda r: r.results.test_accuracy)
+    accuracy = best.results.test_accuracy
     ok = ((max_loss is None or fp_accuracy - accuracy <= max_loss + 1e-12) and
           (min_accuracy is None or accuracy >= min_accuracy))
     lines.append(f'- {text}: **{"met" if ok else "missed"}**, best {_pct(accuracy)} '
-                 f'({_delta(accuracy - fp_accuracy)} vs FP) by `{best["name"]}` '
+                 f'({_delta(accuracy - fp_accuracy)} vs FP) by `{best.name}` '
                  f'({target_rule(best)})')
   return lines
 
 
-def smallest_lossless_lines(runs: List[dict], fp_accuracy: float, within: float) -> List[str]:
+def smallest_lossless_lines(runs: List[Run], fp_accuracy: float, within: float) -> List[str]:
   """Per target rule, the fewest average bits per weight within `within` of FP."""
   lines = []
-  by_method = {}
-  for r in runs:
-    if r['results'].get('mode') != 'quantize':
-      continue
-    if fp_accuracy - r['results']['test_accuracy'] <= within + 1e-12:
-      method = r['results']['method']
-      if method not in by_method or (r['results']['bits_per_weight'] <
-                                     by_method[method]['results']['bits_per_weight']):
+  by_method: Dict[str, Run[records.QuantizeResults]] = {}
+  for r in _of_mode(runs, records.QuantizeResults):
+    if fp_accuracy - r.results.test_accuracy <= within + 1e-12:
+      method = r.results.method
+      if method not in by_method or (r.results.bits_per_weight <
+                                     by_method[method].results.bits_per_weight):
         by_method[method] = r
   for method in ('inq', 'kmeans', 'optimal'):
-    r = by_method.get(method)
+    best = by_method.get(method)
     title = METHOD_TITLES[method]
-    if r is None:
+    if best is None:
       lines.append(f'- {title}: no run within {100 * within:.2f} % of FP')
     else:
-      lines.append(f'- {title}: {r["results"]["bits_per_weight"]:.2f} bits/weight '
-                   f'({_pct(r["results"]["test_accuracy"])}, `{r["name"]}`)')
+      lines.append(f'- {title}: {best.results.bits_per_weight:.2f} bits/weight '
+                   f'({_pct(best.results.test_accuracy)}, `{best.name}`)')
   return lines
 
 
-def decision_studies(runs: List[dict]) -> Dict[str, dict]:
+def decision_studies(runs: List[Run]) -> Dict[str, dict]:
   """{criterion: {'full': run, 'decisions': [run, ...]}} for the pruning decision studies in
   `runs`: a prune run that kept pretraining snapshots, and the runs that decided from it
   (prune.decide_from), sorted by pretraining epochs."""
-  prunes = [r for r in runs if r['results'].get('mode') == 'prune']
-  fulls = {r['results']['criterion']: r for r in prunes
-           if r['config'].get('prune', {}).get('snapshots') and not r['results'].get('decided_from')}
+  prunes = _of_mode(runs, records.PruneResults)
+  fulls = {r.results.criterion: r for r in prunes
+           if r.config.get('prune', {}).get('snapshots') and not r.results.decided_from}
   studies = {}
   for criterion, full in fulls.items():
     decisions = [r for r in prunes
-                 if r['results'].get('decided_from') and r['results']['criterion'] == criterion]
-    decisions.sort(key=lambda r: (r['results']['pretrain_epochs'],
-                                  r['results'].get('stop_rule') == 'early_bird'))
+                 if r.results.decided_from and r.results.criterion == criterion]
+    decisions.sort(key=lambda r: (r.results.pretrain_epochs,
+                                  r.results.stop_rule == 'early_bird'))
     studies[criterion] = {'full': full, 'decisions': decisions}
   return studies
 
 
-def decided_after(run: dict) -> str:
+def decided_after(run: Run[records.PruneResults]) -> str:
   """'2 of 10 epochs (20 %)', plus ', Early-Bird rule' where that rule chose the epoch."""
-  r = run['results']
-  total = run['config'].get('epochs')
-  text = f'{r["pretrain_epochs"]} of {total} epochs' if total else f'{r["pretrain_epochs"]} epochs'
+  r = run.results
+  total = run.config.get('epochs')
+  text = f'{r.pretrain_epochs} of {total} epochs' if total else f'{r.pretrain_epochs} epochs'
   if total:
-    text += f' ({100 * r["pretrain_epochs"] / total:.0f} %)'
-  if r.get('stop_rule') == 'early_bird':
-    text += ', Early-Bird rule' + ('' if r.get('stop_rule_fired') else ' (did not fire)')
+    text += f' ({100 * r.pretrain_epochs / total:.0f} %)'
+  if r.stop_rule == 'early_bird':
+    text += ', Early-Bird rule' + ('' if r.stop_rule_fired else ' (did not fire)')
   return text
 
 
 def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[float]) -> List[str]:
   """The table of one decision study, and its goals (the project's pruning issue)."""
-  full = study['full']
-  unpruned = full['results'].get('pretrained_test_accuracy')
-  final = full['results']['test_accuracy']
-  full_compute = full['results'].get('train_macs')
-  rows = [full] + study['decisions']
-  r0 = full['results']
-  finetune_lr = full['config'].get('prune', {}).get('finetune_learning_rate')
-  out = [f'#### Criterion `{criterion}`: ratio {r0["prune_ratio"]} ({r0.get("selection")}), '
-         f'{_pct(r0.get("macs_removed"))} of the MACs removed', '',
-         f'The unpruned network after all {r0["pretrain_epochs"]} pretraining epochs: '
+  full: Run[records.PruneResults] = study['full']
+  decisions: List[Run[records.PruneResults]] = study['decisions']
+  r0 = full.results
+  unpruned = r0.pretrained_test_accuracy
+  final = r0.test_accuracy
+  full_compute = r0.train_macs
+  finetune_lr = full.config.get('prune', {}).get('finetune_learning_rate')
+  out = [f'#### Criterion `{criterion}`: ratio {r0.prune_ratio} ({r0.selection}), '
+         f'{_pct(r0.macs_removed)} of the MACs removed', '',
+         f'The unpruned network after all {r0.pretrain_epochs} pretraining epochs: '
          f'{_pct(unpruned)}. Every decision is fine-tuned for '
-         f"{plural(r0.get('finetune_epochs') or 0, 'epoch')} at lr {finetune_lr}. "
+         f"{records.plural(r0.finetune_epochs or 0, 'epoch')} at lr {finetune_lr}. "
          'Training compute: forward MACs × training images, pretraining plus fine-tuning.', '',
          '| run | decided after | mask distance to final | params | MACs | right after '
          'shrinking | fine-tuned | Δ vs full-training decision | Δ vs unpruned | training '
          'compute |',
          '|---|---|---|---|---|---|---|---|---|---|']
-  for run in rows:
-    r = run['results']
-    compute = r.get('train_macs')
-    distance = r.get('final_mask_distance')
+  for run in [full] + decisions:
+    r = run.results
+    compute = r.train_macs
+    distance = r.final_mask_distance
     compute_text = '' if compute is None else f'{compute / 1e12:.1f} TMAC'
     if compute and full_compute:
       compute_text += f' ({compute / full_compute:.2f}x)'
-    vs_unpruned = None if unpruned is None else r['test_accuracy'] - unpruned
-    out.append(f'| [{run["name"]}](results/{run["path"]}) | {decided_after(run)} | '
+    vs_unpruned = None if unpruned is None else r.test_accuracy - unpruned
+    out.append(f'| [{run.name}](results/{run.path}) | {decided_after(run)} | '
                f'{"" if distance is None else format(distance, ".3f")} | '
-               f'{r["params"]:,} | {r["macs"]:,} | {_pct(r.get("pruned_test_accuracy"))} | '
-               f'{_pct(r["test_accuracy"])} | {_delta(r["test_accuracy"] - final)} | '
+               f'{r.params:,} | {r.macs:,} | {_pct(r.pruned_test_accuracy)} | '
+               f'{_pct(r.test_accuracy)} | {_delta(r.test_accuracy - final)} | '
                f'{_delta(vs_unpruned)} | {compute_text} |')
   out.append('')
-  total = full['config'].get('epochs') or r0['pretrain_epochs']
-  early = [d for d in study['decisions'] if d['results']['pretrain_epochs'] <= 0.2 * total]
-  best = max(early, key=lambda d: d['results']['test_accuracy'], default=None)
-  removed = r0.get('macs_removed') or 0.0
+  total = full.config.get('epochs') or r0.pretrain_epochs
+  early = [d for d in decisions if d.results.pretrain_epochs <= 0.2 * total]
+  best = max(early, key=lambda d: d.results.test_accuracy, default=None)
+  removed = r0.macs_removed or 0.0
   lines = [f'- ≥ 40 % of the MACs removed: **{"met" if removed >= 0.4 else "missed"}** '
            f'({_pct(removed)})']
   if best is None:
     lines.append('- a decision at ≤ 20 % of pretraining: **not measured**')
   else:
-    b = best['results']
-    gap = b['test_accuracy'] - final
+    b = best.results
+    gap = b.test_accuracy - final
     lines.append(f'- decision at ≤ 20 % of pretraining within 0.3 % of the full-training '
-                 f'decision: **{"met" if gap >= -0.003 - 1e-12 else "missed"}** (`{best["name"]}`: '
+                 f'decision: **{"met" if gap >= -0.003 - 1e-12 else "missed"}** (`{best.name}`: '
                  f'{_delta(gap)})')
     if unpruned is not None:
       lines.append(f'- ... and within 1.0 % of the unpruned network after the same pretraining: '
-                   f'**{"met" if b["test_accuracy"] - unpruned >= -0.01 - 1e-12 else "missed"}** '
-                   f'({_delta(b["test_accuracy"] - unpruned)})')
+                   f'**{"met" if b.test_accuracy - unpruned >= -0.01 - 1e-12 else "missed"}** '
+                   f'({_delta(b.test_accuracy - unpruned)})')
     if fp_accuracy is not None:
       lines.append(f'- ... against the full-precision model of this table ({_pct(fp_accuracy)}): '
-                   f'{_delta(b["test_accuracy"] - fp_accuracy)}')
-    if b.get('train_macs') and full_compute:
-      ratio = b['train_macs'] / full_compute
+                   f'{_delta(b.test_accuracy - fp_accuracy)}')
+    if b.train_macs and full_compute:
+      ratio = b.train_macs / full_compute
       lines.append(f'- compute to the pruned model ≤ 1/3 of prune-after-full-training: '
                    f'**{"met" if ratio <= 1 / 3 + 1e-12 else "missed"}** ({ratio:.2f}x)')
-  rule = [d for d in study['decisions'] if d['results'].get('stop_rule') == 'early_bird']
+  rule = [d for d in decisions if d.results.stop_rule == 'early_bird']
   if rule:
-    d = rule[0]['results']
-    ok = (d.get('stop_rule_fired') and d['pretrain_epochs'] <= 0.2 * total and
-          d['test_accuracy'] - final >= -0.003 - 1e-12)
+    d = rule[0].results
+    ok = (d.stop_rule_fired and d.pretrain_epochs <= 0.2 * total and
+          d.test_accuracy - final >= -0.003 - 1e-12)
     lines.append(f'- the stop rule finds such an epoch by itself: **{"met" if ok else "missed"}** '
-                 f'(epoch {d["pretrain_epochs"]}, {_delta(d["test_accuracy"] - final)})')
+                 f'(epoch {d.pretrain_epochs}, {_delta(d.test_accuracy - final)})')
   return out + ['Goals:', ''] + lines + ['']
 
 
@@ -441,10 +480,10 @@ def attention_ablation_lines(table: dict) -> List[str]:
           ['', f'    {table.get("command")}', ''])
 
 
-def commands_block(runs: List[dict]) -> List[str]:
+def commands_block(runs: List[Run]) -> List[str]:
   """A collapsed list of the commands that made `runs`."""
   return (['<details><summary>Commands</summary>', '', '```'] +
-          [f'# {run["name"]}\n{run["results"].get("command", "(not recorded)")}' for run in runs] +
+          [f'# {run.name}\n{run.results.command or "(not recorded)"}' for run in runs] +
           ['```', '', '</details>', ''])
 
 
@@ -463,37 +502,37 @@ def render(results_dir: str) -> str:
          'ceil(log2(2n + 1)) for n exponents per layer; compression is FP32 bytes over the '
          'export\'s bytes on disk.', '']
   for key, runs in groups.items():
-    first = runs[0]['results']
-    dataset, model = first.get('dataset'), first.get('model')
+    first = runs[0].results
+    dataset, model = first.dataset, first.model
     out += [f'## {MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)} '
             f'([`results/{key}`](results/{key}))', '']
     fp = _fp_run(runs)
-    fp_accuracy = fp['results']['test_accuracy'] if fp else None
+    fp_accuracy = fp.results.test_accuracy if fp else None
     if fp:
-      r = fp['results']
-      out += [f'Full precision (`{fp["name"]}`): **{_pct(fp_accuracy)}** after '
-              f'{r.get("epochs_run")} epochs, {r.get("params"):,} params, '
-              f'{r.get("macs"):,} MACs per image, {_minutes(r.get("wall_time_s"))} on '
-              f'{r.get("machine", "an unrecorded machine")}.', '',
-              f'    {r.get("command", "(command not recorded)")}', '']
-    quantized = [r for r in runs if r['results'].get('mode') == 'quantize']
+      t = fp.results
+      out += [f'Full precision (`{fp.name}`): **{_pct(fp_accuracy)}** after '
+              f'{t.epochs_run} epochs, {t.params:,} params, '
+              f'{t.macs:,} MACs per image, {_minutes(t.wall_time_s)} on '
+              f'{t.machine or "an unrecorded machine"}.', '',
+              f'    {t.command or "(command not recorded)"}', '']
+    quantized = _of_mode(runs, records.QuantizeResults)
     if quantized:
-      quantized.sort(key=lambda r: (r['results']['method'], r['results']['bits_per_weight'],
-                                    r['name']))
+      quantized.sort(key=lambda r: (r.results.method, r.results.bits_per_weight, r.name))
       out += ['### Power-of-two quantization', '',
               '| run | targets | recipe | bits/weight | values (max/layer) | export | '
               'compression | test accuracy | Δ vs FP | time |',
               '|---|---|---|---|---|---|---|---|---|---|']
-      for run in quantized:
-        r = run['results']
-        compression = r['fp32_bytes'] / r['export_bytes'] if r.get('export_bytes') else None
-        delta = r['test_accuracy'] - fp_accuracy if fp_accuracy is not None else None
-        out.append(f'| [{run["name"]}](results/{run["path"]}) | {target_rule(run)} | {recipe(run)} | '
-                   f'{r["bits_per_weight"]:.2f} | {_max_values(r)} | '
-                   f'{_size(r.get("export_bytes"))} | '
+      for q_run in quantized:
+        q = q_run.results
+        # From the bytes, not compression_ratio: runs older than that field do not record it.
+        compression = q.fp32_bytes / q.export_bytes if q.export_bytes else None
+        delta = q.test_accuracy - fp_accuracy if fp_accuracy is not None else None
+        out.append(f'| [{q_run.name}](results/{q_run.path}) | {target_rule(q_run)} | '
+                   f'{recipe(q_run)} | {q.bits_per_weight:.2f} | {_max_values(q)} | '
+                   f'{_size(q.export_bytes)} | '
                    f'{"" if compression is None else f"{compression:.1f}x"} | '
-                   f'{_pct(r["test_accuracy"])} | {_delta(delta)} | '
-                   f'{_minutes(r.get("wall_time_s"))} |')
+                   f'{_pct(q.test_accuracy)} | {_delta(delta)} | '
+                   f'{_minutes(q.wall_time_s)} |')
       out.append('')
       if fp_accuracy is not None:
         out += ['Goals:', ''] + goal_lines((dataset, model), runs, fp_accuracy) + ['']
@@ -501,28 +540,28 @@ def render(results_dir: str) -> str:
         out += smallest_lossless_lines(runs, fp_accuracy, 0.002) + ['']
       out += [f'![accuracy vs bits](results/{PLOTS_DIR}/{key}_accuracy_vs_bits.png)', '']
       out += commands_block(quantized)
-    pipelines = [r for r in runs if r['results'].get('mode') == 'pipeline']
+    pipelines = _of_mode(runs, records.PipelineResults)
     if pipelines:
       out += ['### Pipeline: prune, fine-tune, quantize, export (one command)', '',
               '| run | params | MACs | pretrain epochs | after pruning | bits/weight | export | '
               'compression | test accuracy | Δ vs FP | time |',
               '|---|---|---|---|---|---|---|---|---|---|---|']
-      for run in pipelines:
-        r = run['results']
-        delta = r['test_accuracy'] - fp_accuracy if fp_accuracy is not None else None
-        out.append(f'| [{run["name"]}](results/{run["path"]}) | '
-                   f'{r["params_before"]:,} → {r["params"]:,} | '
-                   f'{r["macs_before"]:,} → {r["macs"]:,} | {r.get("pretrain_epochs")} | '
-                   f'{_pct(r.get("pruned_test_accuracy"))} | {r["bits_per_weight"]:.2f} | '
-                   f'{_size(r["export_bytes"])} | {r["compression_ratio"]:.1f}x | '
-                   f'{_pct(r["test_accuracy"])} | {_delta(delta)} | '
-                   f'{_minutes(r.get("wall_time_s"))} |')
+      for p_run in pipelines:
+        p = p_run.results
+        delta = p.test_accuracy - fp_accuracy if fp_accuracy is not None else None
+        out.append(f'| [{p_run.name}](results/{p_run.path}) | '
+                   f'{p.params_before:,} → {p.params:,} | '
+                   f'{p.macs_before:,} → {p.macs:,} | {p.pretrain_epochs} | '
+                   f'{_pct(p.pruned_test_accuracy)} | {p.bits_per_weight:.2f} | '
+                   f'{_size(p.export_bytes)} | {p.compression_ratio:.1f}x | '
+                   f'{_pct(p.test_accuracy)} | {_delta(delta)} | '
+                   f'{_minutes(p.wall_time_s)} |')
       out.append('')
       for text, min_ratio, min_accuracy in PIPELINE_GOALS.get((dataset, model), ()):
-        met = [p for p in pipelines if p['results']['compression_ratio'] >= min_ratio and
-               p['results']['test_accuracy'] >= min_accuracy]
+        met = [m for m in pipelines if m.results.compression_ratio >= min_ratio and
+               m.results.test_accuracy >= min_accuracy]
         out.append(f'- Goal {text}: **{"met" if met else "missed"}**' +
-                   (f' by `{met[0]["name"]}`' if met else ''))
+                   (f' by `{met[0].name}`' if met else ''))
       out += [''] + commands_block(pipelines)
     studies = decision_studies(runs)
     if studies:
@@ -547,7 +586,7 @@ def render(results_dir: str) -> str:
   return '\n'.join(out).rstrip() + '\n'
 
 
-def plot(groups: Dict[str, List[dict]], plots_dir: str):
+def plot(groups: Dict[str, List[Run]], plots_dir: str):
   """Accuracy vs bits per weight per model: every run a dot, a line per target rule through its
   best run at each bit width."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -555,13 +594,13 @@ def plot(groups: Dict[str, List[dict]], plots_dir: str):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   os.makedirs(plots_dir, exist_ok=True)
   for key, runs in groups.items():
-    quantized = [r for r in runs if r['results'].get('mode') == 'quantize']
+    quantized = _of_mode(runs, records.QuantizeResults)
     if not quantized:
       continue
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in ('inq', 'kmeans', 'optimal'):
-      points = [(r['results']['bits_per_weight'], 100 * r['results']['test_accuracy'])
-                for r in quantized if r['results']['method'] == method]
+      points = [(r.results.bits_per_weight, 100 * r.results.test_accuracy)
+                for r in quantized if r.results.method == method]
       if points:
         best = {}
         for bits, accuracy in points:  # recipe variants at equal bits: the line joins the best
@@ -571,7 +610,7 @@ def plot(groups: Dict[str, List[dict]], plots_dir: str):
         ax.scatter(xs, ys, color=line.get_color(), alpha=0.4, s=14)
     fp = _fp_run(runs)
     if fp:
-      ax.axhline(100 * fp['results']['test_accuracy'], color='gray', linestyle='--',
+      ax.axhline(100 * fp.results.test_accuracy, color='gray', linestyle='--',
                  label='full precision')
     ax.set_xlabel('bits per weight')
     ax.set_ylabel('test accuracy (%)')
@@ -583,7 +622,7 @@ def plot(groups: Dict[str, List[dict]], plots_dir: str):
     plt.close(fig)
 
 
-def plot_decision_studies(groups: Dict[str, List[dict]], plots_dir: str):
+def plot_decision_studies(groups: Dict[str, List[Run]], plots_dir: str):
   """Per model with a decision study: the masks' Hamming distance to the final ones per
   pretraining epoch, and fine-tuned accuracy vs MACs, a line per criterion."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -597,10 +636,11 @@ def plot_decision_studies(groups: Dict[str, List[dict]], plots_dir: str):
       continue
     fig, ax = plt.subplots(figsize=(6, 4))
     for criterion, study in studies.items():
-      distances = study['full']['results'].get('mask_distance_to_final') or []
+      full: records.PruneResults = study['full'].results
+      distances = full.mask_distance_to_final or []
       line, = ax.plot(range(1, len(distances) + 1), distances, marker='o',
                       label=f'{criterion}: to the final masks')
-      steps = study['full']['results'].get('mask_distance') or []
+      steps = full.mask_distance or []
       ax.plot(range(1, len(steps) + 1), [math.nan if d is None else d for d in steps],
               linestyle=':', color=line.get_color(), label=f'{criterion}: to the previous epoch')
     ax.set_xlabel('pretraining epoch')
@@ -617,20 +657,19 @@ def plot_decision_studies(groups: Dict[str, List[dict]], plots_dir: str):
     for index, (criterion, study) in enumerate(studies.items()):
       color = f'C{index}'
       for number, run in enumerate([study['full']] + study['decisions']):
-        r = run['results']
-        ax.scatter(r['macs'] / 1e6, 100 * r['test_accuracy'], s=18, color=color,
+        r: records.PruneResults = run.results
+        ax.scatter(r.macs / 1e6, 100 * r.test_accuracy, s=18, color=color,
                    label=criterion if number == 0 else None)
-        ax.annotate(f'{criterion} @{r["pretrain_epochs"]}', (r['macs'] / 1e6,
-                                                            100 * r['test_accuracy']),
+        ax.annotate(f'{criterion} @{r.pretrain_epochs}', (r.macs / 1e6, 100 * r.test_accuracy),
                     fontsize=7, xytext=(3, 3), textcoords='offset points')
-      unpruned = study['full']['results']
-      if unpruned.get('pretrained_test_accuracy') is not None:
-        ax.scatter(unpruned['macs_before'] / 1e6, 100 * unpruned['pretrained_test_accuracy'],
+      unpruned: records.PruneResults = study['full'].results
+      if unpruned.pretrained_test_accuracy is not None:
+        ax.scatter(unpruned.macs_before / 1e6, 100 * unpruned.pretrained_test_accuracy,
                    marker='s', color=color, s=24, label=f'{criterion}: unpruned, same pretraining')
     fp = _fp_run(runs)
     if fp:
-      ax.axhline(100 * fp['results']['test_accuracy'], color='gray', linestyle='--',
-                 label=f'full precision ({fp["name"]})')
+      ax.axhline(100 * fp.results.test_accuracy, color='gray', linestyle='--',
+                 label=f'full precision ({fp.name})')
     ax.legend(fontsize=8)
     ax.set_xlabel('MACs per image (millions)')
     ax.set_ylabel('test accuracy after fine-tuning (%)')

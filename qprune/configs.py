@@ -20,6 +20,7 @@ from qprune.models import MODELS
 from qprune.models import spec as spec_lib
 from qprune.ops import conv as conv_lib
 from qprune.prune import criteria, decision
+from qprune.prune.search import SEARCH_METHODS
 from qprune.quant.rules import TARGET_RULES
 from qprune.train import optim
 from qprune.train.loop import TrainOptions
@@ -111,6 +112,10 @@ def prune_config() -> ml_collections.ConfigDict:
   p.search_criteria = placeholder(tuple)
   p.search_ratios = placeholder(tuple)
   p.search_selections = placeholder(tuple)
+  # 'exhaustive': every candidate on every held-out example (one vmapped evaluation); 'race':
+  # successive elimination, clearly worse candidates dropped after a few batches and those
+  # outside the budget never scored (qprune.prune.search; the choice for large holdouts).
+  p.search_method = 'exhaustive'
   p.max_params = placeholder(float)  # budget as a fraction of the unpruned model (None: none)
   p.max_macs = placeholder(float)
   p.holdout = 1000         # training examples held out (from the end) to score candidates
@@ -319,6 +324,8 @@ def _validate_prune(config, p):
     bad = [v for v in values if not 0 <= v < 1]
     _check(p, not bad, f'prune.{field}', bad[0] if bad else None,
            'must be in [0, 1) (the fraction of channels removed)')
+  _check(p, r.search_method in SEARCH_METHODS, 'prune.search_method', r.search_method,
+         f'must be one of {", ".join(SEARCH_METHODS)}')
   _check(p, r.stop_rule in STOP_RULES, 'prune.stop_rule', r.stop_rule,
          f'must be one of {", ".join(STOP_RULES)}')
   _check(p, r.stop_rule != 'fixed' or (_is_int(r.pretrain_epochs) and

@@ -90,6 +90,7 @@ def test_bad_quantization_fields(field, value, message):
     ({'criterion': 'se_l1'}, 'needs prune.se_gates=True'),
     ({'search_criteria': ('l1', 'se_bn_gamma')}, "\\['se_bn_gamma'\\]: a learned-attention"),
     ({'se_reduction': 0}, 'prune.se_reduction=0'),
+    ({'search_method': 'greedy'}, "prune.search_method='greedy': must be one of exhaustive, race"),
     ({'decide_from': '/a/run', 'stop_rule': 'fixed', 'pretrain_epochs': 0},
      'a decision from a snapshot'),
 ])
@@ -102,6 +103,7 @@ def test_bad_pruning_study_fields(fields, message):
     configs.validate(config)
   config.prune.se_gates, config.prune.criterion = True, 'se_bn_gamma'
   config.prune.search_criteria, config.prune.decide_from, config.prune.se_reduction = (), '', 4
+  config.prune.search_method = 'race'
   configs.validate(config)
 
 
@@ -114,5 +116,6 @@ def test_allowed_values_come_from_the_registries():
   assert set(configs.MODES) == set(MODES)
   assert set(configs.QUANT_METHODS) == set(quant.TARGET_RULES)
   assert configs.STOP_RULES == prune.STOP_RULES
+  assert configs.SEARCH_METHODS == prune.SEARCH_METHODS
   assert configs.SCHEDULES == optim.LR_SCHEDULES
   assert set(configs.AUGMENTS) == set(pipeline.AUGMENTATIONS)

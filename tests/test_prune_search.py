@@ -1,6 +1,7 @@
 """Vmapped candidate search == sequential loop == shrunk models; compiled once for all K."""
 
 import chex
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +106,74 @@ def test_search_rows_report_costs_and_scores():
   for row, m in zip(rows, masks):
     assert row['params'] == prune.mask_cost(model, variables, groups, m, SHAPE)['params']
     assert 0.0 <= row['accuracy'] <= 1.0 and np.isfinite(row['loss'])
+
+
+def test_paired_test_drops_only_clearly_worse_candidates():
+  from qprune.prune.search import _significantly_worse
+  leader = np.ones(100, bool)
+  half = np.arange(100) < 50
+  assert _significantly_worse(leader, half, 4.0)          # 50 % worse on 100 paired examples
+  assert not _significantly_worse(leader, leader, 4.0)    # identical: never
+  one_miss = leader.copy()
+  one_miss[0] = False
+  assert not _significantly_worse(leader, one_miss, 4.0)  # 1 of 100: within noise
+  # d = 1 on 20 of 400 examples, 0 elsewhere: mean .05, std ~.218, se ~.0109 -> 4.6 se
+  other = np.ones(400, bool)
+  other[:20] = False
+  assert _significantly_worse(np.ones(400, bool), other, 4.0)
+  assert not _significantly_worse(np.ones(400, bool), other, 5.0)
+
+
+def _race_setup():
+  """ResNet-20 (width 0.25, random init) on images labelled by the unpruned model's own
+  predictions: the unpruned candidate is right on every example, pruned ones less often. (Colour
+  ramps, not noise: a random net maps every noise image to the same class.)"""
+  model = create_model('resnet20', 10, width=0.25)
+  variables = init_variables(model, jax.random.PRNGKey(0), SHAPE)
+  groups = prune.derive_groups(variables, residual=True)
+  colour_key, ramp_key = jax.random.split(jax.random.PRNGKey(1))
+  colours = jax.random.uniform(colour_key, (384, 1, 1, 3)) * 255
+  ramps = jnp.linspace(-1, 1, 32)[None, :, None, None] * jax.random.normal(ramp_key,
+                                                                          (384, 1, 1, 3)) * 80
+  images = jnp.clip(colours + ramps, 0, 255).astype(jnp.uint8)
+  bn_images = prune.batched(images[:64], 32)
+  stats = prune.reestimate_bn_stats(model, groups, variables, None, bn_images)
+  labels = jnp.argmax(model.apply({'params': variables['params'], 'batch_stats': stats},
+                                  images[64:], train=False), -1)
+  cands = [prune.Candidate('l1', 0.0, 'uniform'),
+           *prune.candidate_grid(['l1', 'random'], [0.25, 0.5, 0.8], ['uniform'])]
+  return (model, variables, groups, cands, bn_images, prune.batched(images[64:], 20),
+          prune.batched(labels, 20))
+
+
+def test_race_picks_the_exhaustive_choice_and_drops_the_others_early():
+  model, variables, groups, cands, bn_images, eval_images, eval_labels = _race_setup()
+  (exhaustive, raced), compiles = count_compiles('_batch_outcomes', lambda: (
+      prune.search(model, variables, groups, cands, SHAPE, bn_images, eval_images, eval_labels,
+                   rng=jax.random.PRNGKey(3)),
+      prune.search(model, variables, groups, cands, SHAPE, bn_images, eval_images, eval_labels,
+                   rng=jax.random.PRNGKey(3), method='race')))
+  assert compiles == 1  # one compile for every candidate and batch
+  assert raced.best == exhaustive.best and exhaustive.rows[exhaustive.best]['ratio'] == 0.0
+  assert exhaustive.rows[exhaustive.best]['accuracy'] == 1.0
+  assert all(r['images'] == 320 for r in exhaustive.rows)
+  seen = [r['images'] for r in raced.rows]
+  # Everyone runs 2 batches before the first test; the race ends when one candidate is left.
+  assert min(seen) >= 40 and max(seen) < 320 and sum(seen) < 0.5 * 320 * len(cands), seen
+  for fast, full in zip(raced.rows, exhaustive.rows):
+    assert (fast['params'], fast['macs']) == (full['params'], full['macs'])
+
+
+def test_race_scores_only_candidates_within_the_budget():
+  model, variables, groups, cands, bn_images, eval_images, eval_labels = _race_setup()
+  full = prune.model_cost(model, variables, SHAPE)['params']
+  found = prune.search(model, variables, groups, cands, SHAPE, bn_images, eval_images,
+                       eval_labels, rng=jax.random.PRNGKey(3), method='race',
+                       max_params=int(0.5 * full))
+  for row in found.rows:
+    fits = row['params'] <= 0.5 * full
+    assert (row['accuracy'] is not None) == fits and (row['images'] > 0) == fits
+  assert found.rows[found.best]['params'] <= 0.5 * full
+  with pytest.raises(ValueError, match='unknown search method'):
+    prune.search(model, variables, groups, cands, SHAPE, None, eval_images, eval_labels,
+                 method='greedy')

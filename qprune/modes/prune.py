@@ -30,7 +30,8 @@ SNAPSHOTS = 'epochs'  # pretrain/epochs/<E>/: the model after pretraining epoch 
 # decide, and everything after the decision. Every other field shapes the pretraining trajectory
 # or the masks recorded along it.
 DECISION_FIELDS = ('stop_rule', 'pretrain_epochs', 'snapshots', 'decide_from', 'search_criteria',
-                   'search_ratios', 'search_selections', 'max_params', 'max_macs', 'bn_batches',
+                   'search_ratios', 'search_selections', 'search_method', 'max_params', 'max_macs',
+                   'bn_batches',
                    'finetune_epochs', 'finetune_learning_rate')
 # What only the recorded masks depend on, not the trajectory: free to differ too when the stop
 # rule is fixed (then the decision epoch does not depend on the masks), e.g. to score several
@@ -237,7 +238,7 @@ def run_search(config, workdir, model, spec, variables, groups, score_data, bn_i
       max_params=int(pconfig.max_params * cost['params']) if pconfig.max_params else None,
       max_macs=int(pconfig.max_macs * cost['macs']) if pconfig.max_macs else None,
       batches=score_data, rng=rng, criterion_kwargs=options,
-      selection_kwargs=selection_options(pconfig))
+      selection_kwargs=selection_options(pconfig), method=pconfig.search_method)
   files.write_json_atomic(path, {'best': found.best, 'rows': found.rows,
                                  'masks': encode_masks(found.best_masks)})
   return found.best_masks, found.rows, found.best

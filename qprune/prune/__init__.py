@@ -24,7 +24,8 @@ from qprune.prune.groups import (RESIDUAL, ChannelGroup, Slot, derive_groups, gr
 from qprune.prune.masks import apply_masks, apply_with_gates, full_masks, kept_counts, stack_masks
 from qprune.prune.search import (Candidate, SearchResult, batched, candidate_grid, candidate_masks,
                                  choose_best, evaluate_candidates, evaluate_masks,
-                                 evaluate_masks_jit, reestimate_bn_stats, search)
+                                 evaluate_masks_jit, race, reestimate_bn_stats, search,
+                                 SEARCH_METHODS)
 from qprune.prune.selection import SELECTIONS, make_masks, register_selection, select
 from qprune.prune.shrink import (ShrunkModel, mask_cost, model_cost, shrink, shrink_report,
                                  shrunk_widths)
@@ -52,6 +53,7 @@ __all__ = [
     'TrackerError', 'tracker_step',
     # candidate search
     'Candidate', 'SearchResult', 'candidate_grid', 'candidate_masks', 'search', 'choose_best',
+    'race', 'SEARCH_METHODS',
     'evaluate_candidates', 'evaluate_masks', 'evaluate_masks_jit', 'reestimate_bn_stats',
     'batched',
     # shrinking

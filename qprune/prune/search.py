@@ -14,6 +14,17 @@ Images are pre-batched: bn_images uint8[B, N, H, W, C]; eval_images uint8[E, M, 
 eval_labels int[E, M] and optionally eval_valid bool[E, M] (`qprune.train.evaluation.
 pad_to_batches`: every held-out example counts once). The batches run sequentially (lax.map, in
 `evaluation.batch_sums`) to bound memory: K * M images are live at a time.
+
+`search(..., method='race')` scores the candidates by successive elimination instead (racing,
+Maron & Moore 1994): every candidate within the budget sees the held-out batches in the same
+order, and after 2, 4, 8, ... batches each one the current leader beats significantly is dropped.
+Two candidates are compared on the same examples, so the test is on paired differences
+d_i = correct_leader,i - correct_c,i: c goes when mean(d) > z * std(d) / sqrt(n) (z = RACE_Z = 4,
+conservative because a candidate is tested up to log2(E) times). A clearly worse candidate costs
+a couple of batches instead of the whole split, and candidates outside the budget are not scored
+at all; only the survivors see every batch. The race stops once one candidate is left, so its
+row's accuracy is over the `images` it was scored on. The choice is the exhaustive one whenever
+no test drops the candidate that is best on the whole split.
 """
 import dataclasses
 import functools
@@ -22,6 +33,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import traverse_util
 
 from qprune.ops import compile as compile_lib
@@ -94,6 +106,83 @@ def evaluate_candidates(model, groups: Groups, variables, stacked_masks, bn_imag
                                                                eval_valid)
 
 
+SEARCH_METHODS = ('exhaustive', 'race')
+RACE_Z = 4.0
+
+reestimate_bn_stats_jit = compile_lib.jit(reestimate_bn_stats, static_argnums=(0, 1))
+
+
+@compile_lib.jit(static_argnums=(0, 1))
+def _batch_outcomes(model, groups: Groups, variables, masks, images, labels):
+  """Per example of one batch: (correct bool[M], cross-entropy f32[M]) of the masked model."""
+  logits = apply_with_gates(model, variables, images, groups, _float_gates(masks))
+  return (jnp.argmax(logits, -1) == labels,
+          optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def _significantly_worse(leader: np.ndarray, other: np.ndarray, z: float) -> bool:
+  """Whether `other` (bool correctness per example) is worse than `leader` on the same examples
+  by more than z standard errors of the paired difference."""
+  n = leader.size
+  if n < 2:
+    return False
+  diff = (int(leader.sum()) - int(other.sum())) / n
+  disagree = int(np.count_nonzero(leader != other)) / n  # mean of d_i^2, d_i in {-1, 0, 1}
+  var = max(disagree - diff * diff, 0.0) * n / (n - 1)
+  return diff > z * np.sqrt(var / n)
+
+
+def race(model, groups: Groups, variables, masks: Sequence, bn_images, eval_images, eval_labels,
+         eval_valid=None, *, among: Optional[Sequence[int]] = None, z: float = RACE_Z):
+  """Successive elimination over the candidates `among` (default all); see the module docstring.
+
+  masks: K candidates' {group: bool[C]}. Returns (metrics, best): metrics[k] = {'accuracy',
+  'loss', 'images'} over the examples candidate k was scored on (None for candidates not in
+  `among`); best: the index the race picked (highest accuracy, then lowest loss, among those
+  still running at the end). Two compiled functions (BN re-estimation, one batch's outcomes),
+  each compiled once whatever K and the split size.
+  """
+  groups = tuple(groups)
+  alive = list(range(len(masks)) if among is None else among)
+  if not alive:
+    raise ValueError('race: no candidates to score')
+  valid = (np.ones(eval_labels.shape, bool) if eval_valid is None
+           else np.asarray(jax.device_get(eval_valid), bool))
+  scored = {}
+  for k in alive:
+    v = variables
+    if bn_images is not None:
+      v = {'params': variables['params'],
+           'batch_stats': reestimate_bn_stats_jit(model, groups, variables, masks[k], bn_images)}
+    scored[k] = v
+  correct = {k: [] for k in alive}
+  loss = {k: 0.0 for k in alive}
+
+  def leader():
+    return max(alive, key=lambda k: (sum(int(c.sum()) for c in correct[k]), -loss[k]))
+
+  for b in range(eval_labels.shape[0]):
+    outcomes = {k: _batch_outcomes(model, groups, scored[k], masks[k], eval_images[b],
+                                   eval_labels[b]) for k in alive}
+    for k, (right, losses) in jax.device_get(outcomes).items():
+      correct[k].append(right[valid[b]])
+      loss[k] += float(losses[valid[b]].sum())
+    seen = b + 1
+    if len(alive) > 1 and seen >= 2 and seen & (seen - 1) == 0:  # after 2, 4, 8, ... batches
+      best = leader()
+      reference = np.concatenate(correct[best])
+      alive = [k for k in alive if k == best or
+               not _significantly_worse(reference, np.concatenate(correct[k]), z)]
+    if len(alive) == 1:
+      break
+  metrics: List[Optional[dict]] = [None] * len(masks)
+  for k, parts in correct.items():
+    n = sum(c.size for c in parts)
+    metrics[k] = {'accuracy': sum(int(c.sum()) for c in parts) / max(n, 1),
+                  'loss': loss[k] / max(n, 1), 'images': n}
+  return metrics, leader()
+
+
 @dataclasses.dataclass(frozen=True)
 class Candidate:
   criterion: str
@@ -137,9 +226,14 @@ def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
   """
   feasible = [i for i, r in enumerate(rows) if within_budget(r, max_params, max_macs)]
   if not feasible:
-    key = 'params' if max_params is not None else 'macs'
-    return min(range(len(rows)), key=lambda i: rows[i][key])
+    return _cheapest(rows, max_params)
   return max(feasible, key=lambda i: (rows[i]['accuracy'], -rows[i]['loss']))
+
+
+def _cheapest(rows: Sequence[dict], max_params: Optional[int]) -> int:
+  """The fallback when no row meets the budget: fewest params if they are budgeted, else MACs."""
+  key = 'params' if max_params is not None else 'macs'
+  return min(range(len(rows)), key=lambda i: rows[i][key])
 
 
 class SearchResult(NamedTuple):
@@ -156,27 +250,43 @@ class SearchResult(NamedTuple):
 
 def search(model, variables, groups: Groups, candidates: Sequence[Candidate], input_shape,
            bn_images, eval_images, eval_labels, *, eval_valid=None, max_params=None,
-           max_macs=None, criterion_kwargs=None, selection_kwargs=None, **data) -> SearchResult:
+           max_macs=None, criterion_kwargs=None, selection_kwargs=None,
+           method: str = 'exhaustive', **data) -> SearchResult:
   """Build, cost and score every candidate; returns a SearchResult (best index, rows, masks).
 
   input_shape: (H, W, C) of a uint8 image, or an example input with a batch axis (for costs).
   rows[k] = {'description', 'criterion', 'ratio', 'selection', 'params', 'macs', 'accuracy',
-  'loss'} (JSON-able). data: model-free extras for criteria (batches=, rng=).
-  criterion_kwargs / selection_kwargs: see `candidate_masks`.
+  'loss', 'images'} (JSON-able; 'images': held-out examples scored). data: model-free extras for
+  criteria (batches=, rng=). criterion_kwargs / selection_kwargs: see `candidate_masks`.
+  method: 'exhaustive' (every candidate on every example, one vmapped evaluation) or 'race'
+  (successive elimination, candidates outside the budget unscored: accuracy/loss None).
   """
+  if method not in SEARCH_METHODS:
+    raise ValueError(f'unknown search method {method!r}; choose one of {SEARCH_METHODS}')
   groups = tuple(groups)
   masks = candidate_masks(variables, groups, candidates, model=model,
                           criterion_kwargs=criterion_kwargs, selection_kwargs=selection_kwargs,
                           **data)
-  metrics = jax.device_get(evaluate_candidates(model, groups, variables, stack_masks(masks),
-                                               bn_images, eval_images, eval_labels, eval_valid))
-  rows = []
-  for k, (cand, m) in enumerate(zip(candidates, masks)):
-    cost = mask_cost(model, variables, groups, m, input_shape)
-    rows.append({'description': cand.description, 'criterion': cand.criterion,
-                 'ratio': cand.ratio, 'selection': cand.selection, **cost,
-                 'accuracy': float(metrics['accuracy'][k]), 'loss': float(metrics['loss'][k])})
-  best = choose_best(rows, max_params=max_params, max_macs=max_macs)
+  rows = [{'description': cand.description, 'criterion': cand.criterion, 'ratio': cand.ratio,
+           'selection': cand.selection, **mask_cost(model, variables, groups, m, input_shape)}
+          for cand, m in zip(candidates, masks)]
+  if method == 'exhaustive':
+    stacked = jax.device_get(evaluate_candidates(model, groups, variables, stack_masks(masks),
+                                                 bn_images, eval_images, eval_labels,
+                                                 eval_valid))
+    images = int(np.asarray(jax.device_get(eval_valid)).sum() if eval_valid is not None
+                 else np.prod(eval_labels.shape))
+    for k, row in enumerate(rows):
+      row.update(accuracy=float(stacked['accuracy'][k]), loss=float(stacked['loss'][k]),
+                 images=images)
+    best = choose_best(rows, max_params=max_params, max_macs=max_macs)
+  else:
+    among = ([k for k, r in enumerate(rows) if within_budget(r, max_params, max_macs)] or
+             [_cheapest(rows, max_params)])
+    raced, best = race(model, groups, variables, masks, bn_images, eval_images, eval_labels,
+                       eval_valid, among=among)
+    for row, metrics in zip(rows, raced):
+      row.update(metrics or {'accuracy': None, 'loss': None, 'images': 0})
   if not within_budget(rows[best], max_params, max_macs):
     from qprune import errors  # pylint: disable=g-import-not-at-top
     errors.warn(f'no pruning candidate meets the budget (max_params={max_params}, '

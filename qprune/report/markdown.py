@@ -220,13 +220,20 @@ def prune_section(record: records.Results, ctx: _Context) -> List[str]:
     best = record.search_best
     rows = [dict(r, chosen='✓' if i == best else '', accuracy_pct=_pct(r.get('accuracy')))
             for i, r in enumerate(record.search)]
-    rows.sort(key=lambda r: -float(r.get('accuracy') or 0))
+    rows.sort(key=lambda r: (not r['chosen'], -float(r.get('accuracy') or 0)))
+    raced = any(r.get('images') is not None and r['images'] < max(x.get('images') or 0
+                                                                 for x in rows) for r in rows)
     lines += [ctx.heading(f'Candidate search ({len(rows)} candidates, best first)', 1), '',
               'Accuracy on training images held out from pretraining (prune.holdout), BN '
-              're-estimated per candidate.', '']
-    lines += table(rows[:50], ['chosen', 'description', 'params', 'macs', 'accuracy_pct',
-                               'loss'],
-                   ['chosen', 'candidate', 'params', 'MACs', 'held-out accuracy', 'loss'])
+              're-estimated per candidate.' +
+              (' Raced (prune.search_method=race): a candidate the leader beat significantly '
+               'stopped early, so its accuracy is over the held-out images it was scored on; '
+               'candidates outside the budget were not scored.' if raced else ''), '']
+    columns = ['chosen', 'description', 'params', 'macs', 'accuracy_pct', 'loss']
+    titles = ['chosen', 'candidate', 'params', 'MACs', 'held-out accuracy', 'loss']
+    if raced:
+      columns, titles = columns + ['images'], titles + ['images scored']
+    lines += table(rows[:50], columns, titles)
   if record.mask_distance:
     fired = None
     if record.stop_rule_fired and record.pretrain_epochs:

@@ -9,12 +9,14 @@ after shrinking (BN re-estimated) and after fine-tuning, and per attention varia
 against its base criterion. Standard library only.
 """
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
 from typing import Dict, List, Optional
 
+from qprune import records
 from qprune.errors import UserError
 
 # attention variant -> (its base criterion, kind)
@@ -33,24 +35,34 @@ class AblationError(UserError):
   """The runs folder holds nothing to tabulate."""
 
 
-def read_runs(runs_dir: str) -> List[dict]:
-  """results.json of every finished decision run under `runs_dir` (fine-tuned, i.e. not a
-  pretraining-only run)."""
+@dataclasses.dataclass
+class AblationRun:
+  """One fine-tuned prune run: its results, and from its config.json the seed and whether it
+  pretrained with SE gates."""
+  results: records.PruneResults
+  seed: Optional[int] = None
+  se_gates: bool = False
+
+
+def read_runs(runs_dir: str) -> List[AblationRun]:
+  """Every finished decision run under `runs_dir` (fine-tuned, i.e. not a pretraining-only
+  run)."""
   found = []
   for root, _, names in sorted(os.walk(runs_dir)):
     if 'results.json' not in names:
       continue
     with open(os.path.join(root, 'results.json')) as f:
-      results = json.load(f)
-    if results.get('mode') != 'prune' or not results.get('finetune_epochs'):
+      results = records.from_json(json.load(f))
+    if not isinstance(results, records.PruneResults) or not results.finetune_epochs:
       continue
+    run = AblationRun(results)
     config_path = os.path.join(root, 'config.json')
     if os.path.exists(config_path):
       with open(config_path) as f:
         config = json.load(f)
-      results['seed'] = config.get('seed')
-      results['se_gates'] = bool(config.get('prune', {}).get('se_gates'))
-    found.append(results)
+      run.seed = config.get('seed')
+      run.se_gates = bool(config.get('prune', {}).get('se_gates'))
+    found.append(run)
   return found
 
 
@@ -62,26 +74,26 @@ def _stats(values: List[float]) -> dict:
 GATED, PLAIN = 'SE-gated', 'plain'
 
 
-def table(runs: List[dict]) -> dict:
+def table(runs: List[AblationRun]) -> dict:
   """{'rows': [...], 'verdicts': [...]} (see the module docstring). A row is one (criterion,
   pretraining, ratio); the pretraining is 'SE-gated' (prune.se_gates) or 'plain'. Each attention
   variant is judged against its base criterion on the same pretraining and, for the learned
   variants, also against the base on the plain one."""
-  cells: Dict[tuple, List[dict]] = {}
-  for r in runs:
-    key = (r['criterion'], GATED if r.get('se_gates') else PLAIN, r['prune_ratio'])
-    cells.setdefault(key, []).append(r)
+  cells: Dict[tuple, List[AblationRun]] = {}
+  for run in runs:
+    key = (run.results.criterion, GATED if run.se_gates else PLAIN, run.results.prune_ratio)
+    cells.setdefault(key, []).append(run)
   rows = []
   for (criterion, pretraining, ratio), members in sorted(
       cells.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
-    members.sort(key=lambda r: r.get('seed') or 0)
-    first = members[0]
+    members.sort(key=lambda run: run.seed or 0)
+    first = members[0].results
     base, kind = VARIANTS.get(criterion, (criterion, 'base'))
     rows.append({'criterion': criterion, 'base': base, 'attention': kind,
                  'pretraining': pretraining, 'ratio': ratio,
-                 'seeds': [r.get('seed') for r in members], 'params': first.get('params'),
-                 'macs': first.get('macs'), 'params_before': first.get('params_before'),
-                 **{m: _stats([r[m] for r in members]) for m in METRICS}})
+                 'seeds': [run.seed for run in members], 'params': first.params,
+                 'macs': first.macs, 'params_before': first.params_before,
+                 **{m: _stats([getattr(run.results, m) for run in members]) for m in METRICS}})
   by_key = {(row['criterion'], row['pretraining'], row['ratio']): row for row in rows}
   verdicts = []
   for row in rows:
@@ -147,9 +159,10 @@ def main(argv=None) -> int:
       raise AblationError(f'{args.runs} holds no finished, fine-tuned prune run')
     ablation = table(runs)
     ablation['command'] = 'bash configs/sweeps/prune_attention_ablation.sh DATA OUT mnist'
-    ablation['machine'] = runs[0].get('machine')
-    ablation['config'] = {k: runs[0].get(k) for k in ('model', 'dataset', 'pretrain_epochs',
-                                                      'finetune_epochs', 'selection')}
+    ablation['machine'] = runs[0].results.machine
+    ablation['config'] = {k: getattr(runs[0].results, k)
+                          for k in ('model', 'dataset', 'pretrain_epochs', 'finetune_epochs',
+                                    'selection')}
     print('\n'.join(markdown(ablation)))
     if args.out:
       os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

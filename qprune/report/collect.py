@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 if __name__ == '__main__' and sys.path and (
     os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))):
@@ -38,13 +38,13 @@ RESULT_COLUMNS = tuple((name, name) for name in records.COLUMNS)
 ALWAYS = ('job', 'status')
 
 
-def result_field(results: dict, key: str):
+def result_field(results: Mapping, key: str):
   """results[key], else the value in the last pipeline stage that has it, else None."""
   if results.get(key) is not None:
     return results[key]
   stages = results.get('stages') or {}
-  for stage in reversed(list(stages.values()) if isinstance(stages, dict) else []):
-    if isinstance(stage, dict) and stage.get(key) is not None:
+  for stage in reversed(list(stages.values()) if isinstance(stages, Mapping) else []):
+    if isinstance(stage, Mapping) and stage.get(key) is not None:
       return stage[key]
   return None
 

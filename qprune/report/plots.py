@@ -13,6 +13,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from qprune import files
+from qprune.report.collect import result_field
 
 
 def _figure(width: float = 6.4, height: float = 4.0):
@@ -196,16 +197,6 @@ def sensitivity_plot(rows: Sequence[Mapping], path: str, *, x_key: str, x_label:
 
 # ---------------------------------------------------------------------------------------------
 # Sweeps.
-
-def result_field(results: Mapping, key: str):
-  """results[key], else the value in the last pipeline stage that has it, else None."""
-  if results.get(key) is not None:
-    return results[key]
-  for stage in reversed(list((results.get('stages') or {}).values())):
-    if isinstance(stage, Mapping) and stage.get(key) is not None:
-      return stage[key]
-  return None
-
 
 def sweep_points(results_list: Sequence[Mapping]) -> list:
   """[(label, accuracy, bits_per_weight, macs)] of the runs that have a test accuracy.

@@ -211,6 +211,38 @@ def test_quantize_mode_compiles_one_train_step_and_one_eval(mnist_small, tmp_pat
   assert counts == {'step': 1, 'evaluate': 1}
 
 
+def test_prune_mode_compiles_once_per_model_shape(mnist_small, tmp_path):
+  """Pretraining (2 epochs), the candidate search and fine-tuning (2 epochs) compile the train
+  step and the evaluation once per model shape (the unpruned and the shrunk one), not per epoch,
+  and the search once for all its candidates."""
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  from qprune.modes import common, prune as prune_mode  # pylint: disable=g-import-not-at-top
+  from qprune.train import parallel  # pylint: disable=g-import-not-at-top
+  config = configs.sibling_config(os.path.join(REPO_ROOT, 'configs', 'x.py'), 'mnist_lenet5_prune')
+  config.mode, config.progress = 'prune', False
+  # Shapes and a learning rate no other test uses, so nothing is cached from earlier tests.
+  config.batch_size, config.eval_batch_size, config.learning_rate = 48, 176, 0.0123
+  config.epochs, config.prune.stop_rule, config.prune.pretrain_epochs = 2, 'fixed', 2
+  config.prune.search_criteria, config.prune.search_ratios = ('l1',), (0.5, 0.6)
+  config.prune.search_selections, config.prune.max_params = ('uniform',), None
+  config.prune.holdout, config.prune.bn_batches, config.prune.finetune_epochs = 100, 1, 2
+  configs.validate(config)
+  data = _subset(mnist_small, 400)
+  _, variables = _lenet()
+  spec = common.spec_for(config)
+  mesh = parallel.make_mesh()
+
+  def run():
+    return prune_mode.prune_model(config, str(tmp_path), mesh, data, spec, variables)
+
+  counts = {}
+  nested, counts['step'] = count_compiles('jit(step)', lambda: count_compiles(
+      'jit(evaluate)', lambda: count_compiles('evaluate_candidates', run)))
+  (record, counts['search']), counts['evaluate'] = nested
+  assert record.pretrain_epochs == 2 and record.finetune_epochs == 2
+  assert counts == {'step': 2, 'evaluate': 2, 'search': 1}
+
+
 def test_tensorboard_scalars_mirror_metrics(mnist_small, tmp_path):
   """tensorboard=True: every numeric field of each epoch's metrics line is also a TensorBoard
   scalar (tensorboardX event file under <stage>/tensorboard/); training is unchanged."""

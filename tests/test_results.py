@@ -150,6 +150,30 @@ def test_decision_study_table_and_goals(tmp_path):
       'cifar10_resnet20_prune_accuracy_vs_macs.png', 'cifar10_resnet20_prune_mask_distance.png']
 
 
+def test_pruned_model_table_and_the_reference_goal(tmp_path):
+  """Prune runs outside a decision study: a row each, mean ± std per setting over its seeds, and
+  the goal against the reference counts only settings within the reference's params."""
+  group = tmp_path / 'mnist_lenet5'
+  def run(name, results):
+    (group / name).mkdir(parents=True)
+    (group / name / 'results.json').write_text(json.dumps(
+        {'dataset': 'mnist', 'model': 'lenet5', 'command': 'python -m qprune.main', **results}))
+  run('fp_2epochs', {'mode': 'train', 'test_accuracy': 0.9913, 'params': 431_150, 'macs': 9})
+  for name, params, accuracy in (('prune_a_s0', 100_000, 0.9915), ('prune_a_s1', 100_000, 0.9909),
+                                 ('prune_big_s0', 200_000, 0.9950)):
+    run(name, {'mode': 'prune', 'criterion': 'taylor', 'prune_ratio': 0.68,
+               'selection': 'global', 'params_before': 431_150, 'params': params,
+               'macs_before': 9, 'macs': 5, 'pruned_test_accuracy': 0.96,
+               'test_accuracy': accuracy, 'pretrain_epochs': 0})
+  text = results_lib.render(str(tmp_path))
+  assert 'From `fp_2epochs` (99.13 %, 431,150 params)' in text
+  assert ('| [prune_a_s1](results/mnist_lenet5/prune_a_s1) | taylor at ratio 0.68 (global) after '
+          '0 pretraining epochs | 431,150 → 100,000 | 9 → 5 | 96.00 % | 99.09 % |') in text
+  assert '- `prune_a`: fine-tuned 99.12 ± 0.04 % over 2 seeds' in text
+  assert ('- Goal ≥ 99.10 % at ≤ 109,330 params: **met** by `prune_a` (99.12 % mean of 2 seeds, '
+          'at most 100,000 params; +0.07 vs the reference)') in text
+
+
 def test_attention_ablation_table_by_hand(tmp_path):
   """Two seeds: se_l1 beats l1 on its own (SE-gated) pretraining and on the plain one by more than
   either's spread; the training-free attention is within noise of l1."""

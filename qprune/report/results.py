@@ -18,7 +18,9 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
+import statistics
 import sys
 from typing import Dict, Generic, List, Optional, Type, TypeVar
 
@@ -51,6 +53,16 @@ GOALS = {
 
 
 # (description, compression ratio at least, accuracy at least) of the pipeline runs.
+# Structured pruning of a trained model against another library, per (dataset, model): the
+# published run it starts from, the reference's text, its params and its test accuracy, and the
+# accuracy qprune must keep at no more params (the project's pruning issue).
+PRUNE_REFERENCES = {
+    ('mnist', 'lenet5'): (
+        'fp_2epochs', 'Torch-Pruning (Fang et al. 2023, DepGraph) on the same Caffe LeNet-5 from '
+        'the same 2-epoch model: L1 group importance, 50 % of every conv/dense layer\'s '
+        'channels/units, 2 fine-tuning epochs at lr 0.01 (measured for the project\'s issue)',
+        109_330, 0.9905, 0.991),
+}
 PIPELINE_GOALS = {
     ('mnist', 'lenet5'): (
         ('>= 50x smaller than FP32 at >= 99.2 % (Deep Compression: 39x at 99.26 %)', 50.0, 0.992),
@@ -480,6 +492,51 @@ def attention_ablation_lines(table: dict) -> List[str]:
           ['', f'    {table.get("command")}', ''])
 
 
+def pruned_model_lines(key, runs: List[Run[records.PruneResults]],
+                       start: Optional[Run]) -> List[str]:
+  """The table of prune runs outside the decision studies (one row per run, then mean ± std
+  over the seeds of each setting: the folder name without its `_s<seed>`), and the goal
+  against PRUNE_REFERENCES[key] where there is one."""
+  out = ['### Structured pruning of a trained model', '']
+  reference = PRUNE_REFERENCES.get(key)
+  if start is not None:
+    out += [f'From `{start.name}` ({_pct(start.results.test_accuracy)}, '
+            f'{start.results.params:,} params), no further pretraining: candidates scored on '
+            'held-out training images, the best within the budget shrunk and fine-tuned.', '']
+  out += ['| run | chosen candidate | params | MACs | right after shrinking | fine-tuned |',
+          '|---|---|---|---|---|---|']
+  settings: Dict[str, List[Run[records.PruneResults]]] = {}
+  for run in runs:
+    settings.setdefault(re.sub(r'_s\d+$', '', run.name), []).append(run)
+    r = run.results
+    out.append(f'| [{run.name}](results/{run.path}) | {r.chosen_text() or ""} | '
+               f'{r.params_before:,} → {r.params:,} | {r.macs_before:,} → {r.macs:,} | '
+               f'{_pct(r.pruned_test_accuracy)} | {_pct(r.test_accuracy)} |')
+  out.append('')
+  summaries = {}
+  for name, members in settings.items():
+    accuracies = [m.results.test_accuracy for m in members]
+    mean = statistics.fmean(accuracies)
+    std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    summaries[name] = (mean, max(m.results.params for m in members), len(members))
+    out.append(f'- `{name}`: fine-tuned {100 * mean:.2f} ± {100 * std:.2f} % over '
+               f'{records.plural(len(members), "seed")}')
+  if reference:
+    _, text, params, accuracy, goal = reference
+    out += ['', f'Reference: {text}: {params:,} params, {_pct(accuracy)}.', '']
+    fits = {name: v for name, v in summaries.items() if v[1] <= params}
+    best = max(fits, key=lambda name: fits[name][0], default=None)
+    if best is None:
+      out.append(f'- Goal ≥ {_pct(goal)} at ≤ {params:,} params: **not measured**')
+    else:
+      mean, most, seeds = fits[best]
+      out.append(f'- Goal ≥ {_pct(goal)} at ≤ {params:,} params: '
+                 f'**{"met" if mean >= goal - 1e-12 else "missed"}** by `{best}` '
+                 f'({100 * mean:.2f} % mean of {records.plural(seeds, "seed")}, at most '
+                 f'{most:,} params; {_delta(mean - accuracy)} vs the reference)')
+  return out + ['']
+
+
 def commands_block(runs: List[Run]) -> List[str]:
   """A collapsed list of the commands that made `runs`."""
   return (['<details><summary>Commands</summary>', '', '```'] +
@@ -578,6 +635,14 @@ def render(results_dir: str) -> str:
               f'![accuracy vs MACs](results/{PLOTS_DIR}/{key}_prune_accuracy_vs_macs.png)', '']
       out += commands_block([run for study in studies.values()
                              for run in [study['full']] + study['decisions']])
+    in_studies = {run.path for study in studies.values()
+                  for run in [study['full']] + study['decisions']}
+    pruned = [run for run in _of_mode(runs, records.PruneResults) if run.path not in in_studies]
+    if pruned:
+      start_name = PRUNE_REFERENCES.get((dataset, model), (None,))[0]
+      start = next((run for run in runs if run.name == start_name), None)
+      out += pruned_model_lines((dataset, model), pruned, start)
+      out += commands_block(([start] if start else []) + pruned)
     ablation_path = os.path.join(results_dir, key, ABLATION_JSON)
     if os.path.isfile(ablation_path):
       out += attention_ablation_lines(_read_json(ablation_path))

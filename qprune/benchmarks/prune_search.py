@@ -40,8 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from qprune import load_model, prune
+from qprune import prune
+from qprune.artifacts import load_saved_model
 from qprune.models import create_model, init_variables
+from qprune.models.spec import model_from_spec
 
 _NUM_IMAGES = flags.DEFINE_integer(
     'num_images', 500,
@@ -146,7 +148,8 @@ def main(_):
   if unknown:
     raise app.UsageError(f'--methods: unknown {sorted(unknown)}; use vmap, loop, recompile, race')
   if _MODEL_DIR.value:
-    model, variables = load_model(_MODEL_DIR.value)
+    spec, variables = load_saved_model(_MODEL_DIR.value)
+    model = model_from_spec(spec)
     name = f'{_MODEL_DIR.value} (trained)'
   else:
     model = create_model(_MODEL.value, 10, width=_WIDTH.value)

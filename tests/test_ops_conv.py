@@ -9,26 +9,29 @@ from qprune.ops import conv as conv_ops
 CASES = [
     # (N, H, W, C_in, C_out, k, stride, padding, route): the formulation conv2d(impl='fast') picks;
     # 'vjp' is XLA's conv with the custom kernel gradient, 'patch' the im2col matmul (tiny output
-    # map), 'xla' XLA's conv (unpadded). Every formulation is checked on every case anyway.
+    # map), 'col2im' XLA's conv with the matmul + col2im input gradient (unpadded). Every
+    # formulation is checked on every case anyway.
     (2, 8, 8, 16, 16, 3, 1, 'SAME', 'vjp'),
     (3, 9, 7, 5, 7, 3, 1, 'SAME', 'vjp'),       # odd spatial, odd channels, C_in < 8
     (3, 9, 7, 9, 5, 3, 2, 'SAME', 'vjp'),       # stride 2, odd sizes -> asymmetric SAME padding
-    (2, 11, 11, 3, 6, 3, 2, 'VALID', 'xla'),
-    (2, 7, 9, 10, 3, 1, 1, 'SAME', 'xla'),      # 1x1
-    (2, 9, 9, 12, 5, 1, 2, 'VALID', 'xla'),     # 1x1 stride 2
-    (2, 13, 13, 1, 4, 5, 1, 'VALID', 'xla'),    # lenet-like 5x5, one input channel
+    (2, 11, 11, 3, 6, 3, 2, 'VALID', 'col2im'),
+    (2, 7, 9, 10, 3, 1, 1, 'SAME', 'col2im'),      # 1x1
+    (2, 9, 9, 12, 5, 1, 2, 'VALID', 'col2im'),     # 1x1 stride 2
+    (2, 13, 13, 1, 4, 5, 1, 'VALID', 'col2im'),    # lenet-like 5x5, one input channel
     (2, 12, 10, 9, 4, 5, 2, 'SAME', 'vjp'),     # 5x5 stride 2
-    (5, 6, 6, 8, 8, 3, 1, 'VALID', 'xla'),
-    (2, 2, 2, 8, 4, 1, 1, 'SAME', 'xla'),       # 1x1 on a 2x2 map: no window to unroll
+    (5, 6, 6, 8, 8, 3, 1, 'VALID', 'col2im'),
+    (2, 2, 2, 8, 4, 1, 1, 'SAME', 'col2im'),       # 1x1 on a 2x2 map: no window to unroll
     (2, 2, 2, 16, 8, 3, 1, 'SAME', 'patch'),    # 2x2 map (VGG's last block)
     (2, 3, 3, 12, 6, 3, 2, 'SAME', 'patch'),    # 2x2 output, stride 2
     (2, 4, 4, 256, 8, 3, 1, 'SAME', 'vjp'),     # 4x4 map, wide contraction
+    (2, 10, 11, 4, 6, 3, 1, ((2, 0), (-1, 1)), 'vjp'),  # explicit, asymmetric and negative pads
 ]
 
 FORMULATIONS = {
     'routed': lambda x, w, s, pad: conv_ops.conv2d(x, w, s, pad, impl='fast'),
     'vjp': lambda x, w, s, pad: conv_ops._fast_conv(x, w, s, pad),
     'patch': conv_ops.patch_matmul_conv2d,
+    'col2im': lambda x, w, s, pad: conv_ops._col2im_conv(x, w, s, pad),
 }
 
 
@@ -66,6 +69,21 @@ def test_multi_block_scan():
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize('n', [40, 37])
+def test_input_grad_blocks(n):
+  """LeNet-5's conv2 at a batch whose col2im is scanned in blocks (40: 5 blocks of 8; 37: 37 of
+  1), and the route's jitted gradients in the train step's form."""
+  x = jax.random.normal(jax.random.key(n), (n, 12, 12, 20))
+  ker = jax.random.normal(jax.random.key(1), (5, 5, 20, 50))
+  dy = jax.random.normal(jax.random.key(2), (n, 8, 8, 50))
+  assert conv_ops._block_size(n, 64, 2 * 25 * 20) < n
+  _, vjp = jax.vjp(lambda x, w: conv_ops.xla_conv2d(x, w, (1, 1), 'VALID'), x, ker)
+  got = jax.jit(jax.vjp(lambda x, w: conv_ops.conv2d(x, w, (1, 1), 'VALID', impl='fast'), x,
+                        ker)[1])(dy)
+  for a, b in zip(got, vjp(dy)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
 def test_bf16_inputs():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 8), jnp.bfloat16)
   w = jax.random.normal(jax.random.key(1), (3, 3, 8, 4), jnp.bfloat16)
@@ -75,6 +93,12 @@ def test_bf16_inputs():
   assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
   np.testing.assert_allclose(dw.astype(np.float32), dw_ref.astype(np.float32), rtol=3e-2, atol=0.5)
   np.testing.assert_allclose(dx.astype(np.float32), dx_ref.astype(np.float32), rtol=3e-2, atol=0.5)
+  # An unpadded conv (the 'col2im' route) in bfloat16.
+  f = lambda impl: jax.grad(lambda x, w: conv_ops.conv2d(x, w, padding='VALID', impl=impl)
+                            .astype(jnp.float32).sum(), (0, 1))(x, w)
+  for a, b in zip(f('fast'), f('xla')):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=3e-2, atol=0.5)
 
 
 def test_resolve_impl():

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from qprune.models import layers
+from qprune.ops import pool as pool_ops
 
 
 class ZooModel(nn.Module):
@@ -36,6 +37,12 @@ class ZooModel(nn.Module):
 
   def bn(self, name, train):
     return layers.batch_norm(train, name, self.dtype)
+
+  def max_pool(self, x, window, strides=None, padding='VALID'):
+    """nn.max_pool (strides default to the window); a custom-VJP form where conv_impl picks the
+    CPU-fast ops (`qprune.ops.pool`)."""
+    strides = window if strides is None else strides
+    return pool_ops.max_pool(x, window, strides, padding, impl=self.conv_impl)
 
   def dense(self, name, features):
     return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, name=name)

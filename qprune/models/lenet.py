@@ -16,7 +16,7 @@ class LeNet5(ZooModel):
     for i, c in ((1, 20), (2, 50)):
       x = self.conv(f'conv{i}', self.ch(f'conv{i}', c), (5, 5), padding='VALID')(x)
       x = nn.relu(self.bn(f'bn{i}', train)(x))
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = self.max_pool(x, (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(self.dense('fc1', self.ch('fc1', 500))(x))
     return self.logits(self.dense('fc2', self.num_classes)(x))

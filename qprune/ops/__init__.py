@@ -5,8 +5,11 @@ turned off; on GPU/TPU qprune runs plain JAX/Flax:
 
   compile.jit     jax.jit plus XLA CPU compiler options (CPU backend only;
                   QPRUNE_XLA_CPU_DEFAULTS=1 compiles with XLA's defaults)
-  conv.conv2d     impl='auto': a custom-VJP conv whose kernel gradient is matmuls on CPU, lax's
-                  conv elsewhere (config.conv_impl=xla|fast forces one)
+  conv.conv2d     impl='auto': a custom-VJP conv whose kernel gradient (or, for unpadded convs,
+                  input gradient) is matmuls on CPU, lax's conv elsewhere (config.conv_impl=
+                  xla|fast forces one)
+  pool.max_pool   under the same impl: non-overlapping max pooling (2x2/2) as elementwise
+                  maxima with a custom VJP instead of XLA's slow select-and-scatter gradient
   batchnorm       FusedBatchNorm (one-pass forward, hand-written backward) on CPU, flax's
                   nn.BatchNorm elsewhere (QPRUNE_BATCHNORM=fused|flax forces one)
   malloc          the binaries re-execute once with glibc's huge-page malloc tunable on Linux

@@ -27,6 +27,13 @@ backward). For such shapes (`fast_route`: at most 4 output positions) 'fast' com
 conv as one explicit im2col matmul [N*H'*W', kh*kw*C_in] @ [kh*kw*C_in, C_out] and lets autodiff
 produce its two gradient matmuls: ~90 / ~35 / ~110 GFLOP/s forward / input-grad / kernel-grad on
 that VGG conv at batch 32 (`python -m qprune.benchmarks.conv --shapes=vgg`).
+
+A third: unpadded convs (LeNet-5's 5x5 VALID, 1x1s). XLA's own kernel gradient is fine there, but
+its input gradient, a transposed conv, is not: on LeNet-5's conv2 (20->50, 12x12 -> 8x8, batch
+128) it ran at ~10-17 GFLOP/s, twice the forward conv's time and the largest op of the train step.
+`input_grad` computes it as one matmul dy @ W^T ([N*H'*W', C_out] @ [C_out, kh*kw*C_in], the
+conv's own MACs) and a col2im that adds each tap's slice of the product into place (route
+'col2im', with XLA's forward conv and kernel gradient).
 """
 import functools
 
@@ -139,6 +146,77 @@ def patch_matmul_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
   return y.astype(x.dtype).reshape(n, ho, wo, o)
 
 
+def _col2im(g, hp, wp, strides):
+  """g: [B, H', W', kh, kw, C] (one row of taps per output position) -> [B, Hp, Wp, C], the sum
+  of every tap (i, j) placed at rows i + s_h*h, columns j + s_w*w (zero elsewhere)."""
+  _, ho, wo, kh, kw, _ = g.shape
+  sh, sw = strides
+  zero = jnp.zeros((), g.dtype)
+  span_h, span_w = (ho - 1) * sh + 1, (wo - 1) * sw + 1
+  dx = None
+  for i in range(kh):
+    row = None
+    for j in range(kw):  # tap (i, j) into columns j, j + s_w, ... of a padded-width row
+      part = lax.pad(g[:, :, :, i, j, :], zero,
+                     ((0, 0, 0), (0, 0, 0), (j, wp - j - span_w, sw - 1), (0, 0, 0)))
+      row = part if row is None else row + part
+    part = lax.pad(row, zero, ((0, 0, 0), (i, hp - i - span_h, sh - 1), (0, 0, 0), (0, 0, 0)))
+    dx = part if dx is None else dx + part
+  return dx
+
+
+def input_grad(dy, kernel, in_hw, strides, padding):
+  """Gradient of the NHWC/HWIO conv with respect to its input, as one matmul plus a col2im.
+
+  dy: [N, H', W', O], kernel: [kh, kw, C, O]; returns dx: [N, H, W, C] in dy's dtype, with
+    dx[n, s_h*h + i - lo_h, s_w*w + j - lo_w, c] += sum_o dy[n, h, w, o] * kernel[i, j, c, o]:
+  g = dy @ kernel^T ([N*H'*W', O] @ [O, kh*kw*C], the conv's own MACs, accumulated in f32),
+  then `_col2im` pads each tap of g into place and sums the taps (a row of taps first, then the
+  rows). XLA splits that sum into one fusion per kernel row, each reading all of g (16 MB on
+  LeNet-5), so the col2im is scanned over batch blocks whose g stays in cache (~1 MB): on
+  LeNet-5's conv2 that col2im took ~6.5 ms a step against ~10.5 ms unblocked (an unrolled loop
+  of blocks, ~8.5 ms, and blocking the matmul too, whose small blocks ran 4x slower, did worse).
+  The whole dx: ~7-8 ms against ~22-25 ms for XLA's transposed conv (one core, batch 128).
+  """
+  n, ho, wo, o = dy.shape
+  kh, kw, c, _ = kernel.shape
+  (plo_h, phi_h), (plo_w, phi_w) = pads = _pads(in_hw, (kh, kw), strides, padding)
+  hp, wp = in_hw[0] + plo_h + phi_h, in_hw[1] + plo_w + phi_w
+  g = lax.dot_general(dy.reshape(n * ho * wo, o), kernel.reshape(kh * kw * c, o),
+                      (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  g = g.reshape(n, ho, wo, kh, kw, c)  # f32: the taps are summed before the cast
+  b = _block_size(n, ho * wo, 2 * kh * kw * c)  # a block of g: ~2**18 floats
+  if b == n:
+    dx = _col2im(g, hp, wp, strides)
+  else:
+    _, dx = lax.scan(lambda _, gb: (None, _col2im(gb, hp, wp, strides)), None,
+                     g.reshape(n // b, b, *g.shape[1:]))
+    dx = dx.reshape(n, hp, wp, c)
+  # Back from the padded frame to x's (negative padding crops).
+  return _pad_spatial(dx, tuple((-lo, -hi) for lo, hi in pads)).astype(dy.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _col2im_conv(x, kernel, strides, padding):
+  return xla_conv2d(x, kernel, strides, padding)
+
+
+def _col2im_conv_fwd(x, kernel, strides, padding):
+  return xla_conv2d(x, kernel, strides, padding), (x, kernel)
+
+
+def _col2im_conv_bwd(strides, padding, res, dy):
+  x, kernel = res
+  # Kernel gradient: XLA's own, measured faster than `kernel_grad` on unpadded convs.
+  _, w_vjp = jax.vjp(lambda k_: xla_conv2d(x, k_, strides, padding), kernel)
+  (dw,) = w_vjp(dy)
+  return input_grad(dy.astype(x.dtype), kernel.astype(x.dtype), x.shape[1:3], strides,
+                    padding), dw
+
+
+_col2im_conv.defvjp(_col2im_conv_fwd, _col2im_conv_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _fast_conv(x, kernel, strides, padding):
   return xla_conv2d(x, kernel, strides, padding)
@@ -162,30 +240,30 @@ _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 
 def fast_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
   """Same values and gradients as `xla_conv2d`: an im2col matmul for the shapes XLA's CPU conv
-  handles badly, XLA's conv for unpadded ones, else XLA's conv with the kernel gradient
-  computed by `kernel_grad`."""
+  handles badly, XLA's conv with the input gradient of `input_grad` for unpadded ones, else
+  XLA's conv with the kernel gradient computed by `kernel_grad`."""
   if not isinstance(padding, str):
     padding = tuple(tuple(int(v) for v in p) for p in padding)  # hashable for nondiff_argnums
   strides = tuple(int(s) for s in strides)
   route = fast_route(x.shape[1:3], kernel.shape[:2], strides, padding)
   if route == 'patch':
     return patch_matmul_conv2d(x, kernel, strides, padding)
-  if route == 'xla':
-    return xla_conv2d(x, kernel, strides, padding)
+  if route == 'col2im':
+    return _col2im_conv(x, kernel, strides, padding)
   return _fast_conv(x, kernel, strides, padding)
 
 
 def fast_route(in_hw, kernel_hw, strides, padding) -> str:
-  """Which formulation 'fast' uses: 'patch' (im2col matmul, tiny output maps), 'xla' (unpadded
-  convs, e.g. LeNet-5's VALID 5x5: XLA's own kernel gradient measured 1.1-1.2x faster in the
-  train step, `benchmarks.train_step --model=lenet5 --variants=qprune,xla_conv`), else 'vjp'
-  (XLA's conv with `kernel_grad`)."""
+  """Which formulation 'fast' uses: 'patch' (im2col matmul, tiny output maps), 'col2im'
+  (unpadded convs, e.g. LeNet-5's VALID 5x5: XLA's forward and kernel gradient, which measured
+  1.1-1.2x faster than `kernel_grad` in the LeNet-5 train step, with `input_grad`'s input
+  gradient), else 'vjp' (XLA's conv with `kernel_grad`)."""
   pads = _pads(in_hw, kernel_hw, strides, padding)
   ho, wo = _out_hw(in_hw, kernel_hw, strides, pads)
   if ho * wo <= 4 and kernel_hw[0] * kernel_hw[1] > 1:  # see the module docstring
     return 'patch'
   if not any(any(p) for p in pads):
-    return 'xla'
+    return 'col2im'
   return 'vjp'
 
 

@@ -45,26 +45,31 @@ from qprune.artifacts import load_saved_model
 from qprune.models import create_model, init_variables
 from qprune.models.spec import model_from_spec
 
-_NUM_IMAGES = flags.DEFINE_integer(
-    'num_images', 500,
-    'held-out images scored per candidate (the issue asks 10000: ~20x longer on 2 CPU cores)')
-_CANDIDATES = flags.DEFINE_integer('candidates', 32, 'K candidate masks')
-_MODEL = flags.DEFINE_string('model', 'resnet20', 'zoo model (CIFAR input)')
-_WIDTH = flags.DEFINE_float('width', 1.0, 'width multiplier of the model')
-_BATCH = flags.DEFINE_integer('batch_size', 100, 'eval images per step (vmap: K x this live)')
-_BN_BATCHES = flags.DEFINE_integer('bn_batches', 2, 'training batches for BN re-estimation')
-_BN_BATCH = flags.DEFINE_integer('bn_batch_size', 64, 'images per BN re-estimation batch')
-_REPEATS = flags.DEFINE_integer('repeats', 1, 'warm runs of vmap and loop (median)')
-_RESIDUAL = flags.DEFINE_bool('residual', True, 'also prune the residual stream')
-_JSON = flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
-_MODEL_DIR = flags.DEFINE_string('model_dir', None, 'a trained run (saved model) instead of a '
-                                 'random init; --model and --width then come from it')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'real CIFAR-10 (cifar10/ or cifar10.tar.gz) '
-                                'instead of synthetic images')
-_METHODS = flags.DEFINE_list('methods', ['vmap', 'loop', 'recompile', 'race'],
-                             'which of vmap, loop, recompile, race to run')
+def define_flags() -> None:
+  """The command-line flags, defined only when run as a script: the suite imports this module's
+  helpers and has flags of the same names (data_dir)."""
+  flags.DEFINE_integer(
+      'num_images', 500,
+      'held-out images scored per candidate (the issue asks 10000: ~20x longer on 2 CPU cores)')
+  flags.DEFINE_integer('candidates', 32, 'K candidate masks')
+  flags.DEFINE_string('model', 'resnet20', 'zoo model (CIFAR input)')
+  flags.DEFINE_float('width', 1.0, 'width multiplier of the model')
+  flags.DEFINE_integer('batch_size', 100, 'eval images per step (vmap: K x this live)')
+  flags.DEFINE_integer('bn_batches', 2, 'training batches for BN re-estimation')
+  flags.DEFINE_integer('bn_batch_size', 64, 'images per BN re-estimation batch')
+  flags.DEFINE_integer('repeats', 1, 'warm runs of vmap and loop (median)')
+  flags.DEFINE_bool('residual', True, 'also prune the residual stream')
+  flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
+  flags.DEFINE_string('model_dir', None, 'a trained run (saved model) instead of a random init; '
+                      '--model and --width then come from it')
+  flags.DEFINE_string('data_dir', None,
+                      'real CIFAR-10 (cifar10/ or cifar10.tar.gz) instead of synthetic images')
+  flags.DEFINE_list('methods', ['vmap', 'loop', 'recompile', 'race'],
+                    'which of vmap, loop, recompile, race to run')
+
 
 SHAPE = (32, 32, 3)
+FLAGS = flags.FLAGS
 
 
 class CompileCounter(logging.Handler):
@@ -143,40 +148,40 @@ def timed(fn, repeats):
 
 def main(_):
   logging.getLogger('jax').setLevel(logging.WARNING)
-  methods = set(_METHODS.value)
+  methods = set(FLAGS.methods)
   unknown = methods - {'vmap', 'loop', 'recompile', 'race'}
   if unknown:
     raise app.UsageError(f'--methods: unknown {sorted(unknown)}; use vmap, loop, recompile, race')
-  if _MODEL_DIR.value:
-    spec, variables = load_saved_model(_MODEL_DIR.value)
+  if FLAGS.model_dir:
+    spec, variables = load_saved_model(FLAGS.model_dir)
     model = model_from_spec(spec)
-    name = f'{_MODEL_DIR.value} (trained)'
+    name = f'{FLAGS.model_dir} (trained)'
   else:
-    model = create_model(_MODEL.value, 10, width=_WIDTH.value)
+    model = create_model(FLAGS.model, 10, width=FLAGS.width)
     variables = init_variables(model, jax.random.PRNGKey(0), SHAPE)
-    name = f'{_MODEL.value} width {_WIDTH.value} (random init)'
-  groups = prune.derive_groups(variables, residual=_RESIDUAL.value)
+    name = f'{FLAGS.model} width {FLAGS.width} (random init)'
+  groups = prune.derive_groups(variables, residual=FLAGS.residual)
   valid = None
-  if _DATA_DIR.value:
-    bn, images, labels, valid = real_data(_DATA_DIR.value, _NUM_IMAGES.value, _BATCH.value,
-                                          _BN_BATCHES.value, _BN_BATCH.value)
+  if FLAGS.data_dir:
+    bn, images, labels, valid = real_data(FLAGS.data_dir, FLAGS.num_images, FLAGS.batch_size,
+                                          FLAGS.bn_batches, FLAGS.bn_batch_size)
     n = int(np.asarray(valid).sum())
     what = f'{n} real CIFAR-10 test images'
   else:
-    bn, images, labels = synthetic_data(_NUM_IMAGES.value, _BATCH.value, _BN_BATCHES.value,
-                                        _BN_BATCH.value)
+    bn, images, labels = synthetic_data(FLAGS.num_images, FLAGS.batch_size, FLAGS.bn_batches,
+                                        FLAGS.bn_batch_size)
     n = int(labels.size)
     what = f'{n} SYNTHETIC random images (timing only)'
-  cands = candidate_list(_CANDIDATES.value)
+  cands = candidate_list(FLAGS.candidates)
   masks = prune.candidate_masks(variables, groups, cands, rng=jax.random.PRNGKey(1))
   stacked = prune.stack_masks(masks)
   k = len(cands)
   print(f'{name}: K={k} candidates, {what}, BN re-estimated on '
-        f'{_BN_BATCHES.value}x{_BN_BATCH.value} images, {len(groups)} groups, '
+        f'{FLAGS.bn_batches}x{FLAGS.bn_batch_size} images, {len(groups)} groups, '
         f'backend {jax.default_backend()}')
-  result = {'model': _MODEL_DIR.value or _MODEL.value, 'width': _WIDTH.value, 'candidates': k,
-            'num_images': n, 'synthetic_images': not _DATA_DIR.value,
-            'trained_model': bool(_MODEL_DIR.value), 'backend': jax.default_backend()}
+  result = {'model': FLAGS.model_dir or FLAGS.model, 'width': FLAGS.width, 'candidates': k,
+            'num_images': n, 'synthetic_images': not FLAGS.data_dir,
+            'trained_model': bool(FLAGS.model_dir), 'backend': jax.default_backend()}
   exhaustive = {}  # method -> [(accuracy, loss)] per candidate
 
   if 'vmap' in methods:
@@ -186,7 +191,7 @@ def main(_):
     vmapped, compiles = count_compiles('evaluate_candidates',
                                        lambda: jax.block_until_ready(vmap_fn()))
     first = time.perf_counter() - start
-    result.update(vmap_s=timed(vmap_fn, _REPEATS.value), vmap_first_call_s=first,
+    result.update(vmap_s=timed(vmap_fn, FLAGS.repeats), vmap_first_call_s=first,
                   vmap_compiles=compiles)
     exhaustive['vmap'] = list(zip(np.asarray(vmapped['accuracy']).tolist(),
                                   np.asarray(vmapped['loss']).tolist()))
@@ -201,7 +206,7 @@ def main(_):
     start = time.perf_counter()
     looped, compiles = count_compiles('evaluate_masks', lambda: jax.block_until_ready(loop_fn()))
     first = time.perf_counter() - start
-    result.update(loop_s=timed(loop_fn, _REPEATS.value), loop_first_call_s=first,
+    result.update(loop_s=timed(loop_fn, FLAGS.repeats), loop_first_call_s=first,
                   loop_compiles=compiles)
     exhaustive['loop'] = [(float(r['accuracy']), float(r['loss'])) for r in looped]
     print(f'loop      {result["loop_s"]:8.2f} s warm (first call {first:.2f} s), '
@@ -227,7 +232,7 @@ def main(_):
     start = time.perf_counter()
     (raced, best), compiles = count_compiles('_batch_outcomes', race_fn)
     first = time.perf_counter() - start
-    result.update(race_first_call_s=first, race_s=timed(race_fn, _REPEATS.value),
+    result.update(race_first_call_s=first, race_s=timed(race_fn, FLAGS.repeats),
                   race_compiles=compiles, race_best=cands[best].description,
                   race_images_scored=int(sum(m['images'] for m in raced)),
                   race_images_fraction=sum(m['images'] for m in raced) / (k * n))
@@ -261,9 +266,10 @@ def main(_):
             if key.startswith('speedup_')]
   if ratios:
     print('speedups: ' + ', '.join(ratios))
-  if _JSON.value:
+  if FLAGS.json:
     print(json.dumps(result))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

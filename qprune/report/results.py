@@ -59,7 +59,7 @@ GOALS = {
 PRUNE_REFERENCES = {
     ('mnist', 'lenet5'): (
         'fp_2epochs', 'Torch-Pruning (Fang et al. 2023, DepGraph) on the same Caffe LeNet-5 from '
-        'the same 2-epoch model: L1 group importance, 50 % of every conv/dense layer\'s '
+        'the same 2-epoch model: L1 magnitude, 50 % of every conv/dense layer\'s '
         'channels/units, 2 fine-tuning epochs at lr 0.01 (measured for the project\'s issue)',
         109_330, 0.9905, 0.991),
 }

@@ -49,6 +49,7 @@ UNSET_FIELDS = ('data_dir', 'cache_dir', 'compilation_cache_dir', 'init_from', '
                 'prune.decide_from', 'quant.tolerance', 'quant.bits_budget')
 # prune.aggregate: 'none' (each producer's own score; '' is its older spelling) or a group rule.
 AGGREGATES = ('none', *criteria.AGGREGATES)
+SHRINK_WEIGHTS = ('decision', 'final')  # prune.shrink_weights
 
 
 class ConfigError(UserError):
@@ -130,6 +131,11 @@ def prune_config() -> ml_collections.ConfigDict:
   # picks, from that epoch's snapshot.
   p.snapshots = False
   p.decide_from = placeholder(str)
+  # Which weights the decided masks cut: the decision epoch's ('decision', the method) or, with
+  # decide_from, those after the last recorded pretraining epoch ('final'): a control that keeps
+  # an early decision's masks but gives them the full training, separating what the early mask
+  # costs from what the shorter training costs.
+  p.shrink_weights = 'decision'
   return p
 
 
@@ -365,6 +371,11 @@ def _validate_prune(config, p):
   _check(p, not r.decide_from or r.stop_rule != 'fixed' or r.pretrain_epochs >= 1,
          'prune.pretrain_epochs', r.pretrain_epochs,
          'with decide_from and stop_rule=fixed must be >= 1 (a decision from a snapshot)')
+  _check(p, r.shrink_weights in SHRINK_WEIGHTS, 'prune.shrink_weights', r.shrink_weights,
+         f'must be one of {", ".join(SHRINK_WEIGHTS)}')
+  _check(p, r.shrink_weights != 'final' or r.decide_from, 'prune.shrink_weights',
+         r.shrink_weights, "'final' needs prune.decide_from (the recorded run whose last "
+         'pretraining snapshot is shrunk)')
 
 
 def _validate_quant(q, p):

@@ -219,6 +219,8 @@ class PruneResults(Results):
   final_mask_distance: Optional[float] = _field(
       'Hamming distance of the pruned masks to the last pretraining epoch\'s', FRACTION)
   decided_from: Optional[str] = _field('pretraining replayed from (prune.decide_from)')
+  shrunk_epoch: Optional[int] = _field(
+      'pretraining epoch whose weights were shrunk (prune.shrink_weights)', COUNT)
   train_macs: Optional[int] = _field(
       'training compute, forward MACs x training images (pretraining + fine-tuning)', COUNT)
   criterion: Optional[str] = _field('criterion', column=True)

@@ -93,6 +93,8 @@ def test_bad_quantization_fields(field, value, message):
     ({'search_method': 'greedy'}, "prune.search_method='greedy': must be one of exhaustive, race"),
     ({'decide_from': '/a/run', 'stop_rule': 'fixed', 'pretrain_epochs': 0},
      'a decision from a snapshot'),
+    ({'shrink_weights': 'last'}, "prune.shrink_weights='last': must be one of decision, final"),
+    ({'shrink_weights': 'final'}, "'final' needs prune.decide_from"),
 ])
 def test_bad_pruning_study_fields(fields, message):
   config = configs.base_config()
@@ -103,7 +105,7 @@ def test_bad_pruning_study_fields(fields, message):
     configs.validate(config)
   config.prune.se_gates, config.prune.criterion = True, 'se_bn_gamma'
   config.prune.search_criteria, config.prune.decide_from, config.prune.se_reduction = (), '', 4
-  config.prune.search_method = 'race'
+  config.prune.search_method, config.prune.shrink_weights = 'race', 'decision'
   configs.validate(config)
 
 

@@ -235,6 +235,18 @@ def test_decisions_replay_a_recorded_pretraining(data_dir, tmp_path):
   assert f['final_mask_distance'] == 0.0
   images = 1400 - 300  # train_subset - holdout
   assert r['train_macs'] == images * (f['macs_before'] + f['finetune_epochs'] * f['macs'])
+  # The control: the same epoch-1 masks cut the weights after all 3 pretraining epochs.
+  control = str(tmp_path / 'control')
+  run_main('mnist_lenet5_prune.py', control, *single, '--config.prune.stop_rule=fixed',
+           '--config.prune.pretrain_epochs=1', f'--config.prune.decide_from={full}',
+           '--config.prune.shrink_weights=final')
+  c = json.load(open(os.path.join(control, 'results.json')))
+  masks = [json.load(open(os.path.join(d, 'search.json')))['masks'] for d in (replay, control)]
+  assert masks[0] == masks[1] and c['prune_layers'] == r['prune_layers']
+  assert c['pretrain_epochs'] == 1 and c['shrunk_epoch'] == 3 and r['shrunk_epoch'] == 1
+  assert c['pretrained_test_accuracy'] == f['pretrained_test_accuracy']
+  assert c['train_macs'] == images * (3 * f['macs_before'] + f['finetune_epochs'] * f['macs'])
+  assert c['pruned_test_accuracy'] != r['pruned_test_accuracy']  # other weights were cut
   proc = run_main('mnist_lenet5_prune.py', str(tmp_path / 'bad'), *single,
                   '--config.prune.ratio=0.3', f'--config.prune.decide_from={full}', check=False)
   assert proc.returncode == 2 and 'differs in: prune.ratio' in proc.stderr

@@ -14,12 +14,15 @@
 #   tiny  a smoke test of the whole command on 512 images (minutes on a CPU; not published)
 #   CRITERIA  default "l1 bn_gamma" (bn_gamma pretrains with the Network Slimming penalty on
 #             BatchNorm gamma, lambda 1e-5 as Liu et al. 2017 use for ResNets)
+#   CONTROL_EPOCHS (environment) decision epochs whose masks also cut the fully pretrained
+#             weights (prune.shrink_weights=final), e.g. CONTROL_EPOCHS="2 4"; default none
 #
 # DATA_DIR holds cifar10/ or cifar10.tar.gz. Reruns resume every run and skip finished ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ $# -ge 2 ]] || { sed -n '2,18p' "$0"; exit 2; }
 data="$1"; out="$2"; kind="${3:-gpu}"; criteria="${4:-l1 bn_gamma}"
+CONTROL_EPOCHS="${CONTROL_EPOCHS:-}"
 python="${QPRUNE_PYTHON:-python}"
 config=configs/experiments/cifar10_resnet20_prune_decision.py
 case "$kind" in
@@ -56,8 +59,17 @@ for criterion in $criteria; do
         --config.prune.pretrain_epochs="$e"
   done
   run early_bird --config.prune.decide_from="$source_dir" --config.prune.stop_rule=early_bird
+  # Controls: the same early masks cutting the weights after all pretraining epochs, then the
+  # same fine-tuning; what is left of the gap to the full-training decision is the mask's.
+  controls=()
+  for e in $CONTROL_EPOCHS; do
+    run "epoch${e}_final_weights" --config.prune.decide_from="$source_dir" \
+        --config.prune.stop_rule=fixed --config.prune.pretrain_epochs="$e" \
+        --config.prune.shrink_weights=final
+    controls+=("epoch${e}_final_weights")
+  done
   if [[ "$kind" != tiny ]]; then
-    for name in full $(for e in $decisions; do echo "epoch$e"; done) early_bird; do
+    for name in full $(for e in $decisions; do echo "epoch$e"; done) early_bird "${controls[@]}"; do
       "$python" -m qprune.report.results publish --workdir="$out/$criterion/$name" \
           --to="$group/prune_${criterion}_$name"
     done

@@ -31,7 +31,7 @@ SNAPSHOTS = 'epochs'  # pretrain/epochs/<E>/: the model after pretraining epoch 
 # or the masks recorded along it.
 DECISION_FIELDS = ('stop_rule', 'pretrain_epochs', 'snapshots', 'decide_from', 'search_criteria',
                    'search_ratios', 'search_selections', 'search_method', 'max_params', 'max_macs',
-                   'bn_batches',
+                   'bn_batches', 'shrink_weights',
                    'finetune_epochs', 'finetune_learning_rate')
 # What only the recorded masks depend on, not the trajectory: free to differ too when the stop
 # rule is fixed (then the decision epoch does not depend on the masks), e.g. to score several
@@ -160,19 +160,25 @@ def replay_pretraining(config, source: str):
   if pconfig.stop_rule == 'fixed' and end < pconfig.pretrain_epochs:
     raise common.RunError(f'prune.decide_from={source!r} recorded {len(recorded)} pretraining '
                           f'epochs, fewer than prune.pretrain_epochs={pconfig.pretrain_epochs}')
-  snapshot = os.path.join(source, 'pretrain', SNAPSHOTS, str(end))
+  return load_snapshot(pconfig, source, end), recorded[:end], recorded, same_masks
+
+
+def load_snapshot(pconfig, source: str, epoch: int):
+  """The variables recorded after pretraining epoch `epoch` of the prune run in `source` (with
+  prune.se_gates, the SE wrapper's); RunError if that snapshot is missing."""
+  snapshot = os.path.join(source, 'pretrain', SNAPSHOTS, str(epoch))
   try:
     _, variables = load_saved_model(snapshot)
   except errors.UserError as e:
     raise common.RunError(f'prune.decide_from={source!r}: no snapshot of pretraining epoch '
-                          f'{end} ({e})') from None
+                          f'{epoch} ({e})') from None
   if pconfig.se_gates:
     gates = os.path.join(snapshot, GATES)
     if not os.path.isdir(gates):
-      raise common.RunError(f'prune.decide_from={source!r}: the snapshot of epoch {end} holds no '
-                            'SE gates')
+      raise common.RunError(f'prune.decide_from={source!r}: the snapshot of epoch {epoch} holds '
+                            'no SE gates')
     variables = prune.with_gates(variables, checkpoint.load_variables(gates))
-  return variables, recorded[:end], recorded, same_masks
+  return variables
 
 
 def pretrain(config, workdir, mesh, data, model, spec, variables, groups, score_data, rng,
@@ -278,6 +284,13 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   variables = plain_variables(pconfig, variables)  # the gates go before the search and shrink
   masks, rows, best = run_search(config, workdir, model, spec, variables, groups, score_data,
                                  bn_images, holdout, rng, scoring)
+  shrunk_epoch = len(history)
+  pretrained = history[-1].get('test_accuracy') if history else None
+  if pconfig.shrink_weights == 'final':  # the control: the decided masks on the trained weights
+    shrunk_epoch = len(recorded)
+    pretrained = recorded[-1].get('test_accuracy')
+    variables = plain_variables(pconfig, load_snapshot(pconfig, pconfig.decide_from,
+                                                       shrunk_epoch))
   small_model, small_variables = prune.shrink(model, variables, groups, masks)
   # Pruning shifts every downstream activation distribution: re-estimate BN statistics (as the
   # search did per candidate) so the pruned model is evaluated and fine-tuned from sane ones.
@@ -298,11 +311,11 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   fired = bool(history and history[-1].get('mask_stable')) and pconfig.stop_rule == 'early_bird'
   # Training compute to the pruned model, in forward MACs x training images seen.
   images = data.train.size
-  train_macs = (len(history) * images * before['macs'] +
+  train_macs = (shrunk_epoch * images * before['macs'] +
                 finetuned.epochs_run * images * counts['macs'])
   return PruneResults(
       test_accuracy=finetuned.test_accuracy,
-      pretrained_test_accuracy=history[-1].get('test_accuracy') if history else None,
+      pretrained_test_accuracy=pretrained,
       pruned_test_accuracy=pruned['accuracy'],
       params_before=before['params'], macs_before=before['macs'], **counts,
       params_removed=1 - counts['params'] / before['params'],
@@ -316,13 +329,14 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
       mask_distance_to_final=distances_to_final(history) if same_masks else [],
       final_mask_distance=(prune.mask_distance(masks, decode_masks(recorded[-1]['mask']))
                            if same_masks and recorded and 'mask' in recorded[-1] else None),
-      decided_from=pconfig.decide_from or None, train_macs=train_macs,
+      decided_from=pconfig.decide_from or None, shrunk_epoch=shrunk_epoch,
+      train_macs=train_macs,
       criterion=rows[best]['criterion'], prune_ratio=rows[best]['ratio'],
       selection=rows[best]['selection'], search=rows, search_best=best,
       prune_layers=[{'name': name, 'kept': int(np.sum(masks[name])), 'total': sizes[name]}
                     for name in sorted(masks)],
       layer_costs=costs,
-      finetune_epochs=finetuned.epochs_run, epochs_run=len(history) + finetuned.epochs_run,
+      finetune_epochs=finetuned.epochs_run, epochs_run=shrunk_epoch + finetuned.epochs_run,
       pretrain_history=[_curve(h) for h in history], finetune_history=finetuned.history)
 
 

@@ -387,9 +387,16 @@ def decision_studies(runs: List[Run]) -> Dict[str, dict]:
     decisions = [r for r in prunes
                  if r.results.decided_from and r.results.criterion == criterion]
     decisions.sort(key=lambda r: (r.results.pretrain_epochs,
-                                  r.results.stop_rule == 'early_bird'))
+                                  r.results.stop_rule == 'early_bird', is_mask_control(r)))
     studies[criterion] = {'full': full, 'decisions': decisions}
   return studies
+
+
+def is_mask_control(run: Run[records.PruneResults]) -> bool:
+  """Whether the run cut other weights than its decision epoch's (prune.shrink_weights=final):
+  a control of the study, not a way to prune."""
+  r = run.results
+  return r.shrunk_epoch is not None and r.shrunk_epoch != r.pretrain_epochs
 
 
 def decided_after(run: Run[records.PruneResults]) -> str:
@@ -401,6 +408,8 @@ def decided_after(run: Run[records.PruneResults]) -> str:
     text += f' ({100 * r.pretrain_epochs / total:.0f} %)'
   if r.stop_rule == 'early_bird':
     text += ', Early-Bird rule' + ('' if r.stop_rule_fired else ' (did not fire)')
+  if is_mask_control(run):
+    text += f'; control: these masks cut the epoch-{r.shrunk_epoch} weights'
   return text
 
 
@@ -438,7 +447,8 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
                f'{_delta(vs_unpruned)} | {compute_text} |')
   out.append('')
   total = full.config.get('epochs') or r0.pretrain_epochs
-  early = [d for d in decisions if d.results.pretrain_epochs <= 0.2 * total]
+  methods = [d for d in decisions if not is_mask_control(d)]
+  early = [d for d in methods if d.results.pretrain_epochs <= 0.2 * total]
   best = max(early, key=lambda d: d.results.test_accuracy, default=None)
   removed = r0.macs_removed or 0.0
   lines = [f'- ≥ 40 % of the MACs removed: **{"met" if removed >= 0.4 else "missed"}** '
@@ -462,13 +472,30 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
       ratio = b.train_macs / full_compute
       lines.append(f'- compute to the pruned model ≤ 1/3 of prune-after-full-training: '
                    f'**{"met" if ratio <= 1 / 3 + 1e-12 else "missed"}** ({ratio:.2f}x)')
-  rule = [d for d in decisions if d.results.stop_rule == 'early_bird']
+  rule = [d for d in methods if d.results.stop_rule == 'early_bird']
   if rule:
     d = rule[0].results
     ok = (d.stop_rule_fired and d.pretrain_epochs <= 0.2 * total and
           d.test_accuracy - final >= -0.003 - 1e-12)
     lines.append(f'- the stop rule finds such an epoch by itself: **{"met" if ok else "missed"}** '
                  f'(epoch {d.pretrain_epochs}, {_delta(d.test_accuracy - final)})')
+  controls = []
+  for control in (d for d in decisions if is_mask_control(d)):
+    c = control.results
+    twin = next((d for d in methods if d.results.pretrain_epochs == c.pretrain_epochs and
+                 d.results.stop_rule == c.stop_rule), None)
+    text = (f'- `{control.name}`: the epoch-{c.pretrain_epochs} masks on the '
+            f'epoch-{c.shrunk_epoch} weights reach {_pct(c.test_accuracy)} '
+            f'({_delta(c.test_accuracy - final)} vs the full-training decision)')
+    if twin is not None:
+      t = twin.results
+      text += (f'; of `{twin.name}`\'s {_delta(t.test_accuracy - final)}, the mask accounts '
+               f'for {_delta(c.test_accuracy - final)} and the shorter training for '
+               f'{_delta(t.test_accuracy - c.test_accuracy)}')
+    controls.append(text)
+  if controls:
+    lines += ['', 'Controls (`prune.shrink_weights=final`: a decision\'s masks cut the weights '
+              'after all pretraining epochs, then the same fine-tuning):', ''] + controls
   return out + ['Goals:', ''] + lines + ['']
 
 
@@ -725,7 +752,9 @@ def plot_decision_studies(groups: Dict[str, List[Run]], plots_dir: str):
         r: records.PruneResults = run.results
         ax.scatter(r.macs / 1e6, 100 * r.test_accuracy, s=18, color=color,
                    label=criterion if number == 0 else None)
-        ax.annotate(f'{criterion} @{r.pretrain_epochs}', (r.macs / 1e6, 100 * r.test_accuracy),
+        label = f'{criterion} @{r.pretrain_epochs}' + (
+            f' (weights @{r.shrunk_epoch})' if is_mask_control(run) else '')
+        ax.annotate(label, (r.macs / 1e6, 100 * r.test_accuracy),
                     fontsize=7, xytext=(3, 3), textcoords='offset points')
       unpruned: records.PruneResults = study['full'].results
       if unpruned.pretrained_test_accuracy is not None:

@@ -88,7 +88,7 @@ def _decode(data: bytes, shape, name: str = 'image') -> np.ndarray:
   """uint8 [H, W, C] of one encoded image; DataError naming `name` if it is damaged."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    image = Image.open(io.BytesIO(data))
+    image: Image.Image = Image.open(io.BytesIO(data))
     mode = 'L' if shape[-1] == 1 else 'RGB'
     if image.mode != mode:  # convert() copies even when the mode already matches
       image = image.convert(mode)

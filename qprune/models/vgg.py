@@ -25,7 +25,7 @@ class VGG(ZooModel):
     i = 0
     for item in CONFIGS[self.depth]:
       if item == 'M':
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = self.max_pool(x, (2, 2))
         continue
       i += 1
       x = self.conv(f'conv{i}', self.ch(f'conv{i}', int(item)))(x)

@@ -29,9 +29,9 @@ CASES = [
 
 FORMULATIONS = {
     'routed': lambda x, w, s, pad: conv_ops.conv2d(x, w, s, pad, impl='fast'),
-    'vjp': lambda x, w, s, pad: conv_ops._fast_conv(x, w, s, pad),
+    'vjp': lambda x, w, s, pad: conv_ops._routed_conv(x, w, s, pad, 'vjp'),
     'patch': conv_ops.patch_matmul_conv2d,
-    'col2im': lambda x, w, s, pad: conv_ops._col2im_conv(x, w, s, pad),
+    'col2im': lambda x, w, s, pad: conv_ops._routed_conv(x, w, s, pad, 'col2im'),
 }
 
 

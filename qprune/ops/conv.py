@@ -196,46 +196,34 @@ def input_grad(dy, kernel, in_hw, strides, padding):
   return _pad_spatial(dx, tuple((-lo, -hi) for lo, hi in pads)).astype(dy.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _col2im_conv(x, kernel, strides, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _routed_conv(x, kernel, strides, padding, route):
+  """XLA's conv whose backward pass hand-computes one of the two gradients: the input gradient
+  (`input_grad`) on route 'col2im', the kernel gradient (`kernel_grad`) on route 'vjp'; the
+  other one is XLA's, which measured faster there."""
+  del route
   return xla_conv2d(x, kernel, strides, padding)
 
 
-def _col2im_conv_fwd(x, kernel, strides, padding):
+def _routed_conv_fwd(x, kernel, strides, padding, route):
+  del route
   return xla_conv2d(x, kernel, strides, padding), (x, kernel)
 
 
-def _col2im_conv_bwd(strides, padding, res, dy):
+def _routed_conv_bwd(strides, padding, route, res, dy):
   x, kernel = res
-  # Kernel gradient: XLA's own, measured faster than `kernel_grad` on unpadded convs.
-  _, w_vjp = jax.vjp(lambda k_: xla_conv2d(x, k_, strides, padding), kernel)
-  (dw,) = w_vjp(dy)
-  return input_grad(dy.astype(x.dtype), kernel.astype(x.dtype), x.shape[1:3], strides,
-                    padding), dw
-
-
-_col2im_conv.defvjp(_col2im_conv_fwd, _col2im_conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _fast_conv(x, kernel, strides, padding):
-  return xla_conv2d(x, kernel, strides, padding)
-
-
-def _fast_conv_fwd(x, kernel, strides, padding):
-  return xla_conv2d(x, kernel, strides, padding), (x, kernel)
-
-
-def _fast_conv_bwd(strides, padding, res, dy):
-  x, kernel = res
-  # Input gradient: XLA's transposed conv is already fast on CPU, keep it.
+  if route == 'col2im':
+    _, w_vjp = jax.vjp(lambda k_: xla_conv2d(x, k_, strides, padding), kernel)
+    (dw,) = w_vjp(dy)
+    return input_grad(dy.astype(x.dtype), kernel.astype(x.dtype), x.shape[1:3], strides,
+                      padding), dw
   _, x_vjp = jax.vjp(lambda x_: xla_conv2d(x_, kernel, strides, padding), x)
   (dx,) = x_vjp(dy)
-  dw = kernel_grad(x, dy.astype(x.dtype), kernel.shape[:2], strides, padding, kernel.dtype)
-  return dx, dw
+  return dx, kernel_grad(x, dy.astype(x.dtype), kernel.shape[:2], strides, padding,
+                         kernel.dtype)
 
 
-_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+_routed_conv.defvjp(_routed_conv_fwd, _routed_conv_bwd)
 
 
 def fast_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
@@ -248,9 +236,7 @@ def fast_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
   route = fast_route(x.shape[1:3], kernel.shape[:2], strides, padding)
   if route == 'patch':
     return patch_matmul_conv2d(x, kernel, strides, padding)
-  if route == 'col2im':
-    return _col2im_conv(x, kernel, strides, padding)
-  return _fast_conv(x, kernel, strides, padding)
+  return _routed_conv(x, kernel, strides, padding, route)
 
 
 def fast_route(in_hw, kernel_hw, strides, padding) -> str:

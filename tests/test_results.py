@@ -104,7 +104,7 @@ def test_publish_copies_a_run_without_checkpoints(tmp_path):
 
 
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',
-               fired=False, distance=0.0, train_macs=100):
+               fired=False, distance=0.0, train_macs=100, shrunk_epoch=None):
   folder = root / 'cifar10_resnet20' / name
   folder.mkdir(parents=True)
   (folder / 'config.json').write_text(json.dumps({
@@ -117,7 +117,8 @@ def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fi
       'pruned_test_accuracy': 0.5, 'pretrain_epochs': epochs, 'stop_rule': stop_rule,
       'stop_rule_fired': fired, 'final_mask_distance': distance, 'decided_from': decided_from,
       'train_macs': train_macs, 'finetune_epochs': 2, 'mask_distance': [None, 0.1],
-      'mask_distance_to_final': [0.1, 0.0], 'command': 'python -m qprune.main'}))
+      'mask_distance_to_final': [0.1, 0.0], 'command': 'python -m qprune.main',
+      'shrunk_epoch': epochs if shrunk_epoch is None else shrunk_epoch}))
 
 
 def test_decision_study_table_and_goals(tmp_path):
@@ -132,11 +133,21 @@ def test_decision_study_table_and_goals(tmp_path):
              distance=0.1, train_macs=100)
   _study_run(tmp_path, 'prune_l1_early_bird', epochs=5, accuracy=0.839, decided_from='w',
              stop_rule='early_bird', fired=True, train_macs=200)
+  # A control (the epoch-1 masks on the epoch-10 weights), the best of all: not a decision, so
+  # no goal may count it.
+  _study_run(tmp_path, 'prune_l1_epoch1_final_weights', epochs=1, accuracy=0.845,
+             decided_from='w', distance=0.2, train_macs=410, shrunk_epoch=10)
   text = results_lib.render(str(tmp_path))
   assert '#### Criterion `l1`: ratio 0.3 (uniform), 45.00 % of the MACs removed' in text
   rows = [line for line in text.splitlines() if line.startswith('| [prune_l1')]
   assert [row.split(']')[0][3:] for row in rows] == [
-      'prune_l1_full', 'prune_l1_epoch1', 'prune_l1_epoch2', 'prune_l1_early_bird']
+      'prune_l1_full', 'prune_l1_epoch1', 'prune_l1_epoch1_final_weights', 'prune_l1_epoch2',
+      'prune_l1_early_bird']
+  assert '1 of 10 epochs (10 %); control: these masks cut the epoch-10 weights |' in rows[2]
+  assert ('- `prune_l1_epoch1_final_weights`: the epoch-1 masks on the epoch-10 weights reach '
+          '84.50 % (+0.50 vs the full-training decision); of `prune_l1_epoch1`\'s -1.00, the '
+          'mask accounts for +0.50 and the shorter training for -1.50') in text
+  del rows[2]
   assert '| 2 of 10 epochs (20 %) | 0.100 |' in rows[2] and '| -0.20 | -1.20 |' in rows[2]
   assert '(0.25x)' in rows[2] and '5 of 10 epochs (50 %), Early-Bird rule |' in rows[3]
   assert ('- decision at ≤ 20 % of pretraining within 0.3 % of the full-training decision: '

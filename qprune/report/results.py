@@ -482,8 +482,11 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
   controls = []
   for control in (d for d in decisions if is_mask_control(d)):
     c = control.results
-    twin = next((d for d in methods if d.results.pretrain_epochs == c.pretrain_epochs and
-                 d.results.stop_rule == c.stop_rule), None)
+    # The decision with the same masks: the same decision epoch (a fixed epoch, or the epoch the
+    # Early-Bird rule fired at), preferring the control's own stop rule.
+    twins = [d for d in methods if d.results.pretrain_epochs == c.pretrain_epochs]
+    twin = next((d for d in twins if d.results.stop_rule == c.stop_rule),
+                twins[0] if twins else None)
     text = (f'- `{control.name}`: the epoch-{c.pretrain_epochs} masks on the '
             f'epoch-{c.shrunk_epoch} weights reach {_pct(c.test_accuracy)} '
             f'({_delta(c.test_accuracy - final)} vs the full-training decision)')

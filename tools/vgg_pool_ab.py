@@ -20,20 +20,10 @@ from qprune.models.vgg import CONFIGS, VGG
 
 
 class XlaPoolVGG(VGG):
-  """VGG with `nn.max_pool`, as the zoo had it before."""
+  """VGG with `nn.max_pool`, as the zoo had it before; everything else is the zoo's VGG."""
 
-  @nn.compact
-  def __call__(self, images, train: bool = False):
-    x = self.normalize(images)
-    i = 0
-    for item in CONFIGS[self.depth]:
-      if item == 'M':
-        x = nn.max_pool(x, (2, 2), (2, 2))
-        continue
-      i += 1
-      x = self.conv(f'conv{i}', self.ch(f'conv{i}', int(item)))(x)
-      x = nn.relu(self.bn(f'bn{i}', train)(x))
-    return self.logits(self.dense('fc', self.num_classes)(x.mean(axis=(1, 2))))
+  def max_pool(self, x, window, strides=None, padding='VALID'):
+    return nn.max_pool(x, window, window if strides is None else strides, padding)
 
 
 def main():

@@ -104,19 +104,20 @@ def test_publish_copies_a_run_without_checkpoints(tmp_path):
 
 
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',
-               fired=False, distance=0.0, train_macs=100, shrunk_epoch=None):
+               fired=False, distance=0.0, train_macs=100, shrunk_epoch=None, finetune_epochs=2,
+               finetune_lr=0.01):
   folder = root / 'cifar10_resnet20' / name
   folder.mkdir(parents=True)
   (folder / 'config.json').write_text(json.dumps({
       'mode': 'prune', 'epochs': 10,
-      'prune': {'snapshots': decided_from is None, 'finetune_learning_rate': 0.01}}))
+      'prune': {'snapshots': decided_from is None, 'finetune_learning_rate': finetune_lr}}))
   (folder / 'results.json').write_text(json.dumps({
       'mode': 'prune', 'dataset': 'cifar10', 'model': 'resnet20', 'criterion': 'l1',
       'prune_ratio': 0.3, 'selection': 'uniform', 'macs_removed': 0.45, 'params': 10,
       'macs': 20, 'macs_before': 40, 'test_accuracy': accuracy, 'pretrained_test_accuracy': 0.85,
       'pruned_test_accuracy': 0.5, 'pretrain_epochs': epochs, 'stop_rule': stop_rule,
       'stop_rule_fired': fired, 'final_mask_distance': distance, 'decided_from': decided_from,
-      'train_macs': train_macs, 'finetune_epochs': 2, 'mask_distance': [None, 0.1],
+      'train_macs': train_macs, 'finetune_epochs': finetune_epochs, 'mask_distance': [None, 0.1],
       'mask_distance_to_final': [0.1, 0.0], 'command': 'python -m qprune.main',
       'shrunk_epoch': epochs if shrunk_epoch is None else shrunk_epoch}))
 
@@ -159,6 +160,35 @@ def test_decision_study_table_and_goals(tmp_path):
   results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
   assert sorted(os.listdir(tmp_path / 'plots')) == [
       'cifar10_resnet20_prune_accuracy_vs_macs.png', 'cifar10_resnet20_prune_mask_distance.png']
+
+
+def test_decision_study_longer_finetuning_is_its_own_table(tmp_path):
+  """Decisions fine-tuned with another budget than the full-training run's are not compared
+  with it: they get their own table against the decision after all epochs with that budget."""
+  _study_run(tmp_path, 'prune_l1_full', epochs=10, accuracy=0.80, stop_rule='full',
+             train_macs=400)
+  _study_run(tmp_path, 'prune_l1_epoch2', epochs=2, accuracy=0.70, decided_from='w',
+             train_macs=100)
+  long = {'finetune_epochs': 6, 'finetune_lr': 0.1, 'decided_from': 'w'}
+  _study_run(tmp_path, 'prune_l1_full_ft6', epochs=10, accuracy=0.83, train_macs=480, **long)
+  _study_run(tmp_path, 'prune_l1_epoch2_ft6', epochs=2, accuracy=0.828, train_macs=180, **long)
+  text = results_lib.render(str(tmp_path))
+  first, longer = text.split('Longer fine-tuning: ')
+  assert 'ft6' not in first.split('Goals:')[0]
+  assert ('- decision at ≤ 20 % of pretraining within 0.3 % of the full-training decision: '
+          '**missed** (`prune_l1_epoch2`: -10.00)') in first
+  assert longer.startswith('the same decisions fine-tuned for 6 epochs at lr 0.1, each against '
+                           'the decision after all 10 pretraining epochs with this fine-tuning.')
+  rows = [line for line in longer.splitlines() if line.startswith('| [prune_l1')]
+  assert [row.split(']')[0][3:] for row in rows] == ['prune_l1_epoch2_ft6', 'prune_l1_full_ft6']
+  assert '| -0.20 |' in rows[0] and '(0.38x)' in rows[0] and '(1.00x)' in rows[1]
+  assert ('- decision at ≤ 20 % of pretraining within 0.3 % of the full-training decision: '
+          '**met** (`prune_l1_epoch2_ft6`: -0.20)') in longer
+  assert '- compute to the pruned model ≤ 1/3 of prune-after-full-training: **missed** (0.38x)' \
+      in longer
+  assert '- `prune_l1_epoch2_ft6`: 82.80 % (+2.80) at 0.45x the compute' in longer
+  assert 'prune_l1_full_ft6`: 83.00 %' not in longer  # more compute than prune_l1_full
+  results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
 
 
 def test_pruned_model_table_and_the_reference_goal(tmp_path):

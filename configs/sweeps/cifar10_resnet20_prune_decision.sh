@@ -16,13 +16,20 @@
 #             BatchNorm gamma, lambda 1e-5 as Liu et al. 2017 use for ResNets)
 #   CONTROL_EPOCHS (environment) decision epochs whose masks also cut the fully pretrained
 #             weights (prune.shrink_weights=final), e.g. CONTROL_EPOCHS="2 4"; default none
+#   LONG_FINETUNE (environment) "EPOCHS LR", e.g. "6 0.1": the decisions after all pretraining
+#             epochs, at 20 % and by the Early-Bird rule again, fine-tuned for EPOCHS at LR
+#             (named <decision>_ft<EPOCHS>): does the early decision catch up when the pruned
+#             network is trained longer? default none
 #
 # DATA_DIR holds cifar10/ or cifar10.tar.gz. Reruns resume every run and skip finished ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[[ $# -ge 2 ]] || { sed -n '2,18p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,22p' "$0"; exit 2; }
 data="$1"; out="$2"; kind="${3:-gpu}"; criteria="${4:-l1 bn_gamma}"
 CONTROL_EPOCHS="${CONTROL_EPOCHS:-}"
+read -r long_epochs long_lr <<< "${LONG_FINETUNE:-}" || true
+[[ -z "$long_epochs" || -n "$long_lr" ]] ||
+  { echo "LONG_FINETUNE must be \"EPOCHS LR\", e.g. \"6 0.1\"" >&2; exit 2; }
 python="${QPRUNE_PYTHON:-python}"
 config=configs/experiments/cifar10_resnet20_prune_decision.py
 case "$kind" in
@@ -68,8 +75,24 @@ for criterion in $criteria; do
         --config.prune.shrink_weights=final
     controls+=("epoch${e}_final_weights")
   done
+  # Longer fine-tuning: the last epoch, 20 % and the Early-Bird rule, each trained EPOCHS more.
+  long=()
+  if [[ -n "$long_epochs" ]]; then
+    ft=(--config.prune.finetune_epochs="$long_epochs" --config.prune.finetune_learning_rate="$long_lr")
+    early=$(( epochs / 5 < 1 ? 1 : epochs / 5 ))
+    for e in "$epochs" "$early"; do
+      name="epoch${e}_ft$long_epochs"; [[ "$e" != "$epochs" ]] || name="full_ft$long_epochs"
+      run "$name" --config.prune.decide_from="$source_dir" --config.prune.stop_rule=fixed \
+          --config.prune.pretrain_epochs="$e" "${ft[@]}"
+      long+=("$name")
+    done
+    run "early_bird_ft$long_epochs" --config.prune.decide_from="$source_dir" \
+        --config.prune.stop_rule=early_bird "${ft[@]}"
+    long+=("early_bird_ft$long_epochs")
+  fi
   if [[ "$kind" != tiny ]]; then
-    for name in full $(for e in $decisions; do echo "epoch$e"; done) early_bird "${controls[@]}"; do
+    for name in full $(for e in $decisions; do echo "epoch$e"; done) early_bird "${controls[@]}" \
+                "${long[@]}"; do
       "$python" -m qprune.report.results publish --workdir="$out/$criterion/$name" \
           --to="$group/prune_${criterion}_$name"
     done

@@ -375,10 +375,16 @@ def smallest_lossless_lines(runs: List[Run], fp_accuracy: float, within: float) 
   return lines
 
 
+def finetune_budget(run: Run[records.PruneResults]) -> tuple:
+  """(fine-tuning epochs, fine-tuning learning rate) of a prune run."""
+  return (run.results.finetune_epochs, run.config.get('prune', {}).get('finetune_learning_rate'))
+
+
 def decision_studies(runs: List[Run]) -> Dict[str, dict]:
-  """{criterion: {'full': run, 'decisions': [run, ...]}} for the pruning decision studies in
-  `runs`: a prune run that kept pretraining snapshots, and the runs that decided from it
-  (prune.decide_from), sorted by pretraining epochs."""
+  """{criterion: {'full': run, 'decisions': [run, ...], 'longer': {budget: [run, ...]}}} for the
+  pruning decision studies in `runs`: a prune run that kept pretraining snapshots, the runs that
+  decided from it (prune.decide_from) with its fine-tuning budget, and those fine-tuned with
+  another budget (`finetune_budget`), each list sorted by pretraining epochs."""
   prunes = _of_mode(runs, records.PruneResults)
   fulls = {r.results.criterion: r for r in prunes
            if r.config.get('prune', {}).get('snapshots') and not r.results.decided_from}
@@ -388,8 +394,20 @@ def decision_studies(runs: List[Run]) -> Dict[str, dict]:
                  if r.results.decided_from and r.results.criterion == criterion]
     decisions.sort(key=lambda r: (r.results.pretrain_epochs,
                                   r.results.stop_rule == 'early_bird', is_mask_control(r)))
-    studies[criterion] = {'full': full, 'decisions': decisions}
+    longer: Dict[tuple, List[Run]] = {}
+    for run in decisions:
+      if finetune_budget(run) != finetune_budget(full):
+        longer.setdefault(finetune_budget(run), []).append(run)
+    studies[criterion] = {'full': full, 'longer': longer,
+                          'decisions': [r for r in decisions
+                                        if finetune_budget(r) == finetune_budget(full)]}
   return studies
+
+
+def study_runs(study: dict) -> List[Run]:
+  """Every run of one decision study: the full-training one, then the decisions per budget."""
+  return [study['full']] + study['decisions'] + [
+      run for budget in study['longer'].values() for run in budget]
 
 
 def is_mask_control(run: Run[records.PruneResults]) -> bool:
@@ -413,26 +431,16 @@ def decided_after(run: Run[records.PruneResults]) -> str:
   return text
 
 
-def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[float]) -> List[str]:
-  """The table of one decision study, and its goals (the project's pruning issue)."""
-  full: Run[records.PruneResults] = study['full']
-  decisions: List[Run[records.PruneResults]] = study['decisions']
-  r0 = full.results
-  unpruned = r0.pretrained_test_accuracy
-  final = r0.test_accuracy
-  full_compute = r0.train_macs
-  finetune_lr = full.config.get('prune', {}).get('finetune_learning_rate')
-  out = [f'#### Criterion `{criterion}`: ratio {r0.prune_ratio} ({r0.selection}), '
-         f'{_pct(r0.macs_removed)} of the MACs removed', '',
-         f'The unpruned network after all {r0.pretrain_epochs} pretraining epochs: '
-         f'{_pct(unpruned)}. Every decision is fine-tuned for '
-         f"{records.plural(r0.finetune_epochs or 0, 'epoch')} at lr {finetune_lr}. "
-         'Training compute: forward MACs × training images, pretraining plus fine-tuning.', '',
-         '| run | decided after | mask distance to final | params | MACs | right after '
+def _decision_rows(runs: List[Run[records.PruneResults]], reference: Run[records.PruneResults],
+                   unpruned: Optional[float]) -> List[str]:
+  """The decision table, each run against `reference` (the decision after all pretraining
+  epochs with the same fine-tuning)."""
+  out = ['| run | decided after | mask distance to final | params | MACs | right after '
          'shrinking | fine-tuned | Δ vs full-training decision | Δ vs unpruned | training '
          'compute |',
          '|---|---|---|---|---|---|---|---|---|---|']
-  for run in [full] + decisions:
+  final, full_compute = reference.results.test_accuracy, reference.results.train_macs
+  for run in runs:
     r = run.results
     compute = r.train_macs
     distance = r.final_mask_distance
@@ -445,9 +453,16 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
                f'{r.params:,} | {r.macs:,} | {_pct(r.pruned_test_accuracy)} | '
                f'{_pct(r.test_accuracy)} | {_delta(r.test_accuracy - final)} | '
                f'{_delta(vs_unpruned)} | {compute_text} |')
-  out.append('')
-  total = full.config.get('epochs') or r0.pretrain_epochs
-  methods = [d for d in decisions if not is_mask_control(d)]
+  return out + ['']
+
+
+def _decision_goal_lines(methods: List[Run[records.PruneResults]],
+                         reference: Run[records.PruneResults], total: int,
+                         unpruned: Optional[float], fp_accuracy: Optional[float]) -> List[str]:
+  """The study's goals (the project's pruning issue) for decisions with one fine-tuning budget,
+  against `reference`, the decision after all `total` pretraining epochs with that budget."""
+  r0 = reference.results
+  final, full_compute = r0.test_accuracy, r0.train_macs
   early = [d for d in methods if d.results.pretrain_epochs <= 0.2 * total]
   best = max(early, key=lambda d: d.results.test_accuracy, default=None)
   removed = r0.macs_removed or 0.0
@@ -479,6 +494,27 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
           d.test_accuracy - final >= -0.003 - 1e-12)
     lines.append(f'- the stop rule finds such an epoch by itself: **{"met" if ok else "missed"}** '
                  f'(epoch {d.pretrain_epochs}, {_delta(d.test_accuracy - final)})')
+  return lines
+
+
+def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[float]) -> List[str]:
+  """The tables of one decision study (one per fine-tuning budget), and their goals."""
+  full: Run[records.PruneResults] = study['full']
+  decisions: List[Run[records.PruneResults]] = study['decisions']
+  r0 = full.results
+  unpruned = r0.pretrained_test_accuracy
+  final = r0.test_accuracy
+  finetune_lr = full.config.get('prune', {}).get('finetune_learning_rate')
+  total = full.config.get('epochs') or r0.pretrain_epochs
+  out = [f'#### Criterion `{criterion}`: ratio {r0.prune_ratio} ({r0.selection}), '
+         f'{_pct(r0.macs_removed)} of the MACs removed', '',
+         f'The unpruned network after all {r0.pretrain_epochs} pretraining epochs: '
+         f'{_pct(unpruned)}. Every decision is fine-tuned for '
+         f"{records.plural(r0.finetune_epochs or 0, 'epoch')} at lr {finetune_lr}. "
+         'Training compute: forward MACs × training images, pretraining plus fine-tuning.', '']
+  out += _decision_rows([full] + decisions, full, unpruned)
+  methods = [d for d in decisions if not is_mask_control(d)]
+  lines = _decision_goal_lines(methods, full, total, unpruned, fp_accuracy)
   controls = []
   for control in (d for d in decisions if is_mask_control(d)):
     c = control.results
@@ -499,7 +535,31 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
   if controls:
     lines += ['', 'Controls (`prune.shrink_weights=final`: a decision\'s masks cut the weights '
               'after all pretraining epochs, then the same fine-tuning):', ''] + controls
-  return out + ['Goals:', ''] + lines + ['']
+  out += ['Goals:', ''] + lines + ['']
+  for (epochs, lr), runs in sorted(study['longer'].items(), key=lambda item: str(item[0])):
+    reference = next((run for run in runs if run.results.pretrain_epochs >= total and
+                      not is_mask_control(run)), None)
+    out += [f'Longer fine-tuning: the same decisions fine-tuned for '
+            f"{records.plural(epochs or 0, 'epoch')} at lr {lr}, each against the decision "
+            f'after all {total} pretraining epochs with this fine-tuning'
+            + ('' if reference else ' (not run: no Δ, no goals)') + '.', '']
+    out += _decision_rows(runs, reference or full, unpruned)
+    if reference is None:
+      continue
+    cheaper = [run for run in runs if run.results.train_macs and r0.train_macs and
+               run.results.train_macs < r0.train_macs and not is_mask_control(run)]
+    compared = [f'- `{run.name}`: {_pct(run.results.test_accuracy)} '
+                f'({_delta(run.results.test_accuracy - final)}) at '
+                f'{run.results.train_macs / r0.train_macs:.2f}x the compute'
+                for run in cheaper]
+    out += ['Goals:', ''] + _decision_goal_lines(
+        [run for run in runs if not is_mask_control(run)], reference, total, unpruned,
+        fp_accuracy) + ['']
+    if compared:
+      out += [f'Against `{full.name}` ({_pct(final)}, {r0.train_macs / 1e12:.1f} TMAC: the '
+              'decision after full pretraining with the first table\'s fine-tuning), at less '
+              'compute:', ''] + compared + ['']
+  return out
 
 
 def attention_ablation_lines(table: dict) -> List[str]:
@@ -663,10 +723,8 @@ def render(results_dir: str) -> str:
         out += decision_study_lines(criterion, study, fp_accuracy)
       out += [f'![mask distance per epoch](results/{PLOTS_DIR}/{key}_prune_mask_distance.png)',
               f'![accuracy vs MACs](results/{PLOTS_DIR}/{key}_prune_accuracy_vs_macs.png)', '']
-      out += commands_block([run for study in studies.values()
-                             for run in [study['full']] + study['decisions']])
-    in_studies = {run.path for study in studies.values()
-                  for run in [study['full']] + study['decisions']}
+      out += commands_block([run for study in studies.values() for run in study_runs(study)])
+    in_studies = {run.path for study in studies.values() for run in study_runs(study)}
     pruned = [run for run in _of_mode(runs, records.PruneResults) if run.path not in in_studies]
     if pruned:
       start_name = PRUNE_REFERENCES.get((dataset, model), (None,))[0]
@@ -751,12 +809,14 @@ def plot_decision_studies(groups: Dict[str, List[Run]], plots_dir: str):
     fig, ax = plt.subplots(figsize=(6, 4))
     for index, (criterion, study) in enumerate(studies.items()):
       color = f'C{index}'
-      for number, run in enumerate([study['full']] + study['decisions']):
+      for number, run in enumerate(study_runs(study)):
         r: records.PruneResults = run.results
+        longer = finetune_budget(run) != finetune_budget(study['full'])
         ax.scatter(r.macs / 1e6, 100 * r.test_accuracy, s=18, color=color,
-                   label=criterion if number == 0 else None)
+                   marker='^' if longer else 'o', label=criterion if number == 0 else None)
         label = f'{criterion} @{r.pretrain_epochs}' + (
-            f' (weights @{r.shrunk_epoch})' if is_mask_control(run) else '')
+            f' (weights @{r.shrunk_epoch})' if is_mask_control(run) else '') + (
+            f' ft{r.finetune_epochs}' if longer else '')
         ax.annotate(label, (r.macs / 1e6, 100 * r.test_accuracy),
                     fontsize=7, xytext=(3, 3), textcoords='offset points')
       unpruned: records.PruneResults = study['full'].results

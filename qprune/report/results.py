@@ -565,6 +565,9 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
 def attention_ablation_lines(table: dict) -> List[str]:
   """The attention ablation (`qprune.report.ablation`'s JSON) as a RESULTS.md section."""
   c = table.get('config', {})
+  units = ('conv channels and fc1 units' if c.get('model') == 'lenet5' else
+           'conv channels, residual groups included')
+  criteria = ' '.join(sorted({f'`{row["criterion"]}`' for row in table.get('rows', [])}))
   return (['### Channel attention ablation', '',
            'Does channel attention improve a pruning criterion? Each base criterion (L1 norm, '
            'BN |γ|, first-order Taylor), its training-free attention variant (`attention_*`: '
@@ -576,7 +579,8 @@ def attention_ablation_lines(table: dict) -> List[str]:
            'criteria on the SE-gated network are the learned variants\' control (same weights, '
            'no excitation). '
            f'Masks after {c.get("pretrain_epochs")} pretraining epochs, uniform per layer '
-           f'(conv channels and fc1 units), {c.get("finetune_epochs")} fine-tuning epoch(s). '
+           f'({units}), {c.get("finetune_epochs")} fine-tuning epoch(s); criteria run: '
+           f'{criteria}. '
            f'Test accuracy on the full test split, mean ± std over seeds; {table.get("machine")}.',
            ''] + markdown_table(table) +
           ['', f'    {table.get("command")}', ''])

@@ -4,11 +4,15 @@
 # table (mean ± std over seeds) written to results/<dataset>_<model>/attention_ablation.json for
 # RESULTS.md.
 #
-#   bash configs/sweeps/prune_attention_ablation.sh DATA_DIR OUT [mnist|tiny] [SEEDS]
+#   bash configs/sweeps/prune_attention_ablation.sh DATA_DIR OUT [mnist|cifar|tiny|tiny_cifar] [SEEDS]
 #
 #   mnist  configs/experiments/mnist_lenet5_prune_ablation.py: LeNet-5 on all of MNIST, masks
 #          after 2 pretraining epochs, 1 fine-tuning epoch (about 15 minutes per seed on 2 cores)
-#   tiny   a smoke test on 1,400 images (not published)
+#   cifar  configs/experiments/cifar10_resnet20_prune_ablation.py: ResNet-20 on CIFAR-10, masks
+#          after 2 of 10 pretraining epochs, block-internal channels only, ratios 0.5 and 0.7,
+#          1 fine-tuning epoch; by default only random, l1, attention and se_l1 (and l1 on the
+#          SE-gated network): about 45 minutes per seed on 2 cores
+#   tiny / tiny_cifar  a smoke test of mnist / cifar on 1,400 images (not published)
 #   SEEDS  default "0 1 2"
 #   $PLAIN / $LEARNED / $GATED  the criteria to run (defaults below: every base, attention and
 #          SE one, and as the SE variants' control every base criterion on the SE-gated
@@ -22,7 +26,7 @@
 # finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[[ $# -ge 2 ]] || { sed -n '2,22p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,26p' "$0"; exit 2; }
 data="$1"; out="$2"; kind="${3:-mnist}"; seeds="${4:-0 1 2}"
 python="${QPRUNE_PYTHON:-python}"
 config=configs/experiments/mnist_lenet5_prune_ablation.py
@@ -30,11 +34,20 @@ ratios="0.6 0.8"
 plain="${PLAIN:-random l1 bn_gamma taylor attention attention_bn_gamma attention_taylor}"
 learned="${LEARNED:-se_l1 se_bn_gamma se_taylor}"
 gated="${GATED:-l1 bn_gamma taylor}"
+if [[ "$kind" == cifar || "$kind" == tiny_cifar ]]; then
+  config=configs/experiments/cifar10_resnet20_prune_ablation.py
+  ratios="0.5 0.7"
+  plain="${PLAIN:-random l1 attention}"
+  learned="${LEARNED:-se_l1}"
+  gated="${GATED:-l1}"
+fi
+tiny=(--config.train_subset=1400 --config.eval_subset=500 --config.batch_size=64
+      --config.prune.holdout=300)
 case "$kind" in
   mnist) extra=(); group=results/mnist_lenet5 ;;
-  tiny) extra=(--config.train_subset=1400 --config.eval_subset=500 --config.batch_size=64
-               --config.prune.holdout=300); group= ;;
-  *) echo "unknown kind '$kind': mnist or tiny" >&2; exit 2 ;;
+  cifar) extra=(); group=results/cifar10_resnet20 ;;
+  tiny|tiny_cifar) extra=("${tiny[@]}"); group= ;;
+  *) echo "unknown kind '$kind': mnist, cifar, tiny or tiny_cifar" >&2; exit 2 ;;
 esac
 mkdir -p "$out/logs"
 run() {  # run WORKDIR OVERRIDES...: one run, skipped when finished, its log in $out/logs
@@ -70,5 +83,7 @@ for seed in $seeds; do
     done
   done
 done
-"$python" -m qprune.report.ablation --runs="$out" ${group:+--out="$group/attention_ablation.json"}
+"$python" -m qprune.report.ablation --runs="$out" \
+    --command="bash configs/sweeps/prune_attention_ablation.sh DATA OUT $kind" \
+    ${group:+--out="$group/attention_ablation.json"}
 [[ -z "$group" ]] || "$python" -m qprune.report.results write

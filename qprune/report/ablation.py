@@ -1,6 +1,7 @@
 r"""The attention ablation table: pruning criteria with and without channel attention, over seeds.
 
   python -m qprune.report.ablation --runs=OUT [--out=results/mnist_lenet5/attention_ablation.json]
+      [--command="the command that made the runs"]
 
 Reads every finished prune run under OUT (as `configs/sweeps/prune_attention_ablation.sh` lays
 them out: OUT/seed<S>/<criterion>_r<ratio>/results.json; the pretraining-only runs are skipped; each run's seed read from its config.json),
@@ -152,13 +153,17 @@ def main(argv=None) -> int:
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--runs', required=True, help='the folder the ablation sweep wrote')
   parser.add_argument('--out', help='write the table as JSON here (e.g. results/<group>/...)')
+  parser.add_argument('--command', help='the command that made the runs, recorded in the JSON '
+                      '(default: the ablation sweep of the runs\' dataset)')
   args = parser.parse_args(argv)
   try:
     runs = read_runs(args.runs)
     if not runs:
       raise AblationError(f'{args.runs} holds no finished, fine-tuned prune run')
     ablation = table(runs)
-    ablation['command'] = 'bash configs/sweeps/prune_attention_ablation.sh DATA OUT mnist'
+    kind = 'cifar' if runs[0].results.dataset == 'cifar10' else 'mnist'
+    ablation['command'] = (args.command or
+                           f'bash configs/sweeps/prune_attention_ablation.sh DATA OUT {kind}')
     ablation['machine'] = runs[0].results.machine
     ablation['config'] = {k: getattr(runs[0].results, k)
                           for k in ('model', 'dataset', 'pretrain_epochs', 'finetune_epochs',

@@ -234,7 +234,7 @@ def test_attention_ablation_table_by_hand(tmp_path):
   pretrain = tmp_path / 'runs' / 'seed0' / 'pretrain'  # pretraining only: not a row
   pretrain.mkdir()
   (pretrain / 'results.json').write_text(json.dumps({'mode': 'prune', 'finetune_epochs': 0}))
-  table = ablation.table(ablation.read_runs(str(tmp_path / 'runs')))
+  table = ablation.table([run.measurement() for run in ablation.read_runs(str(tmp_path / 'runs'))])
   rows = {(row['criterion'], row['pretraining']): row for row in table['rows']}
   assert sorted(rows) == [('attention', 'plain'), ('l1', 'SE-gated'), ('l1', 'plain'),
                           ('random', 'plain'), ('se_l1', 'SE-gated')]
@@ -255,3 +255,34 @@ def test_attention_ablation_table_by_hand(tmp_path):
   assert '`se_l1` beats `l1` (+1.50 points' in text
   assert '`se_l1` beats `l1` on the plain pretraining (+4.50 points' in text
   assert '`attention` within noise of `l1`' in text
+
+
+def test_attention_ablation_merges_seeds_into_the_table_it_wrote(tmp_path, capsys):
+  """--merge: a table written from seed 0 grows by seed 1's runs from another folder (a machine
+  whose workdirs are gone), a rerun replaces its own cell and seed, another setting is refused."""
+  from qprune.report import ablation  # pylint: disable=g-import-not-at-top
+  def runs(folder, seed, accuracies, finetune_epochs=1):
+    for criterion, accuracy in accuracies.items():
+      run = tmp_path / folder / f'seed{seed}' / f'{criterion}_r0.5'
+      run.mkdir(parents=True)
+      (run / 'config.json').write_text(json.dumps({'seed': seed, 'prune': {}}))
+      (run / 'results.json').write_text(json.dumps({
+          'mode': 'prune', 'criterion': criterion, 'prune_ratio': 0.5, 'dataset': 'cifar10',
+          'finetune_epochs': finetune_epochs, 'test_accuracy': accuracy,
+          'pruned_test_accuracy': accuracy / 2, 'params': 10, 'machine': f'machine {folder}'}))
+    return str(tmp_path / folder)
+  out = str(tmp_path / 'attention_ablation.json')
+  assert ablation.main(['--runs', runs('a', 0, {'l1': 0.80, 'random': 0.70}), '--out', out]) == 0
+  assert ablation.main(['--runs', runs('b', 1, {'l1': 0.82}), '--out', out, '--merge']) == 0
+  rows = {row['criterion']: row for row in json.load(open(out))['rows']}
+  assert rows['l1']['seeds'] == [0, 1] and rows['l1']['test_accuracy']['values'] == [0.80, 0.82]
+  assert rows['random']['seeds'] == [0]
+  assert json.load(open(out))['machine'] == 'machine a / machine b'
+  assert ablation.main(['--runs', runs('c', 0, {'l1': 0.90}), '--out', out, '--merge']) == 0
+  rows = {row['criterion']: row for row in json.load(open(out))['rows']}
+  assert rows['l1']['test_accuracy']['values'] == [0.90, 0.82]
+  capsys.readouterr()
+  assert ablation.main(['--runs', runs('d', 2, {'l1': 0.5}, finetune_epochs=3), '--out', out,
+                        '--merge']) == 2
+  assert 'tabulates another setting' in capsys.readouterr().err
+  assert json.load(open(out))['rows'][0]['seeds'] == [0, 1]  # the table is left as it was

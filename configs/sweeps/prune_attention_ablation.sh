@@ -23,10 +23,11 @@
 # (prune.decide_from, stop_rule=fixed): the base criteria (random, l1, bn_gamma, taylor) and the
 # training-free attention variants from the plain run, the learned se_* variants and their
 # control (the base criteria on the same gated network) from the gated one. Reruns skip
-# finished runs.
+# finished runs; each finished seed is merged into the table (a run replaces its own criterion,
+# ratio and seed there): a later call with SEEDS "3 4" adds seeds, one with PLAIN=... criteria.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[[ $# -ge 2 ]] || { sed -n '2,26p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { sed -n '2,27p' "$0"; exit 2; }
 data="$1"; out="$2"; kind="${3:-mnist}"; seeds="${4:-0 1 2}"
 python="${QPRUNE_PYTHON:-python}"
 config=configs/experiments/mnist_lenet5_prune_ablation.py
@@ -82,8 +83,10 @@ for seed in $seeds; do
           --config.prune.se_gates=True --config.prune.decide_from="$out/seed$seed/pretrain_se"
     done
   done
+  # After every seed, its runs join the committed table (--merge keeps the seeds already in it,
+  # also those of machines whose workdirs are gone), and RESULTS.md is regenerated.
+  "$python" -m qprune.report.ablation --runs="$out/seed$seed" \
+      --command="bash configs/sweeps/prune_attention_ablation.sh DATA OUT $kind" \
+      ${group:+--out="$group/attention_ablation.json" --merge}
+  [[ -z "$group" ]] || "$python" -m qprune.report.results write
 done
-"$python" -m qprune.report.ablation --runs="$out" \
-    --command="bash configs/sweeps/prune_attention_ablation.sh DATA OUT $kind" \
-    ${group:+--out="$group/attention_ablation.json"}
-[[ -z "$group" ]] || "$python" -m qprune.report.results write

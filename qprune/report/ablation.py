@@ -1,13 +1,15 @@
 r"""The attention ablation table: pruning criteria with and without channel attention, over seeds.
 
   python -m qprune.report.ablation --runs=OUT [--out=results/mnist_lenet5/attention_ablation.json]
-      [--command="the command that made the runs"]
+      [--merge] [--command="the command that made the runs"]
 
 Reads every finished prune run under OUT (as `configs/sweeps/prune_attention_ablation.sh` lays
 them out: OUT/seed<S>/<criterion>_r<ratio>/results.json; the pretraining-only runs are skipped; each run's seed read from its config.json),
 and prints / writes per (criterion, ratio) the mean ± std over seeds of the test accuracy right
 after shrinking (BN re-estimated) and after fine-tuning, and per attention variant its verdict
-against its base criterion. Standard library only.
+against its base criterion. With --merge the seeds and cells already tabulated in --out are kept
+(a run under OUT replaces the same criterion, pretraining, ratio and seed), so a table can grow
+seed by seed, and over machines whose workdirs are gone. Standard library only.
 """
 import argparse
 import dataclasses
@@ -36,6 +38,24 @@ class AblationError(UserError):
   """The runs folder holds nothing to tabulate."""
 
 
+GATED, PLAIN = 'SE-gated', 'plain'
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+  """One fine-tuned decision: its cell (criterion, pretraining, ratio), its seed, its sizes and
+  its accuracies right after shrinking and after fine-tuning. The unit the table averages."""
+  criterion: str
+  pretraining: str  # PLAIN or GATED
+  ratio: float
+  seed: Optional[int]
+  params: int
+  macs: int
+  params_before: int
+  pruned_test_accuracy: float
+  test_accuracy: float
+
+
 @dataclasses.dataclass
 class AblationRun:
   """One fine-tuned prune run: its results, and from its config.json the seed and whether it
@@ -43,6 +63,12 @@ class AblationRun:
   results: records.PruneResults
   seed: Optional[int] = None
   se_gates: bool = False
+
+  def measurement(self) -> Measurement:
+    r = self.results
+    return Measurement(r.criterion, GATED if self.se_gates else PLAIN, r.prune_ratio, self.seed,
+                       r.params, r.macs, r.params_before, r.pruned_test_accuracy,
+                       r.test_accuracy)
 
 
 def read_runs(runs_dir: str) -> List[AblationRun]:
@@ -72,29 +98,47 @@ def _stats(values: List[float]) -> dict:
           'std': statistics.stdev(values) if len(values) > 1 else 0.0, 'values': values}
 
 
-GATED, PLAIN = 'SE-gated', 'plain'
+def tabulated(ablation: dict) -> List[Measurement]:
+  """The measurements a table (`table`'s dict, as written to JSON) was made of."""
+  found = []
+  for row in ablation['rows']:
+    columns = zip(row['seeds'], row['pruned_test_accuracy']['values'],
+                  row['test_accuracy']['values'])
+    found += [Measurement(row['criterion'], row.get('pretraining', PLAIN), row['ratio'], seed,
+                          row['params'], row['macs'], row['params_before'], pruned, tuned)
+              for seed, pruned, tuned in columns]
+  return found
 
 
-def table(runs: List[AblationRun]) -> dict:
+def merged(kept: List[Measurement], new: List[Measurement]) -> List[Measurement]:
+  """`kept` and `new`; where both hold a cell's seed, the new measurement."""
+  def key(m: Measurement):
+    return m.criterion, m.pretraining, m.ratio, m.seed
+  by_key = {key(m): m for m in kept}
+  by_key.update({key(m): m for m in new})
+  return list(by_key.values())
+
+
+def table(measurements: List[Measurement]) -> dict:
   """{'rows': [...], 'verdicts': [...]} (see the module docstring). A row is one (criterion,
   pretraining, ratio); the pretraining is 'SE-gated' (prune.se_gates) or 'plain'. Each attention
   variant is judged against its base criterion on the same pretraining and, for the learned
   variants, also against the base on the plain one."""
-  cells: Dict[tuple, List[AblationRun]] = {}
-  for run in runs:
-    key = (run.results.criterion, GATED if run.se_gates else PLAIN, run.results.prune_ratio)
-    cells.setdefault(key, []).append(run)
+  cells: Dict[tuple, List[Measurement]] = {}
+  for m in measurements:
+    cells.setdefault((m.criterion, m.pretraining, m.ratio), []).append(m)
   rows = []
   for (criterion, pretraining, ratio), members in sorted(
       cells.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
-    members.sort(key=lambda run: run.seed or 0)
-    first = members[0].results
+    members.sort(key=lambda m: m.seed or 0)
+    first = members[0]
     base, kind = VARIANTS.get(criterion, (criterion, 'base'))
     rows.append({'criterion': criterion, 'base': base, 'attention': kind,
                  'pretraining': pretraining, 'ratio': ratio,
-                 'seeds': [run.seed for run in members], 'params': first.params,
+                 'seeds': [m.seed for m in members], 'params': first.params,
                  'macs': first.macs, 'params_before': first.params_before,
-                 **{m: _stats([getattr(run.results, m) for run in members]) for m in METRICS}})
+                 **{metric: _stats([getattr(m, metric) for m in members])
+                    for metric in METRICS}})
   by_key = {(row['criterion'], row['pretraining'], row['ratio']): row for row in rows}
   verdicts = []
   for row in rows:
@@ -153,6 +197,9 @@ def main(argv=None) -> int:
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--runs', required=True, help='the folder the ablation sweep wrote')
   parser.add_argument('--out', help='write the table as JSON here (e.g. results/<group>/...)')
+  parser.add_argument('--merge', action='store_true',
+                      help='keep what --out already tabulates (same setting), adding the runs '
+                      'under --runs; a run replaces the same cell and seed')
   parser.add_argument('--command', help='the command that made the runs, recorded in the JSON '
                       '(default: the ablation sweep of the runs\' dataset)')
   args = parser.parse_args(argv)
@@ -160,14 +207,27 @@ def main(argv=None) -> int:
     runs = read_runs(args.runs)
     if not runs:
       raise AblationError(f'{args.runs} holds no finished, fine-tuned prune run')
-    ablation = table(runs)
+    setting = {k: getattr(runs[0].results, k)
+               for k in ('model', 'dataset', 'pretrain_epochs', 'finetune_epochs', 'selection')}
+    measurements = [run.measurement() for run in runs]
+    machines = [runs[0].results.machine]
+    if args.merge and not args.out:
+      raise AblationError('--merge needs --out: the table to add the runs to')
+    if args.merge and os.path.isfile(args.out):
+      with open(args.out) as f:
+        kept = json.load(f)
+      if kept.get('config') != setting:
+        raise AblationError(f'{args.out} tabulates another setting ({kept.get("config")}) than '
+                            f'the runs under {args.runs} ({setting}): write to another file, or '
+                            'drop --merge to replace it')
+      measurements = merged(tabulated(kept), measurements)
+      machines = list(dict.fromkeys(kept.get('machine', '').split(' / ') + machines))
+    ablation = table(measurements)
     kind = 'cifar' if runs[0].results.dataset == 'cifar10' else 'mnist'
     ablation['command'] = (args.command or
                            f'bash configs/sweeps/prune_attention_ablation.sh DATA OUT {kind}')
-    ablation['machine'] = runs[0].results.machine
-    ablation['config'] = {k: getattr(runs[0].results, k)
-                          for k in ('model', 'dataset', 'pretrain_epochs', 'finetune_epochs',
-                                    'selection')}
+    ablation['machine'] = ' / '.join(m for m in machines if m)
+    ablation['config'] = setting
     print('\n'.join(markdown(ablation)))
     if args.out:
       os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -224,7 +224,12 @@ class WorkdirLock:
     return True
 
   def _busy_message(self) -> str:
+    import time  # pylint: disable=g-import-not-at-top
     holder = self._holder()
+    deadline = time.monotonic() + 1.0
+    while not holder and time.monotonic() < deadline:  # it locks the file, then writes its pid
+      time.sleep(0.05)
+      holder = self._holder()
     who = (f'pid {holder.get("pid")} on {holder.get("host")} (since {holder.get("since")})'
            if holder else 'another process')
     return (f'workdir {os.path.dirname(self.path)} is in use by {who}: wait for that run to '

@@ -1232,6 +1232,25 @@ def test_lock_refuses_a_second_holder_and_is_released(tmp_path):
     assert os.path.exists(tmp_path / LOCK)
 
 
+def test_a_second_process_waits_for_the_holder_to_name_itself(tmp_path):
+  """The holder flocks the lock file, then writes its pid: a second process that looks in
+  between names the pid (waiting for it briefly), not 'another process'."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  from qprune import files  # pylint: disable=g-import-not-at-top
+  fd = os.open(tmp_path / LOCK, os.O_RDWR | os.O_CREAT)
+  fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  holder = json.dumps({'pid': 4242, 'host': 'elsewhere', 'since': 'now'}).encode()
+  writer = threading.Timer(0.3, lambda: os.pwrite(fd, holder, 0))
+  writer.start()
+  try:
+    with pytest.raises(files.WorkdirBusyError, match='in use by pid 4242 on elsewhere'):
+      files.WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    writer.join()
+    os.close(fd)
+
+
 @pytest.mark.parametrize('name,content,expect', [
     ('search.json', b'{"best": 0}', r'search.json is damaged \(missing rows, masks\)'),
     ('model.json', b'[]', r'model.json is damaged \(a JSON list'),

@@ -126,9 +126,11 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent('''
     model = models.create_model('lenet5', 10)
     variables = models.init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
     options = loop.TrainOptions(epochs=1, batch_size=64, progress=False)
+    init = [np.asarray(l) for l in jax.tree_util.tree_leaves(variables['params'])]  # fit donates
     result = loop.fit(model, variables, data, options, None)
-    leaves = jax.tree_util.tree_leaves(result.state.params)
-    np.savez(sys.argv[3], n=jax.device_count(), *[np.asarray(l) for l in leaves])
+    leaves = [np.asarray(l) for l in jax.tree_util.tree_leaves(result.state.params)]
+    np.savez(sys.argv[3], n=jax.device_count(), **{f'init{i}': l for i, l in enumerate(init)},
+             **{f'trained{i}': l for i, l in enumerate(leaves)})
 ''')
 
 
@@ -143,9 +145,18 @@ def test_two_host_devices_match_one(data_dir, cache_dir, mnist_small, tmp_path):
                    env=env, check=True, capture_output=True, timeout=600)
     outputs[n] = np.load(out)
   assert int(outputs[1]['n']) == 1 and int(outputs[2]['n']) == 2
-  keys = [k for k in outputs[1].files if k != 'n']
-  for k in keys:
-    np.testing.assert_allclose(outputs[2][k], outputs[1][k], rtol=1e-4, atol=1e-5)
+  # The two runs sum the batch in different orders, and four steps through BatchNorm amplify
+  # that (on one CPU up to 0.1 % of the update, 4e-5 absolute, on another under 1e-5). A
+  # sharding bug (unsynced BN statistics, gradients summed instead of averaged, half a batch)
+  # moves the weights by a large fraction of the update (training on half of each batch: 26 % to
+  # 150 % per leaf); so per leaf: |two - one| <= 1 % of how far one device's training moved it.
+  leaves = [k[len('init'):] for k in outputs[1].files if k.startswith('init')]
+  assert len(leaves) == 10  # LeNet-5's kernels and biases, BatchNorm's scales and offsets
+  for i in leaves:
+    init, one, two = outputs[1][f'init{i}'], outputs[1][f'trained{i}'], outputs[2][f'trained{i}']
+    update = np.linalg.norm(one - init)
+    assert update > 0
+    assert np.linalg.norm(two - one) <= 1e-2 * update, (np.linalg.norm(two - one), update)
 
 
 @pytest.mark.real_data

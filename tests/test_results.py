@@ -276,8 +276,12 @@ def test_attention_ablation_merges_seeds_into_the_table_it_wrote(tmp_path, capsy
   assert ablation.main(['--runs', runs('b', 1, {'l1': 0.82}), '--out', out, '--merge']) == 0
   rows = {row['criterion']: row for row in json.load(open(out))['rows']}
   assert rows['l1']['seeds'] == [0, 1] and rows['l1']['test_accuracy']['values'] == [0.80, 0.82]
+  assert json.load(open(out))['config']['residual'] is False
   assert rows['random']['seeds'] == [0]
   assert json.load(open(out))['machine'] == 'machine a / machine b'
+  older = json.load(open(out))
+  del older['config']['residual']  # tables written before it was recorded still merge
+  (tmp_path / 'attention_ablation.json').write_text(json.dumps(older))
   assert ablation.main(['--runs', runs('c', 0, {'l1': 0.90}), '--out', out, '--merge']) == 0
   rows = {row['criterion']: row for row in json.load(open(out))['rows']}
   assert rows['l1']['test_accuracy']['values'] == [0.90, 0.82]
@@ -286,3 +290,11 @@ def test_attention_ablation_merges_seeds_into_the_table_it_wrote(tmp_path, capsy
                         '--merge']) == 2
   assert 'tabulates another setting' in capsys.readouterr().err
   assert json.load(open(out))['rows'][0]['seeds'] == [0, 1]  # the table is left as it was
+
+
+def test_attention_ablation_section_names_the_pruned_units():
+  def units(config):
+    return results_lib.attention_ablation_lines({'config': config, 'rows': [], 'verdicts': []})[2]
+  assert 'conv channels and fc1 units' in units({'model': 'lenet5'})
+  assert 'residual groups included' in units({'model': 'resnet20', 'residual': True})
+  assert 'the residual stream kept whole' in units({'model': 'resnet20', 'residual': False})

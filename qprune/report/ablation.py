@@ -58,11 +58,12 @@ class Measurement:
 
 @dataclasses.dataclass
 class AblationRun:
-  """One fine-tuned prune run: its results, and from its config.json the seed and whether it
-  pretrained with SE gates."""
+  """One fine-tuned prune run: its results, and from its config.json the seed, whether it
+  pretrained with SE gates and whether it pruned a ResNet's residual stream too."""
   results: records.PruneResults
   seed: Optional[int] = None
   se_gates: bool = False
+  residual: bool = False
 
   def measurement(self) -> Measurement:
     r = self.results
@@ -89,6 +90,7 @@ def read_runs(runs_dir: str) -> List[AblationRun]:
         config = json.load(f)
       run.seed = config.get('seed')
       run.se_gates = bool(config.get('prune', {}).get('se_gates'))
+      run.residual = bool(config.get('prune', {}).get('residual'))
     found.append(run)
   return found
 
@@ -207,8 +209,9 @@ def main(argv=None) -> int:
     runs = read_runs(args.runs)
     if not runs:
       raise AblationError(f'{args.runs} holds no finished, fine-tuned prune run')
-    setting = {k: getattr(runs[0].results, k)
-               for k in ('model', 'dataset', 'pretrain_epochs', 'finetune_epochs', 'selection')}
+    setting = {**{k: getattr(runs[0].results, k) for k in ('model', 'dataset', 'pretrain_epochs',
+                                                           'finetune_epochs', 'selection')},
+               'residual': runs[0].residual}
     measurements = [run.measurement() for run in runs]
     machines = [runs[0].results.machine]
     if args.merge and not args.out:
@@ -216,7 +219,10 @@ def main(argv=None) -> int:
     if args.merge and os.path.isfile(args.out):
       with open(args.out) as f:
         kept = json.load(f)
-      if kept.get('config') != setting:
+      # A key the kept table lacks (older tables did not record `residual`) is not compared.
+      kept_setting = kept.get('config')
+      if not isinstance(kept_setting, dict) or any(kept_setting.get(k, v) != v
+                                                   for k, v in setting.items()):
         raise AblationError(f'{args.out} tabulates another setting ({kept.get("config")}) than '
                             f'the runs under {args.runs} ({setting}): write to another file, or '
                             'drop --merge to replace it')

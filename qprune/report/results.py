@@ -566,7 +566,8 @@ def attention_ablation_lines(table: dict) -> List[str]:
   """The attention ablation (`qprune.report.ablation`'s JSON) as a RESULTS.md section."""
   c = table.get('config', {})
   units = ('conv channels and fc1 units' if c.get('model') == 'lenet5' else
-           'conv channels, residual groups included')
+           'conv channels, residual groups included' if c.get('residual') else
+           'conv channels inside the blocks, the residual stream kept whole')
   criteria = ' '.join(sorted({f'`{row["criterion"]}`' for row in table.get('rows', [])}))
   return (['### Channel attention ablation', '',
            'Does channel attention improve a pruning criterion? Each base criterion (L1 norm, '

@@ -191,6 +191,17 @@ def test_decision_study_longer_finetuning_is_its_own_table(tmp_path):
   results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
 
 
+def test_longer_finetuning_tables_in_numeric_order(tmp_path):
+  """Budgets are ordered as numbers: 6 epochs before 10 (as strings, '10' sorts first)."""
+  _study_run(tmp_path, 'prune_l1_full', epochs=10, accuracy=0.80, stop_rule='full',
+             train_macs=400)
+  for finetune in (10, 6):
+    _study_run(tmp_path, f'prune_l1_full_ft{finetune}', epochs=10, accuracy=0.83,
+               train_macs=480, finetune_epochs=finetune, finetune_lr=0.1, decided_from='w')
+  tables = results_lib.render(str(tmp_path)).split('Longer fine-tuning: ')[1:]
+  assert [t.split(' epochs')[0].rsplit(' ', 1)[1] for t in tables] == ['6', '10']
+
+
 def test_pruned_model_table_and_the_reference_goal(tmp_path):
   """Prune runs outside a decision study: a row each, mean ± std per setting over its seeds, and
   the goal against the reference counts only settings within the reference's params."""

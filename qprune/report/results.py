@@ -380,6 +380,12 @@ def finetune_budget(run: Run[records.PruneResults]) -> tuple:
   return (run.results.finetune_epochs, run.config.get('prune', {}).get('finetune_learning_rate'))
 
 
+def _numeric_budget(budget: tuple) -> tuple:
+  """A fine-tuning budget as numbers for ordering (6 epochs before 10); None, unset, first."""
+  epochs, lr = budget
+  return (epochs or 0, lr or 0.0)
+
+
 def decision_studies(runs: List[Run]) -> Dict[str, dict]:
   """{criterion: {'full': run, 'decisions': [run, ...], 'longer': {budget: [run, ...]}}} for the
   pruning decision studies in `runs`: a prune run that kept pretraining snapshots, the runs that
@@ -394,13 +400,16 @@ def decision_studies(runs: List[Run]) -> Dict[str, dict]:
                  if r.results.decided_from and r.results.criterion == criterion]
     decisions.sort(key=lambda r: (r.results.pretrain_epochs,
                                   r.results.stop_rule == 'early_bird', is_mask_control(r)))
+    own_budget = finetune_budget(full)
+    same: List[Run] = []
     longer: Dict[tuple, List[Run]] = {}
     for run in decisions:
-      if finetune_budget(run) != finetune_budget(full):
-        longer.setdefault(finetune_budget(run), []).append(run)
-    studies[criterion] = {'full': full, 'longer': longer,
-                          'decisions': [r for r in decisions
-                                        if finetune_budget(r) == finetune_budget(full)]}
+      budget = finetune_budget(run)
+      if budget == own_budget:
+        same.append(run)
+      else:
+        longer.setdefault(budget, []).append(run)
+    studies[criterion] = {'full': full, 'decisions': same, 'longer': longer}
   return studies
 
 
@@ -536,7 +545,8 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
     lines += ['', 'Controls (`prune.shrink_weights=final`: a decision\'s masks cut the weights '
               'after all pretraining epochs, then the same fine-tuning):', ''] + controls
   out += ['Goals:', ''] + lines + ['']
-  for (epochs, lr), runs in sorted(study['longer'].items(), key=lambda item: str(item[0])):
+  by_budget = sorted(study['longer'].items(), key=lambda item: _numeric_budget(item[0]))
+  for (epochs, lr), runs in by_budget:
     reference = next((run for run in runs if run.results.pretrain_epochs >= total and
                       not is_mask_control(run)), None)
     out += [f'Longer fine-tuning: the same decisions fine-tuned for '

@@ -23,8 +23,8 @@
 # (prune.decide_from, stop_rule=fixed): the base criteria (random, l1, bn_gamma, taylor) and the
 # training-free attention variants from the plain run, the learned se_* variants and their
 # control (the base criteria on the same gated network) from the gated one. Reruns skip
-# finished runs; each finished seed is merged into the table (a run replaces its own criterion,
-# ratio and seed there): a later call with SEEDS "3 4" adds seeds, one with PLAIN=... criteria.
+# finished runs; each ratio of a seed joins the table as soon as it is done (a run replaces its
+# own criterion, ratio and seed there): SEEDS "3 4" later adds seeds, PLAIN=... criteria.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ $# -ge 2 ]] || { sed -n '2,27p' "$0"; exit 2; }
@@ -59,6 +59,14 @@ run() {  # run WORKDIR OVERRIDES...: one run, skipped when finished, its log in 
       --config.progress=False "${extra[@]}" "$@" > "$log" 2>&1 ||
     { echo "failed: see $log" >&2; return 1; }
 }
+publish() {  # publish SEED: its finished runs join the committed table, RESULTS.md regenerated
+  # Called after each ratio, so a machine lost mid-seed keeps the ratios already done; --merge
+  # keeps the seeds already in the table, also those of machines whose workdirs are gone.
+  "$python" -m qprune.report.ablation --runs="$out/seed$1" \
+      --command="bash configs/sweeps/prune_attention_ablation.sh DATA OUT $kind" \
+      ${group:+--out="$group/attention_ablation.json" --merge}
+  [[ -z "$group" ]] || "$python" -m qprune.report.results write
+}
 for seed in $seeds; do
   s=(--config.seed="$seed")
   echo "== seed $seed: pretraining" >&2
@@ -82,11 +90,6 @@ for seed in $seeds; do
           --config.prune.criterion="$criterion" --config.prune.ratio="$ratio" \
           --config.prune.se_gates=True --config.prune.decide_from="$out/seed$seed/pretrain_se"
     done
+    publish "$seed"
   done
-  # After every seed, its runs join the committed table (--merge keeps the seeds already in it,
-  # also those of machines whose workdirs are gone), and RESULTS.md is regenerated.
-  "$python" -m qprune.report.ablation --runs="$out/seed$seed" \
-      --command="bash configs/sweeps/prune_attention_ablation.sh DATA OUT $kind" \
-      ${group:+--out="$group/attention_ablation.json" --merge}
-  [[ -z "$group" ]] || "$python" -m qprune.report.results write
 done

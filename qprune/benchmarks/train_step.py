@@ -11,6 +11,7 @@ on-device batch gather and augmentation) on random uint8 images. Variants:
              machine supports it; `anon_huge_mib` in the JSON shows whether it took effect)
   qprune_4k  the same with glibc's default malloc (4 KiB pages)
   xla_conv   lax conv (what flax.linen.Conv computes) + qprune's CPU compiler options
+  xla_conv_huge  xla_conv with the huge-page malloc: against `qprune`, the conv route alone
   plain      lax conv, plain `jax.jit` with XLA's default options: what a Flax user gets
 All variants use the same model code otherwise (FusedBatchNorm included). Each variant runs in
 its own process (measured: a step timed in a process holding other compiled variants ran up to
@@ -43,7 +44,8 @@ from qprune.train.state import create_state
 
 # name -> (conv_impl, xla_defaults, huge-page malloc)
 VARIANTS = {'qprune': ('auto', False, True), 'qprune_4k': ('auto', False, False),
-            'xla_conv': ('xla', False, False), 'plain': ('xla', True, False)}
+            'xla_conv': ('xla', False, False), 'xla_conv_huge': ('xla', False, True),
+            'plain': ('xla', True, False)}
 
 _MODEL = flags.DEFINE_string('model', 'resnet20', f'one of {sorted(models.MODELS)} or "all"')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'global batch size')

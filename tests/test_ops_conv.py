@@ -101,6 +101,15 @@ def test_bf16_inputs():
     np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=3e-2, atol=0.5)
 
 
+@pytest.mark.parametrize('n,h,w,cin,cout,k,s,pad,route', CASES)
+def test_16_bit_floats_take_xla_conv_where_float32_takes_kernel_grad(n, h, w, cin, cout, k, s,
+                                                                    pad, route):
+  """bf16/f16: the 'vjp' route (kernel_grad) becomes XLA's conv; the other routes stay."""
+  for dtype in (jnp.bfloat16, jnp.float16):
+    expected = 'xla' if route == 'vjp' else route
+    assert conv_ops.fast_route((h, w), (k, k), (s, s), pad, dtype) == expected
+
+
 def test_resolve_impl():
   assert conv_ops.resolve_impl('xla') == 'xla'
   assert conv_ops.resolve_impl('auto') == ('fast' if jax.default_backend() == 'cpu' else 'xla')

@@ -28,8 +28,11 @@ def test_torch_models_mirror_the_zoo(name, shape, build):
 
 
 @pytest.mark.slow  # ~6 s: compiles the LeNet-5 train step
-def test_lenet5_epochs_side_by_side():
-  r = vs_pytorch.bench_lenet5(batch_size=16, n_images=64, rounds=1, warmup=1, pause_s=0.0)
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_lenet5_epochs_side_by_side(dtype):
+  r = vs_pytorch.bench_lenet5(batch_size=16, n_images=64, rounds=1, warmup=1, pause_s=0.0,
+                              dtype=dtype)
+  assert r['dtype'] == dtype
   assert r['steps_per_epoch'] == 4 and r['qprune_params'] == r['pytorch_params'] == 431_150
   assert r['qprune_epoch_s'] > 0 and r['pytorch_epoch_s'] > 0
   assert r['ratio'] == pytest.approx(r['qprune_epoch_s'] / r['pytorch_epoch_s'])

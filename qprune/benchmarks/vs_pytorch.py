@@ -148,9 +148,13 @@ class TorchRunner:
   """PyTorch's train step over a uint8 NCHW split, doing the work qprune's step does."""
 
   def __init__(self, model, images_nhwc: np.ndarray, labels: np.ndarray, batch_size: int,
-               total_steps: int, crop_flip: bool, channels_last: bool):
+               total_steps: int, crop_flip: bool, channels_last: bool,
+               dtype: str = 'float32'):
     torch = self.torch = _torch()
     self.channels_last = channels_last
+    # bfloat16: PyTorch's CPU mixed precision (float32 parameters, autocast to bfloat16), the
+    # counterpart of qprune's compute_dtype=bfloat16.
+    self.autocast_dtype = {'float32': None, 'bfloat16': torch.bfloat16}[dtype]
     self.model = model.train()
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)
@@ -194,8 +198,10 @@ class TorchRunner:
       x = self._augment(x)
     if self.channels_last:
       x = x.contiguous(memory_format=torch.channels_last)
-    logits = self.model(x)
-    loss = torch.nn.functional.cross_entropy(logits, y)
+    with torch.autocast('cpu', dtype=self.autocast_dtype or torch.bfloat16,
+                        enabled=self.autocast_dtype is not None):
+      logits = self.model(x)
+      loss = torch.nn.functional.cross_entropy(logits, y)
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     self.opt.step()
@@ -215,9 +221,9 @@ class QpruneRunner:
   """qprune's jitted train step (the one `qprune.fit` builds) over a device-resident split."""
 
   def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, batch_size: int,
-               augment: str):
+               augment: str, dtype: str = 'float32'):
     shape = images.shape[1:]
-    self.model = models.create_model(name, 10)
+    self.model = models.create_model(name, 10, dtype=jnp.dtype(dtype))
     variables = models.init_variables(self.model, jax.random.PRNGKey(0), shape)
     mesh = parallel.make_mesh()
     n = len(labels)
@@ -268,12 +274,12 @@ def _load() -> list:
 
 
 def bench_resnet20(batch_size: int, n_steps: int, block: int, warmup: int,
-                   pause_s: float = 0.3) -> dict:
+                   pause_s: float = 0.3, dtype: str = 'float32') -> dict:
   """Images/s of one train step, the sides alternating every `block` steps."""
   images, labels = _data(batch_size * 2, (32, 32, 3))
-  q = QpruneRunner('resnet20', images, labels, batch_size, 'crop_flip')
+  q = QpruneRunner('resnet20', images, labels, batch_size, 'crop_flip', dtype)
   t = TorchRunner(torch_resnet20(), images, labels, batch_size, 10**6, crop_flip=True,
-                  channels_last=True)
+                  channels_last=True, dtype=dtype)
   for runner in (q, t):
     for i in range(warmup + 1):  # qprune: the first call compiles
       runner.step(i % 2)
@@ -288,7 +294,8 @@ def bench_resnet20(batch_size: int, n_steps: int, block: int, warmup: int,
         times[side].append(_timed(runner, [(done + j) % 2], pause_s if j == 0 else 0.0))
     done += k
   q_s, t_s = statistics.median(times['qprune']), statistics.median(times['pytorch'])
-  return {'benchmark': 'resnet20_train_step', 'batch_size': batch_size, 'steps': n_steps,
+  return {'benchmark': 'resnet20_train_step', 'dtype': dtype, 'batch_size': batch_size,
+          'steps': n_steps,
           'qprune_images_per_s': batch_size / q_s, 'pytorch_images_per_s': batch_size / t_s,
           'ratio': t_s / q_s, 'ratio_means': 'qprune img/s / PyTorch img/s',
           'qprune_step_s': q_s, 'pytorch_step_s': t_s,
@@ -298,13 +305,13 @@ def bench_resnet20(batch_size: int, n_steps: int, block: int, warmup: int,
 
 
 def bench_lenet5(batch_size: int, n_images: int, rounds: int, warmup: int,
-                 pause_s: float = 0.3) -> dict:
+                 pause_s: float = 0.3, dtype: str = 'float32') -> dict:
   """Seconds of one training epoch (n_images // batch_size steps), sides alternating by epoch."""
   images, labels = _data(n_images, (28, 28, 1))
   per_epoch = loop.steps_per_epoch(n_images, batch_size)
-  q = QpruneRunner('lenet5', images, labels, batch_size, 'none')
+  q = QpruneRunner('lenet5', images, labels, batch_size, 'none', dtype)
   t = TorchRunner(torch_lenet5(), images, labels, batch_size, per_epoch * (rounds + 1),
-                  crop_flip=False, channels_last=False)
+                  crop_flip=False, channels_last=False, dtype=dtype)
   for runner in (q, t):
     for i in range(warmup + 1):
       runner.step(i % per_epoch)
@@ -316,7 +323,8 @@ def bench_lenet5(batch_size: int, n_images: int, rounds: int, warmup: int,
       runner.new_epoch()
       times[side].append(_timed(runner, range(per_epoch), pause_s))
   q_s, t_s = statistics.median(times['qprune']), statistics.median(times['pytorch'])
-  return {'benchmark': 'lenet5_epoch', 'batch_size': batch_size, 'images': n_images,
+  return {'benchmark': 'lenet5_epoch', 'dtype': dtype, 'batch_size': batch_size,
+          'images': n_images,
           'steps_per_epoch': per_epoch, 'rounds': rounds,
           'qprune_epoch_s': q_s, 'pytorch_epoch_s': t_s, 'ratio': q_s / t_s,
           'ratio_means': 'qprune s / PyTorch s', 'qprune_epochs_s': times['qprune'],
@@ -343,6 +351,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('threads', None, 'torch.set_num_threads (default: all cores)')
   flags.DEFINE_float('switch_pause_s', 0.3, 'sleep before each turn of a side')
   flags.DEFINE_bool('tiny', False, 'smoke-test sizes: batch 8/32, 2 steps, 1 round')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                    'compute dtype of both sides: qprune compute_dtype, PyTorch CPU autocast')
   flags.DEFINE_bool('json', False, 'print one JSON object as the last line')
 
 
@@ -357,18 +367,20 @@ def main(argv):
   torch.set_num_threads(threads)
   tiny = f.tiny
   rows = []
-  print(f'{"benchmark":22s} {"qprune":>12s} {"PyTorch":>12s} {"ratio":>7s}  load (1/5/15 min)')
+  print(f'{f.dtype}: {"benchmark":12s} {"qprune":>12s} {"PyTorch":>12s} {"ratio":>7s}  '
+        'load (1/5/15 min)')
   if 'resnet20' in f.benchmarks:
     r = bench_resnet20(8 if tiny else f.resnet_batch, 2 if tiny else f.resnet_steps,
                        1 if tiny else f.resnet_block, 1 if tiny else f.warmup,
-                       f.switch_pause_s)
+                       f.switch_pause_s, f.dtype)
     rows.append(r)
     print(f'{"resnet20 step, b=" + str(r["batch_size"]):22s} {r["qprune_images_per_s"]:8.1f} '
           f'im/s {r["pytorch_images_per_s"]:8.1f} im/s {r["ratio"]:6.2f}x  {r["load_after"]}',
           flush=True)
   if 'lenet5' in f.benchmarks:
     r = bench_lenet5(32 if tiny else f.lenet_batch, 256 if tiny else f.lenet_images,
-                     1 if tiny else f.rounds, 1 if tiny else f.warmup, f.switch_pause_s)
+                     1 if tiny else f.rounds, 1 if tiny else f.warmup, f.switch_pause_s,
+                     f.dtype)
     rows.append(r)
     print(f'{"lenet5 epoch, b=" + str(r["batch_size"]):22s} {r["qprune_epoch_s"]:10.2f} s '
           f'{r["pytorch_epoch_s"]:10.2f} s {r["ratio"]:6.2f}x  {r["load_after"]}', flush=True)
@@ -376,7 +388,7 @@ def main(argv):
     summary = {'backend': jax.default_backend(), 'cpu_count': os.cpu_count(),
                'torch_threads': threads, 'torch_version': torch.__version__,
                'jax_version': jax.__version__, 'anon_huge_mib': malloc.anon_huge_mib(),
-               'tiny': tiny, 'rows': rows}
+               'dtype': f.dtype, 'tiny': tiny, 'rows': rows}
     for r in rows:
       summary[r['benchmark'] + '_ratio'] = r['ratio']
     print(json.dumps(summary))

@@ -229,28 +229,36 @@ _routed_conv.defvjp(_routed_conv_fwd, _routed_conv_bwd)
 def fast_conv2d(x, kernel, strides=(1, 1), padding='SAME'):
   """Same values and gradients as `xla_conv2d`: an im2col matmul for the shapes XLA's CPU conv
   handles badly, XLA's conv with the input gradient of `input_grad` for unpadded ones, else
-  XLA's conv with the kernel gradient computed by `kernel_grad`."""
+  XLA's conv with the kernel gradient computed by `kernel_grad` (float32; in 16-bit floats XLA's
+  conv as it is). `fast_route` says which."""
   if not isinstance(padding, str):
     padding = tuple(tuple(int(v) for v in p) for p in padding)  # hashable for nondiff_argnums
   strides = tuple(int(s) for s in strides)
-  route = fast_route(x.shape[1:3], kernel.shape[:2], strides, padding)
+  route = fast_route(x.shape[1:3], kernel.shape[:2], strides, padding, x.dtype)
   if route == 'patch':
     return patch_matmul_conv2d(x, kernel, strides, padding)
+  if route == 'xla':
+    return xla_conv2d(x, kernel, strides, padding)
   return _routed_conv(x, kernel, strides, padding, route)
 
 
-def fast_route(in_hw, kernel_hw, strides, padding) -> str:
+def fast_route(in_hw, kernel_hw, strides, padding, dtype=jnp.float32) -> str:
   """Which formulation 'fast' uses: 'patch' (im2col matmul, tiny output maps), 'col2im'
   (unpadded convs, e.g. LeNet-5's VALID 5x5: XLA's forward and kernel gradient, which measured
   1.1-1.2x faster than `kernel_grad` in the LeNet-5 train step, with `input_grad`'s input
-  gradient), else 'vjp' (XLA's conv with `kernel_grad`)."""
+  gradient), else 'vjp' (XLA's conv with `kernel_grad`) in float32 and plain 'xla' in 16-bit
+  floats: there `kernel_grad` is the slower one. The ResNet-20 train step (batch 256, bfloat16,
+  2-core Intel Xeon with AVX-512 BF16, huge-page malloc on both sides) ran at 201.5 img/s with
+  it and 332.5 img/s without (`python -m qprune.benchmarks.train_step --dtype=bfloat16
+  --variants=qprune,xla_conv_huge`, before this rule), while LeNet-5's 'col2im' route stayed
+  1.3-1.7x faster than XLA's conv in bfloat16."""
   pads = _pads(in_hw, kernel_hw, strides, padding)
   ho, wo = _out_hw(in_hw, kernel_hw, strides, pads)
   if ho * wo <= 4 and kernel_hw[0] * kernel_hw[1] > 1:  # see the module docstring
     return 'patch'
   if not any(any(p) for p in pads):
     return 'col2im'
-  return 'vjp'
+  return 'vjp' if jnp.dtype(dtype).itemsize >= 4 else 'xla'
 
 
 IMPLS = {'xla': xla_conv2d, 'fast': fast_conv2d}

@@ -152,9 +152,11 @@ class TorchRunner:
                dtype: str = 'float32'):
     torch = self.torch = _torch()
     self.channels_last = channels_last
+    if dtype not in ('float32', 'bfloat16'):
+      raise ValueError(f'dtype must be float32 or bfloat16, not {dtype!r}')
     # bfloat16: PyTorch's CPU mixed precision (float32 parameters, autocast to bfloat16), the
     # counterpart of qprune's compute_dtype=bfloat16.
-    self.autocast_dtype = {'float32': None, 'bfloat16': torch.bfloat16}[dtype]
+    self.bf16_autocast = dtype == 'bfloat16'
     self.model = model.train()
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)
@@ -198,8 +200,7 @@ class TorchRunner:
       x = self._augment(x)
     if self.channels_last:
       x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast('cpu', dtype=self.autocast_dtype or torch.bfloat16,
-                        enabled=self.autocast_dtype is not None):
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.bf16_autocast):
       logits = self.model(x)
       loss = torch.nn.functional.cross_entropy(logits, y)
     self.opt.zero_grad(set_to_none=True)

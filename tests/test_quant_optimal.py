@@ -91,7 +91,13 @@ def test_quantize_mode_targets_respect_exclude():
             for name in ('conv1', 'conv2', 'fc')}
   qconfig = configs.quant_config()
   qconfig.method, qconfig.k, qconfig.exclude = 'optimal', 2, ('conv1', 'fc')
-  assert set(quantize.choose_targets(qconfig, params)) == {'conv2'}
+  targets = quantize.choose_targets(qconfig, params)
+  assert set(targets) == {'conv2'}
+  # The float layers count at 32 bits: conv2's 72 weights at 3 bits (k=2), 144 at 32.
+  assert quantize.float_weights(params, qconfig.exclude) == 144
+  rows = quant.layer_report(params, targets)
+  assert quant.average_bits(rows) == 3
+  assert quant.average_bits(rows, float_weights=144) == pytest.approx((72 * 3 + 144 * 32) / 216)
   qconfig.exclude = ('conv9',)
   with pytest.raises(common.RunError, match="conv9.*quantizable layers are conv1, conv2, fc"):
     quantize.choose_targets(qconfig, params)

@@ -226,6 +226,27 @@ def test_pruned_model_table_and_the_reference_goal(tmp_path):
           'at most 100,000 params; +0.07 vs the reference)') in text
 
 
+def test_float_layers_are_named_in_the_recipe_and_count_in_the_bits(tmp_path):
+  """A run that keeps its first and last layers in float32 says so in its row, and its recorded
+  bits/weight (which counts those layers at 32 bits) keeps it out of the 2-bit goal."""
+  group = tmp_path / 'cifar10_resnet20'
+  def run(name, results, quant):
+    (group / name).mkdir(parents=True)
+    (group / name / 'results.json').write_text(json.dumps(
+        {'dataset': 'cifar10', 'model': 'resnet20', 'command': 'python -m qprune.main',
+         **results}))
+    (group / name / 'config.json').write_text(json.dumps({'quant': quant}))
+  run('fp', {'mode': 'train', 'test_accuracy': 0.8651, 'params': 269_722, 'macs': 9}, {})
+  recipe = {'retrain_epochs': 2, 'learning_rate': 0.01, 'final_epochs': 1}
+  run('k1_float_ends', {'mode': 'quantize', 'test_accuracy': 0.86, 'fp_test_accuracy': 0.8651,
+                        'method': 'optimal', 'bits_per_weight': 2.12, 'export_bytes': 100,
+                        'fp32_bytes': 1000, 'float_layers': ['stem_conv', 'fc']},
+      {**recipe, 'method': 'optimal', 'k': 1, 'exclude': ['stem_conv', 'fc']})
+  text = results_lib.render(str(tmp_path))
+  assert '2 ep/step, lr 0.01, final 1 ep; float32: stem_conv, fc | 2.12 |' in text
+  assert '2 bits within 1.0 % of FP: **not measured**' in text
+
+
 def test_attention_ablation_table_by_hand(tmp_path):
   """Two seeds: se_l1 beats l1 on its own (SE-gated) pretraining and on the plain one by more than
   either's spread; the training-free attention is within noise of l1."""

@@ -34,6 +34,12 @@ def choose_targets(qconfig, params) -> quant.Targets:
                               bits_budget=qconfig.bits_budget, objective=qconfig.objective)
 
 
+def float_weights(params, exclude) -> int:
+  """Number of weights in the quantizable layers that quant.exclude keeps in float32."""
+  return sum(int(w.size) for name, w in quant.quantizable_layers(params).items()
+             if name in exclude)
+
+
 def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResults:
   """The INQ stage on `variables`; writes the export and the model in `workdir`."""
   qconfig = config.quant
@@ -83,7 +89,9 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResu
   common.save_model(workdir, spec, variables)
   return QuantizeResults(
       test_accuracy=test['accuracy'], fp_test_accuracy=fp['accuracy'], method=qconfig.method,
-      bits_per_weight=quant.average_bits(fp_rows), export_path=os.path.abspath(export_path),
+      bits_per_weight=quant.average_bits(fp_rows, float_weights=float_weights(variables['params'],
+                                                                              qconfig.exclude)),
+      export_path=os.path.abspath(export_path),
       export_bytes=export_bytes, fp32_bytes=quant.float32_nbytes(variables),
       epochs_run=sum(s.epochs for s in steps_done) + final_epochs, final_epochs=final_epochs,
       inq_steps=steps_done, final_history=final_history, float_layers=list(qconfig.exclude),

@@ -31,10 +31,13 @@ def layer_report(params, targets: targets_lib.Targets,
   return rows
 
 
-def average_bits(rows: Sequence[Mapping]) -> float:
-  """Bits per weight averaged over all quantized weights (weighted by num_weights)."""
-  total = sum(r['num_weights'] for r in rows)
-  return sum(r['bits'] * r['num_weights'] for r in rows) / total if total else 0.0
+def average_bits(rows: Sequence[Mapping], float_weights: int = 0) -> float:
+  """Bits per weight averaged over all quantized weights (weighted by num_weights), plus
+  `float_weights` weights of layers kept in float32 at 32 bits each: a network whose first and
+  last layers stay float is not a "2-bit" network."""
+  total = sum(r['num_weights'] for r in rows) + float_weights
+  bits = sum(r['bits'] * r['num_weights'] for r in rows) + 32 * float_weights
+  return bits / total if total else 0.0
 
 
 def format_table(rows: Sequence[Mapping]) -> str:

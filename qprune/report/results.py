@@ -322,8 +322,10 @@ def target_rule(run: Run[records.QuantizeResults]) -> str:
 
 def recipe(run: Run) -> str:
   q = run.config.get('quant', {})
+  floats = run.results.float_layers
   return (f'{q.get("retrain_epochs")} ep/step, lr {q.get("learning_rate")}, '
-          f'final {q.get("final_epochs", 0)} ep')
+          f'final {q.get("final_epochs", 0)} ep'
+          + (f'; float32: {", ".join(floats)}' if floats else ''))
 
 
 def _max_values(results: records.QuantizeResults) -> Optional[int]:

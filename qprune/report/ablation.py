@@ -88,9 +88,9 @@ def read_runs(runs_dir: str) -> List[AblationRun]:
     if os.path.exists(config_path):
       with open(config_path) as f:
         config = json.load(f)
+      prune = config.get('prune', {})
       run.seed = config.get('seed')
-      run.se_gates = bool(config.get('prune', {}).get('se_gates'))
-      run.residual = bool(config.get('prune', {}).get('residual'))
+      run.se_gates, run.residual = bool(prune.get('se_gates')), bool(prune.get('residual'))
     found.append(run)
   return found
 

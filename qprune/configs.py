@@ -145,6 +145,8 @@ def quant_config() -> ml_collections.ConfigDict:
   q.method = 'kmeans'      # 'kmeans' (clustered log2|w| targets), 'optimal' (the sets
                            # of least error, exact) or 'inq' (INQ's rule)
   q.objective = 'l1'       # optimal: the error minimized, 'l1' (sum |W - Wq|) or 'l2'
+  q.zero_code = True       # False (optimal only): zero-free sets {±2^e}, ceil(log2(2k)) bits, so
+                           # k=2 is 4 values at 2 bits where {0, ±2^e} (k=1) has 3
   q.bits = 5               # inq: bit-width b of INQ's rule
   q.k = 3                  # kmeans/optimal: exponents per layer (unless tolerance or bits_budget)
   q.tolerance = placeholder(float)    # kmeans/optimal: smallest k per layer with relative L1
@@ -412,6 +414,9 @@ def _validate_quant(q, p):
     _check(p, _is_int(q[field]) and q[field] >= 0, f'quant.{field}', q[field],
            'must be an integer >= 0')
   _check(p, q.learning_rate > 0, 'quant.learning_rate', q.learning_rate, 'must be > 0')
+  _check(p, isinstance(q.zero_code, bool), 'quant.zero_code', q.zero_code, 'must be True or False')
+  _check(p, q.zero_code is not False or q.method == 'optimal', 'quant.zero_code', q.zero_code,
+         f"False (zero-free sets) needs quant.method='optimal', not {q.method!r}")
 
 
 def semantic_dict(config) -> dict:

@@ -77,6 +77,8 @@ def test_unset_optional_fields_are_none_and_the_older_spellings_still_mean_unset
     ('objective', 'l3', "quant.objective='l3'"),
     ('final_epochs', -1, 'quant.final_epochs=-1'),
     ('exclude', ('conv1', ''), 'quant.exclude'),
+    ('zero_code', False, "quant.zero_code=False: False .zero-free sets. needs "
+                         "quant.method='optimal', not 'kmeans'"),
 ])
 def test_bad_quantization_fields(field, value, message):
   config = configs.base_config()

@@ -72,6 +72,29 @@ def test_save_codes_and_load_codes_match_the_qpq(tmp_path):
   np.testing.assert_array_equal(model_c.apply(loaded, images), model_q.apply(reference, images))
 
 
+def test_zero_free_codes_match_the_qpq(tmp_path):
+  """Zero-free sets: the .npz has signs ±1 only and indices from 1, and both loaders rebuild the
+  .qpq's weights bit for bit."""
+  model = qprune.create_model('lenet5', 10)
+  variables = qprune.init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
+  targets = quant.choose_targets(quant.quantizable_layers(variables['params']), 'optimal', k=2,
+                                 zero=False)
+  spec = model_spec('lenet5', 10, (28, 28, 1))
+  qpq = str(tmp_path / 'model.qpq')
+  quant.save_quantized(qpq, variables, targets, spec, zero=False)
+  out = str(tmp_path / 'codes.npz')
+  deploy.qpq_file_to_codes(qpq, out)
+  _, reference = qprune.load_quantized(qpq)
+  _, flat = _readme_loader()(out)
+  _assert_bits_equal(flat, reference)
+  deploy.save_codes(str(tmp_path / 'direct.npz'), variables, targets, spec, zero=False)
+  _, loaded = deploy.load_codes(str(tmp_path / 'direct.npz'))
+  _assert_bits_equal(traverse_util.flatten_dict(jax.device_get(loaded), sep='/'), reference)
+  with np.load(out) as z:
+    assert set(np.unique(z['params/conv1/kernel.sign'])) == {-1, 1}
+    assert set(np.unique(z['params/conv1/kernel.index'])) == {1, 2}
+
+
 @pytest.mark.slow
 def test_resnet_and_an_empty_target_set(tmp_path):
   variables, targets, spec, qpq = _quantized_export(tmp_path, 'resnet20', (32, 32, 3), k=2)

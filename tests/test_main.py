@@ -97,6 +97,24 @@ def test_quantize_mode_puts_every_weight_on_its_targets(trained, data_dir, mnist
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.real_data
+def test_zero_free_quantize_mode_uses_every_code(trained, data_dir, mnist_test, tmp_path):
+  """quant.zero_code=False at k=2: four values per layer, {±2^a, ±2^b}, in 2 bits a weight."""
+  workdir, _ = trained
+  out = str(tmp_path / 'quant')
+  run_main('mnist_lenet5_quant.py', out, f'--config.data_dir={data_dir}',
+           f'--config.init_from={workdir}', '--config.quant.k=2', '--config.quant.zero_code=False',
+           '--config.quant.schedule=(0.5, 1.0)', *SMALL)
+  results = json.load(open(os.path.join(out, 'results.json')))
+  assert results['bits_per_weight'] == 2
+  assert all(l['distinct_values'] == 4 and l['bits'] == 2 for l in results['layers'])
+  model, variables = qprune.load_quantized(results['export_path'])
+  for name, exponents in read_targets(results['export_path']).items():
+    w = variables['params'][name]['kernel']
+    assert bool(jnp.all(w != 0)) and bool(jnp.all(in_target_set(w, exponents, zero=False)))
+  assert _accuracy(model, variables, *mnist_test) == pytest.approx(results['test_accuracy'])
+
+
 BAD_INPUTS = [
     (['--config.bogus=1'], "unknown config field 'bogus'"),
     (['--config.mode=compress'], "mode='compress': must be one of"),

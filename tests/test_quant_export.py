@@ -132,3 +132,44 @@ def test_entropy_coded_export_decodes_to_the_same_weights(tmp_path):
     _, b = export.load_quantized(str(tmp_path / 'x.qpq'))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_encode_zero_free_hand_case():
+  # Zero-free set {±1/4, ±1}: codes 0 -> 1/4, 1 -> 1, 2 -> -1/4, 3 -> -1; no code for 0.
+  q = np.array([0.25, 1.0, -0.25, -1.0], np.float32)
+  np.testing.assert_array_equal(export.encode(q, (-2, 0), zero=False), [0, 1, 2, 3])
+  np.testing.assert_array_equal(export.code_table((-2, 0), zero=False), q)
+  for outside in (0.0, -0.0, 0.5):
+    with pytest.raises(ValueError, match='outside the target set'):
+      export.encode(np.array([outside], np.float32), (-2, 0), zero=False)
+
+
+def test_zero_free_export_round_trip_and_version(tmp_path):
+  """Zero-free sets: 2 bits for 2 exponents, the same weights after load, version 3 (older
+  readers refuse the file rather than misread it), and a header claiming the wrong bits or a
+  zero-free leaf in a version-2 file is refused."""
+  _, variables = lenet_variables()
+  layers = targets.quantizable_layers(variables['params'])
+  from qprune.quant import optimal  # pylint: disable=g-import-not-at-top
+  sets = optimal.optimal_targets(layers, k=2, zero=False)
+  spec = model_spec('lenet5', 10, (28, 28, 1), dataset='mnist')
+  path = str(tmp_path / 'zf.qpq')
+  nbytes = export.save_quantized(path, variables, sets, spec, zero=False)
+  data = open(path, 'rb').read()
+  assert struct.unpack_from('<H', data, 8)[0] == export.ZERO_FREE_VERSION
+  _, loaded = export.load_quantized(path)
+  expected = targets.quantize_params(variables['params'], sets, zero=False)
+  chex.assert_trees_all_equal(jax.device_get(loaded['params']), jax.device_get(expected))
+  for name, w in targets.quantizable_layers(loaded['params']).items():
+    assert bool(jnp.all(w != 0)) and bool(jnp.all(targets.in_target_set(w, sets[name], False)))
+  codes = sum(int(np.ceil(w.size * 2 / 8)) for w in layers.values())
+  with_zero = export.save_quantized(str(tmp_path / 'z.qpq'), variables, sets, spec)
+  assert nbytes < with_zero - codes // 3  # 2 bits a weight instead of 3
+  header = export._parse_header(data)[0]  # pylint: disable=protected-access
+  assert all(m.get('zero') is False for m in header['leaves'] if m['kind'] == 'codes')
+  with pytest.raises(export.ExportFormatError, match='zero flag'):
+    export._check_header(header, version=2)  # pylint: disable=protected-access
+  leaf = next(m for m in header['leaves'] if m['kind'] == 'codes')
+  leaf['bits'] = 3
+  with pytest.raises(export.ExportFormatError, match=r'\(zero-free\) need 2'):
+    export._check_header(header, version=3)  # pylint: disable=protected-access

@@ -108,6 +108,27 @@ def test_run_inq_frozen_weights_never_move_and_end_in_the_sets():
   assert not bool(jnp.all(final['fc']['bias'] == params['fc']['bias']))  # biases keep training
 
 
+def test_run_inq_zero_free_ends_without_zeros():
+  """zero=False: every targeted weight ends on ±2^e of its set, none at 0 (not even the exact
+  zeros), and the frozen weights still never move."""
+  params = tiny_params()
+  params['fc']['kernel'] = params['fc']['kernel'].at[0, 0].set(0.0)
+  retrain = make_retrain()
+  snapshots = []
+
+  def recording_retrain(p, mask):
+    snapshots.append((p, mask))
+    return retrain(p, mask)
+
+  final, _ = inq.run_inq(params, TARGETS, recording_retrain, zero=False)
+  for name in TARGETS:
+    w = final[name]['kernel']
+    assert bool(jnp.all(w != 0)) and bool(jnp.all(targets.in_target_set(w, TARGETS[name], False)))
+  for p, mask in snapshots:  # frozen values at a step are the final ones
+    frozen = mask['fc']['kernel']
+    assert bool(jnp.all(p['fc']['kernel'][frozen] == final['fc']['kernel'][frozen]))
+
+
 def test_zero_frozen():
   updates = {'a': jnp.array([1.0, 2.0, 3.0])}
   out = inq.zero_frozen(updates, {'a': jnp.array([True, False, True])})

@@ -1,4 +1,5 @@
 """Exactly optimal target sets: equal to brute force over every subset of candidate exponents."""
+import functools
 import itertools
 
 import jax
@@ -10,42 +11,45 @@ from qprune import quant
 from qprune.quant import optimal
 
 
-def _error(w, exponents, objective):
+def _error(w, exponents, objective, zero=True):
   """Error of quantizing w with `exponents`, in float64 on host (independent of the DP)."""
-  q = np.asarray(quant.quantize(jnp.asarray(w), jnp.asarray(exponents, jnp.int32)), np.float64)
+  q = np.asarray(quant.quantize(jnp.asarray(w), jnp.asarray(exponents, jnp.int32), zero=zero),
+                 np.float64)
   d = np.abs(np.asarray(w, np.float64) - q)
   return float(np.sum(d if objective == 'l1' else d * d))
 
 
-def _brute_force(w, k, span, objective):
+def _brute_force(w, k, span, objective, zero=True):
   e_hi = int(np.ceil(np.log2(np.max(np.abs(w)))))
   candidates = range(e_hi - span + 1, e_hi + 1)
-  return min(_error(w, s, objective) for n in range(1, k + 1)
+  return min(_error(w, s, objective, zero) for n in range(1, k + 1)
              for s in itertools.combinations(candidates, n))
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('zero', [True, False], ids=['zero_code', 'zero_free'])
 @pytest.mark.parametrize('objective', optimal.OBJECTIVES)
 @pytest.mark.parametrize('jit', [True, False])
-def test_equals_brute_force(objective, jit, rng):
+def test_equals_brute_force(objective, jit, zero, rng):
   layers = {'a': rng.normal(0, 0.1, (3, 3, 4, 5)).astype(np.float32),
             'b': (rng.laplace(0, 0.02, (40, 7)) * rng.random((40, 7))).astype(np.float32),
             'c': np.float32([0.75, -0.5, 0.3, 0.0, 2.0e-3, -1.0])}
   span, k_max = 8, 4
   arrays = list(layers.values()) if jit else list(layers.values())[1:]  # un-jitted is slow
   if jit:
-    exponents, valid = optimal.optimal_sets(arrays, k_max=k_max, span=span, objective=objective)
+    exponents, valid = optimal.optimal_sets(arrays, k_max=k_max, span=span, objective=objective,
+                                            zero=zero)
   else:
     with jax.disable_jit():
       exponents, valid = optimal.optimal_sets(arrays, k_max=k_max, span=span,
-                                              objective=objective)
+                                              objective=objective, zero=zero)
   sets = quant.exponent_sets(exponents, valid)
   for l, w in enumerate(arrays):
     for k in range(1, k_max + 1):
       chosen = sets[l][k - 1]
       assert 1 <= len(chosen) <= k and list(chosen) == sorted(set(chosen))
-      best = _brute_force(w, k, span, objective)
-      assert _error(w, chosen, objective) <= best * (1 + 1e-5) + 1e-9, (l, k, chosen)
+      best = _brute_force(w, k, span, objective, zero)
+      assert _error(w, chosen, objective, zero) <= best * (1 + 1e-5) + 1e-9, (l, k, chosen)
 
 
 def test_hand_computed_example():
@@ -54,6 +58,46 @@ def test_hand_computed_example():
   table = optimal.optimal_table({'w': w}, k_max=2, span=4)
   assert table.sets[0] == ((0,), (-2, 0))
   np.testing.assert_allclose(table.errors[0], [0.25, 0.0], atol=1e-7)
+
+
+def test_zero_free_hand_computed_example():
+  """|w| = 0, 0.25, 0.25, 1, 1 without a zero code: one exponent, 2^-2 costs 0.25 + 2 · 0.75 =
+  1.75 (2^-1: 2.0, 2^0: 2.5, 2^-3: 2.125); two, {-2, 0} costs only the exact zero's 0.25
+  ({-3, 0}: 0.375). The zero-free sets take one bit less at k=1 and k=2."""
+  w = np.float32([0.0, 0.25, -0.25, -1.0, 1.0])
+  table = optimal.optimal_table({'w': w}, k_max=2, span=4, zero=False)
+  assert table.sets[0] == ((-2,), (-2, 0))
+  np.testing.assert_allclose(table.errors[0], [1.75, 0.25], atol=1e-6)
+  np.testing.assert_array_equal(table.bits[0], [1, 2])
+  np.testing.assert_array_equal(optimal.optimal_table({'w': w}, k_max=2, span=4).bits[0], [2, 3])
+
+
+@pytest.mark.parametrize('jit', [True, False])
+def test_zero_free_quantizer(jit):
+  """No zero code: every weight, an exact 0 included, lands on ±2^e (0 -> +2^e_1); thresholds
+  halfway between the magnitudes as with the zero code."""
+  fn = functools.partial(quant.quantize, zero=False)
+  fn = jax.jit(fn) if jit else fn
+  w = jnp.float32([0.0, -0.01, 0.2, -0.3, 0.5625, 0.55, 1.0, -2.0])
+  np.testing.assert_array_equal(fn(w, jnp.int32([-3, 0])),
+                                [0.125, -0.125, 0.125, -0.125, 1.0, 0.125, 1.0, -1.0])
+  assert bool(jnp.all(quant.in_target_set(fn(w, jnp.int32([-3, 0])), (-3, 0), zero=False)))
+  assert not bool(quant.in_target_set(jnp.float32([0.0]), (-3, 0), zero=False)[0])
+  assert [quant.bits_per_weight(n, zero=False) for n in range(6)] == [0, 1, 2, 3, 3, 4]
+  np.testing.assert_array_equal(quant.targets.bits_per_weight_array(jnp.arange(9), zero=False),
+                                [quant.bits_per_weight(n, zero=False) for n in range(9)])
+  with pytest.raises(ValueError, match='at least one exponent'):
+    quant.quantize(w, jnp.int32([]), zero=False)
+
+
+def test_zero_free_only_for_the_optimal_rule():
+  layers = {'w': np.float32([0.5, -0.25, 0.26]), 'empty': np.zeros(3, np.float32)}
+  for method in ('kmeans', 'inq'):
+    with pytest.raises(ValueError, match="needs method 'optimal'"):
+      quant.choose_targets(layers, method, zero=False)
+  with pytest.raises(ValueError, match='all zero: empty'):
+    quant.choose_targets(layers, 'optimal', k=2, zero=False)
+  assert quant.choose_targets({'w': layers['w']}, 'optimal', k=2, zero=False)['w'] == (-2, -1)
 
 
 def test_never_worse_than_kmeans_or_inq_rule(rng):

@@ -12,8 +12,9 @@ Entries (keys are the '/'-joined variable paths, e.g. 'params/conv1/kernel'):
 so a quantized weight is `sign * 2.0**exponents[index - 1]` (0 where index == 0, and there sign
 is 0 too). README's "Deployment" section has a 20-line numpy loader; `load_codes` here does the
 same and returns a ready model. The codes are those of the bit-packed `.qpq` export (code c:
-0 -> index 0; 1..n -> +, index c; n+1..2n -> −, index c − n), so both files decode to the same
-bits.
+0 -> index 0; 1..n -> +, index c; n+1..2n -> −, index c − n; for a zero-free layer c in 0..n-1
+-> +, index c + 1; n..2n-1 -> −, index c − n + 1: code c + 1 of the other layout, and no index
+is 0), so both files decode to the same bits.
 """
 import io
 import json
@@ -34,11 +35,13 @@ class CodesFormatError(UserError):
   """A file is not a valid qprune integer-code export."""
 
 
-def _codes_entries(path: str, codes: np.ndarray, exponents, shape) -> dict:
+def _codes_entries(path: str, codes: np.ndarray, exponents, shape, zero: bool = True) -> dict:
   n = len(exponents)
   if n > 255:
     raise CodesFormatError(f'{path}: {n} exponents do not fit uint8 indices')
   codes = codes.astype(np.int64).reshape(shape)
+  if not zero:  # zero-free code c is code c + 1 of the layout with a zero code (never used)
+    codes = codes + 1
   sign = np.where(codes == 0, 0, np.where(codes <= n, 1, -1)).astype(np.int8)
   index = np.where(codes <= n, codes, codes - n).astype(np.uint8)
   return {f'{path}.sign': sign, f'{path}.index': index,
@@ -54,7 +57,8 @@ def qpq_to_codes(data: bytes) -> Tuple[dict, dict]:
     shape = tuple(meta['shape'])
     if meta['kind'] == 'codes':
       codes = qpq.leaf_codes(meta, chunk)
-      entries.update(_codes_entries(meta['path'], codes, meta['exponents'], shape))
+      entries.update(_codes_entries(meta['path'], codes, meta['exponents'], shape,
+                                    meta.get('zero', True)))
     else:
       entries[meta['path']] = np.frombuffer(chunk, '<f4').astype(np.float32).reshape(shape)
   return header['spec'], entries
@@ -68,10 +72,12 @@ def _npz_bytes(spec: Mapping, entries: Mapping) -> bytes:
 
 
 def save_codes(path: str, variables, targets: targets_lib.Targets, spec: Mapping,
-               path_filter: targets_lib.PathFilter = targets_lib.default_path_filter) -> int:
+               path_filter: targets_lib.PathFilter = targets_lib.default_path_filter,
+               zero: bool = True) -> int:
   """Writes the `.npz` code export of `variables` (kernels quantized to `targets` by `quant.quantize`,
-  exactly as `quant.save_quantized` does); returns its size in bytes."""
-  spec_out, entries = qpq_to_codes(qpq.encode_variables(variables, targets, spec, path_filter))
+  exactly as `quant.save_quantized` does; zero=False: zero-free sets); returns its size in bytes."""
+  spec_out, entries = qpq_to_codes(qpq.encode_variables(variables, targets, spec, path_filter,
+                                                        zero=zero))
   return files.write_bytes_atomic(path, _npz_bytes(spec_out, entries))
 
 

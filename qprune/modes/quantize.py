@@ -31,7 +31,8 @@ def choose_targets(qconfig, params) -> quant.Targets:
   layers = {name: w for name, w in layers.items() if name not in qconfig.exclude}
   return quant.choose_targets(layers, qconfig.method, bits=qconfig.bits, k=qconfig.k,
                               k_max=qconfig.k_max, tolerance=qconfig.tolerance,
-                              bits_budget=qconfig.bits_budget, objective=qconfig.objective)
+                              bits_budget=qconfig.bits_budget, objective=qconfig.objective,
+                              zero=qconfig.zero_code)
 
 
 def float_weights(params, exclude) -> int:
@@ -46,7 +47,8 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResu
   model = common.build(spec, config)
   fp = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
   targets = choose_targets(qconfig, variables['params'])
-  fp_rows = quant.layer_report(variables['params'], targets)
+  zero = qconfig.zero_code
+  fp_rows = quant.layer_report(variables['params'], targets, zero=zero)
   print(quant.format_table(fp_rows), flush=True)
 
   options = common.train_options(config, epochs=qconfig.retrain_epochs,
@@ -68,7 +70,7 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResu
     return result.state.params
 
   params, final_mask = quant.run_inq(variables['params'], targets, retrain,
-                                     tuple(qconfig.schedule))
+                                     tuple(qconfig.schedule), zero=zero)
   final_epochs, final_history = 0, []
   if qconfig.final_epochs:
     # Every quantized weight is frozen now; BN and biases adapt to the snapped weights (and BN
@@ -85,7 +87,7 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResu
 
   export_path = os.path.join(workdir, qconfig.export_name)
   export_bytes = quant.save_quantized(export_path, variables, targets, spec,
-                                      entropy_coding=qconfig.entropy_coding)
+                                      entropy_coding=qconfig.entropy_coding, zero=zero)
   common.save_model(workdir, spec, variables)
   return QuantizeResults(
       test_accuracy=test['accuracy'], fp_test_accuracy=fp['accuracy'], method=qconfig.method,

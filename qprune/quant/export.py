@@ -12,6 +12,9 @@ Each header leaf is {'path': 'params/conv1/kernel', 'shape', 'offset', 'nbytes',
 kind 'codes' (quantized; plus 'exponents', 'bits' and, from version 2, 'codec') or 'float32'
 (raw float32 C-order bytes). A quantized weight is a code of `bits = ceil(log2(2n+1))` bits
 (n = number of exponents): 0 -> 0, i in 1..n -> +2^e_i, n+i -> -2^e_i (exponents ascending).
+From version 3 a leaf may say 'zero': false (a zero-free set, `targets` module docstring): then
+`bits = ceil(log2(2n))` and i in 0..n-1 -> +2^e_(i+1), n+i -> -2^e_(i+1). A file is written as
+version 3 only when it holds such a leaf (older readers refuse it instead of misreading it).
 codec 'packed' (the only one of version 1): codes bit-packed LSB-first
 (`numpy.packbits(bitorder='little')` of each code's bits, low bit first) into ceil(N·bits/8) bytes.
 codec 'xz' (entropy coding, `entropy_coding=True`): one uint8 per code, compressed with xz (LZMA2,
@@ -43,7 +46,8 @@ class ExportFormatError(UserError):
 
 MAGIC = b'QPRUNEQ\x00'
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+ZERO_FREE_VERSION = 3  # the version of files with zero-free leaves
+READABLE_VERSIONS = (1, 2, 3)
 CODECS = ('packed', 'xz')
 _PREAMBLE = struct.Struct('<8sHI')
 
@@ -51,19 +55,21 @@ _PREAMBLE = struct.Struct('<8sHI')
 # ---------------------------------------------------------------------------------------------
 # Codes <-> values, bit packing.
 
-def code_table(exponents) -> np.ndarray:
-  """float32 [2n+1]: value of each code (0, +2^e ascending, then −2^e ascending)."""
+def code_table(exponents, zero: bool = True) -> np.ndarray:
+  """float32 [2n+1]: value of each code (0, +2^e ascending, then −2^e ascending); zero=False:
+  [2n] without the zero code."""
   powers = np.ldexp(np.float32(1.0), np.asarray(sorted(exponents), np.int32)).astype(np.float32)
-  return np.concatenate([np.zeros(1, np.float32), powers, -powers])
+  return np.concatenate([np.zeros(int(zero), np.float32), powers, -powers])
 
 
-def encode(quantized: np.ndarray, exponents) -> np.ndarray:
-  """uint32 codes of values that are all in the set (0 or ±2^e); raises ValueError otherwise."""
+def encode(quantized: np.ndarray, exponents, zero: bool = True) -> np.ndarray:
+  """uint32 codes of values that are all in the set (0 or ±2^e; zero=False: ±2^e only); raises
+  ValueError otherwise."""
   q = np.asarray(quantized, np.float32).reshape(-1)
   n = len(exponents)
-  magnitudes = code_table(exponents)[:n + 1]  # 0, then 2^e ascending
-  index = np.minimum(np.searchsorted(magnitudes, np.abs(q)), n)
-  if not np.array_equal(magnitudes[index], np.abs(q)):
+  magnitudes = code_table(exponents, zero)[:n + int(zero)]  # (0,) then 2^e ascending
+  index = np.minimum(np.searchsorted(magnitudes, np.abs(q)), n - 1 + int(zero))
+  if not np.array_equal(magnitudes[index], np.abs(q)) or (not zero and np.any(q == 0)):
     raise ValueError('value outside the target set; quantize before encoding')
   return np.where(q < 0, index + n, index).astype(np.uint32)
 
@@ -94,11 +100,12 @@ def xz_codes(codes: np.ndarray) -> bytes:
                        check=lzma.CHECK_NONE, preset=9 | lzma.PRESET_EXTREME)
 
 
-def _quantized_leaf(path: str, w, exponents, entropy_coding: bool) -> Tuple[dict, bytes]:
+def _quantized_leaf(path: str, w, exponents, entropy_coding: bool,
+                    zero: bool) -> Tuple[dict, bytes]:
   exponents = tuple(sorted(int(e) for e in exponents))
-  q = np.asarray(targets_lib.quantize(w, np.asarray(exponents, np.int32)))
-  bits = targets_lib.bits_per_weight(len(exponents))
-  codes = encode(q, exponents)
+  q = np.asarray(targets_lib.quantize(w, np.asarray(exponents, np.int32), zero=zero))
+  bits = targets_lib.bits_per_weight(len(exponents), zero)
+  codes = encode(q, exponents, zero)
   codec, data = 'packed', pack_codes(codes, bits)
   if entropy_coding and len(exponents) < 128:
     compressed = xz_codes(codes)
@@ -106,6 +113,8 @@ def _quantized_leaf(path: str, w, exponents, entropy_coding: bool) -> Tuple[dict
       codec, data = 'xz', compressed
   meta = {'path': path, 'kind': 'codes', 'shape': list(np.shape(w)),
           'exponents': list(exponents), 'bits': bits, 'codec': codec}
+  if not zero:
+    meta['zero'] = False
   return meta, data
 
 
@@ -126,13 +135,13 @@ def _targeted_paths(variables, targets, path_filter) -> dict:
 
 def encode_variables(variables, targets: targets_lib.Targets, spec: Mapping,
                      path_filter: targets_lib.PathFilter = targets_lib.default_path_filter, *,
-                     entropy_coding: bool = False) -> bytes:
-  """The export file's bytes (see module docstring)."""
+                     entropy_coding: bool = False, zero: bool = True) -> bytes:
+  """The export file's bytes (see module docstring); zero=False: the sets are zero-free."""
   targeted = _targeted_paths(variables, targets, path_filter)
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep='/')
   leaves, chunks, offset = [], [], 0
   for path in sorted(flat):
-    meta, data = (_quantized_leaf(path, flat[path], targeted[path], entropy_coding)
+    meta, data = (_quantized_leaf(path, flat[path], targeted[path], entropy_coding, zero)
                   if path in targeted else _float_leaf(path, flat[path]))
     meta.update(offset=offset, nbytes=len(data))
     leaves.append(meta)
@@ -143,18 +152,20 @@ def encode_variables(variables, targets: targets_lib.Targets, spec: Mapping,
       {'spec': dict(spec), 'payload_nbytes': len(payload),
        'payload_crc32': zlib.crc32(payload), 'leaves': leaves},
       separators=(',', ':')).encode(), 9)
-  return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload
+  version = FORMAT_VERSION if zero or not targeted else ZERO_FREE_VERSION
+  return _PREAMBLE.pack(MAGIC, version, len(header)) + header + payload
 
 
 def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping,
                    path_filter: targets_lib.PathFilter = targets_lib.default_path_filter, *,
-                   entropy_coding: bool = False) -> int:
+                   entropy_coding: bool = False, zero: bool = True) -> int:
   """Writes the export atomically (temp file + os.replace); returns its size on disk in bytes.
 
   entropy_coding=True stores each quantized layer's codes xz-compressed where that is smaller.
+  zero=False: `targets` are zero-free sets (`targets.quantize`).
   """
   return files.write_bytes_atomic(path, encode_variables(variables, targets, spec, path_filter,
-                                                         entropy_coding=entropy_coding))
+                                                         entropy_coding=entropy_coding, zero=zero))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +189,7 @@ def _parse_header(data: bytes) -> Tuple[dict, memoryview]:
   except (zlib.error, ValueError) as e:
     raise ExportFormatError(f'quantized export has a corrupt header: {e}') from e
   payload = memoryview(data)[start:]
-  _check_header(header)
+  _check_header(header, version)
   if len(payload) != header['payload_nbytes']:
     raise ExportFormatError(f'quantized export truncated or padded: payload is {len(payload)} bytes, '
                      f'header says {header["payload_nbytes"]}')
@@ -191,7 +202,7 @@ def _is_count(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _check_header(header) -> None:
+def _check_header(header, version: int = FORMAT_VERSION) -> None:
   """ExportFormatError naming the first header field that is missing or inconsistent (the CRC
   covers the payload only, so a crafted or buggy header must be checked field by field)."""
   def bad(where, what):
@@ -233,9 +244,15 @@ def _check_header(header) -> None:
           isinstance(e, int) and targets_lib.MIN_EXPONENT <= e <= targets_lib.MAX_EXPONENT
           for e in exponents) or len(set(exponents)) != len(exponents):
         bad(where, f'has bad exponents {exponents!r:.80}')
-      if bits != targets_lib.bits_per_weight(len(exponents)):
-        bad(where, f'has bits={bits!r}, but {len(exponents)} exponents need '
-            f'{targets_lib.bits_per_weight(len(exponents))}')
+      zero = meta.get('zero', True)
+      if not isinstance(zero, bool) or (not zero and (not exponents or
+                                                      version < ZERO_FREE_VERSION)):
+        bad(where, f'has a bad zero flag {zero!r:.20} (false needs exponents and version '
+            f'{ZERO_FREE_VERSION})')
+      need = targets_lib.bits_per_weight(len(exponents), zero)
+      if bits != need:
+        bad(where, f'has bits={bits!r}, but {len(exponents)} exponents'
+            f'{"" if zero else " (zero-free)"} need {need}')
       codec = meta.get('codec', 'packed')
       if codec not in CODECS:
         bad(where, f'has an unknown codec {codec!r} (this qprune reads {", ".join(CODECS)})')
@@ -251,7 +268,8 @@ def _decode_leaf(meta: dict, payload: memoryview) -> np.ndarray:
   shape = tuple(meta['shape'])
   if meta['kind'] == 'float32':
     return np.frombuffer(data, '<f4').astype(np.float32).reshape(shape)
-  return code_table(meta['exponents'])[leaf_codes(meta, data)].reshape(shape)
+  table = code_table(meta['exponents'], meta.get('zero', True))
+  return table[leaf_codes(meta, data)].reshape(shape)
 
 
 def leaf_codes(meta: dict, data) -> np.ndarray:

@@ -63,15 +63,16 @@ def freeze_mask(params, targets: targets_lib.Targets, fraction: float, previous=
 
 
 def snap(params, mask, targets: targets_lib.Targets,
-         path_filter: targets_lib.PathFilter = targets_lib.default_path_filter):
-  """Frozen weights (mask True) -> exactly 0 or ±2^e, e in the layer's set (nearest); rest as is."""
+         path_filter: targets_lib.PathFilter = targets_lib.default_path_filter, zero: bool = True):
+  """Frozen weights (mask True) -> exactly 0 or ±2^e, e in the layer's set (nearest; zero=False:
+  the zero-free set, `targets.quantize`); rest as is."""
   flat_params = traverse_util.flatten_dict(params)
   flat_mask = traverse_util.flatten_dict(mask)
   out = {}
   for path, w in flat_params.items():
     name = targets_lib.layer_name(path)
     if path_filter(path, w) and name in targets:
-      q = targets_lib.quantize(w, jnp.asarray(targets[name], jnp.int32).reshape(-1))
+      q = targets_lib.quantize(w, jnp.asarray(targets[name], jnp.int32).reshape(-1), zero=zero)
       out[path] = jnp.where(flat_mask[path], q.astype(w.dtype), w)
     else:
       out[path] = w
@@ -82,8 +83,9 @@ def snap(params, mask, targets: targets_lib.Targets,
 
 def run_inq(params, targets: targets_lib.Targets, retrain_fn: RetrainFn,
             schedule: Sequence[float] = DEFAULT_SCHEDULE,
-            path_filter: targets_lib.PathFilter = targets_lib.default_path_filter):
-  """Runs the INQ schedule; returns (params, final mask).
+            path_filter: targets_lib.PathFilter = targets_lib.default_path_filter,
+            zero: bool = True):
+  """Runs the INQ schedule; returns (params, final mask). zero=False snaps to zero-free sets.
 
   For each fraction: grow the freeze mask, snap frozen weights, then (unless everything targeted is
   frozen, fraction >= 1) call `retrain_fn(params, mask)`, which must leave frozen entries unchanged
@@ -96,7 +98,7 @@ def run_inq(params, targets: targets_lib.Targets, retrain_fn: RetrainFn,
   mask = no_frozen(params)
   for fraction in schedule:
     mask = freeze_mask(params, targets, fraction, mask, path_filter)
-    params = snap(params, mask, targets, path_filter)
+    params = snap(params, mask, targets, path_filter, zero)
     if fraction < 1.0:
       params = retrain_fn(params, mask)
-  return snap(params, mask, targets, path_filter), mask
+  return snap(params, mask, targets, path_filter, zero), mask

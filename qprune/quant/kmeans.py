@@ -335,9 +335,11 @@ def initial_centers(layers: Sequence[jax.Array], k_max: int = 8, log2_range: flo
 # ---------------------------------------------------------------------------------------------
 # Errors of the candidate sets.
 
-@jax.jit
-def candidate_errors(layers: Sequence[jax.Array], exponents: jax.Array, valid: jax.Array):
-  """L1 errors Σ|W − Ŵ| of quantizing each layer with each candidate set.
+@functools.partial(jax.jit, static_argnames=('zero',))
+def candidate_errors(layers: Sequence[jax.Array], exponents: jax.Array, valid: jax.Array,
+                     zero: bool = True):
+  """L1 errors Σ|W − Ŵ| of quantizing each layer with each candidate set (zero=False: the sets
+  are zero-free, `targets.quantize`).
 
   layers: list of L arrays; exponents/valid: [L, C, n] candidate sets (C candidates per layer).
   Returns (errors [L, C], l1_norms [L]) with l1_norms = Σ|W| per layer.
@@ -345,7 +347,8 @@ def candidate_errors(layers: Sequence[jax.Array], exponents: jax.Array, valid: j
   errors, norms = [], []
   for w, e, v in zip(layers, exponents, valid):  # over layers at trace time
     flat = jnp.asarray(w, jnp.float32).reshape(-1)
-    quantize_with = lambda e_c, v_c: targets_lib.l1_error(flat, targets_lib.quantize(flat, e_c, v_c))
+    quantize_with = lambda e_c, v_c, flat=flat: targets_lib.l1_error(
+        flat, targets_lib.quantize(flat, e_c, v_c, zero))
     errors.append(jax.vmap(quantize_with)(e, v))
     norms.append(jnp.sum(jnp.abs(flat)))
   return jnp.stack(errors), jnp.stack(norms)
@@ -381,11 +384,11 @@ def exponent_sets(exponents: jax.Array, valid: jax.Array):
 
 
 def score_candidates(names: Sequence[str], arrays: Sequence[jax.Array], exponents: jax.Array,
-                     valid: jax.Array) -> CandidateTable:
+                     valid: jax.Array, zero: bool = True) -> CandidateTable:
   """The table of padded candidate sets [L, K, K] (row k-1 of layer l: its k-set), scored."""
-  errors, norms = candidate_errors(list(arrays), exponents, valid)
+  errors, norms = candidate_errors(list(arrays), exponents, valid, zero)
   sets = exponent_sets(exponents, valid)
-  bits = targets_lib.bits_per_weight_array(jnp.sum(valid, axis=-1))
+  bits = targets_lib.bits_per_weight_array(jnp.sum(valid, axis=-1), zero)
   return CandidateTable(names=tuple(names),
                         sets=tuple(tuple(tuple(s) for s in row) for row in sets),
                         bits=np.asarray(bits), errors=np.asarray(errors, np.float64),

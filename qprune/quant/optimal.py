@@ -54,8 +54,12 @@ def _prefix_at(sorted_abs, prefix_n, prefix_s, prefix_q, points) -> Tuple[jax.Ar
   return take(prefix_n), take(prefix_s), take(prefix_q)
 
 
-def _row_optimal_sets(sorted_abs, count, k_max: int, span: int, objective: str):
+def _row_optimal_sets(sorted_abs, count, k_max: int, span: int, objective: str,
+                      zero_code: bool):
   """Best sets of 1..k_max exponents of one layer: (exponents [K, K], valid [K, K]).
+
+  zero_code=False: the best zero-free sets (`targets.quantize`): every magnitude below the smallest
+  chosen one goes to it, so D_1[j] is the cost of [0, c_j) at c_j instead of pair(0, c_j).
 
   sorted_abs: [N] ascending magnitudes, padded with +inf beyond `count`.
   """
@@ -96,7 +100,12 @@ def _row_optimal_sets(sorted_abs, count, k_max: int, span: int, objective: str):
     new = jnp.min(candidates, axis=0)
     return new, (new, jnp.argmin(candidates, axis=0).astype(jnp.int32))
 
-  first = jnp.where(jnp.arange(size) > 0, pair[0], jnp.inf)  # D_1[j] = pair(0, c_j)
+  if zero_code:
+    first = pair[0]                                           # D_1[j] = pair(0, c_j)
+  else:
+    none_n, none_s, none_q = (jnp.zeros((size,), jnp.float32) for _ in range(3))
+    first = cost_between(none_n, none_s, none_q, *at(values), values)  # [0, c_j) all to c_j
+  first = jnp.where(jnp.arange(size) > 0, first, jnp.inf)
   _, (later, parents) = jax.lax.scan(add_exponent, first, None, length=k_max - 1)
   best = jnp.concatenate([first[None], later])  # best[t-1, j]: t exponents, the largest c_j
   # parents[t-2, j]: the exponent before c_j in the best t-exponent set ending at c_j.
@@ -137,17 +146,19 @@ def _sorted_abs_rows(layers: Sequence[jax.Array]):
   return x, jnp.where(nonzero > 0, counts, 0)
 
 
-@functools.partial(jax.jit, static_argnames=('k_max', 'span', 'objective', 'max_groups'))
+@functools.partial(jax.jit, static_argnames=('k_max', 'span', 'objective', 'max_groups', 'zero'))
 def optimal_sets(layers: Sequence[jax.Array], k_max: int = 8, span: int = 24,
-                 objective: str = 'l1', max_groups: int = 3):
-  """(exponents [L, K, K], valid [L, K, K]): per layer, row k-1 is the best set of k exponents.
+                 objective: str = 'l1', max_groups: int = 3, zero: bool = True):
+  """(exponents [L, K, K], valid [L, K, K]): per layer, row k-1 is the best set of k exponents
+  (zero=False: of the zero-free sets, `targets.quantize`).
 
   One compiled call for all layers and all k (layers grouped by size, as in `kmeans`).
   """
   if objective not in OBJECTIVES:
     raise ValueError(f'objective={objective!r}: must be one of {", ".join(OBJECTIVES)}')
   layers = list(layers)
-  row = functools.partial(_row_optimal_sets, k_max=k_max, span=span, objective=objective)
+  row = functools.partial(_row_optimal_sets, k_max=k_max, span=span, objective=objective,
+                          zero_code=zero)
   outputs, order = [], []
   for group in kmeans_lib.length_groups(layers, max_groups):
     x, counts = _sorted_abs_rows([layers[i] for i in group])
@@ -158,19 +169,21 @@ def optimal_sets(layers: Sequence[jax.Array], k_max: int = 8, span: int = 24,
 
 
 def optimal_table(layers: Mapping[str, jax.Array], k_max: int = 8, span: int = 24,
-                  objective: str = 'l1') -> kmeans_lib.CandidateTable:
+                  objective: str = 'l1', zero: bool = True) -> kmeans_lib.CandidateTable:
   """The optimal set of every layer for k = 1..k_max, scored like `kmeans.candidate_table` (L1)."""
   names = tuple(layers)
   arrays = [layers[n] for n in names]
-  exponents, valid = optimal_sets(arrays, k_max=k_max, span=span, objective=objective)
-  return kmeans_lib.score_candidates(names, arrays, exponents, valid)
+  exponents, valid = optimal_sets(arrays, k_max=k_max, span=span, objective=objective, zero=zero)
+  return kmeans_lib.score_candidates(names, arrays, exponents, valid, zero)
 
 
 def optimal_targets(layers: Mapping[str, jax.Array], *, k: int | None = None,
                     tolerance: float | None = None, bits_per_weight: float | None = None,
-                    k_max: int = 8, objective: str = 'l1', span: int = 24) -> dict:
+                    k_max: int = 8, objective: str = 'l1', span: int = 24,
+                    zero: bool = True) -> dict:
   """Error-optimal target sets {layer: exponents}: exactly one of k, tolerance, bits_per_weight
-  (chosen per layer as in `kmeans.kmeans_targets`)."""
-  table = optimal_table(layers, k_max=max(k_max, k or 1), span=span, objective=objective)
+  (chosen per layer as in `kmeans.kmeans_targets`); zero=False: zero-free sets."""
+  table = optimal_table(layers, k_max=max(k_max, k or 1), span=span, objective=objective,
+                        zero=zero)
   return kmeans_lib.select_targets(table, k=k, tolerance=tolerance,
                                    bits_per_weight=bits_per_weight)

@@ -9,24 +9,25 @@ from qprune.quant import targets as targets_lib
 
 
 def layer_report(params, targets: targets_lib.Targets,
-                 path_filter: targets_lib.PathFilter = targets_lib.default_path_filter
-                 ) -> List[dict]:
+                 path_filter: targets_lib.PathFilter = targets_lib.default_path_filter,
+                 zero: bool = True) -> List[dict]:
   """[{name, num_weights, exponents, bits, distinct_values, l1_error}] per targeted layer.
 
   The layer is quantized with its set (`quantize`; a no-op for already-snapped weights), so
   `l1_error` (Σ|W − Ŵ|) is against `params` as given: pass the full-precision params to measure
   the quantization error, the final INQ params to get 0. `distinct_values` counts the distinct
-  values the quantized layer actually uses (zero included if present).
+  values the quantized layer actually uses (zero included if present). zero=False: the sets are
+  zero-free (`targets.quantize`).
   """
   rows = []
   for name, w in targets_lib.quantizable_layers(params, path_filter).items():
     if name not in targets:
       continue
     exponents = tuple(int(e) for e in targets[name])
-    q = targets_lib.quantize(w, jnp.asarray(exponents, jnp.int32).reshape(-1))
+    q = targets_lib.quantize(w, jnp.asarray(exponents, jnp.int32).reshape(-1), zero=zero)
     error, q_host = jax.device_get((targets_lib.l1_error(w, q), q))
     rows.append({'name': name, 'num_weights': int(np.size(q_host)), 'exponents': list(exponents),
-                 'bits': targets_lib.bits_per_weight(len(exponents)),
+                 'bits': targets_lib.bits_per_weight(len(exponents), zero),
                  'distinct_values': int(np.unique(q_host).size), 'l1_error': float(error)})
   return rows
 

@@ -15,6 +15,12 @@ ties upward, clipped at the largest.
 
 Error (L1): `E = Σ |W − Ŵ|` over a layer (or summed over layers).
 Bits per weight: `ceil(log2(2n + 1))`: n exponents, two signs, one zero code.
+
+Zero-free sets (`zero=False`, beyond INQ): the values are `{±2^e_i}` only, `m_1 = 2^e_1` is the
+smallest magnitude and every |w| below its threshold maps to it (an exact 0 to +m_1). They need
+`ceil(log2(2n))` bits, so they fill the codes INQ's sets leave unused: at 2 bits four values
+`{±2^a, ±2^b}` instead of three `{0, ±2^a}`, at 3 bits four exponents instead of three (at 1 bit,
+`{±2^a}`). A very small `e_1` plays the part of zero where the layer has many tiny weights.
 """
 import math
 from typing import Callable, Mapping, Sequence, Tuple
@@ -81,35 +87,44 @@ def inq_targets(layers: Mapping[str, jax.Array], bits: int) -> dict:
   return {name: inq_exponents(float(m), bits) for name, m in max_abs.items()}
 
 
-def num_codes(num_exponents: int) -> int:
-  """Codes of a set with n exponents: zero plus ±2^e for each e."""
-  return 2 * int(num_exponents) + 1
+def num_codes(num_exponents: int, zero: bool = True) -> int:
+  """Codes of a set with n exponents: ±2^e for each e, plus the zero code unless zero=False."""
+  return 2 * int(num_exponents) + int(zero)
 
 
-def bits_per_weight(num_exponents: int) -> int:
-  """ceil(log2(2n + 1)); 0 for a layer with only the zero code."""
-  return int(math.ceil(math.log2(num_codes(num_exponents))))
+def bits_per_weight(num_exponents: int, zero: bool = True) -> int:
+  """ceil(log2(2n + 1)) (zero-free: ceil(log2(2n))); 0 for a layer with only the zero code."""
+  codes = num_codes(num_exponents, zero)
+  return int(math.ceil(math.log2(codes))) if codes > 1 else 0
 
 
-def bits_per_weight_array(num_exponents: jax.Array) -> jax.Array:
-  """Elementwise, jittable `bits_per_weight` (int32). Exact: integer bit length of 2n."""
+def bits_per_weight_array(num_exponents: jax.Array, zero: bool = True) -> jax.Array:
+  """Elementwise, jittable `bits_per_weight` (int32), exact on integers (no float rounding)."""
   n = jnp.asarray(num_exponents, jnp.int32)
-  # ceil(log2(2n+1)) == bit length of 2n for n >= 1; computed on integers to avoid float rounding.
-  two_n = 2 * n
-  return jnp.where(n > 0, 32 - jax.lax.clz(two_n), 0).astype(jnp.int32)
+  # With zero: ceil(log2(2n+1)) == bit length of 2n for n >= 1. Zero-free: ceil(log2(2n)) ==
+  # bit length of 2n - 1.
+  codes_below = 2 * n if zero else 2 * n - 1
+  return jnp.where(n > 0, 32 - jax.lax.clz(codes_below), 0).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------
 # Quantizer and L1 error.
 
-def target_magnitudes(exponents: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+def target_magnitudes(exponents: jax.Array, valid: jax.Array | None = None,
+                      zero: bool = True) -> jax.Array:
   """Sorted magnitudes [n + 1]: 0 then 2^e. Invalid (padding) entries become extra zeros.
 
-  Duplicate magnitudes (repeated exponents, padding zeros) are harmless for `quantize`: the
+  zero=False: [n], the 2^e only; padding entries repeat the smallest valid magnitude.
+  Duplicate magnitudes (repeated exponents, padding) are harmless for `quantize`: the
   threshold between two equal magnitudes equals them, so either copy gives the same value.
   """
   exponents = jnp.clip(jnp.asarray(exponents, jnp.int32), MIN_EXPONENT, MAX_EXPONENT)
   powers = jnp.ldexp(jnp.ones(exponents.shape, jnp.float32), exponents)  # exact, unlike exp2
+  if not zero:
+    if valid is not None:
+      smallest = jnp.min(jnp.where(valid, powers, jnp.inf))
+      powers = jnp.where(valid, powers, smallest)
+    return jnp.sort(powers)
   if valid is not None:
     powers = jnp.where(valid, powers, 0.0)
   return jnp.sort(jnp.concatenate([jnp.zeros((1,), jnp.float32), powers]))
@@ -123,28 +138,35 @@ def nearest_magnitude(abs_w: jax.Array, magnitudes: jax.Array) -> jax.Array:
   return magnitudes[index]
 
 
-def quantize(w: jax.Array, exponents, valid: jax.Array | None = None) -> jax.Array:
+def quantize(w: jax.Array, exponents, valid: jax.Array | None = None,
+             zero: bool = True) -> jax.Array:
   """Ŵ = sgn(W)·nearest target magnitude, same shape and dtype float32 as `w`.
 
   `exponents`: [n] ints (optionally padded, with a bool `valid` mask of the same shape).
+  zero=False: the zero-free set {±2^e}; an exact 0 becomes +2^e_1.
   Values already in the set are returned unchanged, bit for bit.
   """
   w = jnp.asarray(w, jnp.float32)
-  magnitudes = target_magnitudes(jnp.asarray(exponents, jnp.int32).reshape(-1),
-                                 None if valid is None else jnp.asarray(valid).reshape(-1))
-  return jnp.sign(w) * nearest_magnitude(jnp.abs(w), magnitudes)
+  exponents = jnp.asarray(exponents, jnp.int32).reshape(-1)
+  if not zero and exponents.shape[0] == 0:
+    raise ValueError('a zero-free target set needs at least one exponent')
+  magnitudes = target_magnitudes(exponents,
+                                 None if valid is None else jnp.asarray(valid).reshape(-1), zero)
+  sign = jnp.sign(w) if zero else jnp.where(w < 0, -1.0, 1.0).astype(jnp.float32)
+  return sign * nearest_magnitude(jnp.abs(w), magnitudes)
 
 
-def quantize_layers(layers: Mapping[str, jax.Array], targets: Targets) -> dict:
+def quantize_layers(layers: Mapping[str, jax.Array], targets: Targets, zero: bool = True) -> dict:
   """`quantize` every layer that has a target set; others are returned unchanged."""
-  return {name: quantize(w, _as_exponent_array(targets[name])) if name in targets else w
-          for name, w in layers.items()}
+  return {name: quantize(w, _as_exponent_array(targets[name]), zero=zero) if name in targets
+          else w for name, w in layers.items()}
 
 
-def quantize_params(params, targets: Targets, path_filter: PathFilter = default_path_filter):
+def quantize_params(params, targets: Targets, path_filter: PathFilter = default_path_filter,
+                    zero: bool = True):
   """A copy of `params` with every targeted layer quantized (all weights, fraction 1.0)."""
   layers = quantizable_layers(params, path_filter)
-  return replace_layers(params, quantize_layers(layers, targets), path_filter)
+  return replace_layers(params, quantize_layers(layers, targets, zero), path_filter)
 
 
 def l1_error(w: jax.Array, w_hat: jax.Array) -> jax.Array:
@@ -158,9 +180,9 @@ def relative_l1_error(w: jax.Array, w_hat: jax.Array) -> jax.Array:
   return jnp.where(total > 0, l1_error(w, w_hat) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def in_target_set(w: jax.Array, exponents: Sequence[int]) -> jax.Array:
-  """Bool array: each element is exactly 0 or ±2^e with e in `exponents`."""
-  values = target_magnitudes(_as_exponent_array(exponents))
+def in_target_set(w: jax.Array, exponents: Sequence[int], zero: bool = True) -> jax.Array:
+  """Bool array: each element is exactly 0 (unless zero=False) or ±2^e with e in `exponents`."""
+  values = target_magnitudes(_as_exponent_array(exponents), zero=zero)
   return jnp.any(jnp.abs(jnp.asarray(w, jnp.float32))[..., None] == values, axis=-1)
 
 

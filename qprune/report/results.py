@@ -310,7 +310,7 @@ def target_rule(run: Run[records.QuantizeResults]) -> str:
   method = run.results.method or q.get('method')
   title = METHOD_TITLES.get(method, str(method))
   if method == 'optimal':
-    title += f' ({q.get("objective", "l1")})'
+    title += f' ({q.get("objective", "l1")}{"" if q.get("zero_code", True) else ", zero-free"})'
   if method == 'inq':
     return f'{title}, b={q.get("bits")}'
   if q.get('tolerance'):

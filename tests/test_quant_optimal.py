@@ -159,6 +159,10 @@ def test_target_error_table(rng):
     assert r['optimal'] <= r['kmeans'] * (1 + 1e-5)
     assert (r['inq'] is None) == (r['k'] == 3)
     assert r['inq'] is None or r['optimal'] <= r['inq'] * (1 + 1e-5)
+    # Zero-free at the same bits: 2 exponents in k=1's 2 bits, 4 in the 3 bits of k=2 and 3; a
+    # tiny exponent stands in for zero, so it is never worse.
+    assert (r['bits'], r['zero_free_k']) == {1: (2, 2), 2: (3, 4), 3: (3, 4)}[r['k']]
+    assert r['zero_free'] < r['optimal']
   assert '| total | 928 | 1 |' in target_errors.markdown(rows)  # 3·3·4·8 + 64·10 weights
 
 

@@ -254,6 +254,20 @@ def test_float_layers_and_zero_free_sets_in_the_quantization_table(tmp_path):
   text = results_lib.render(str(tmp_path))
   assert '| optimal (l1, zero-free), k=2 |' in text
   assert '2 bits within 1.0 % of FP: **met**' in text
+  # LeNet-5's goals name the levels of sets with a zero code: four zero-free values do not count.
+  group = tmp_path / 'mnist_lenet5'
+  (group / 'fp').mkdir(parents=True)
+  (group / 'fp' / 'results.json').write_text(json.dumps(
+      {'dataset': 'mnist', 'model': 'lenet5', 'mode': 'train', 'test_accuracy': 0.9944,
+       'params': 431_150, 'macs': 9, 'epochs_run': 10}))
+  (group / 'zf').mkdir()
+  (group / 'zf' / 'results.json').write_text(json.dumps(
+      {'dataset': 'mnist', 'model': 'lenet5', 'mode': 'quantize', 'test_accuracy': 0.9931,
+       'method': 'optimal', 'bits_per_weight': 2.0, 'export_bytes': 9, 'fp32_bytes': 99,
+       'layers': [{'name': 'fc1', 'distinct_values': 4}]}))
+  text = results_lib.render(str(tmp_path))
+  assert '2 bits (3 levels) at >= 98.5 %: **not measured**' in text
+  assert '- optimal: 2.00 bits/weight (99.31 %, `zf`)' in text
 
 
 def test_attention_ablation_table_by_hand(tmp_path):

@@ -5,6 +5,9 @@ export. Pure functions over Flax param pytrees.
   targets = optimal_targets(quantizable_layers(params), k=3)   # {layer: exponents}
   params, mask = run_inq(params, targets, retrain_fn)           # quantize-freeze-retrain
   save_quantized('model.qpq', variables, targets, spec)         # load_quantized reads it back
+
+Zero-free sets {±2^e} (no zero code, every code of ceil(log2(2k)) bits used): pass zero=False to
+optimal_targets, quantize, run_inq, layer_report and save_quantized alike.
 """
 from qprune.quant.export import (FORMAT_VERSION, float32_nbytes, load_quantized, read_targets,
                                  save_quantized)

@@ -6,7 +6,9 @@ r"""Per-layer quantization error of the three target rules at equal k, on a trai
 For each conv/dense layer and each k, the L1 error Σ|W − Ŵ| (eq. 3.2 of the thesis; Zhou et al.
 2017's quantizer) of the full-precision weights under: INQ's rule (the b with 2^(b-2) = k
 exponents, so only k = 1, 2, 4, 8), k-means on log2|w| (the thesis' clustered targets) and the
-error-optimal set (`qprune.quant.optimal`). Prints a markdown table; `--out` writes JSON that
+error-optimal set (`qprune.quant.optimal`); beside them, at the same bits rather than the same k,
+the error-optimal zero-free set (`quant.zero_code=False`), which fills those bits with
+2^(bits-1) exponents. Prints a markdown table; `--out` writes JSON that
 `python -m qprune.report.results write` renders into RESULTS.md.
 """
 import argparse
@@ -25,12 +27,20 @@ def inq_bits_for(k: int):
   return int(b) if b == int(b) else None
 
 
+def zero_free_k(k: int) -> int:
+  """Exponents of the zero-free sets that take the bits of k exponents with a zero code."""
+  return 2 ** (quant.bits_per_weight(k) - 1)
+
+
 def layer_errors(params, ks: Sequence[int]) -> List[Dict]:
-  """[{'layer', 'weights', 'k', 'inq', 'kmeans', 'optimal'}] (errors; inq None where no b fits)."""
+  """[{'layer', 'weights', 'k', 'bits', 'inq', 'kmeans', 'optimal', 'zero_free', 'zero_free_k'}]
+  (errors; inq None where no b fits; zero_free: the optimal zero-free set of zero_free_k
+  exponents, the same bits as k exponents with the zero code)."""
   layers = quant.quantizable_layers(params)
   k_max = max(ks)
   kmeans = quant.candidate_table(layers, k_max=k_max)
   optimal = quant.optimal_table(layers, k_max=k_max)
+  zero_free = quant.optimal_table(layers, k_max=max(zero_free_k(k) for k in ks), zero=False)
   rows = []
   for k in ks:
     bits = inq_bits_for(k)
@@ -39,7 +49,9 @@ def layer_errors(params, ks: Sequence[int]) -> List[Dict]:
       inq_error = float(quant.l1_error(layers[name], inq[name])) if bits else None
       rows.append({'layer': name, 'weights': int(kmeans.num_weights[l]), 'k': k,
                    'inq': inq_error, 'kmeans': float(kmeans.errors[l, k - 1]),
-                   'optimal': float(optimal.errors[l, k - 1])})
+                   'optimal': float(optimal.errors[l, k - 1]),
+                   'zero_free': float(zero_free.errors[l, zero_free_k(k) - 1]),
+                   'bits': quant.bits_per_weight(k), 'zero_free_k': zero_free_k(k)})
   return rows
 
 
@@ -48,8 +60,9 @@ def totals(rows: List[Dict]) -> List[Dict]:
   out = []
   for k in sorted({r['k'] for r in rows}):
     of_k = [r for r in rows if r['k'] == k]
-    total = {'layer': 'total', 'weights': sum(r['weights'] for r in of_k), 'k': k}
-    for rule in ('inq', 'kmeans', 'optimal'):
+    total = {'layer': 'total', 'weights': sum(r['weights'] for r in of_k), 'k': k,
+             'zero_free_k': of_k[0]['zero_free_k']}
+    for rule in ('inq', 'kmeans', 'optimal', 'zero_free'):
       values = [r[rule] for r in of_k]
       total[rule] = None if any(v is None for v in values) else sum(values)
     out.append(total)
@@ -58,13 +71,15 @@ def totals(rows: List[Dict]) -> List[Dict]:
 
 def markdown(rows: List[Dict]) -> str:
   fmt = lambda v: '' if v is None else f'{v:.4g}'
-  lines = ['| layer | weights | k | INQ rule | k-means | optimal | optimal / k-means |',
-           '|---|---|---|---|---|---|---|']
+  lines = ['| layer | weights | k | INQ rule | k-means | optimal | optimal / k-means | '
+           'zero-free, same bits (exponents) |',
+           '|---|---|---|---|---|---|---|---|']
   for r in rows + totals(rows):
     ratio = r['optimal'] / r['kmeans'] if r['kmeans'] else None
     lines.append(f'| {r["layer"]} | {r["weights"]:,} | {r["k"]} | {fmt(r["inq"])} | '
                  f'{fmt(r["kmeans"])} | {fmt(r["optimal"])} | '
-                 f'{"" if ratio is None else f"{ratio:.3f}"} |')
+                 f'{"" if ratio is None else f"{ratio:.3f}"} | '
+                 f'{fmt(r["zero_free"])} ({r["zero_free_k"]}) |')
   return '\n'.join(lines)
 
 

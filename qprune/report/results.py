@@ -268,11 +268,9 @@ def read_target_errors(results_dir: str) -> Dict[str, dict]:
 
 
 def target_error_lines(table: dict) -> List[str]:
-  """Whole-network L1 error per k and rule, from `python -m qprune.report.target_errors`."""
+  """Whole-network L1 error per k and rule: the totals `python -m qprune.report.target_errors
+  --out` wrote."""
   fmt = lambda v: '' if v is None else f'{v:.4g}'
-  by_k = {}
-  for row in table['rows']:
-    by_k.setdefault(row['k'], []).append(row)
   lines = ['### Quantization error of the target rules (full-precision weights)', '',
            f'Σ|W − Ŵ| over all conv/dense weights of `{table["model_dir"]}`, each layer with k '
            'exponents (INQ\'s rule only where a bit-width gives exactly k). Per-layer figures: '
@@ -283,16 +281,10 @@ def target_error_lines(table: dict) -> List[str]:
            '| k | bits | INQ\'s rule | k-means on log2 magnitudes | optimal (l1) | '
            'optimal / k-means | optimal zero-free, same bits (exponents) |',
            '|---|---|---|---|---|---|---|']
-  for k, rows in sorted(by_k.items()):
-    sums = {}
-    for rule in ('inq', 'kmeans', 'optimal', 'zero_free'):
-      values = [r.get(rule) for r in rows]
-      sums[rule] = None if any(v is None for v in values) else sum(values)
-    zero_free = (f'{fmt(sums["zero_free"])} ({rows[0]["zero_free_k"]})'
-                 if sums['zero_free'] is not None else '')
-    lines.append(f'| {k} | {rows[0].get("bits", "")} | {fmt(sums["inq"])} | '
-                 f'{fmt(sums["kmeans"])} | {fmt(sums["optimal"])} | '
-                 f'{sums["optimal"] / sums["kmeans"]:.3f} | {zero_free} |')
+  for t in sorted(table['totals'], key=lambda t: t['k']):
+    lines.append(f'| {t["k"]} | {t["bits"]} | {fmt(t["inq"])} | {fmt(t["kmeans"])} | '
+                 f'{fmt(t["optimal"])} | {t["optimal"] / t["kmeans"]:.3f} | '
+                 f'{fmt(t["zero_free"])} ({t["zero_free_k"]}) |')
   return lines + ['']
 
 

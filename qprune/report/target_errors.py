@@ -8,8 +8,8 @@ For each conv/dense layer and each k, the L1 error Σ|W − Ŵ| (eq. 3.2 of the 
 exponents, so only k = 1, 2, 4, 8), k-means on log2|w| (the thesis' clustered targets) and the
 error-optimal set (`qprune.quant.optimal`); beside them, at the same bits rather than the same k,
 the error-optimal zero-free set (`quant.zero_code=False`), which fills those bits with
-2^(bits-1) exponents. Prints a markdown table; `--out` writes JSON that
-`python -m qprune.report.results write` renders into RESULTS.md.
+2^(bits-1) exponents. Prints a markdown table; `--out` writes JSON (the rows and their
+whole-network totals per k) that `python -m qprune.report.results write` renders into RESULTS.md.
 """
 import argparse
 import json
@@ -61,7 +61,7 @@ def totals(rows: List[Dict]) -> List[Dict]:
   for k in sorted({r['k'] for r in rows}):
     of_k = [r for r in rows if r['k'] == k]
     total = {'layer': 'total', 'weights': sum(r['weights'] for r in of_k), 'k': k,
-             'zero_free_k': of_k[0]['zero_free_k']}
+             'bits': of_k[0]['bits'], 'zero_free_k': of_k[0]['zero_free_k']}
     for rule in ('inq', 'kmeans', 'optimal', 'zero_free'):
       values = [r[rule] for r in of_k]
       total[rule] = None if any(v is None for v in values) else sum(values)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
   print(markdown(rows))
   if args.out:
     with open(args.out, 'w') as f:
-      json.dump({'model_dir': args.model_dir, 'rows': rows}, f, indent=1)
+      json.dump({'model_dir': args.model_dir, 'rows': rows, 'totals': totals(rows)}, f, indent=1)
       f.write('\n')
   return 0
 

@@ -33,8 +33,12 @@ def test_published_folders_are_self_contained():
     assert not os.path.exists(os.path.join(folder, 'checkpoints')), run.path
     for value in json.dumps(run.results.to_json()).split('"'):
       assert not value.startswith('/'), f'{run.path}: machine-local path {value}'
-    with open(os.path.join(folder, 'report.md')) as f:
-      assert '/work/' not in f.read(), run.path
+    for flag in (run.results.command or '').split():
+      assert '=/' not in flag, f'{run.path}: machine-local path in its command: {flag}'
+    for name in ('report.md', 'config.json', 'results.json'):
+      if os.path.exists(os.path.join(folder, name)):
+        with open(os.path.join(folder, name)) as f:
+          assert '/work/' not in f.read(), f'{run.path}/{name}'
     assert (run.results.command or '').startswith('python -m qprune.main'), run.path
     export = results_lib.export_path(run.results)
     if export:
@@ -101,6 +105,36 @@ def test_publish_copies_a_run_without_checkpoints(tmp_path):
   assert str(work) not in (dest / 'report.md').read_text()
   with pytest.raises(results_lib.ResultsError, match='missing'):
     results_lib.publish(str(tmp_path / 'nowhere'), str(tmp_path / 'x'))
+
+
+def test_publish_writes_paths_in_and_beside_the_start_folder_relative_to_it(tmp_path):
+  """A run started with absolute paths (its init model in the checkout, the data beside it)
+  publishes none of them: the command, the config and the report name them as a user would."""
+  checkout, data = tmp_path / 'checkout', tmp_path / 'shared' / 'data'
+  work = checkout / 'workdirs' / 'q'
+  work.mkdir(parents=True)
+  (work / 'model.qpq').write_bytes(b'qpq')
+  init = checkout / 'results' / 'fp'
+  command = (f'python -m qprune.main --workdir={work} --config.init_from={init} '
+             f'--config.data_dir={data} --config.cache_dir=/var/cache/q')
+  (work / 'config.json').write_text(json.dumps({'init_from': str(init), 'data_dir': str(data)}))
+  (work / 'report.md').write_text(f'init: `{init}`, data {data}/cifar10.tar.gz, 1/2 of 7/8\n')
+  (work / 'results.json').write_text(json.dumps({
+      'mode': 'quantize', 'export_path': str(work / 'model.qpq'), 'command': command,
+      'warnings': [f'rebuilt from {data}/cifar10.tar.gz']}))
+  dest = checkout / 'results' / 'q'
+  results_lib.publish(str(work), str(dest), root=str(checkout))
+  published = json.loads((dest / 'results.json').read_text())
+  assert published['command'] == (
+      'python -m qprune.main --workdir=workdirs/q --config.init_from=results/fp '
+      '--config.data_dir=../shared/data --config.cache_dir=/var/cache/q')  # outside: kept
+  assert published['warnings'] == ['rebuilt from ../shared/data/cifar10.tar.gz']
+  assert published['export_path'] == 'model.qpq'
+  assert json.loads((dest / 'config.json').read_text()) == {
+      'init_from': 'results/fp', 'data_dir': '../shared/data'}
+  assert (dest / 'report.md').read_text() == (
+      'init: `results/fp`, data ../shared/data/cifar10.tar.gz, 1/2 of 7/8\n')
+  assert str(tmp_path) not in ''.join(p.read_text() for p in dest.glob('*.*') if p.suffix != '.qpq')
 
 
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',

@@ -7,7 +7,9 @@ r"""The committed results: `results/<dataset>_<model>/<run>/` folders and the RE
 `publish` copies from a finished run what a user needs to use and judge it, small enough to
 commit: results.json, config.json, report.md with its plots, and the model itself (model.json + model/ for
 `qprune.load_model`, the bit-packed export model.qpq for `qprune.load_quantized`); never
-checkpoints. Paths inside results.json become relative to the folder.
+checkpoints. Paths inside results.json become relative to the folder; other absolute paths
+(in the recorded command, the config, the report) become relative to the folder the run was
+started from (`--root`, default the current one), so no published file names this machine.
 
 `write` renders RESULTS.md (and plots under results/plots/) from every published folder; the
 text is a pure function of the folders, so a test can check that RESULTS.md is in sync.
@@ -38,8 +40,6 @@ MODEL_TITLES = {'lenet5': 'LeNet-5', 'resnet20': 'ResNet-20', 'resnet56': 'ResNe
 DATASET_TITLES = {'mnist': 'MNIST', 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
 METHOD_TITLES = {'inq': "INQ's rule", 'kmeans': 'k-means on log2 magnitudes', 'optimal': 'optimal'}
 
-# Goals the committed results are held to (the project's issues), per (dataset, model):
-# (description, bits per weight at most, accuracy loss vs FP at most, accuracy at least).
 # (text, bits at most, loss vs FP at most, accuracy at least, values per layer at most) of the
 # quantization goals per (dataset, model). The LeNet-5 goals name the level counts of sets with a
 # zero code (7 at 3 bits, 3 at 2), so zero-free sets (8 and 4 values) do not count for them.
@@ -55,7 +55,6 @@ GOALS = {
 }
 
 
-# (description, compression ratio at least, accuracy at least) of the pipeline runs.
 # Structured pruning of a trained model against another library, per (dataset, model): the
 # published run it starts from, the reference's text, its params and its test accuracy, and the
 # accuracy qprune must keep at no more params (the project's pruning issue).
@@ -66,6 +65,7 @@ PRUNE_REFERENCES = {
         'channels/units, 2 fine-tuning epochs at lr 0.01 (measured for the project\'s issue)',
         109_330, 0.9905, 0.991),
 }
+# (description, compression ratio at least, accuracy at least) of the pipeline runs.
 PIPELINE_GOALS = {
     ('mnist', 'lenet5'): (
         ('>= 50x smaller than FP32 at >= 99.2 % (Deep Compression: 39x at 99.26 %)', 50.0, 0.992),
@@ -109,12 +109,15 @@ def _write_text(path: str, text: str):
 # publish
 
 def publish(workdir: str, dest: str, *, command: Optional[str] = None,
-            machine: Optional[str] = None) -> List[str]:
+            machine: Optional[str] = None, root: Optional[str] = None) -> List[str]:
   """Copies the finished run in `workdir` to `dest` (replaced); returns the files written.
 
   `command` / `machine` fill in results.json's fields for a run made before the binary recorded
-  them (never overriding recorded ones); republishing keeps the ones filled in earlier.
+  them (never overriding recorded ones); republishing keeps the ones filled in earlier. `root`
+  is the folder the run was started from (default: the current one): absolute paths inside it or
+  beside it are written relative to it (see `portable_paths`).
   """
+  root = os.path.abspath(root or os.getcwd())
   source = os.path.join(workdir, RESULTS_JSON)
   # The run's own results.json is copied (paths made relative, the header filled in), not
   # rewritten from its record: to_json() would add every field the run predates as null and
@@ -130,7 +133,7 @@ def publish(workdir: str, dest: str, *, command: Optional[str] = None,
   if os.path.exists(dest):
     shutil.rmtree(dest)
   os.makedirs(dest)
-  data = _relative_paths(data, os.path.abspath(workdir))
+  data = _portable_json(_relative_paths(data, os.path.abspath(workdir)), root)
   export = export_path(_record(data, source))
   if export:
     os.makedirs(os.path.dirname(os.path.join(dest, export)), exist_ok=True)
@@ -142,14 +145,15 @@ def publish(workdir: str, dest: str, *, command: Optional[str] = None,
         raise ResultsError(f'{workdir} has no {name}: not a finished run')
       (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(dest, name))
   if os.path.exists(os.path.join(workdir, CONFIG_JSON)):
-    shutil.copy2(os.path.join(workdir, CONFIG_JSON), os.path.join(dest, CONFIG_JSON))
+    with open(os.path.join(workdir, CONFIG_JSON)) as f:
+      _write_text(os.path.join(dest, CONFIG_JSON), portable_paths(f.read(), root))
   if os.path.isdir(os.path.join(workdir, PLOTS_DIR)):
     shutil.copytree(os.path.join(workdir, PLOTS_DIR), os.path.join(dest, PLOTS_DIR))
   if os.path.exists(os.path.join(workdir, REPORT_MD)):
     with open(os.path.join(workdir, REPORT_MD)) as f:
       # The report names the machine-local workdir; the published copy names its own folder.
       report = f.read().replace(os.path.abspath(workdir), os.path.normpath(dest))
-    _write_text(os.path.join(dest, REPORT_MD), report)
+    _write_text(os.path.join(dest, REPORT_MD), portable_paths(report, root))
   _write_text(os.path.join(dest, RESULTS_JSON), json.dumps(data, indent=1) + '\n')
   return sorted(os.listdir(dest))
 
@@ -189,9 +193,9 @@ def run_name(config: dict) -> str:
   return name
 
 
-def publish_sweep(sweep_dir: str, group_dir: str) -> List[str]:
+def publish_sweep(sweep_dir: str, group_dir: str, root: Optional[str] = None) -> List[str]:
   """Publishes every finished run under `sweep_dir` (e.g. a launch.sh --out folder) as
-  `group_dir/<run_name>`; returns the names."""
+  `group_dir/<run_name>`; returns the names. `root` as for `publish`."""
   names = []
   for entry in sorted(os.listdir(sweep_dir)):
     workdir = os.path.join(sweep_dir, entry)
@@ -199,9 +203,35 @@ def publish_sweep(sweep_dir: str, group_dir: str) -> List[str]:
       name = run_name(_read_json(os.path.join(workdir, CONFIG_JSON)))
       if name in names:
         raise ResultsError(f'two runs in {sweep_dir} would both be published as {name}')
-      publish(workdir, os.path.join(group_dir, name))
+      publish(workdir, os.path.join(group_dir, name), root=root)
       names.append(name)
   return names
+
+
+# An absolute POSIX path: '/' not preceded by a name character, then path components.
+_ABSOLUTE_PATH = re.compile(r'(?<![\w.~/-])/[\w.+-]+(?:/[\w.+-]*)*')
+
+
+def portable_paths(text: str, root: str) -> str:
+  """`text` with every absolute path inside `root`, or beside it (`root`'s parent's tree, e.g. a
+  data folder at ../shared/data), written relative to `root`; other paths are left alone."""
+  root = os.path.normpath(root)
+  parent = os.path.dirname(root)
+  def relative(match):
+    path = match.group(0)
+    inside = path == root or path.startswith(root + os.sep)
+    beside = parent != os.sep and path.startswith(parent + os.sep)
+    return os.path.relpath(path, root) if inside or beside else path
+  return _ABSOLUTE_PATH.sub(relative, text)
+
+
+def _portable_json(value, root: str):
+  """`portable_paths` over every string of JSON data."""
+  if isinstance(value, dict):
+    return {k: _portable_json(v, root) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_portable_json(v, root) for v in value]
+  return portable_paths(value, root) if isinstance(value, str) else value
 
 
 def _relative_paths(value, root: str):
@@ -870,6 +900,9 @@ def main(argv=None) -> int:
   ps = sub.add_parser('publish_sweep', help='publish every finished run of a sweep folder')
   ps.add_argument('--sweep', required=True)
   ps.add_argument('--to', required=True, help='the group folder, e.g. results/mnist_lenet5')
+  for sp in (p, ps):
+    sp.add_argument('--root', help='the folder the runs were started from (default: this one); '
+                    'absolute paths in or beside it are published relative to it')
   w = sub.add_parser('write', help='render RESULTS.md from results/')
   w.add_argument('--results', default='results')
   w.add_argument('--out', default='RESULTS.md')
@@ -879,10 +912,10 @@ def main(argv=None) -> int:
   try:
     if args.action == 'publish':
       print('\n'.join(publish(args.workdir, args.to, command=args.command,
-                                  machine=args.machine)))
+                                  machine=args.machine, root=args.root)))
       return 0
     if args.action == 'publish_sweep':
-      print('\n'.join(publish_sweep(args.sweep, args.to)))
+      print('\n'.join(publish_sweep(args.sweep, args.to, root=args.root)))
       return 0
     text = render(args.results)
     if args.check:

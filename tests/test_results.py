@@ -137,6 +137,22 @@ def test_publish_writes_paths_in_and_beside_the_start_folder_relative_to_it(tmp_
   assert str(tmp_path) not in ''.join(p.read_text() for p in dest.glob('*.*') if p.suffix != '.qpq')
 
 
+def test_run_names_mark_every_recipe_change():
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  assert tuple(configs.quant_config().schedule) == results_lib.DEFAULT_SCHEDULE
+  def name(**quant):
+    q = {'method': 'optimal', 'k': 2, 'final_epochs': 1, 'retrain_epochs': 1, **quant}
+    return results_lib.run_name({'mode': 'quantize', 'quant': q})
+  assert name() == 'optimal_k2'
+  assert name(zero_code=True, schedule=[0.5, 0.75, 0.875, 1.0]) == 'optimal_k2'
+  assert name(zero_code=False, retrain_epochs=2) == 'optimal_k2_zero_free_retrain2'
+  assert (name(zero_code=False, schedule=[0.5, 0.75, 0.875, 0.9375, 1.0], final_epochs=0)
+          == 'optimal_k2_zero_free_steps5_final0')
+  assert name(method='inq', bits=4) == 'inq_b4'
+  assert name(bits_budget=2.5) == 'optimal_budget2.5'
+  assert results_lib.run_name({'mode': 'train'}) == 'fp'
+
+
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',
                fired=False, distance=0.0, train_macs=100, shrunk_epoch=None, finetune_epochs=2,
                finetune_lr=0.01):

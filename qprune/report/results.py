@@ -166,9 +166,15 @@ def export_path(record: records.Results) -> Optional[str]:
   return None
 
 
+# quant_config().schedule (a test checks): run names mark a run with any other schedule.
+DEFAULT_SCHEDULE = (0.5, 0.75, 0.875, 1.0)
+
+
 def run_name(config: dict) -> str:
   """A short folder name for a run from its config.json: 'fp', 'optimal_k3', 'inq_b5',
-  'kmeans_budget2.5', ... plus '_final0' / '_retrain2' where the recipe is not the default."""
+  'kmeans_budget2.5', ... plus '_zero_free' for zero-free sets, '_steps5' for a schedule of 5
+  steps other than the default, and '_final0' / '_retrain2' where the recipe is not the
+  default."""
   mode = config.get('mode')
   if mode == 'train':
     return 'fp'
@@ -184,6 +190,11 @@ def run_name(config: dict) -> str:
     name = f'{q["method"]}_tol{q["tolerance"]}'
   else:
     name = f'{q["method"]}_k{q["k"]}'
+  if q.get('zero_code') is False:
+    name += '_zero_free'
+  schedule = tuple(q.get('schedule') or DEFAULT_SCHEDULE)
+  if schedule != DEFAULT_SCHEDULE:
+    name += f'_steps{len(schedule)}'
   if mode == 'pipeline':
     name = f'pipeline_{name}'
   if not q.get('final_epochs'):

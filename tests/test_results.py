@@ -300,9 +300,11 @@ def test_float_layers_and_zero_free_sets_in_the_quantization_table(tmp_path):
   run('k2_zero_free', {'mode': 'quantize', 'test_accuracy': 0.856, 'fp_test_accuracy': 0.8651,
                        'method': 'optimal', 'bits_per_weight': 2.0, 'export_bytes': 90,
                        'fp32_bytes': 1000}, {**recipe, 'method': 'optimal', 'k': 2,
-                                             'zero_code': False})
+                                             'zero_code': False,
+                                             'schedule': [0.5, 0.75, 0.875, 0.9375, 1.0]})
   text = results_lib.render(str(tmp_path))
-  assert '| optimal (l1, zero-free), k=2 |' in text
+  assert ('| optimal (l1, zero-free), k=2 | 2 ep/step, lr 0.01, final 1 ep; '
+          'frozen 50/75/87.5/93.75/100 % |') in text
   assert '2 bits within 1.0 % of FP: **met**' in text
   # LeNet-5's goals name the levels of sets with a zero code: four zero-free values do not count.
   group = tmp_path / 'mnist_lenet5'

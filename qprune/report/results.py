@@ -366,8 +366,11 @@ def target_rule(run: Run[records.QuantizeResults]) -> str:
 def recipe(run: Run) -> str:
   q = run.config.get('quant', {})
   floats = run.results.float_layers
+  schedule = tuple(q.get('schedule') or DEFAULT_SCHEDULE)
+  steps = ('' if schedule == DEFAULT_SCHEDULE else
+           f'; frozen {"/".join(f"{100 * f:g}" for f in schedule)} %')
   return (f'{q.get("retrain_epochs")} ep/step, lr {q.get("learning_rate")}, '
-          f'final {q.get("final_epochs", 0)} ep'
+          f'final {q.get("final_epochs", 0)} ep' + steps
           + (f'; float32: {", ".join(floats)}' if floats else ''))
 
 

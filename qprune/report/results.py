@@ -369,8 +369,10 @@ def recipe(run: Run) -> str:
   schedule = tuple(q.get('schedule') or DEFAULT_SCHEDULE)
   steps = ('' if schedule == DEFAULT_SCHEDULE else
            f'; frozen {"/".join(f"{100 * f:g}" for f in schedule)} %')
-  return (f'{q.get("retrain_epochs")} ep/step, lr {q.get("learning_rate")}, '
-          f'final {q.get("final_epochs", 0)} ep' + steps
+  decay = run.config.get('weight_decay')
+  return (f'{q.get("retrain_epochs")} ep/step, lr {q.get("learning_rate")}'
+          + (f', wd {decay:g}' if decay is not None else '')
+          + f', final {q.get("final_epochs", 0)} ep' + steps
           + (f'; float32: {", ".join(floats)}' if floats else ''))
 
 

@@ -6,7 +6,7 @@ At 2 bits the zero-free sets (--config.quant.k=2 --config.quant.zero_code=False:
 {±2^a, ±2^b} instead of {0, ±2^e}) lose 1.06-1.08 points where k=1 loses 1.81; one retraining
 epoch per step (-1.34), a fifth schedule step (-1.06) and weight decay 5e-4 (-1.06) did not help.
 A 2.0-bit budget of zero-free sets (--config.quant.bits_budget=2 --config.quant.zero_code=False,
-1 to 4 bits per layer) loses 0.82.
+1 to 4 bits per layer) loses 0.82 and 0.96 (seeds 0 and 1).
 """
 from qprune.configs import sibling_config
 

@@ -133,7 +133,8 @@ def publish(workdir: str, dest: str, *, command: Optional[str] = None,
   if os.path.exists(dest):
     shutil.rmtree(dest)
   os.makedirs(dest)
-  data = _portable_json(_relative_paths(data, os.path.abspath(workdir)), root)
+  workdir_abs = os.path.abspath(workdir)
+  data = _map_strings(data, lambda v: portable_paths(_inside_relative(v, workdir_abs), root))
   export = export_path(_record(data, source))
   if export:
     os.makedirs(os.path.dirname(os.path.join(dest, export)), exist_ok=True)
@@ -236,22 +237,18 @@ def portable_paths(text: str, root: str) -> str:
   return _ABSOLUTE_PATH.sub(relative, text)
 
 
-def _portable_json(value, root: str):
-  """`portable_paths` over every string of JSON data."""
+def _map_strings(value, fn):
+  """`value` (JSON data) with `fn` applied to every string in it."""
   if isinstance(value, dict):
-    return {k: _portable_json(v, root) for k, v in value.items()}
+    return {k: _map_strings(v, fn) for k, v in value.items()}
   if isinstance(value, list):
-    return [_portable_json(v, root) for v in value]
-  return portable_paths(value, root) if isinstance(value, str) else value
+    return [_map_strings(v, fn) for v in value]
+  return fn(value) if isinstance(value, str) else value
 
 
-def _relative_paths(value, root: str):
-  """`value` (JSON data) with every path inside `root` made relative to it."""
-  if isinstance(value, dict):
-    return {k: _relative_paths(v, root) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_relative_paths(v, root) for v in value]
-  if isinstance(value, str) and (value == root or value.startswith(root + os.sep)):
+def _inside_relative(value: str, root: str) -> str:
+  """`value` relative to `root` where it is a path inside `root` (a run's own artifacts)."""
+  if value == root or value.startswith(root + os.sep):
     return os.path.relpath(value, root)
   return value
 

@@ -157,6 +157,9 @@ def quant_config() -> ml_collections.ConfigDict:
   q.retrain_epochs = 1     # per schedule step
   q.final_epochs = 0       # after the last snap: epochs training only what stays float (BN, biases)
   q.learning_rate = 0.01
+  q.distill_weight = 0.0   # > 0: retraining also fits the soft outputs of the model it starts
+                           # from: (1 - w) * CE + w * T^2 * KL (Hinton et al. 2015); 1: soft only
+  q.distill_temperature = 1.0  # T of that KL
   q.export_name = 'model.qpq'
   q.exclude = ()           # layers kept in float32, e.g. ('conv1', 'fc2'): first and last
   q.entropy_coding = False  # store each layer's codes xz-compressed where that is smaller
@@ -414,6 +417,10 @@ def _validate_quant(q, p):
     _check(p, _is_int(q[field]) and q[field] >= 0, f'quant.{field}', q[field],
            'must be an integer >= 0')
   _check(p, q.learning_rate > 0, 'quant.learning_rate', q.learning_rate, 'must be > 0')
+  _check(p, 0 <= q.distill_weight <= 1, 'quant.distill_weight', q.distill_weight,
+         'must be in [0, 1] (0: no distillation, 1: the teacher\'s soft outputs only)')
+  _check(p, q.distill_temperature > 0, 'quant.distill_temperature', q.distill_temperature,
+         'must be > 0')
   _check(p, isinstance(q.zero_code, bool), 'quant.zero_code', q.zero_code, 'must be True or False')
   _check(p, q.zero_code is not False or q.method == 'optimal', 'quant.zero_code', q.zero_code,
          f"False (zero-free sets) needs quant.method='optimal', not {q.method!r}")

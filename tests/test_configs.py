@@ -76,6 +76,8 @@ def test_unset_optional_fields_are_none_and_the_older_spellings_still_mean_unset
     ('method', 'exact', "quant.method='exact'"),
     ('objective', 'l3', "quant.objective='l3'"),
     ('final_epochs', -1, 'quant.final_epochs=-1'),
+    ('distill_weight', 1.5, 'quant.distill_weight=1.5: must be in .0, 1.'),
+    ('distill_temperature', 0.0, 'quant.distill_temperature=0.0: must be > 0'),
     ('exclude', ('conv1', ''), 'quant.exclude'),
     ('zero_code', False, "quant.zero_code=False: False .zero-free sets. needs "
                          "quant.method='optimal', not 'kmeans'"),

@@ -150,6 +150,9 @@ def test_run_names_mark_every_recipe_change():
           == 'optimal_k2_zero_free_steps5_final0')
   assert name(method='inq', bits=4) == 'inq_b4'
   assert name(bits_budget=2.5) == 'optimal_budget2.5'
+  assert name(distill_weight=0.0, distill_temperature=1.0) == 'optimal_k2'
+  assert name(distill_weight=0.5, distill_temperature=1.0) == 'optimal_k2_distill0.5'
+  assert name(distill_weight=1.0, distill_temperature=4.0) == 'optimal_k2_distill1_t4'
   assert results_lib.run_name({'mode': 'train'}) == 'fp'
 
 

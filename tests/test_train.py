@@ -194,17 +194,21 @@ def test_one_train_step_and_one_eval_compile_per_run(mnist_small):
   assert eval_compiles == 0  # compiled by `run` already
 
 
-def test_quantize_mode_compiles_one_train_step_and_one_eval(mnist_small, tmp_path):
+@pytest.mark.parametrize('distill_weight, learning_rate, eval_batch', [
+    (0.0, 0.00321, 192), (0.5, 0.00322, 160)], ids=['plain', 'distilled'])
+def test_quantize_mode_compiles_one_train_step_and_one_eval(mnist_small, tmp_path, distill_weight,
+                                                            learning_rate, eval_batch):
   """A whole 4-step INQ run (3 retraining stages + the final BN/bias epoch, each its own fit)
-  compiles the train step once and the evaluation once."""
+  compiles the train step once and the evaluation once, with distillation too."""
   from qprune import configs  # pylint: disable=g-import-not-at-top
   from qprune.modes import common, quantize  # pylint: disable=g-import-not-at-top
   from qprune.train import parallel  # pylint: disable=g-import-not-at-top
   config = configs.sibling_config(os.path.join(REPO_ROOT, 'configs', 'x.py'), 'mnist_lenet5_quant')
   # A learning rate no other test uses, so nothing is cached from earlier tests.
-  config.batch_size, config.quant.learning_rate, config.progress = 64, 0.00321, False
+  config.batch_size, config.quant.learning_rate, config.progress = 64, learning_rate, False
   config.quant.retrain_epochs, config.quant.final_epochs = 1, 1
-  config.eval_batch_size = 192  # an eval shape no other test compiles
+  config.quant.distill_weight = distill_weight
+  config.eval_batch_size = eval_batch  # an eval shape no other test compiles
   data = _subset(mnist_small, 128)
   model, variables = _lenet()
   spec = common.spec_for(config)

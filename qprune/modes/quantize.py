@@ -8,6 +8,8 @@
    the common training loop, each step in its own resumable folder `inq_step<i>/`.
    After the last snap, quant.final_epochs train only what stays float (BN, biases), folder
    `inq_final/`.
+   With quant.distill_weight > 0 every retraining epoch also fits the soft outputs of the model
+   quantization started from (the teacher; `qprune.train.distill`).
 3. The result is exported bit-packed (`qprune.load_quantized` reads it) and also saved as the
    run's model (dequantized float weights) for `qprune.load_model`.
 """
@@ -18,7 +20,7 @@ import jax
 from qprune import quant
 from qprune.modes import common
 from qprune.records import InqStep, QuantizeResults
-from qprune.train import loop
+from qprune.train import distill, loop, steps
 
 
 def choose_targets(qconfig, params) -> quant.Targets:
@@ -55,14 +57,20 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResu
                                  learning_rate=qconfig.learning_rate)
   batch_stats = variables['batch_stats']
   steps_done = []
+  hooks, teacher = steps.StepHooks(), {}
+  if qconfig.distill_weight:
+    hooks = distill.Distillation(model, qconfig.distill_weight,
+                                 qconfig.distill_temperature).hooks()
+    teacher = {distill.TEACHER: {'params': variables['params'],
+                                 'batch_stats': variables['batch_stats']}}
 
   def retrain(params, freeze_mask):
     nonlocal batch_stats
     step, fraction = len(steps_done) + 1, qconfig.schedule[len(steps_done)]
     result = loop.fit(model, {'params': params, 'batch_stats': batch_stats}, data, options,
-                      os.path.join(workdir, f'inq_step{step}'), aux={'freeze_mask': freeze_mask},
-                      mesh=mesh, label=f'inq {step}/{len(qconfig.schedule)} '
-                                       f'({100 * fraction:g}% frozen)')
+                      os.path.join(workdir, f'inq_step{step}'), hooks=hooks,
+                      aux={'freeze_mask': freeze_mask, **teacher}, mesh=mesh,
+                      label=f'inq {step}/{len(qconfig.schedule)} ({100 * fraction:g}% frozen)')
     batch_stats = result.state.batch_stats
     steps_done.append(InqStep(step=step, frozen_fraction=fraction,
                               test_accuracy=result.test_accuracy, epochs=result.epochs_run,
@@ -78,8 +86,9 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResu
     final = loop.fit(model, {'params': params, 'batch_stats': batch_stats}, data,
                      common.train_options(config, epochs=qconfig.final_epochs,
                                           learning_rate=qconfig.learning_rate),
-                     os.path.join(workdir, 'inq_final'), aux={'freeze_mask': final_mask},
-                     mesh=mesh, label='inq final (BN, biases)')
+                     os.path.join(workdir, 'inq_final'), hooks=hooks,
+                     aux={'freeze_mask': final_mask, **teacher}, mesh=mesh,
+                     label='inq final (BN, biases)')
     params, batch_stats = final.state.params, final.state.batch_stats
     final_epochs, final_history = final.epochs_run, final.history
   variables = {'params': jax.device_get(params), 'batch_stats': jax.device_get(batch_stats)}

@@ -196,6 +196,10 @@ def run_name(config: dict) -> str:
   schedule = tuple(q.get('schedule') or DEFAULT_SCHEDULE)
   if schedule != DEFAULT_SCHEDULE:
     name += f'_steps{len(schedule)}'
+  if q.get('distill_weight'):
+    name += f'_distill{q["distill_weight"]:g}'
+    if q.get('distill_temperature', 1.0) != 1.0:
+      name += f'_t{q["distill_temperature"]:g}'
   if mode == 'pipeline':
     name = f'pipeline_{name}'
   if not q.get('final_epochs'):
@@ -370,6 +374,8 @@ def recipe(run: Run) -> str:
   return (f'{q.get("retrain_epochs")} ep/step, lr {q.get("learning_rate")}'
           + (f', wd {decay:g}' if decay is not None else '')
           + f', final {q.get("final_epochs", 0)} ep' + steps
+          + (f'; distilled (weight {q["distill_weight"]:g}, T {q.get("distill_temperature", 1.0):g})'
+             if q.get('distill_weight') else '')
           + (f'; float32: {", ".join(floats)}' if floats else ''))
 
 

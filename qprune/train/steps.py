@@ -7,6 +7,10 @@ augments it on device, and takes one optimizer step. Everything that changes bet
 `StepHooks` let other modes shape training without a loop of their own:
   forward_params(params, aux) -> params  used for the forward pass (e.g. channel masks applied)
   extra_loss(params, aux) -> scalar      added to the loss (e.g. L1 on BatchNorm gamma)
+  task_loss(logits, labels, images, aux) -> scalar
+                                         replaces cross-entropy as the loss trained on (e.g.
+                                         distillation from a teacher, `qprune.train.distill`);
+                                         the reported train loss stays the cross-entropy
   aux['freeze_mask'] (bool pytree)        elements that get no update (INQ), via optim.freezable
 """
 import dataclasses
@@ -25,6 +29,7 @@ from qprune.train.state import TrainState
 class StepHooks:
   forward_params: Optional[Callable[[Any, Any], Any]] = None
   extra_loss: Optional[Callable[[Any, Any], jax.Array]] = None
+  task_loss: Optional[Callable[[jax.Array, jax.Array, jax.Array, Any], jax.Array]] = None
 
 
 def cross_entropy(logits, labels):
@@ -60,7 +65,9 @@ def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHo
       logits, new_vars = model.apply({'params': used, 'batch_stats': state.batch_stats}, x,
                                      train=True, mutable=['batch_stats'])
       loss = cross_entropy(logits, y)
-      total = loss + hooks.extra_loss(params, aux) if hooks.extra_loss else loss
+      total = hooks.task_loss(logits, y, x, aux) if hooks.task_loss else loss
+      if hooks.extra_loss:
+        total = total + hooks.extra_loss(params, aux)
       return total, (loss, logits, new_vars['batch_stats'])
 
     (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -310,6 +310,14 @@ def test_float_layers_and_zero_free_sets_in_the_quantization_table(tmp_path):
   assert ('| optimal (l1, zero-free), k=2 | 2 ep/step, lr 0.01, wd 0.0005, final 1 ep; '
           'frozen 50/75/87.5/93.75/100 % |') in text
   assert '2 bits within 1.0 % of FP: **met**' in text
+  # Seeds of one setting are judged together: a lucky seed does not meet the goal on its own.
+  three = {'mode': 'quantize', 'fp_test_accuracy': 0.8651, 'method': 'optimal',
+           'bits_per_weight': 3.0, 'export_bytes': 120, 'fp32_bytes': 1000}
+  run('b3', {**three, 'test_accuracy': 0.8640}, {**recipe, 'method': 'optimal', 'k': 3})
+  run('b3_s1', {**three, 'test_accuracy': 0.8580}, {**recipe, 'method': 'optimal', 'k': 3})
+  text = results_lib.render(str(tmp_path))
+  assert ('3 bits within 0.3 % of FP: **missed**, 86.10 ± 0.42 % mean over 2 seeds (-0.41 vs FP; '
+          '86.40 % / 85.80 %) by `b3`') in text
   # LeNet-5's goals name the levels of sets with a zero code: four zero-free values do not count.
   group = tmp_path / 'mnist_lenet5'
   (group / 'fp').mkdir(parents=True)

@@ -388,23 +388,42 @@ def _fp_run(runs: List[Run]) -> Optional[Run[records.TrainResults]]:
   return trained[0] if trained else None
 
 
+def setting_name(run_name: str) -> str:
+  """The setting a run belongs to: its folder name without a trailing `_s<seed>`."""
+  return re.sub(r'_s\d+$', '', run_name)
+
+
 def goal_lines(key, runs: List[Run], fp_accuracy: float) -> List[str]:
-  """One line per goal of (dataset, model): met or missed, by which run."""
+  """One line per goal of (dataset, model): met or missed, by which setting. A setting run with
+  several seeds (`setting_name`) is judged by its mean, not by its best seed."""
   lines = []
-  quantized = _of_mode(runs, records.QuantizeResults)
+  settings: Dict[str, List[Run[records.QuantizeResults]]] = {}
+  for run in _of_mode(runs, records.QuantizeResults):
+    settings.setdefault(setting_name(run.name), []).append(run)
   for text, bits, max_loss, min_accuracy, max_levels in GOALS.get(key, ()):
-    eligible = [r for r in quantized if r.results.bits_per_weight <= bits + 1e-9 and
-                (max_levels is None or (_max_values(r.results) or 0) <= max_levels)]
+    eligible = {name: members for name, members in settings.items()
+                if all(r.results.bits_per_weight <= bits + 1e-9 and
+                       (max_levels is None or (_max_values(r.results) or 0) <= max_levels)
+                       for r in members)}
     if not eligible:
       lines.append(f'- {text}: **not measured**')
       continue
-    best = max(eligible, key=lambda r: r.results.test_accuracy)
-    accuracy = best.results.test_accuracy
+    mean = {name: statistics.fmean(r.results.test_accuracy for r in members)
+            for name, members in eligible.items()}
+    best = max(eligible, key=lambda name: mean[name])
+    members, accuracy = eligible[best], mean[best]
     ok = ((max_loss is None or fp_accuracy - accuracy <= max_loss + 1e-12) and
           (min_accuracy is None or accuracy >= min_accuracy))
-    lines.append(f'- {text}: **{"met" if ok else "missed"}**, best {_pct(accuracy)} '
-                 f'({_delta(accuracy - fp_accuracy)} vs FP) by `{best.name}` '
-                 f'({target_rule(best)})')
+    if len(members) == 1:
+      measured = f'best {_pct(accuracy)} ({_delta(accuracy - fp_accuracy)} vs FP) by `{best}`'
+    else:
+      std = statistics.stdev(r.results.test_accuracy for r in members)
+      each = ' / '.join(_pct(r.results.test_accuracy) for r in members)
+      measured = (f'{100 * accuracy:.2f} ± {100 * std:.2f} % mean over '
+                  f'{records.plural(len(members), "seed")} ({_delta(accuracy - fp_accuracy)} vs '
+                  f'FP; {each}) by `{best}`')
+    lines.append(f'- {text}: **{"met" if ok else "missed"}**, {measured} '
+                 f'({target_rule(members[0])})')
   return lines
 
 
@@ -666,7 +685,7 @@ def pruned_model_lines(key, runs: List[Run[records.PruneResults]],
           '|---|---|---|---|---|---|']
   settings: Dict[str, List[Run[records.PruneResults]]] = {}
   for run in runs:
-    settings.setdefault(re.sub(r'_s\d+$', '', run.name), []).append(run)
+    settings.setdefault(setting_name(run.name), []).append(run)
     r = run.results
     out.append(f'| [{run.name}](results/{run.path}) | {r.chosen_text() or ""} | '
                f'{r.params_before:,} → {r.params:,} | {r.macs_before:,} → {r.macs:,} | '

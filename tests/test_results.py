@@ -417,3 +417,21 @@ def test_attention_ablation_section_names_the_pruned_units():
   assert 'conv channels and fc1 units' in units({'model': 'lenet5'})
   assert 'residual groups included' in units({'model': 'resnet20', 'residual': True})
   assert 'the residual stream kept whole' in units({'model': 'resnet20', 'residual': False})
+
+
+@pytest.mark.parametrize('config_file, run', [
+    ('cifar10_resnet20_quant_3bit.py', 'cifar10_resnet20/optimal_budget3_zero_free_distill1'),
+    ('cifar10_resnet20_quant_2bit.py',
+     'cifar10_resnet20/optimal_budget2_zero_free_retrain2_distill1'),
+])
+def test_goal_configs_are_the_published_goal_runs(config_file, run):
+  """A goal config, given the published run's init_from, computes exactly what that run did."""
+  from qprune import configs  # pylint: disable=g-import-not-at-top
+  config = configs.sibling_config(os.path.join(REPO_ROOT, 'configs', 'x.py'),
+                                  config_file[:-len('.py')])
+  with open(os.path.join(RESULTS_DIR, run, 'config.json')) as f:
+    stored = json.load(f)
+  config.init_from = stored['init_from']
+  stored = {k: v for k, v in configs.with_new_defaults(stored).items()
+            if k not in configs.NON_SEMANTIC_FIELDS}
+  assert configs.semantic_dict(config) == stored

@@ -87,6 +87,38 @@ def test_real_mnist_is_complete_and_in_original_order(data_dir, cache_dir):
 
 
 @pytest.mark.real_data
+def test_the_cifar10_copy_is_jpeg_quality_75_with_half_resolution_colour(data_dir):
+  """What RESULTS.md says of the CIFAR-10 copy its runs read (`DATASET_NOTES`): every image
+  sampled from both splits has the quantization tables PIL writes at quality 75 and 4:2:0
+  chroma subsampling."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import JpegImagePlugin  # pylint: disable=g-import-not-at-top
+  from qprune.report import results as results_lib  # pylint: disable=g-import-not-at-top
+  assert 'IJG quality 75 with 4:2:0' in results_lib.DATASET_NOTES['cifar10']
+  path = os.path.join(data_dir, 'cifar10.tar.gz')
+  if not os.path.isfile(path):
+    if os.environ.get('CI'):
+      pytest.fail(f'real CIFAR-10 not found at {path}')
+    pytest.skip(f'real CIFAR-10 not found at {path}')
+  reference = io.BytesIO()
+  Image.new('RGB', (32, 32)).save(reference, 'JPEG', quality=75, subsampling=2)
+  q75 = Image.open(reference).quantization
+  seen = {'train': 0, 'test': 0}
+  with tarfile.open(path) as tar:
+    for member in tar:
+      split = member.name.split('/')[-3] if member.isfile() else None
+      if split in seen and seen[split] < 50:
+        image = Image.open(tar.extractfile(member))
+        assert image.format == 'JPEG', member.name
+        assert image.quantization == q75, member.name
+        assert JpegImagePlugin.get_sampling(image) == 2, member.name  # 4:2:0
+        seen[split] += 1
+      if min(seen.values()) >= 50:
+        break
+  assert seen == {'train': 50, 'test': 50}
+
+
+@pytest.mark.real_data
 def test_subsets_take_the_first_examples(mnist_small):
   assert mnist_small.train.size == 2048 and mnist_small.test.size == 512
   assert mnist_small.train.images.dtype == jnp.uint8

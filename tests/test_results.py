@@ -154,6 +154,32 @@ def test_run_names_mark_every_recipe_change():
   assert name(distill_weight=0.5, distill_temperature=1.0) == 'optimal_k2_distill0.5'
   assert name(distill_weight=1.0, distill_temperature=4.0) == 'optimal_k2_distill1_t4'
   assert results_lib.run_name({'mode': 'train'}) == 'fp'
+  assert results_lib.run_name({'mode': 'train', 'compute_dtype': 'float32'}) == 'fp'
+  assert results_lib.run_name({'mode': 'train', 'compute_dtype': 'bfloat16'}) == 'fp_bf16'
+
+
+def test_full_precision_runs_table_and_the_cifar10_data_note(tmp_path):
+  """A group with two trained models lists both against `fp` (which stays the reference
+  whatever the folder order), and a CIFAR-10 group says which copy of the data it read."""
+  group = tmp_path / 'cifar10_resnet20'
+  def run(name, accuracy, dtype):
+    (group / name).mkdir(parents=True)
+    (group / name / 'results.json').write_text(json.dumps(
+        {'mode': 'train', 'dataset': 'cifar10', 'model': 'resnet20', 'test_accuracy': accuracy,
+         'params': 269_722, 'macs': 9, 'epochs_run': 30, 'wall_time_s': 600.0,
+         'machine': 'cpu x1', 'command': 'python -m qprune.main'}))
+    (group / name / 'config.json').write_text(json.dumps(
+        {'mode': 'train', 'compute_dtype': dtype, 'batch_size': 128, 'learning_rate': 0.1,
+         'lr_schedule': 'cosine', 'weight_decay': 5e-4}))
+  run('fp', 0.8651, 'float32')
+  text = results_lib.render(str(tmp_path))
+  assert 'JPEG re-encoding' in text and 'Full-precision runs' not in text
+  run('a_bf16', 0.8600, 'bfloat16')
+  text = results_lib.render(str(tmp_path))
+  assert 'Full precision (`fp`): **86.51 %**' in text
+  assert ('| [a_bf16](results/cifar10_resnet20/a_bf16) | bfloat16 | 30 | batch 128, lr 0.1 '
+          'cosine, wd 0.0005 | 86.00 % | -0.51 | 10.0 min | cpu x1 |') in text
+  assert '| [fp](results/cifar10_resnet20/fp) | float32 | 30 |' in text
 
 
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',

@@ -39,6 +39,15 @@ MODEL_TITLES = {'lenet5': 'LeNet-5', 'resnet20': 'ResNet-20', 'resnet56': 'ResNe
                 'vgg16': 'VGG-16', 'alexnet': 'AlexNet'}
 DATASET_TITLES = {'mnist': 'MNIST', 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
 METHOD_TITLES = {'inq': "INQ's rule", 'kmeans': 'k-means on log2 magnitudes', 'optimal': 'optimal'}
+# What a reader needs before comparing a dataset's accuracies here with published ones: the copy
+# every committed run of that dataset read (`tests/test_data.py` checks the claim on the copy).
+DATASET_NOTES = {
+    'cifar10': 'Every CIFAR-10 run here read the same offline copy of the data set: a JPEG '
+               're-encoding of the original images at IJG quality 75 with 4:2:0 chroma '
+               'subsampling (colour at half resolution), for training and test alike. Figures '
+               'published on the original images (He et al. 2016: 91.25 % for ResNet-20) are '
+               'therefore not directly comparable; the methods below are compared on this copy.',
+}
 
 # (text, bits at most, loss vs FP at most, accuracy at least, values per layer at most) of the
 # quantization goals per (dataset, model). The LeNet-5 goals name the level counts of sets with a
@@ -172,13 +181,13 @@ DEFAULT_SCHEDULE = (0.5, 0.75, 0.875, 1.0)
 
 
 def run_name(config: dict) -> str:
-  """A short folder name for a run from its config.json: 'fp', 'optimal_k3', 'inq_b5',
-  'kmeans_budget2.5', ... plus '_zero_free' for zero-free sets, '_steps5' for a schedule of 5
-  steps other than the default, and '_final0' / '_retrain2' where the recipe is not the
-  default."""
+  """A short folder name for a run from its config.json: 'fp' ('fp_bf16' in bfloat16),
+  'optimal_k3', 'inq_b5', 'kmeans_budget2.5', ... plus '_zero_free' for zero-free sets, '_steps5'
+  for a schedule of 5 steps other than the default, and '_final0' / '_retrain2' where the recipe
+  is not the default."""
   mode = config.get('mode')
   if mode == 'train':
-    return 'fp'
+    return 'fp' + ('_bf16' if config.get('compute_dtype') == 'bfloat16' else '')
   if mode == 'prune':
     p = config['prune']
     return f'prune_{p["criterion"]}_r{p["ratio"]}'
@@ -384,8 +393,38 @@ def _max_values(results: records.QuantizeResults) -> Optional[int]:
 
 
 def _fp_run(runs: List[Run]) -> Optional[Run[records.TrainResults]]:
+  """The full-precision model the group's other runs start from: the one named `fp`, else the
+  first trained one."""
   trained = _of_mode(runs, records.TrainResults)
-  return trained[0] if trained else None
+  return next((run for run in trained if run.name == 'fp'), trained[0] if trained else None)
+
+
+def training_recipe(run: Run) -> str:
+  """'batch 128, lr 0.1 cosine, wd 0.0005' from a train run's config.json."""
+  c = run.config
+  parts = [f'batch {c["batch_size"]}' if 'batch_size' in c else '',
+           f'lr {c["learning_rate"]:g} {c.get("lr_schedule", "")}'.rstrip()
+           if 'learning_rate' in c else '',
+           f'wd {c["weight_decay"]:g}' if 'weight_decay' in c else '']
+  return ', '.join(part for part in parts if part)
+
+
+def full_precision_lines(trained: List[Run], fp: Run) -> List[str]:
+  """A table of the group's full-precision runs where it has more than one (e.g. the same
+  recipe in another compute dtype), each against `fp`."""
+  if len(trained) < 2:
+    return []
+  out = [f'Full-precision runs of this model (`{fp.name}` is the one the other runs start from):',
+         '',
+         '| run | compute dtype | epochs | recipe | test accuracy | Δ vs `fp` | time | machine |',
+         '|---|---|---|---|---|---|---|---|']
+  for run in trained:
+    t = run.results
+    out.append(f'| [{run.name}](results/{run.path}) | {run.config.get("compute_dtype", "")} | '
+               f'{t.epochs_run} | {training_recipe(run)} | {_pct(t.test_accuracy)} | '
+               f'{_delta(t.test_accuracy - fp.results.test_accuracy)} | '
+               f'{_minutes(t.wall_time_s)} | {t.machine or ""} |')
+  return out + ['']
 
 
 def setting_name(run_name: str) -> str:
@@ -742,6 +781,8 @@ def render(results_dir: str) -> str:
     dataset, model = first.dataset, first.model
     out += [f'## {MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)} '
             f'([`results/{key}`](results/{key}))', '']
+    if dataset in DATASET_NOTES:
+      out += [DATASET_NOTES[dataset], '']
     fp = _fp_run(runs)
     fp_accuracy = fp.results.test_accuracy if fp else None
     if fp:
@@ -751,6 +792,7 @@ def render(results_dir: str) -> str:
               f'{t.macs:,} MACs per image, {_minutes(t.wall_time_s)} on '
               f'{t.machine or "an unrecorded machine"}.', '',
               f'    {t.command or "(command not recorded)"}', '']
+      out += full_precision_lines(_of_mode(runs, records.TrainResults), fp)
     quantized = _of_mode(runs, records.QuantizeResults)
     if quantized:
       quantized.sort(key=lambda r: (r.results.method, r.results.bits_per_weight, r.name))

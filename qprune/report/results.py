@@ -64,6 +64,13 @@ GOALS = {
 }
 
 
+# (text, accuracy at least) of the full-precision model per (dataset, model), judged on the best
+# trained run of the group.
+FP_GOALS = {
+    ('cifar10', 'resnet20'): ('full precision >= 91.0 % (He et al. 2016: 91.25 %)', 0.91),
+}
+
+
 # Structured pruning of a trained model against another library, per (dataset, model): the
 # published run it starts from, the reference's text, its params and its test accuracy, and the
 # accuracy qprune must keep at no more params (the project's pruning issue).
@@ -792,7 +799,15 @@ def render(results_dir: str) -> str:
               f'{t.macs:,} MACs per image, {_minutes(t.wall_time_s)} on '
               f'{t.machine or "an unrecorded machine"}.', '',
               f'    {t.command or "(command not recorded)"}', '']
-      out += full_precision_lines(_of_mode(runs, records.TrainResults), fp)
+      trained = _of_mode(runs, records.TrainResults)
+      out += full_precision_lines(trained, fp)
+      if (dataset, model) in FP_GOALS:
+        text, goal = FP_GOALS[(dataset, model)]
+        best = max(trained, key=lambda run: run.results.test_accuracy)
+        reached = best.results.test_accuracy >= goal - 1e-12
+        out += [f'- Goal {text}: **{"met" if reached else "missed"}** (best '
+                f'{_pct(best.results.test_accuracy)}, `{best.name}`, after '
+                f'{best.results.epochs_run} epochs)', '']
     quantized = _of_mode(runs, records.QuantizeResults)
     if quantized:
       quantized.sort(key=lambda r: (r.results.method, r.results.bits_per_weight, r.name))

@@ -2,7 +2,6 @@
 import importlib.util
 import itertools
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,9 +11,16 @@ from qprune.benchmarks import train_step
 
 @pytest.mark.parametrize('variant', sorted(train_step.VARIANTS))
 def test_train_step_worker_runs(variant):
-  result = train_step._worker('lenet5', 8, 2, variant, jnp.float32)
+  result = train_step._worker('lenet5', 8, 2, variant, 'float32')
   assert len(result['times']) == 2 and all(t > 0 for t in result['times'])
   assert result['macs'] == 2_293_000
+
+
+def test_train_step_variants_run_in_their_own_dtype_or_the_flags():
+  assert train_step.variant_dtype('qprune', 'float32') == 'float32'
+  assert train_step.variant_dtype('qprune', 'bfloat16') == 'bfloat16'
+  assert train_step.variant_dtype('qprune_bf16', 'float32') == 'bfloat16'
+  assert all(dtype in (None, *train_step.DTYPES) for *_, dtype in train_step.VARIANTS.values())
 
 
 def test_kmeans_benchmark_runs_on_tiny_layers_and_emits_its_keys():

@@ -173,8 +173,8 @@ def _environment() -> dict:
 
 
 def _dtype(name):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+  from qprune.benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  return train_step.DTYPES[name]
 
 
 def _kmeans(size: dict, ctx: _Section, data_dir: Optional[str]):
@@ -340,7 +340,7 @@ def _model_row(name: str, size: dict, alt: str) -> dict:
   for dtype in size['dtypes']:
     per: dict = {}
     for variant in ('qprune', 'plain'):
-      r = train_step._worker(name, batch_size, n_steps, variant, _dtype(dtype))
+      r = train_step._worker(name, batch_size, n_steps, variant, dtype)
       row['macs_per_image'] = r['macs']
       per[variant] = _steps_summary(r['times'], batch_size, r['macs'])
     per['speedup'] = per['qprune']['images_per_s'] / per['plain']['images_per_s']

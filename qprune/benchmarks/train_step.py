@@ -13,6 +13,8 @@ on-device batch gather and augmentation) on random uint8 images. Variants:
   xla_conv   lax conv (what flax.linen.Conv computes) + qprune's CPU compiler options
   xla_conv_huge  xla_conv with the huge-page malloc: against `qprune`, the conv route alone
   plain      lax conv, plain `jax.jit` with XLA's default options: what a Flax user gets
+  qprune_bf16  `qprune` in bfloat16 compute whatever --dtype says: `--variants=qprune_bf16,qprune`
+             is the bfloat16 / float32 ratio in one run
 All variants use the same model code otherwise (FusedBatchNorm included). Each variant runs in
 its own process (measured: a step timed in a process holding other compiled variants ran up to
 1.45x slower than alone; we suspect their large temporaries interleaving in glibc's allocator),
@@ -42,17 +44,18 @@ from qprune.ops import malloc
 from qprune.train import loop, parallel, steps
 from qprune.train.state import create_state
 
-# name -> (conv_impl, xla_defaults, huge-page malloc)
-VARIANTS = {'qprune': ('auto', False, True), 'qprune_4k': ('auto', False, False),
-            'xla_conv': ('xla', False, False), 'xla_conv_huge': ('xla', False, True),
-            'plain': ('xla', True, False)}
+# name -> (conv_impl, xla_defaults, huge-page malloc, compute dtype or None for --dtype's)
+VARIANTS = {'qprune': ('auto', False, True, None), 'qprune_4k': ('auto', False, False, None),
+            'xla_conv': ('xla', False, False, None), 'xla_conv_huge': ('xla', False, True, None),
+            'plain': ('xla', True, False, None), 'qprune_bf16': ('auto', False, True, 'bfloat16')}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 _MODEL = flags.DEFINE_string('model', 'resnet20', f'one of {sorted(models.MODELS)} or "all"')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'global batch size')
 _STEPS = flags.DEFINE_integer('steps', 5, 'timed steps per process', lower_bound=1)
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'processes per variant, alternating',
                                  lower_bound=1)
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', sorted(DTYPES), 'compute dtype')
 _VARIANTS = flags.DEFINE_list('variants', ['qprune', 'plain'],
                               f'variants from {sorted(VARIANTS)}; the first is reported as '
                               'images_per_s, the last is the baseline')
@@ -95,9 +98,15 @@ class _Runner:
     return time.perf_counter() - start
 
 
-def _worker(name, batch_size, n_steps, variant, dtype) -> dict:
-  conv_impl, xla_defaults, _ = VARIANTS[variant]
-  runner = _Runner(name, batch_size, conv_impl, xla_defaults, dtype)
+def variant_dtype(variant: str, dtype: str) -> str:
+  """The compute dtype `variant` runs in when --dtype is `dtype`."""
+  return VARIANTS[variant][3] or dtype
+
+
+def _worker(name, batch_size, n_steps, variant, dtype: str) -> dict:
+  conv_impl, xla_defaults, _, _ = VARIANTS[variant]
+  runner = _Runner(name, batch_size, conv_impl, xla_defaults,
+                   DTYPES[variant_dtype(variant, dtype)])
   for _ in range(3):  # compile, then let caches and allocations settle
     runner.step()
   times = [runner.step() for _ in range(n_steps)]
@@ -135,6 +144,7 @@ def benchmark(name: str, variants) -> dict:
   for v in variants:
     step_s = statistics.median(times[v])
     per[v] = {'images_per_s': batch_size / step_s, 'step_s': step_s,
+              'dtype': variant_dtype(v, _DTYPE.value),
               'gflops_per_s': 6 * macs * batch_size / step_s / 1e9, 'anon_huge_mib': huge[v]}
   first, base = per[variants[0]], per[variants[-1]]
   return {'model': name, 'batch_size': batch_size, 'dtype': _DTYPE.value,
@@ -156,9 +166,9 @@ def main(argv):
   if not set(names) <= set(models.MODELS):
     raise app.UsageError(f'unknown --model={_MODEL.value!r}; choose from '
                          f'{sorted(models.MODELS)} or "all"')
-  dtype = jnp.bfloat16 if _DTYPE.value == 'bfloat16' else jnp.float32
   if _WORKER.value:
-    print(json.dumps(_worker(names[0], _BATCH.value, _STEPS.value, _WORKER.value, dtype)))
+    print(json.dumps(_worker(names[0], _BATCH.value, _STEPS.value, _WORKER.value,
+                             _DTYPE.value)))
     return
   variants = list(_VARIANTS.value)
   print(f'{"model":10s} {"batch":>5s} ' + ' '.join(f'{v + " img/s":>16s}' for v in variants)

@@ -182,6 +182,13 @@ def test_full_precision_runs_table_and_the_cifar10_data_note(tmp_path):
   assert '| [fp](results/cifar10_resnet20/fp) | float32 | 30 |' in text
   assert ('- Goal full precision >= 91.0 % (He et al. 2016: 91.25 %): **missed** (best 86.51 %, '
           '`fp`, after 30 epochs)') in text
+  # A resumed run's wall_time_s is its last process's: the table also gives its epochs' time.
+  results_json = group / 'fp' / 'results.json'
+  resumed = json.loads(results_json.read_text())
+  resumed['history'] = [{'epoch': 1, 'epoch_time_s': 500.0}, {'epoch': 2, 'epoch_time_s': 400.0}]
+  results_json.write_text(json.dumps(resumed))
+  assert ('| 86.51 % | +0.00 | 10.0 min in its last process (resumed; its epochs 15.0 min) | '
+          'cpu x1 |') in results_lib.render(str(tmp_path))
   run('longer', 0.9100, 'float32')
   assert '91.25 %): **met** (best 91.00 %, `longer`' in results_lib.render(str(tmp_path))
 

@@ -416,12 +416,24 @@ def training_recipe(run: Run) -> str:
   return ', '.join(part for part in parts if part)
 
 
+def training_time(results: records.TrainResults) -> str:
+  """The run's wall time; where its epochs alone took longer (the run was resumed, and
+  wall_time_s is its last process's), both, so the table does not under-state it."""
+  epochs_s = sum(h.get('epoch_time_s', 0.0) for h in results.history)
+  if results.wall_time_s is not None and epochs_s > results.wall_time_s:
+    return (f'{_minutes(results.wall_time_s)} in its last process (resumed; its epochs '
+            f'{_minutes(epochs_s)})')
+  return _minutes(results.wall_time_s)
+
+
 def full_precision_lines(trained: List[Run], fp: Run) -> List[str]:
   """A table of the group's full-precision runs where it has more than one (e.g. the same
   recipe in another compute dtype), each against `fp`."""
   if len(trained) < 2:
     return []
-  out = [f'Full-precision runs of this model (`{fp.name}` is the one the other runs start from):',
+  out = [f'Full-precision runs of this model (`{fp.name}` is the one the other runs start from; '
+         'times are as recorded on a machine that may have run other jobs too: compare speeds '
+         'with `python -m qprune.benchmarks.train_step`):',
          '',
          '| run | compute dtype | epochs | recipe | test accuracy | Δ vs `fp` | time | machine |',
          '|---|---|---|---|---|---|---|---|']
@@ -430,7 +442,7 @@ def full_precision_lines(trained: List[Run], fp: Run) -> List[str]:
     out.append(f'| [{run.name}](results/{run.path}) | {run.config.get("compute_dtype", "")} | '
                f'{t.epochs_run} | {training_recipe(run)} | {_pct(t.test_accuracy)} | '
                f'{_delta(t.test_accuracy - fp.results.test_accuracy)} | '
-               f'{_minutes(t.wall_time_s)} | {t.machine or ""} |')
+               f'{training_time(t)} | {t.machine or ""} |')
   return out + ['']
 
 
@@ -796,7 +808,7 @@ def render(results_dir: str) -> str:
       t = fp.results
       out += [f'Full precision (`{fp.name}`): **{_pct(fp_accuracy)}** after '
               f'{t.epochs_run} epochs, {t.params:,} params, '
-              f'{t.macs:,} MACs per image, {_minutes(t.wall_time_s)} on '
+              f'{t.macs:,} MACs per image, {training_time(t)} on '
               f'{t.machine or "an unrecorded machine"}.', '',
               f'    {t.command or "(command not recorded)"}', '']
       trained = _of_mode(runs, records.TrainResults)

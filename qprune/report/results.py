@@ -435,7 +435,8 @@ def full_precision_lines(trained: List[Run], fp: Run) -> List[str]:
          'times are as recorded on a machine that may have run other jobs too: compare speeds '
          'with `python -m qprune.benchmarks.train_step`):',
          '',
-         '| run | compute dtype | epochs | recipe | test accuracy | Δ vs `fp` | time | machine |',
+         f'| run | compute dtype | epochs | recipe | test accuracy | Δ vs `{fp.name}` | time | '
+         'machine |',
          '|---|---|---|---|---|---|---|---|']
   for run in trained:
     t = run.results

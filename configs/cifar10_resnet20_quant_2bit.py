@@ -5,7 +5,7 @@ Zero-free error-optimal sets ({±2^e}, `quant.zero_code=False`) under a 2.0-bit 
 budget gives each layer 1 to 4 bits, 1.999 on average (79.3 kB, the size of the uniform 2-bit
 export). Two retraining epochs per INQ step, distilled from the model it starts from (weight 1,
 T 1; Hinton et al. 2015), then one epoch for BN and biases. Measured from the committed FP model
-(86.51 %): 86.08 ± 0.14 % over 2 seeds (RESULTS.md `optimal_budget2_zero_free_retrain2_distill1*`);
+(86.51 %): 86.10 ± 0.11 % over 3 seeds (RESULTS.md `optimal_budget2_zero_free_retrain2_distill1*`);
 without distillation 85.62 ± 0.10 % (`optimal_budget2_zero_free_retrain2*`).
 """
 from qprune.configs import sibling_config

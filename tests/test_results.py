@@ -158,19 +158,26 @@ def test_run_names_mark_every_recipe_change():
   assert results_lib.run_name({'mode': 'train', 'compute_dtype': 'bfloat16'}) == 'fp_bf16'
 
 
+def _write_run(folder, results, config=None):
+  """A published run folder as `read_runs` reads it: results.json (with a recorded command) and,
+  if given, config.json."""
+  folder.mkdir(parents=True)
+  (folder / 'results.json').write_text(json.dumps({'command': 'python -m qprune.main', **results}))
+  if config is not None:
+    (folder / 'config.json').write_text(json.dumps(config))
+
+
 def test_full_precision_runs_table_and_the_cifar10_data_note(tmp_path):
   """A group with two trained models lists both against `fp` (which stays the reference
   whatever the folder order), and a CIFAR-10 group says which copy of the data it read."""
   group = tmp_path / 'cifar10_resnet20'
   def run(name, accuracy, dtype):
-    (group / name).mkdir(parents=True)
-    (group / name / 'results.json').write_text(json.dumps(
-        {'mode': 'train', 'dataset': 'cifar10', 'model': 'resnet20', 'test_accuracy': accuracy,
-         'params': 269_722, 'macs': 9, 'epochs_run': 30, 'wall_time_s': 600.0,
-         'machine': 'cpu x1', 'command': 'python -m qprune.main'}))
-    (group / name / 'config.json').write_text(json.dumps(
-        {'mode': 'train', 'compute_dtype': dtype, 'batch_size': 128, 'learning_rate': 0.1,
-         'lr_schedule': 'cosine', 'weight_decay': 5e-4}))
+    _write_run(group / name,
+               {'mode': 'train', 'dataset': 'cifar10', 'model': 'resnet20',
+                'test_accuracy': accuracy, 'params': 269_722, 'macs': 9, 'epochs_run': 30,
+                'wall_time_s': 600.0, 'machine': 'cpu x1'},
+               {'mode': 'train', 'compute_dtype': dtype, 'batch_size': 128, 'learning_rate': 0.1,
+                'lr_schedule': 'cosine', 'weight_decay': 5e-4})
   run('fp', 0.8651, 'float32')
   text = results_lib.render(str(tmp_path))
   assert 'JPEG re-encoding' in text and 'Full-precision runs' not in text
@@ -297,9 +304,7 @@ def test_pruned_model_table_and_the_reference_goal(tmp_path):
   the goal against the reference counts only settings within the reference's params."""
   group = tmp_path / 'mnist_lenet5'
   def run(name, results):
-    (group / name).mkdir(parents=True)
-    (group / name / 'results.json').write_text(json.dumps(
-        {'dataset': 'mnist', 'model': 'lenet5', 'command': 'python -m qprune.main', **results}))
+    _write_run(group / name, {'dataset': 'mnist', 'model': 'lenet5', **results})
   run('fp_2epochs', {'mode': 'train', 'test_accuracy': 0.9913, 'params': 431_150, 'macs': 9})
   for name, params, accuracy in (('prune_a_s0', 100_000, 0.9915), ('prune_a_s1', 100_000, 0.9909),
                                  ('prune_big_s0', 200_000, 0.9950)):
@@ -322,12 +327,8 @@ def test_float_layers_and_zero_free_sets_in_the_quantization_table(tmp_path):
   run is named as one."""
   group = tmp_path / 'cifar10_resnet20'
   def run(name, results, quant):
-    (group / name).mkdir(parents=True)
-    (group / name / 'results.json').write_text(json.dumps(
-        {'dataset': 'cifar10', 'model': 'resnet20', 'command': 'python -m qprune.main',
-         **results}))
-    (group / name / 'config.json').write_text(json.dumps(
-        {'quant': quant, **({'weight_decay': 5e-4} if name == 'k2_zero_free' else {})}))
+    _write_run(group / name, {'dataset': 'cifar10', 'model': 'resnet20', **results},
+               {'quant': quant, **({'weight_decay': 5e-4} if name == 'k2_zero_free' else {})})
   run('fp', {'mode': 'train', 'test_accuracy': 0.8651, 'params': 269_722, 'macs': 9}, {})
   recipe = {'retrain_epochs': 2, 'learning_rate': 0.01, 'final_epochs': 1}
   run('k1_float_ends', {'mode': 'quantize', 'test_accuracy': 0.86, 'fp_test_accuracy': 0.8651,

@@ -301,6 +301,8 @@ def validate(config) -> None:
   _check(p, config.learning_rate > 0, 'learning_rate', config.learning_rate, 'must be > 0')
   _check(p, 0 <= config.momentum < 1, 'momentum', config.momentum, 'must be in [0, 1)')
   _check(p, config.weight_decay >= 0, 'weight_decay', config.weight_decay, 'must be >= 0')
+  _check(p, 0 <= config.label_smoothing < 1, 'label_smoothing', config.label_smoothing,
+         'must be in [0, 1)')
   _check(p, 0 <= config.warmup_epochs <= max(config.epochs, 0), 'warmup_epochs',
          config.warmup_epochs, f'must be in [0, epochs] ({config.epochs})')
   _check(p, config.lr_schedule in SCHEDULES, 'lr_schedule', config.lr_schedule,

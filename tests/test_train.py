@@ -274,3 +274,34 @@ def test_tensorboard_scalars_mirror_metrics(mnist_small, tmp_path):
   raw = open(tmp_path / 'board' / 'tensorboard' / events[0], 'rb').read()
   for name in (b'train_loss', b'train_accuracy', b'test_accuracy'):
     assert name in raw
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+  from qprune.train import steps
+  logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+  labels = jnp.array([0, 2])
+  np.testing.assert_allclose(steps.smoothed_cross_entropy(logits, labels, 0.0),
+                             steps.cross_entropy(logits, labels), rtol=1e-6)
+  s = 0.1
+  targets = (1 - s) * np.eye(3)[[0, 2]] + s / 3
+  expected = -(targets * np.asarray(jax.nn.log_softmax(logits))).sum(-1).mean()
+  np.testing.assert_allclose(steps.smoothed_cross_entropy(logits, labels, s), expected, rtol=1e-6)
+
+
+def test_label_smoothing_changes_the_update_not_the_reported_loss(mnist_small):
+  from qprune.train import steps
+  from qprune.train.state import create_state
+  model, variables = _lenet()
+  data = _subset(mnist_small, 256)
+  results = []
+  for smoothing in (0.0, 0.3):
+    tx = optim.sgd(optim.lr_schedule('constant', 0.1, 1), 0.9, 0.0)
+    step = steps.make_train_step(model, optim.freezable(tx), 64, pipeline.AUGMENTATIONS['none'],
+                                 donate=False, label_smoothing=smoothing)
+    state, metrics = step(create_state(variables, optim.freezable(tx)), data.train.images,
+                          data.train.labels, jnp.arange(256), jnp.int32(0),
+                          jax.random.PRNGKey(0), {}, steps.zero_metrics())
+    results.append((state.params, float(metrics['loss'])))
+  (plain_params, plain_loss), (smooth_params, smooth_loss) = results
+  assert plain_loss == pytest.approx(smooth_loss, rel=1e-6)  # the same forward pass, plain CE
+  assert not _leaves_equal(plain_params, smooth_params)

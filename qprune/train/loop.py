@@ -46,6 +46,9 @@ class TrainOptions:
   momentum: float = 0.9
   nesterov: bool = True
   weight_decay: float = 5e-4
+  # Label smoothing (Szegedy et al. 2016): the training loss fits (1 - s) one-hot + s uniform;
+  # the reported train loss stays the plain cross-entropy.
+  label_smoothing: float = 0.0
   augment: str = 'none'
   seed: int = 0
   eval_every: int = 1
@@ -101,7 +104,8 @@ def _train_step(model, options: TrainOptions, train_size: int, hooks: steps.Step
   options (e.g. the INQ steps of a run) share one compilation."""
   tx = make_optimizer(options, train_size)
   return tx, steps.make_train_step(model, tx, options.batch_size,
-                                   pipeline.AUGMENTATIONS[options.augment], hooks, batch_sharding)
+                                   pipeline.AUGMENTATIONS[options.augment], hooks, batch_sharding,
+                                   label_smoothing=options.label_smoothing)
 
 
 def evaluate(model, variables, split: pipeline.Split, batch_size: int, mesh=None) -> dict:

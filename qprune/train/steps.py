@@ -36,13 +36,20 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def smoothed_cross_entropy(logits, labels, smoothing: float):
+  """Cross-entropy against (1 - smoothing) one-hot + smoothing uniform targets."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
 def zero_metrics():
   return {'loss': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.int32),
           'count': jnp.zeros((), jnp.int32)}
 
 
 def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHooks = StepHooks(),
-                    batch_sharding=None, donate: bool = True, xla_defaults: bool = False):
+                    batch_sharding=None, donate: bool = True, xla_defaults: bool = False,
+                    label_smoothing: float = 0.0):
   """Returns jitted `step(state, images, labels, perm, index, key, aux, metrics)`.
 
   images uint8 [N, H, W, C] and labels int32 [N] are the whole split; the batch is
@@ -65,7 +72,12 @@ def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHo
       logits, new_vars = model.apply({'params': used, 'batch_stats': state.batch_stats}, x,
                                      train=True, mutable=['batch_stats'])
       loss = cross_entropy(logits, y)
-      total = hooks.task_loss(logits, y, x, aux) if hooks.task_loss else loss
+      if hooks.task_loss:
+        total = hooks.task_loss(logits, y, x, aux)
+      elif label_smoothing:
+        total = smoothed_cross_entropy(logits, y, label_smoothing)
+      else:
+        total = loss
       if hooks.extra_loss:
         total = total + hooks.extra_loss(params, aux)
       return total, (loss, logits, new_vars['batch_stats'])

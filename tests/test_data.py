@@ -93,7 +93,7 @@ def test_the_cifar10_copy_is_jpeg_quality_75_with_half_resolution_colour(data_di
   chroma subsampling."""
   import io  # pylint: disable=g-import-not-at-top
   from PIL import JpegImagePlugin  # pylint: disable=g-import-not-at-top
-  from qprune.report import results as results_lib  # pylint: disable=g-import-not-at-top
+  from reproduce import results as results_lib  # pylint: disable=g-import-not-at-top
   assert 'IJG quality 75 with 4:2:0' in results_lib.DATASET_NOTES['cifar10']
   path = os.path.join(data_dir, 'cifar10.tar.gz')
   if not os.path.isfile(path):

@@ -1,6 +1,6 @@
 r"""The attention ablation table: pruning criteria with and without channel attention, over seeds.
 
-  python -m qprune.report.ablation --runs=OUT [--out=results/mnist_lenet5/attention_ablation.json]
+  python -m reproduce.ablation --runs=OUT [--out=results/mnist_lenet5/attention_ablation.json]
       [--merge] [--command="the command that made the runs"]
 
 Reads every finished prune run under OUT (as `configs/sweeps/prune_attention_ablation.sh` lays
@@ -195,7 +195,7 @@ def markdown(ablation: dict) -> List[str]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m qprune.report.ablation',
+  parser = argparse.ArgumentParser(prog='python -m reproduce.ablation',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--runs', required=True, help='the folder the ablation sweep wrote')
   parser.add_argument('--out', help='write the table as JSON here (e.g. results/<group>/...)')

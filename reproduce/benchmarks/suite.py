@@ -1,6 +1,6 @@
 r"""The GPU suite: one command that measures what qprune's speed rests on, sized for a lent device.
 
-  python -m qprune.benchmarks.suite --out=DIR [--data_dir=D] [--tiny] [--sections=kmeans,search]
+  python -m reproduce.benchmarks.suite --out=DIR [--data_dir=D] [--tiny] [--sections=kmeans,search]
 
 Writes DIR/suite.json (one object: the device, versions, and per section its status, wall time,
 limit and numbers or the reason it was skipped) and DIR/suite.md (the tables, also printed),
@@ -173,14 +173,14 @@ def _environment() -> dict:
 
 
 def _dtype(name):
-  from qprune.benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import train_step  # pylint: disable=g-import-not-at-top
   return train_step.DTYPES[name]
 
 
 def _kmeans(size: dict, ctx: _Section, data_dir: Optional[str]):
   del data_dir
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from qprune.benchmarks import kmeans as kmeans_bench  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import kmeans as kmeans_bench  # pylint: disable=g-import-not-at-top
   layers = kmeans_bench.kaiming_layers(size['model'])
   arrays = [jnp.asarray(a) for a in layers.values()]
   start = time.perf_counter()
@@ -196,7 +196,7 @@ def _search(size: dict, ctx: _Section, data_dir: Optional[str]):
   del data_dir
   import jax  # pylint: disable=g-import-not-at-top
   from qprune import prune  # pylint: disable=g-import-not-at-top
-  from qprune.benchmarks import prune_search as ps  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import prune_search as ps  # pylint: disable=g-import-not-at-top
   from qprune.models import create_model, init_variables  # pylint: disable=g-import-not-at-top
   model = create_model('resnet20', 10, width=size['width'])
   variables = init_variables(model, jax.random.PRNGKey(0), ps.SHAPE)
@@ -293,7 +293,7 @@ def _steps_summary(times, batch_size, macs) -> dict:
 
 def _alt_conv_times(name, batch_size, n_steps, conv_impl, dtype):
   """train_step's worker loop for a conv path that is not one of its variants."""
-  from qprune.benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import train_step  # pylint: disable=g-import-not-at-top
   runner = train_step._Runner(name, batch_size, conv_impl, False, dtype)
   for _ in range(3):  # compile, then let caches and allocations settle (as _worker does)
     runner.step()
@@ -334,7 +334,7 @@ def _throughput(size: dict, ctx: _Section, data_dir: Optional[str]):
 
 def _model_row(name: str, size: dict, alt: str) -> dict:
   """One zoo model's images/s: qprune and plain per dtype, and the other conv path if asked."""
-  from qprune.benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import train_step  # pylint: disable=g-import-not-at-top
   batch_size, n_steps = size['batch_size'], size['steps']
   row: dict = {'model': name}
   for dtype in size['dtypes']:
@@ -421,7 +421,7 @@ def _section_env(cache: str) -> dict:
 
 def _measured_section(name, limit_s, soft_s, tmp, env, data_dir, tiny) -> dict:
   partial = os.path.join(tmp, f'{name}.json')
-  cmd = [sys.executable, '-m', 'qprune.benchmarks.suite', f'--section={name}',
+  cmd = [sys.executable, '-m', 'reproduce.benchmarks.suite', f'--section={name}',
          f'--partial={partial}', f'--tiny={tiny}']
   if data_dir:
     cmd.append(f'--data_dir={data_dir}')
@@ -489,7 +489,7 @@ def run_suite(out_dir: str, data_dir: Optional[str], sections, budget_s: float,
   data, no_data = find_cifar10(data_dir)
   suite: dict = {'suite': 'qprune GPU suite', 'tiny': tiny, 'budget_s': budget_s,
                  'started': time.strftime('%Y-%m-%d %H:%M:%S'),
-                 'command': ' '.join(['python', '-m', 'qprune.benchmarks.suite', *sys.argv[1:]]),
+                 'command': ' '.join(['python', '-m', 'reproduce.benchmarks.suite', *sys.argv[1:]]),
                  'data_dir': data, 'sections': {}}
   tmp = tempfile.mkdtemp(prefix='qprune-suite-')
   env = _section_env(os.path.join(tmp, 'jax_cache'))

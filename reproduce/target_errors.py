@@ -1,6 +1,6 @@
 r"""Per-layer quantization error of the three target rules at equal k, on a trained model.
 
-  python -m qprune.report.target_errors --model_dir=results/mnist_lenet5/fp \
+  python -m reproduce.target_errors --model_dir=results/mnist_lenet5/fp \
       [--ks=1,2,4] [--out=results/mnist_lenet5/target_errors.json]
 
 For each conv/dense layer and each k, the L1 error Σ|W − Ŵ| (eq. 3.2 of the thesis; Zhou et al.
@@ -9,7 +9,7 @@ exponents, so only k = 1, 2, 4, 8), k-means on log2|w| (the thesis' clustered ta
 error-optimal set (`qprune.quant.optimal`); beside them, at the same bits rather than the same k,
 the error-optimal zero-free set (`quant.zero_code=False`), which fills those bits with
 2^(bits-1) exponents. Prints a markdown table; `--out` writes JSON (the rows and their
-whole-network totals per k) that `python -m qprune.report.results write` renders into RESULTS.md.
+whole-network totals per k) that `python -m reproduce.results write` renders into RESULTS.md.
 """
 import argparse
 import json
@@ -84,7 +84,7 @@ def markdown(rows: List[Dict]) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m qprune.report.target_errors',
+  parser = argparse.ArgumentParser(prog='python -m reproduce.target_errors',
                                    description=__doc__.split('\n\n')[1])
   parser.add_argument('--model_dir', required=True, help='a finished run (qprune.load_model)')
   parser.add_argument('--ks', default='1,2,3,4')

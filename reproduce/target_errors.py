@@ -12,12 +12,11 @@ the error-optimal zero-free set (`quant.zero_code=False`), which fills those bit
 whole-network totals per k) that `python -m reproduce.results write` renders into RESULTS.md.
 """
 import argparse
-import json
 import math
 import sys
 from typing import Dict, List, Sequence
 
-from qprune import quant
+from qprune import files, quant
 from qprune.artifacts import load_saved_model
 
 
@@ -106,9 +105,8 @@ def main(argv=None) -> int:
   rows = layer_errors(variables['params'], ks)
   print(markdown(rows))
   if args.out:
-    with open(args.out, 'w') as f:
-      json.dump({'model_dir': args.model_dir, 'rows': rows, 'totals': totals(rows)}, f, indent=1)
-      f.write('\n')
+    files.write_json_atomic(args.out, {'model_dir': args.model_dir, 'rows': rows,
+                                       'totals': totals(rows)}, indent=1)
   return 0
 
 

@@ -62,7 +62,6 @@ only while the rest of their soft budget (0.8 x the limit; throughput: the limit
 exceeds 1.2 x the longest one so far, and name the ones they skip with why.
 """
 import importlib.util
-import json
 import os
 import platform
 import shutil
@@ -75,6 +74,8 @@ import time
 from typing import Dict, Optional
 
 from absl import app, flags
+
+from qprune import files
 
 _OUT = flags.DEFINE_string('out', None, 'folder for suite.json and suite.md')
 _TINY = flags.DEFINE_bool('tiny', False, 'small widths, few steps, tiny subsets: a CPU smoke run')
@@ -153,10 +154,7 @@ class _Section:
   def save(self, **values):
     self.data.update(values)
     self.data['worker_s'] = time.perf_counter() - self.start
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(self.data, f)
-    os.replace(tmp, self.path)
+    files.write_json_atomic(self.path, self.data, indent=None)
 
 
 def _environment() -> dict:
@@ -428,10 +426,7 @@ def _measured_section(name, limit_s, soft_s, tmp, env, data_dir, tiny) -> dict:
   if soft_s is not None:
     cmd.append(f'--section_budget_s={soft_s}')
   rc, stderr, _ = _run_process(cmd, limit_s, os.path.join(tmp, name), env, capture_stdout=False)
-  record = {}
-  if os.path.exists(partial):
-    with open(partial) as f:
-      record = json.load(f)
+  record = files.read_json(partial, required=()) or {}
   if rc is None:
     record.update(status='partial' if record.get('results') else 'failed',
                   reason=f'killed at its hard limit of {limit_s:.0f} s')
@@ -470,8 +465,7 @@ def _pipeline_section(limit_s, tmp, env, data_dir, tiny) -> dict:
     return {**record, 'status': 'failed', 'reason': f'killed at its hard limit of {limit_s:.0f} s'}
   if rc != 0:
     return {**record, 'status': 'failed', 'reason': f'exit status {rc}: {stderr}'}
-  with open(os.path.join(workdir, 'results.json')) as f:
-    results = json.load(f)
+  results = files.read_json(os.path.join(workdir, 'results.json'), required=())
   keys = ('model', 'test_accuracy', 'pretrained_test_accuracy', 'pruned_test_accuracy',
           'finetuned_test_accuracy', 'compression_ratio', 'bits_per_weight', 'params_before',
           'params', 'macs_before', 'macs', 'pretrain_epochs', 'epochs_run', 'wall_time_s',
@@ -536,12 +530,8 @@ def _write(out_dir: str, suite: dict, start: float):
   env_info = suite.get('environment', {})
   suite['device_kind'] = env_info.get('device_kind')
   suite['jax_version'] = env_info.get('jax')
-  os.makedirs(out_dir, exist_ok=True)
-  for name, text in (('suite.json', json.dumps(suite, indent=1)), ('suite.md', markdown(suite))):
-    path = os.path.join(out_dir, name)
-    with open(path + '.tmp', 'w') as f:
-      f.write(text)
-    os.replace(path + '.tmp', path)
+  files.write_json_atomic(os.path.join(out_dir, 'suite.json'), suite, indent=1)
+  files.write_text_atomic(os.path.join(out_dir, 'suite.md'), markdown(suite))
 
 
 # ---------------------------------------------------------------- the tables

@@ -2,6 +2,7 @@
 re-measures to its recorded accuracy, no machine-local paths."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -106,6 +107,88 @@ def test_publish_copies_a_run_without_checkpoints(tmp_path):
   assert str(work) not in (dest / 'report.md').read_text()
   with pytest.raises(publish_lib.PublishError, match='missing'):
     publish_lib.publish(str(tmp_path / 'nowhere'), str(tmp_path / 'x'))
+
+
+def _finished_run(folder, accuracy=0.9):
+  """A finished train run's folder as the binary leaves it (checkpoints and metrics included)."""
+  (folder / 'model').mkdir(parents=True)
+  (folder / 'model' / 'weights').write_bytes(b'w')
+  (folder / 'model.json').write_text('{}')
+  (folder / 'checkpoints').mkdir()
+  (folder / 'metrics.jsonl').write_text('{"epoch": 1}\n')
+  (folder / 'results.json').write_text(json.dumps({'mode': 'train', 'test_accuracy': accuracy}))
+  return folder
+
+
+def _tree(folder):
+  return sorted(str(p.relative_to(folder)) for p in folder.rglob('*'))
+
+
+def test_publish_refuses_to_replace_what_it_did_not_publish(tmp_path, capsys):
+  """Another run's workdir, a folder of other files, a file, the run itself or a folder holding
+  it: refused with one line, every file left as it was."""
+  work = _finished_run(tmp_path / 'runs' / 'a')
+  other = _finished_run(tmp_path / 'runs' / 'b', accuracy=0.5)
+  notes = tmp_path / 'notes'
+  notes.mkdir()
+  (notes / 'todo.txt').write_text('keep me')
+  a_file = tmp_path / 'file.txt'
+  a_file.write_text('keep me too')
+  before = _tree(tmp_path)
+  for dest, match in ((other, 'not a published folder .*metrics.jsonl'),
+                      (notes, 'not a published folder .*no results.json'),
+                      (a_file, 'not a folder'), (work, 'itself or a folder holding it'),
+                      (work.parent, 'itself or a folder holding it'),
+                      (tmp_path, 'itself or a folder holding it'),
+                      (work / 'published', 'inside the run')):
+    with pytest.raises(publish_lib.PublishError, match=match):
+      publish_lib.publish(str(work), str(dest))
+    assert publish_lib.main([f'--workdir={work}', f'--to={dest}']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('qprune: error: ') and err.count('\n') == 1, err
+  assert _tree(tmp_path) == before
+  assert json.loads((other / 'results.json').read_text())['test_accuracy'] == 0.5
+  assert (notes / 'todo.txt').read_text() == 'keep me'
+
+
+def test_republishing_swaps_in_a_complete_folder_or_keeps_the_old_one(tmp_path):
+  """A published folder is replaced only by a complete new one: a run without its model leaves
+  it as it was, and no staging folder is left beside it."""
+  work = _finished_run(tmp_path / 'run', accuracy=0.9)
+  dest = tmp_path / 'results' / 'mnist_lenet5' / 'fp'
+  dest.mkdir(parents=True)  # an empty destination is fine
+  assert publish_lib.publish(str(work), str(dest)) == ['model', 'model.json', 'results.json']
+  (work / 'results.json').write_text(json.dumps({'mode': 'train', 'test_accuracy': 0.95}))
+  publish_lib.publish(str(work), str(dest))  # republished over its earlier publication
+  assert json.loads((dest / 'results.json').read_text())['test_accuracy'] == 0.95
+  published = _tree(dest)
+  shutil.rmtree(work / 'model')
+  (work / 'results.json').write_text(json.dumps({'mode': 'train', 'test_accuracy': 0.1}))
+  with pytest.raises(publish_lib.PublishError, match='has no model: not a finished run'):
+    publish_lib.publish(str(work), str(dest))
+  assert _tree(dest) == published
+  assert json.loads((dest / 'results.json').read_text())['test_accuracy'] == 0.95
+  assert os.listdir(dest.parent) == ['fp']  # no staging or old folder left beside it
+
+
+def test_publish_sweep_checks_every_destination_before_publishing_any(tmp_path):
+  sweep = tmp_path / 'sweep'
+  for name, k in (('a', 1), ('b', 2)):
+    run = sweep / name
+    run.mkdir(parents=True)
+    (run / 'model.qpq').write_bytes(b'qpq')
+    (run / 'config.json').write_text(json.dumps({'mode': 'quantize', 'quant': {
+        'method': 'optimal', 'k': k, 'final_epochs': 1, 'retrain_epochs': 1}}))
+    (run / 'results.json').write_text(json.dumps({'mode': 'quantize',
+                                                  'export_path': str(run / 'model.qpq')}))
+  group = tmp_path / 'results' / 'mnist_lenet5'
+  _finished_run(group / 'optimal_k2')  # a workdir where the second run would go
+  with pytest.raises(publish_lib.PublishError, match='optimal_k2 is not empty'):
+    publish_lib.publish_sweep(str(sweep), str(group))
+  assert sorted(os.listdir(group)) == ['optimal_k2']  # optimal_k1 not published either
+  shutil.rmtree(group / 'optimal_k2')
+  assert publish_lib.publish_sweep(str(sweep), str(group)) == ['optimal_k1', 'optimal_k2']
+  assert (group / 'optimal_k2' / 'model.qpq').read_bytes() == b'qpq'
 
 
 def test_publish_writes_paths_in_and_beside_the_start_folder_relative_to_it(tmp_path):

@@ -99,11 +99,18 @@ def _epoch_axis(ax, epochs: int):
   ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
-def _label_points(ax, pts, text=lambda y: f'{y:.4g}'):
-  """Writes each point's value beside it (for series of at most FEW_POINTS points)."""
+def _label_points(ax, pts, text=lambda y: f'{y:.4g}', above: bool = True):
+  """Writes each point's value beside it (for series of at most FEW_POINTS points), a little
+  above it (or below: two series of close values keep their labels apart)."""
   for x, y in pts:
-    ax.annotate(text(y), (x, y), xytext=(7, 0), textcoords='offset points', va='center',
-                fontsize=7)
+    ax.annotate(text(y), (x, y), xytext=(7, 3 if above else -3), textcoords='offset points',
+                va='bottom' if above else 'top', fontsize=7)
+
+
+def _legend_beside(ax, **kwargs):
+  """The legend right of the axes, where it hides no point or label."""
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+            **kwargs)
 
 
 def mask_distance_plot(distances: Sequence[Optional[float]], path: str,
@@ -114,19 +121,24 @@ def mask_distance_plot(distances: Sequence[Optional[float]], path: str,
   tests (the largest pairwise distance among the last `window` epochs' masks) against its
   threshold; the epoch the rule fired is marked. The first distance exists from epoch 2 on: a
   shorter pretraining gets a plot that says so."""
+  return save_figure(mask_distance_figure(distances, threshold, window_max, stop_epoch), path)
+
+
+def mask_distance_figure(distances, threshold=None, window_max=None, stop_epoch=None):
+  """The figure `mask_distance_plot` saves."""
   fig = _figure()
   ax = fig.add_subplot()
   epochs = len(distances)
   few = epochs <= FEW_POINTS
   measured = []
   for values, marker, label in ((distances, 'o', 'distance to previous epoch'),
-                                (window_max or (), 's', 'window maximum (what the rule tests)')):
+                                (window_max or (), 's', 'window maximum\n(what the rule tests)')):
     pts = [(i + 1, d) for i, d in enumerate(values) if d is not None]
     if pts:
       ax.plot(np.arange(1, len(values) + 1), [np.nan if d is None else d for d in values],
               marker=marker, ms=7 if few else (4 if marker == 's' else 6), label=label)
       if few:
-        _label_points(ax, pts, lambda y: f'{y:.3f}')
+        _label_points(ax, pts, lambda y: f'{y:.3f}', above=marker == 'o')
       measured += [d for _, d in pts]
   if threshold is not None:
     ax.axhline(threshold, color='tab:red', ls='--', label=f'threshold {threshold:g}')
@@ -139,19 +151,20 @@ def mask_distance_plot(distances: Sequence[Optional[float]], path: str,
   top = max(measured + ([threshold] if threshold is not None else []), default=0.0)
   ax.set_ylim(0.0, 1.2 * top if top > 0 else 0.1)  # a fraction of the channels: from 0
   if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8)
+    _legend_beside(ax)
   ax.set_xlabel('pretraining epoch')
   ax.set_ylabel('normalized Hamming distance')
   ax.set_title('Pruning mask distance (Early-Bird, You et al. 2020)', fontsize=10)
   ax.grid(alpha=0.3)
   _epoch_axis(ax, epochs)
-  return save_figure(fig, path)
+  return fig
 
 
-# (results key, line style, marker, open marker, text beside a point) of stage_curves' series.
-_CURVES = (('train_accuracy', '--', 's', True, 'train {:.4f}'),
-           ('test_accuracy', '-', 'o', False, 'test {:.4f}'),
-           ('train_loss', '-', 'o', False, 'loss {:.4f}'))
+# (results key, line style, marker, open marker, text beside a point, text above the point) of
+# stage_curves' series.
+_CURVES = (('train_accuracy', '--', 's', True, 'train {:.4f}', False),
+           ('test_accuracy', '-', 'o', False, 'test {:.4f}', True),
+           ('train_loss', '-', 'o', False, 'loss {:.4f}', True))
 
 
 def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curves') -> str:
@@ -159,6 +172,11 @@ def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curv
   epoch axis. stages: [(name, history rows)] (rows as metrics.jsonl: epoch, train_loss,
   train_accuracy, test_accuracy). Train accuracy is dashed with open squares, test accuracy
   solid with dots; with at most FEW_POINTS epochs every point is labelled with its value."""
+  return save_figure(stage_curves_figure(stages, title), path)
+
+
+def stage_curves_figure(stages: Sequence[tuple], title: str = 'Training curves'):
+  """The figure `stage_curves` saves."""
   fig = _figure(7.5, 5.0)
   acc_ax, loss_ax = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
   colors = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown',
@@ -166,11 +184,11 @@ def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curv
   drawn = [(name, history) for name, history in stages if history]
   total = sum(len(history) for _, history in drawn)
   few = total <= FEW_POINTS
-  offset, accuracies = 0, []
+  offset, accuracies, losses = 0, [], []
   for i, (name, history) in enumerate(drawn):
     xs = np.arange(offset + 1, offset + len(history) + 1)
     color = colors[i % len(colors)]
-    for key, style, marker, hollow, text in _CURVES:
+    for key, style, marker, hollow, text, above in _CURVES:
       ax = loss_ax if key == 'train_loss' else acc_ax
       pts = [(x, h.get(key)) for x, h in zip(xs, history) if h.get(key) is not None]
       if not pts:
@@ -180,9 +198,8 @@ def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curv
       ax.plot(*zip(*pts), style, marker=marker, ms=7 if few else 3, color=color, label=label,
               mfc='white' if hollow else color)
       if few:
-        _label_points(ax, pts, text.format)
-      if ax is acc_ax:
-        accuracies += [y for _, y in pts]
+        _label_points(ax, pts, text.format, above)
+      (accuracies if ax is acc_ax else losses).extend(y for _, y in pts)
     if offset:
       for ax in (acc_ax, loss_ax):
         ax.axvline(offset + 0.5, color='k', lw=0.6, alpha=0.5)
@@ -191,7 +208,7 @@ def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curv
   acc_ax.plot([], [], 'k-', marker='o', label='test (solid, dots)')
   if few and accuracies:  # a point or two: a readable band around them, not matplotlib's ±5 %
     acc_ax.set_ylim(max(0.0, min(accuracies) - 0.05), min(1.0, max(accuracies) + 0.05) + 0.01)
-  loss_ax.set_ylim(bottom=0.0)
+  loss_ax.set_ylim(0.0, 1.15 * max(losses, default=1.0) or 1.0)  # room above the first loss
   acc_ax.set_ylabel('accuracy')
   acc_ax.set_title(title, fontsize=10)
   loss_ax.set_ylabel('training loss')
@@ -199,10 +216,10 @@ def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curv
   for ax in (acc_ax, loss_ax):
     ax.grid(alpha=0.3)
     _epoch_axis(ax, offset)
-  acc_ax.legend(fontsize=7, ncol=2)
+  _legend_beside(acc_ax)
   if len(drawn) > 1:
-    loss_ax.legend(fontsize=7, ncol=2)
-  return save_figure(fig, path)
+    _legend_beside(loss_ax)
+  return fig
 
 
 def sensitivity_plot(rows: Sequence[Mapping], path: str, *, x_key: str, x_label: str,

@@ -22,9 +22,9 @@ from qprune.records import result_field
 FEW_POINTS = 3
 
 
-def _figure(width: float = 6.4, height: float = 4.0, layout: Optional[str] = 'constrained'):
+def _figure(width: float = 6.4, height: float = 4.0, constrained: bool = True):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  return Figure(figsize=(width, height), dpi=100, layout=layout)
+  return Figure(figsize=(width, height), dpi=100, layout='constrained' if constrained else None)
 
 
 def save_figure(fig, path: str) -> str:
@@ -303,7 +303,7 @@ def sweep_plots(results_list: Sequence[Mapping], out_dir: str) -> list:
 # The research book's figures (reproduce/results.py picks the points; drawn here like the rest).
 
 def _book_figure():
-  return _figure(6.0, 4.0, layout=None)
+  return _figure(6.0, 4.0, constrained=False)
 
 
 def _save_book_figure(fig, ax, path: str, legend_fontsize: Optional[int] = None) -> str:

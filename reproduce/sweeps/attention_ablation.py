@@ -90,10 +90,10 @@ def plan(data: str, out: str, kind: str, seeds: Sequence[int] = (0, 1, 2),
             f'--config.prune.decide_from={gated}')
       # After each ratio, so a machine lost mid-seed keeps the ratios already done; --merge keeps
       # the seeds already in the table, also those of machines whose workdirs are gone.
-      table = (PYTHON, '-m', 'reproduce.ablation', f'--runs={root}', f'--command={command(kind)}')
+      table = [PYTHON, '-m', 'reproduce.ablation', f'--runs={root}', f'--command={command(kind)}']
       if group:
-        table += (f'--out={group}/attention_ablation.json', '--merge')
-      steps.append(Step(table))
+        table += [f'--out={group}/attention_ablation.json', '--merge']
+      steps.append(Step(tuple(table)))
       if group:
         steps.append(write_book())
   return steps

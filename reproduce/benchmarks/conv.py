@@ -1,7 +1,7 @@
 """Per-shape conv benchmark: forward, input-grad and kernel-grad GFLOP/s, 'xla' vs 'fast'.
 
     python -m reproduce.benchmarks.conv [--json] [--batch=128,256] [--reps=5]
-                                     [--shapes=resnet20,lenet5,vgg]
+                                        [--shapes=resnet20,lenet5,vgg]
 
 Every variant of a shape is timed in the same process, interleaved round by round (the machine is
 shared, so timings drift); each number is warm (compile excluded), block_until_ready'd, the median

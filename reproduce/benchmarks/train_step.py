@@ -2,7 +2,7 @@ r"""Warm train-step throughput of zoo models: qprune's fast path versus plain Fl
 
   python -m reproduce.benchmarks.train_step --model=resnet20 --batch_size=256 [--json]
   python -m reproduce.benchmarks.train_step --model=all --batch_size=32
-  python -m reproduce.benchmarks.train_step --variants=qprune,qprune_4k,xla_conv,plain  # attribution
+  python -m reproduce.benchmarks.train_step --variants=qprune,qprune_4k,xla_conv,plain  # why
 
 Times the real jitted train step of `qprune.train` (SGD momentum, weight decay, BatchNorm,
 on-device batch gather and augmentation) on random uint8 images. Variants:

@@ -21,6 +21,7 @@ from qprune.models import spec as spec_lib
 from qprune.ops import conv as conv_lib
 from qprune.prune import criteria, decision
 from qprune.prune.search import SEARCH_METHODS
+from qprune.quant.inq import DEFAULT_SCHEDULE
 from qprune.quant.rules import TARGET_RULES
 from qprune.train import optim
 from qprune.train.loop import TrainOptions
@@ -153,7 +154,7 @@ def quant_config() -> ml_collections.ConfigDict:
                                       # error <= tolerance
   q.bits_budget = placeholder(float)  # kmeans/optimal: average bits per weight over the network
   q.k_max = 8
-  q.schedule = (0.5, 0.75, 0.875, 1.0)
+  q.schedule = DEFAULT_SCHEDULE
   q.retrain_epochs = 1     # per schedule step
   q.final_epochs = 0       # after the last snap: epochs training only what stays float (BN, biases)
   q.learning_rate = 0.01

@@ -1,16 +1,19 @@
 """Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half.
 
-Each writer fills a temp file in the target's folder, then `os.replace`s it over the target.
-`read_json` turns a damaged file (truncated, not JSON, the wrong shape) into one
-`DamagedFileError` naming it; `os_error_message` words an OSError for the one-line report.
+The one writer of the project (`write_bytes_atomic`; `write_text_atomic`, `write_json_atomic`,
+`write_lines_atomic` on top of it): it fills a temp file in the target's folder, then
+`os.replace`s it over the target, and removes the temp file when anything fails. `read_json` is
+the one JSON reader: a damaged file (truncated, not JSON, the wrong shape) becomes one
+`DamagedFileError` naming it. `os_error_message` words an OSError for the one-line report.
+
+Standard library only at import (numpy is imported only to serialize an array), so the sweep
+collector run by path and the research harness use the same writer without starting numpy/JAX.
 """
 import errno
 import json
 import os
 import tempfile
 from typing import Any, Iterable, Optional
-
-import numpy as np
 
 from qprune.errors import DamagedFileError, UserError
 
@@ -33,17 +36,25 @@ def write_bytes_atomic(path: str, data: bytes) -> int:
 
 
 def _json_default(o):
-  if isinstance(o, (np.generic, np.ndarray)) or hasattr(o, '__array__'):
+  """numpy scalars and arrays (and jax arrays: anything with `__array__`) as JSON lists/numbers."""
+  if hasattr(o, '__array__') or type(o).__module__ == 'numpy':
+    import numpy as np  # pylint: disable=g-import-not-at-top  (only objects from numpy get here)
     return np.asarray(o).tolist()
   raise TypeError(f'not JSON serializable: {type(o).__name__}')
 
 
-def write_json_atomic(path: str, obj: Any):
-  write_bytes_atomic(path, (json.dumps(obj, indent=2, default=_json_default) + '\n').encode())
+def write_text_atomic(path: str, text: str) -> int:
+  """Writes `text` (UTF-8) to `path` atomically; returns the size on disk."""
+  return write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: str, obj: Any, indent: Optional[int] = 2):
+  """`obj` as JSON (numpy values as lists/numbers) plus a newline, atomically."""
+  write_text_atomic(path, json.dumps(obj, indent=indent, default=_json_default) + '\n')
 
 
 def write_lines_atomic(path: str, lines: Iterable[str]):
-  write_bytes_atomic(path, ''.join(line + '\n' for line in lines).encode())
+  write_text_atomic(path, ''.join(line + '\n' for line in lines))
 
 
 # The run files every workdir (and pipeline stage) holds: the keys each must have to be usable

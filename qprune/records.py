@@ -316,6 +316,18 @@ def from_json(data: Union[dict, Results]) -> Results:
   return RECORDS.get(data.get('mode'), Results).from_json(data)
 
 
+def result_field(results: Any, key: str):
+  """results[key] of a results.json object, else the value in the last pipeline stage that has
+  it, else None (how the sweep collector and its plots read a column of any mode)."""
+  if results.get(key) is not None:
+    return results[key]
+  stages = results.get('stages') or {}
+  for stage in reversed(list(stages.values()) if isinstance(stages, dict) else []):
+    if isinstance(stage, dict) and stage.get(key) is not None:
+      return stage[key]
+  return None
+
+
 def _metadata(cls, name: str) -> dict:
   for f in dataclasses.fields(cls):
     if f.name == name:

@@ -1,7 +1,8 @@
-"""The package's layering: every module imports only from lower layers (README, Architecture).
+"""The package's layering: every module imports only from lower layers (docs/architecture.md).
 
 A failure names the import that points up (or sideways between siblings): move the shared piece
-down, or the importing code up.
+down, or the importing code up. Imports made inside functions count like any other: a deferred
+import is still a dependency. Inside a unit, modules import each other without a circle.
 """
 import ast
 import os
@@ -19,7 +20,7 @@ LAYERS = {
     'quant': 5, 'prune': 5,
     'artifacts': 6, 'configs': 6,
     'deploy': 7,
-    'modes': 8, 'report': 8, 'benchmarks': 8, 'export': 8,
+    'modes': 8, 'report': 8, 'export': 8,
     'main': 9,
 }
 
@@ -54,6 +55,109 @@ def import_edges():
           if unit != source:
             edges.append((os.path.relpath(path, ROOT), source, unit))
   return edges
+
+
+# Import circles between two modules of one unit that are known and being removed: each entry
+# (module, module) with why it is still there. Nothing else may be added here.
+KNOWN_CIRCLES = {
+    # derive_groups dispatches to the tracer, which builds the group types: the tracer's types
+    # move into their own module on the nnx branch; the lead removes this entry when it merges.
+    ('qprune.prune.groups', 'qprune.prune.trace'),
+}
+
+
+def module_graph(root: str = ROOT):
+  """{module: {qprune modules it imports}} over every import statement, function-level ones
+  included (`from qprune.a import b` names the module qprune.a.b where that is one)."""
+  paths = {}
+  for folder, _, names in os.walk(root):
+    for name in names:
+      if name.endswith('.py'):
+        path = os.path.join(folder, name)
+        module = 'qprune.' + os.path.relpath(path, root)[:-3].replace(os.sep, '.')
+        paths[module.removesuffix('.__init__')] = path
+  graph = {}
+  for module, path in paths.items():
+    targets = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if node.module == 'qprune' or node.module.startswith('qprune.'):
+          for alias in node.names:
+            submodule = f'{node.module}.{alias.name}'
+            targets.add(submodule if submodule in paths else node.module)
+      elif isinstance(node, ast.Import):
+        targets |= {a.name for a in node.names if a.name in paths}
+    graph[module] = {t for t in targets if t in paths and t != module}
+  return graph
+
+
+def import_circles(graph):
+  """The strongly connected sets of two or more modules (Tarjan), each sorted."""
+  index, low, stack, on_stack, circles = {}, {}, [], set(), []
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on_stack.add(v)
+    for w in sorted(graph[v]):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      members = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        members.append(w)
+        if w == v:
+          break
+      if len(members) > 1:
+        circles.append(tuple(sorted(members)))
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return circles
+
+
+def test_no_import_circles_not_even_inside_a_unit():
+  circles = [c for c in import_circles(module_graph()) if c not in KNOWN_CIRCLES]
+  assert not circles, 'import circles (break them by moving the shared piece down):\n' + \
+      '\n'.join(' <-> '.join(c) for c in circles)
+
+
+def test_the_circle_check_sees_function_level_imports(tmp_path):
+  unit = tmp_path / 'report'
+  unit.mkdir()
+  (unit / '__init__.py').write_text('')
+  (unit / 'collect.py').write_text('def f():\n  from qprune.report import plots\n')
+  (unit / 'plots.py').write_text('from qprune.report.collect import f\n')
+  (unit / 'markdown.py').write_text('import qprune.report.plots\n')
+  graph = module_graph(str(tmp_path))
+  assert graph['qprune.report.markdown'] == {'qprune.report.plots'}
+  assert import_circles(graph) == [('qprune.report.collect', 'qprune.report.plots')]
+
+
+def test_the_library_never_imports_the_research_harness():
+  offenders = []
+  for folder, _, names in os.walk(ROOT):
+    for name in (n for n in names if n.endswith('.py')):
+      path = os.path.join(folder, name)
+      for node in ast.walk(ast.parse(open(path).read())):
+        modules = ([node.module or ''] if isinstance(node, ast.ImportFrom) else
+                   [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        offenders += [f'{os.path.relpath(path, ROOT)}: {m}' for m in modules
+                      if m.split('.')[0] == 'reproduce']
+  assert not offenders, offenders
+
+
+def test_files_imports_only_the_standard_library_at_import():
+  """The collector (run by path, no JAX) and the harness share the one atomic writer."""
+  tree = ast.parse(open(os.path.join(ROOT, 'files.py')).read())
+  top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+  imported = {a.name.split('.')[0] for n in top if isinstance(n, ast.Import) for a in n.names}
+  imported |= {n.module for n in top if isinstance(n, ast.ImportFrom)}
+  assert imported <= {'errno', 'json', 'os', 'tempfile', 'typing', 'qprune.errors'}, imported
 
 
 def test_every_unit_has_a_layer():

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from qprune.benchmarks import kmeans as kmeans_bench
-from qprune.benchmarks import train_step
+from reproduce.benchmarks import kmeans as kmeans_bench
+from reproduce.benchmarks import train_step
 
 
 @pytest.mark.parametrize('variant', sorted(train_step.VARIANTS))

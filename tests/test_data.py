@@ -93,7 +93,7 @@ def test_the_cifar10_copy_is_jpeg_quality_75_with_half_resolution_colour(data_di
   chroma subsampling."""
   import io  # pylint: disable=g-import-not-at-top
   from PIL import JpegImagePlugin  # pylint: disable=g-import-not-at-top
-  from qprune.report import results as results_lib  # pylint: disable=g-import-not-at-top
+  from reproduce import results as results_lib  # pylint: disable=g-import-not-at-top
   assert 'IJG quality 75 with 4:2:0' in results_lib.DATASET_NOTES['cifar10']
   path = os.path.join(data_dir, 'cifar10.tar.gz')
   if not os.path.isfile(path):
@@ -147,3 +147,98 @@ def test_crop_flip_moves_pixels_but_keeps_content(jit):
                 for cand in (padded[i], padded[i][:, ::-1]) for dy in range(9) for dx in range(9))
     assert found
   np.testing.assert_array_equal(out, fn(jax.random.PRNGKey(0), images))
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundled MNIST sample: what a run without data reads.
+
+def _no_tfds(monkeypatch):
+  """TFDS unable to provide the data (no TensorFlow or no network), whatever this machine has."""
+  monkeypatch.setattr(sources, '_tfds_available', lambda name: (False, 'no network'))
+
+
+def test_without_data_mnist_falls_back_to_the_bundled_sample_and_says_so(monkeypatch, capsys):
+  from qprune import errors  # pylint: disable=g-import-not-at-top
+  _no_tfds(monkeypatch)
+  errors.collected_warnings(clear=True)
+  arrays = sources.load_arrays('mnist')
+  (train_x, train_y), (test_x, test_y) = arrays['train'], arrays['test']
+  assert train_x.shape == (6000, 28, 28, 1) and test_x.shape == (1000, 28, 28, 1)
+  assert train_x.dtype == np.uint8 and train_y.dtype == np.int32
+  assert sources.check_arrays(arrays, sources.dataset_info('mnist')) is None
+  assert np.bincount(train_y).min() > 500 and np.bincount(test_y).min() > 80  # every class
+  line = ('data: using the bundled MNIST sample (6,000 train / 1,000 test); pass '
+          '--config.data_dir for the full set')
+  assert capsys.readouterr().err == f'qprune: warning: {line}\n'
+  assert errors.collected_warnings(clear=True) == [line]  # results.json records it
+  assert os.path.getsize(sources.SAMPLE_FILES['mnist']) < 2_000_000
+
+
+def test_the_sample_never_replaces_a_data_dir_nor_another_dataset(tmp_path, monkeypatch):
+  _no_tfds(monkeypatch)
+  with pytest.raises(sources.DataNotFoundError, match='mnist.tar.gz'):
+    sources.load_arrays('mnist', str(tmp_path))  # the folder asked for, or an error
+  with pytest.raises(sources.DataNotFoundError, match=r"'cifar10' not found.*\(no network\)"):
+    sources.load_arrays('cifar10')
+
+
+def test_a_damaged_sample_is_one_clear_error(tmp_path, monkeypatch):
+  _no_tfds(monkeypatch)
+  damaged = tmp_path / 'mnist_sample.npz'
+  damaged.write_bytes(b'PK\x03\x04 not really')
+  monkeypatch.setitem(sources.SAMPLE_FILES, 'mnist', str(damaged))
+  with pytest.raises(sources.DataError, match='bundled mnist sample\\) is damaged'):
+    sources.load_arrays('mnist')
+
+
+def test_without_tensorflow_tfds_is_not_tried():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('tensorflow') is not None:
+    pytest.skip('TensorFlow is installed here')
+  assert sources._tfds_available('mnist') == (  # pylint: disable=protected-access
+      False, 'TensorFlow is not installed (the tfds extra)')
+
+
+def test_the_sample_ships_in_the_package():
+  from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO_ROOT, 'setup.cfg')) as f:
+    setup = f.read()
+  assert '[options.package_data]\n' in setup and 'qprune.data = mnist_sample.npz' in setup
+
+
+@pytest.mark.real_data
+def test_the_sample_is_rebuilt_byte_for_byte_from_full_mnist(data_dir, cache_dir):
+  """tools/make_mnist_sample.py, run on the full MNIST, gives exactly the shipped file: the
+  first 6,000 training and 1,000 test images, unchanged."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'make_mnist_sample', os.path.join(REPO_ROOT, 'tools', 'make_mnist_sample.py'))
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  with open(sources.SAMPLE_FILES['mnist'], 'rb') as f:
+    assert tool.sample_bytes(data_dir, cache_dir) == f.read()
+
+
+def test_the_main_command_trains_without_any_data(tmp_path):
+  """README's main command with no data_dir, no $QPRUNE_DATA_DIR and no TensorFlow: it trains on
+  the bundled sample and says so once."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('tensorflow') is not None:
+    pytest.skip('TensorFlow is installed here: TFDS would be tried first')
+  env = {k: v for k, v in os.environ.items() if k != 'QPRUNE_DATA_DIR'}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'qprune.main', '--config=configs/mnist_lenet5.py',
+       f'--workdir={tmp_path / "w"}', '--config.epochs=1', '--config.train_subset=512',
+       '--config.eval_subset=256', '--config.progress=False'],
+      capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stderr.count('data: using the bundled MNIST sample (6,000 train / 1,000 test)') == 1
+  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert results['dataset'] == 'mnist' and results['test_accuracy'] > 0.2  # chance: 0.1
+  recorded = json.load(open(tmp_path / 'w' / 'results.json'))
+  assert any('bundled MNIST sample' in w for w in recorded.get('warnings') or [])

@@ -149,7 +149,7 @@ def test_quantize_mode_targets_respect_exclude():
 
 def test_target_error_table(rng):
   """report.target_errors: per layer and k, optimal <= k-means and <= INQ's rule where b fits."""
-  from qprune.report import target_errors  # pylint: disable=g-import-not-at-top
+  from reproduce import target_errors  # pylint: disable=g-import-not-at-top
   params = {'a': {'kernel': rng.normal(0, 0.1, (3, 3, 4, 8)).astype(np.float32)},
             'b': {'kernel': rng.laplace(0, 0.05, (64, 10)).astype(np.float32)}}
   rows = target_errors.layer_errors(params, ks=(1, 2, 3))

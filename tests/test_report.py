@@ -229,3 +229,29 @@ def test_collector_without_job_list(tmp_path):
   assert set(table) == {'x/run1', 'run2'}
   assert table['run2']['bits_per_weight'] == '3.5' and table['run2']['macs'] == '10'
   assert collect_lib.main([str(tmp_path / 'missing')]) == 2
+
+
+def test_one_epoch_plots_read_on_a_whole_epoch_axis_with_labelled_points():
+  """A 1-epoch run: the epoch axis is 0.5..1.5 with the one tick 1 (not 0.945-1.05), each point
+  is drawn large and labelled with its value; a mask-distance plot with no distance yet says
+  why instead of showing an empty -0.045..0.045 axis."""
+  from qprune.report import plots  # pylint: disable=g-import-not-at-top
+  history = [{'epoch': 1, 'train_loss': 0.75, 'train_accuracy': 0.79, 'test_accuracy': 0.92}]
+  fig = plots.stage_curves_figure([('train', history)])
+  acc, loss = fig.axes
+  fig.canvas.draw()
+  for ax in (acc, loss):
+    assert ax.get_xlim() == (0.5, 1.5)
+    assert [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
+  assert {t.get_text() for t in acc.texts} == {'train 0.7900', 'test 0.9200'}
+  assert loss.get_ylim()[0] == 0.0 and loss.get_ylim()[1] > 0.75
+  assert all(line.get_markersize() >= 6 for line in acc.lines if len(line.get_xdata()))
+  fig = plots.mask_distance_figure([None], threshold=0.1, window_max=[None])
+  (ax,) = fig.axes
+  assert ax.get_xlim() == (0.5, 1.5) and ax.get_ylim() == (0.0, pytest.approx(0.12))
+  assert 'no distance yet' in ax.texts[0].get_text()
+  # A long run keeps its plain lines: no value labels, small markers.
+  long = [{'epoch': e, 'train_loss': 1 / e, 'train_accuracy': 0.9, 'test_accuracy': 0.9}
+          for e in range(1, 161)]
+  acc, _ = plots.stage_curves_figure([('train', long)]).axes
+  assert acc.get_xlim() == (0.5, 160.5) and not acc.texts

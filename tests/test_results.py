@@ -2,11 +2,13 @@
 re-measures to its recorded accuracy, no machine-local paths."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from qprune.report import results as results_lib
+from qprune.report import publish as publish_lib
+from reproduce import results as results_lib
 
 from conftest import REPO_ROOT
 
@@ -22,7 +24,7 @@ def test_results_md_is_in_sync_with_the_run_folders():
   with open(os.path.join(REPO_ROOT, 'RESULTS.md')) as f:
     committed = f.read()
   assert committed == results_lib.render(RESULTS_DIR), (
-      'RESULTS.md is out of date: run python -m qprune.report.results write')
+      'RESULTS.md is out of date: run python -m reproduce.results write')
 
 
 def test_published_folders_are_self_contained():
@@ -40,7 +42,7 @@ def test_published_folders_are_self_contained():
         with open(os.path.join(folder, name)) as f:
           assert '/work/' not in f.read(), f'{run.path}/{name}'
     assert (run.results.command or '').startswith('python -m qprune.main'), run.path
-    export = results_lib.export_path(run.results)
+    export = publish_lib.export_path(run.results)
     if export:
       assert os.path.isfile(os.path.join(folder, export))
     else:
@@ -58,7 +60,7 @@ def test_published_mnist_models_reproduce_their_accuracy(data_dir, cache_dir):
   data = pipeline.load_data('mnist', data_dir, cache_dir=cache_dir)
   for run in runs:
     folder = os.path.join(RESULTS_DIR, run.path)
-    export = results_lib.export_path(run.results)
+    export = publish_lib.export_path(run.results)
     if export:
       model, variables = qprune.load_quantized(os.path.join(folder, export))
       kernels = [np.asarray(v) for path, v in _flat(variables['params']) if path[-1] == 'kernel']
@@ -91,7 +93,7 @@ def test_publish_copies_a_run_without_checkpoints(tmp_path):
       'mode': 'quantize', 'export_path': str(work / 'model.qpq'), 'test_accuracy': 0.9,
       'machine': None, 'a_future_key': [1]}))
   dest = tmp_path / 'results' / 'mnist_lenet5' / 'optimal_k1'
-  files = results_lib.publish(str(work), str(dest), command='python -m qprune.main --x',
+  files = publish_lib.publish(str(work), str(dest), command='python -m qprune.main --x',
                               machine='cpu')
   assert files == ['config.json', 'model.qpq', 'plots', 'report.md', 'results.json']
   # The run's own file, not its record re-serialized: keys in their order, none added but the
@@ -99,12 +101,94 @@ def test_publish_copies_a_run_without_checkpoints(tmp_path):
   assert (dest / 'results.json').read_text() == json.dumps({
       'mode': 'quantize', 'export_path': 'model.qpq', 'test_accuracy': 0.9, 'machine': 'cpu',
       'a_future_key': [1], 'command': 'python -m qprune.main --x'}, indent=1) + '\n'
-  results_lib.publish(str(work), str(dest))  # republished: the filled-in header is kept
+  publish_lib.publish(str(work), str(dest))  # republished: the filled-in header is kept
   published = json.loads((dest / 'results.json').read_text())
   assert published['machine'] == 'cpu' and published['command'] == 'python -m qprune.main --x'
   assert str(work) not in (dest / 'report.md').read_text()
-  with pytest.raises(results_lib.ResultsError, match='missing'):
-    results_lib.publish(str(tmp_path / 'nowhere'), str(tmp_path / 'x'))
+  with pytest.raises(publish_lib.PublishError, match='missing'):
+    publish_lib.publish(str(tmp_path / 'nowhere'), str(tmp_path / 'x'))
+
+
+def _finished_run(folder, accuracy=0.9):
+  """A finished train run's folder as the binary leaves it (checkpoints and metrics included)."""
+  (folder / 'model').mkdir(parents=True)
+  (folder / 'model' / 'weights').write_bytes(b'w')
+  (folder / 'model.json').write_text('{}')
+  (folder / 'checkpoints').mkdir()
+  (folder / 'metrics.jsonl').write_text('{"epoch": 1}\n')
+  (folder / 'results.json').write_text(json.dumps({'mode': 'train', 'test_accuracy': accuracy}))
+  return folder
+
+
+def _tree(folder):
+  return sorted(str(p.relative_to(folder)) for p in folder.rglob('*'))
+
+
+def test_publish_refuses_to_replace_what_it_did_not_publish(tmp_path, capsys):
+  """Another run's workdir, a folder of other files, a file, the run itself or a folder holding
+  it: refused with one line, every file left as it was."""
+  work = _finished_run(tmp_path / 'runs' / 'a')
+  other = _finished_run(tmp_path / 'runs' / 'b', accuracy=0.5)
+  notes = tmp_path / 'notes'
+  notes.mkdir()
+  (notes / 'todo.txt').write_text('keep me')
+  a_file = tmp_path / 'file.txt'
+  a_file.write_text('keep me too')
+  before = _tree(tmp_path)
+  for dest, match in ((other, 'not a published folder .*metrics.jsonl'),
+                      (notes, 'not a published folder .*no results.json'),
+                      (a_file, 'not a folder'), (work, 'itself or a folder holding it'),
+                      (work.parent, 'itself or a folder holding it'),
+                      (tmp_path, 'itself or a folder holding it'),
+                      (work / 'published', 'inside the run')):
+    with pytest.raises(publish_lib.PublishError, match=match):
+      publish_lib.publish(str(work), str(dest))
+    assert publish_lib.main([f'--workdir={work}', f'--to={dest}']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('qprune: error: ') and err.count('\n') == 1, err
+  assert _tree(tmp_path) == before
+  assert json.loads((other / 'results.json').read_text())['test_accuracy'] == 0.5
+  assert (notes / 'todo.txt').read_text() == 'keep me'
+
+
+def test_republishing_swaps_in_a_complete_folder_or_keeps_the_old_one(tmp_path):
+  """A published folder is replaced only by a complete new one: a run without its model leaves
+  it as it was, and no staging folder is left beside it."""
+  work = _finished_run(tmp_path / 'run', accuracy=0.9)
+  dest = tmp_path / 'results' / 'mnist_lenet5' / 'fp'
+  dest.mkdir(parents=True)  # an empty destination is fine
+  assert publish_lib.publish(str(work), str(dest)) == ['model', 'model.json', 'results.json']
+  (work / 'results.json').write_text(json.dumps({'mode': 'train', 'test_accuracy': 0.95}))
+  publish_lib.publish(str(work), str(dest))  # republished over its earlier publication
+  assert json.loads((dest / 'results.json').read_text())['test_accuracy'] == 0.95
+  published = _tree(dest)
+  shutil.rmtree(work / 'model')
+  (work / 'results.json').write_text(json.dumps({'mode': 'train', 'test_accuracy': 0.1}))
+  with pytest.raises(publish_lib.PublishError, match='has no model: not a finished run'):
+    publish_lib.publish(str(work), str(dest))
+  assert _tree(dest) == published
+  assert json.loads((dest / 'results.json').read_text())['test_accuracy'] == 0.95
+  assert os.listdir(dest.parent) == ['fp']  # no staging or old folder left beside it
+
+
+def test_publish_sweep_checks_every_destination_before_publishing_any(tmp_path):
+  sweep = tmp_path / 'sweep'
+  for name, k in (('a', 1), ('b', 2)):
+    run = sweep / name
+    run.mkdir(parents=True)
+    (run / 'model.qpq').write_bytes(b'qpq')
+    (run / 'config.json').write_text(json.dumps({'mode': 'quantize', 'quant': {
+        'method': 'optimal', 'k': k, 'final_epochs': 1, 'retrain_epochs': 1}}))
+    (run / 'results.json').write_text(json.dumps({'mode': 'quantize',
+                                                  'export_path': str(run / 'model.qpq')}))
+  group = tmp_path / 'results' / 'mnist_lenet5'
+  _finished_run(group / 'optimal_k2')  # a workdir where the second run would go
+  with pytest.raises(publish_lib.PublishError, match='optimal_k2 is not empty'):
+    publish_lib.publish_sweep(str(sweep), str(group))
+  assert sorted(os.listdir(group)) == ['optimal_k2']  # optimal_k1 not published either
+  shutil.rmtree(group / 'optimal_k2')
+  assert publish_lib.publish_sweep(str(sweep), str(group)) == ['optimal_k1', 'optimal_k2']
+  assert (group / 'optimal_k2' / 'model.qpq').read_bytes() == b'qpq'
 
 
 def test_publish_writes_paths_in_and_beside_the_start_folder_relative_to_it(tmp_path):
@@ -123,7 +207,7 @@ def test_publish_writes_paths_in_and_beside_the_start_folder_relative_to_it(tmp_
       'mode': 'quantize', 'export_path': str(work / 'model.qpq'), 'command': command,
       'warnings': [f'rebuilt from {data}/cifar10.tar.gz']}))
   dest = checkout / 'results' / 'q'
-  results_lib.publish(str(work), str(dest), root=str(checkout))
+  publish_lib.publish(str(work), str(dest), root=str(checkout))
   published = json.loads((dest / 'results.json').read_text())
   assert published['command'] == (
       'python -m qprune.main --workdir=workdirs/q --config.init_from=results/fp '
@@ -139,10 +223,11 @@ def test_publish_writes_paths_in_and_beside_the_start_folder_relative_to_it(tmp_
 
 def test_run_names_mark_every_recipe_change():
   from qprune import configs  # pylint: disable=g-import-not-at-top
-  assert tuple(configs.quant_config().schedule) == results_lib.DEFAULT_SCHEDULE
+  from qprune.quant.inq import DEFAULT_SCHEDULE  # pylint: disable=g-import-not-at-top
+  assert tuple(configs.quant_config().schedule) == DEFAULT_SCHEDULE
   def name(**quant):
     q = {'method': 'optimal', 'k': 2, 'final_epochs': 1, 'retrain_epochs': 1, **quant}
-    return results_lib.run_name({'mode': 'quantize', 'quant': q})
+    return publish_lib.run_name({'mode': 'quantize', 'quant': q})
   assert name() == 'optimal_k2'
   assert name(zero_code=True, schedule=[0.5, 0.75, 0.875, 1.0]) == 'optimal_k2'
   assert name(zero_code=False, retrain_epochs=2) == 'optimal_k2_zero_free_retrain2'
@@ -153,9 +238,9 @@ def test_run_names_mark_every_recipe_change():
   assert name(distill_weight=0.0, distill_temperature=1.0) == 'optimal_k2'
   assert name(distill_weight=0.5, distill_temperature=1.0) == 'optimal_k2_distill0.5'
   assert name(distill_weight=1.0, distill_temperature=4.0) == 'optimal_k2_distill1_t4'
-  assert results_lib.run_name({'mode': 'train'}) == 'fp'
-  assert results_lib.run_name({'mode': 'train', 'compute_dtype': 'float32'}) == 'fp'
-  assert results_lib.run_name({'mode': 'train', 'compute_dtype': 'bfloat16'}) == 'fp_bf16'
+  assert publish_lib.run_name({'mode': 'train'}) == 'fp'
+  assert publish_lib.run_name({'mode': 'train', 'compute_dtype': 'float32'}) == 'fp'
+  assert publish_lib.run_name({'mode': 'train', 'compute_dtype': 'bfloat16'}) == 'fp_bf16'
 
 
 def _write_run(folder, results, config=None):
@@ -375,7 +460,7 @@ def test_float_layers_and_zero_free_sets_in_the_quantization_table(tmp_path):
 def test_attention_ablation_table_by_hand(tmp_path):
   """Two seeds: se_l1 beats l1 on its own (SE-gated) pretraining and on the plain one by more than
   either's spread; the training-free attention is within noise of l1."""
-  from qprune.report import ablation  # pylint: disable=g-import-not-at-top
+  from reproduce import ablation  # pylint: disable=g-import-not-at-top
   accuracies = {('l1', False): (0.90, 0.92), ('attention', False): (0.91, 0.92),
                 ('se_l1', True): (0.95, 0.96), ('random', False): (0.5, 0.6),
                 ('l1', True): (0.94, 0.94)}
@@ -417,7 +502,7 @@ def test_attention_ablation_table_by_hand(tmp_path):
 def test_attention_ablation_merges_seeds_into_the_table_it_wrote(tmp_path, capsys):
   """--merge: a table written from seed 0 grows by seed 1's runs from another folder (a machine
   whose workdirs are gone), a rerun replaces its own cell and seed, another setting is refused."""
-  from qprune.report import ablation  # pylint: disable=g-import-not-at-top
+  from reproduce import ablation  # pylint: disable=g-import-not-at-top
   def runs(folder, seed, accuracies, finetune_epochs=1):
     for criterion, accuracy in accuracies.items():
       run = tmp_path / folder / f'seed{seed}' / f'{criterion}_r0.5'

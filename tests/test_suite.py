@@ -1,4 +1,4 @@
-"""The GPU suite (qprune.benchmarks.suite): --tiny runs every section on the CPU on a synthetic
+"""The GPU suite (reproduce.benchmarks.suite): --tiny runs every section on the CPU on a synthetic
 CIFAR-10 copy in qprune's offline format, and writes one JSON with numbers or a skip reason for
 each (no timing is asserted); the full-size pipeline command is one the binary accepts."""
 import json
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from qprune.benchmarks import suite
+from reproduce.benchmarks import suite
 from qprune.data import make_folders
 
 from conftest import REPO_ROOT
@@ -32,7 +32,7 @@ def test_suite_tiny(tmp_path, rng):
   data_dir = _synthetic_cifar10(str(tmp_path), rng)
   out = tmp_path / 'out'
   env = {**os.environ, 'QPRUNE_CACHE_DIR': str(tmp_path / 'cache')}
-  proc = subprocess.run([sys.executable, '-m', 'qprune.benchmarks.suite', f'--out={out}',
+  proc = subprocess.run([sys.executable, '-m', 'reproduce.benchmarks.suite', f'--out={out}',
                          '--tiny', f'--data_dir={data_dir}'], capture_output=True, text=True,
                         timeout=1200, cwd=REPO_ROOT, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,7 +10,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qprune import models  # noqa: E402
-from qprune.benchmarks import vs_pytorch  # noqa: E402
+from reproduce.benchmarks import vs_pytorch  # noqa: E402
 
 
 @pytest.mark.parametrize('name,shape,build', [

@@ -12,7 +12,7 @@ ratio differed by 12 % in params); block-internal groups keep exactly round((1 -
 channels each, so every criterion at a ratio yields the same architecture and the comparison is
 of the choice alone.
 Ratio 0.5 removes 49.5 % of the MACs, 0.7 68.5 %.
-`configs/sweeps/prune_attention_ablation.sh DATA OUT cifar` runs the ablation (about 45 minutes
+`python -m reproduce.sweeps.attention_ablation DATA OUT cifar` runs the ablation (about 45 minutes
 per seed on 2 cores with its default criteria).
 """
 from qprune.configs import sibling_config

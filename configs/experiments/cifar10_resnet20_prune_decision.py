@@ -6,7 +6,7 @@ included: about half of the MACs removed, results.json `macs_removed`), one pret
 stop_rule=full and a snapshot after every epoch; decision runs replay it with
 prune.decide_from and differ only in when the masks are taken (stop_rule=fixed at E epochs, or
 the Early-Bird rule). Every decision is shrunk, its BatchNorm statistics re-estimated, and
-fine-tuned with the same budget. `configs/sweeps/cifar10_resnet20_prune_decision.sh` runs the
+fine-tuned with the same budget. `python -m reproduce.sweeps.prune_decision` runs the
 whole study.
 
 This file is the CPU budget: 10 pretraining epochs (cosine LR, about 35 minutes on 2 cores) and

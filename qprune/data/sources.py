@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tarfile
+import zipfile
 import zlib
 from typing import Dict, List, Optional, Tuple
 
@@ -335,14 +336,58 @@ def local_candidates(name: str, data_dir: str) -> List[str]:
   return [os.path.join(data_dir, name), os.path.join(data_dir, f'{name}.tar.gz')]
 
 
+# The bundled MNIST sample (tools/make_mnist_sample.py builds it from the full MNIST copy).
+SAMPLE_FILES = {'mnist': os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      'mnist_sample.npz')}
+
+
+def bundled_sample(name: str) -> Optional[Arrays]:
+  """The small real sample of `name` shipped inside the package (MNIST only), or None."""
+  path = SAMPLE_FILES.get(name)
+  if path is None or not os.path.isfile(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {split: (f[f'{split}_images'], f[f'{split}_labels']) for split in SPLITS}
+  except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+    arrays, problem = None, f'{type(e).__name__}: {str(e)[:120]}'
+  else:
+    problem = check_arrays(arrays, dataset_info(name))
+  if problem:
+    raise DataError(f'{path} (the bundled {name} sample) is damaged ({problem}); reinstall '
+                    f'qprune, or pass --config.data_dir=DIR with the full data set')
+  return arrays
+
+
+def _tfds_available(name: str) -> Tuple[bool, str]:
+  """(whether tfds.load can provide `name` without a data_dir, why not): it needs TensorFlow,
+  and a prepared copy in TFDS's folder or a reachable download server (probed for 3 s, so a
+  machine without network does not wait minutes for TFDS's retries)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('tensorflow') is None:
+    return False, 'TensorFlow is not installed (the tfds extra)'
+  tfds_dir = os.environ.get('TFDS_DATA_DIR') or os.path.join(os.path.expanduser('~'),
+                                                             'tensorflow_datasets')
+  if os.path.isdir(tfds_dir) and tfds_prepared(name, tfds_dir):
+    return True, ''
+  import socket  # pylint: disable=g-import-not-at-top
+  try:
+    socket.create_connection(('storage.googleapis.com', 443), timeout=3).close()
+  except OSError as e:
+    return False, f'no network to download it ({e.strerror or type(e).__name__})'
+  return True, ''
+
+
 def load_arrays(name: str, data_dir: Optional[str] = None,
                 cache_dir: Optional[str] = None, allow_download: bool = True) -> Arrays:
   """Both splits of `name` as uint8 NHWC images and int32 labels.
 
   With `data_dir`: `<data_dir>/<name>/` (image folders), `<data_dir>/<name>.tar.gz`, or a
-  TFDS-prepared copy there (no download). Without: `tfds.load(name)`, downloading if needed.
-  Image folders and tarballs are decoded once and cached under `cache_dir` (default
-  $QPRUNE_CACHE_DIR or ~/.cache/qprune).
+  TFDS-prepared copy there (no download; nothing else is tried). Without: `tfds.load(name)`
+  (a copy TFDS prepared earlier, or a download) where TensorFlow and the network allow it, else,
+  for MNIST, the small sample bundled with qprune (said so in one warning line). Image folders
+  and tarballs are decoded once and cached under `cache_dir` (default $QPRUNE_CACHE_DIR or
+  ~/.cache/qprune). docs/data.md describes the order.
   """
   info = dataset_info(name)
   cache_dir = cache_dir or default_cache_dir()
@@ -366,15 +411,24 @@ def load_arrays(name: str, data_dir: Optional[str] = None,
   if data_dir:
     tried.append(f'a TFDS-prepared {name} in {data_dir}')
     reason = 'an explicit data_dir is never downloaded into'
-  elif allow_download:
-    tried.append(f'tfds.load({name!r}) with download')
-    try:
-      return read_tfds(name, None, download=True)
-    except Exception as e:  # pylint: disable=broad-except
-      reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+  else:
+    if allow_download:
+      tried.append(f'tfds.load({name!r})')
+      available, reason = _tfds_available(name)
+      if available:
+        try:
+          return read_tfds(name, None, download=True)
+        except Exception as e:  # pylint: disable=broad-except
+          reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+    sample = bundled_sample(name)
+    if sample is not None:
+      (train, _), (test, _) = sample['train'], sample['test']
+      errors.warn(f'data: using the bundled {info.name.upper()} sample ({len(train):,} train / '
+                  f'{len(test):,} test); pass --config.data_dir for the full set')
+      return sample
   raise DataNotFoundError(
       f'dataset {name!r} not found. Tried: {", ".join(tried)} ({reason}). Fix: pass '
       f'--config.data_dir=DIR where DIR holds {name}/{{train,test}}/<label>/<images> or '
       f'{name}.tar.gz (python -m qprune.data.make_folders writes one), or run on a machine '
-      f"with internet so tensorflow-datasets can download it (needs TensorFlow: pip install "
-      f"'qprune[tfds]').")
+      f'with internet and TensorFlow so tensorflow-datasets can download it (the tfds extra: '
+      f"pip install -e '.[tfds]' in the checkout).")

@@ -5,7 +5,7 @@ fusions, and those run on a single thread unless autotuned. Measured on the 2-co
 machine (ResNet-20 CIFAR shapes, batch 256, f32): a 3x3 conv at 16x16x32 or 8x8x64 runs at 55-70
 GFLOP/s on one core through YNNPACK and at 110-135 GFLOP/s on both cores through XLA's own (Eigen)
 convolution; the ResNet-20 train step with lax convs is 2.4-2.7x faster with these options
-(`python -m qprune.benchmarks.train_step --variants=xla_conv,plain`).
+(`python -m reproduce.benchmarks.train_step --variants=xla_conv,plain`).
 Keeping YNNPACK for reductions only is what measured best: without it the BatchNorm statistics
 become slow two-stage reduce-windows, and YNNPACK's elementwise fusions cost 1.1x more than XLA's.
 

@@ -26,7 +26,7 @@ SAME conv on a 2x2 map with 512 channels, VGG's last block, runs at ~1.5 GFLOP/s
 backward). For such shapes (`fast_route`: at most 4 output positions) 'fast' computes the
 conv as one explicit im2col matmul [N*H'*W', kh*kw*C_in] @ [kh*kw*C_in, C_out] and lets autodiff
 produce its two gradient matmuls: ~90 / ~35 / ~110 GFLOP/s forward / input-grad / kernel-grad on
-that VGG conv at batch 32 (`python -m qprune.benchmarks.conv --shapes=vgg`).
+that VGG conv at batch 32 (`python -m reproduce.benchmarks.conv --shapes=vgg`).
 
 A third: unpadded convs (LeNet-5's 5x5 VALID, 1x1s). XLA's own kernel gradient is fine there, but
 its input gradient, a transposed conv, is not: on LeNet-5's conv2 (20->50, 12x12 -> 8x8, batch
@@ -249,7 +249,7 @@ def fast_route(in_hw, kernel_hw, strides, padding, dtype=jnp.float32) -> str:
   gradient), else 'vjp' (XLA's conv with `kernel_grad`) in float32 and plain 'xla' in 16-bit
   floats: there `kernel_grad` is the slower one. The ResNet-20 train step (batch 256, bfloat16,
   2-core Intel Xeon with AVX-512 BF16, huge-page malloc on both sides) ran at 201.5 img/s with
-  it and 332.5 img/s without (`python -m qprune.benchmarks.train_step --dtype=bfloat16
+  it and 332.5 img/s without (`python -m reproduce.benchmarks.train_step --dtype=bfloat16
   --variants=qprune,xla_conv_huge`, before this rule), while LeNet-5's 'col2im' route stays
   faster than XLA's conv in bfloat16: 3,626 against 2,974 img/s (the same command with
   `--model=lenet5 --batch_size=128`)."""

@@ -6,7 +6,7 @@ step page-faults that memory in again, 4 KiB at a time: about 0.28 of the 2 core
 time on ResNet-20 at batch 256. glibc >= 2.35 has the tunable `glibc.malloc.hugetlb=1`, which
 madvise()s the memory malloc gets as MADV_HUGEPAGE, so that with the kernel's transparent huge
 pages in 'madvise' mode it is faulted in 2 MiB at a time: ResNet-20 at batch 256 trained at 267
-vs 222 img/s here (`python -m qprune.benchmarks.train_step --variants=qprune,qprune_4k`).
+vs 222 img/s here (`python -m reproduce.benchmarks.train_step --variants=qprune,qprune_4k`).
 
 glibc reads tunables only at process start, so `reexec_with_hugepages()` re-executes the binary
 once, with the tunable added to GLIBC_TUNABLES, before it has done any work. It is a no-op when

@@ -1,5 +1,5 @@
 """Reports of runs and sweeps: report.md with per-layer tables and PNG plots, sensitivity scans,
-and the batch collector launch.sh uses.
+the batch collector launch.sh uses, and publishing a finished run.
 
   write_report(workdir, results, variables=None, targets=None) -> 'workdir/report.md'
   quant_sensitivity(model, variables, split, ks=(1, 2, 3, 4)) -> rows (one per layer, k)
@@ -7,6 +7,7 @@ and the batch collector launch.sh uses.
   write_sensitivity(rows, workdir, 'quant' | 'prune') -> 'workdir/sensitivity_<kind>.md'
   sweep_plots(results_list, out_dir) -> [accuracy_vs_bits.png, accuracy_vs_macs.png]
   python -m qprune.report.collect OUT -> OUT/summary.md, OUT/summary.csv
+  python -m qprune.report.publish --workdir=W --to=DIR -> a small, self-contained copy of W
 """
 from qprune.report.collect import write_summary
 from qprune.report.markdown import REPORT_MD, render, write_report, write_sensitivity

@@ -12,11 +12,9 @@ draws accuracy vs bits per weight and vs MACs (`OUT/plots/`, needs matplotlib).
 import argparse
 import csv
 import io
-import json
 import os
 import sys
-import tempfile
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Optional
 
 if __name__ == '__main__' and sys.path and (
     os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))):
@@ -24,7 +22,8 @@ if __name__ == '__main__' and sys.path and (
   # qprune (records.py: standard library only) is importable without installing it.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from qprune import records  # noqa: E402  (standard library only, no JAX)
+from qprune import files, records  # noqa: E402  (standard library only, no JAX)
+from qprune.errors import DamagedFileError  # noqa: E402
 
 JOBS_TSV = 'jobs.tsv'
 LOGS_DIR = 'logs'
@@ -38,23 +37,13 @@ RESULT_COLUMNS = tuple((name, name) for name in records.COLUMNS)
 ALWAYS = ('job', 'status')
 
 
-def result_field(results: Mapping, key: str):
-  """results[key], else the value in the last pipeline stage that has it, else None."""
-  if results.get(key) is not None:
-    return results[key]
-  stages = results.get('stages') or {}
-  for stage in reversed(list(stages.values()) if isinstance(stages, Mapping) else []):
-    if isinstance(stage, Mapping) and stage.get(key) is not None:
-      return stage[key]
-  return None
-
-
-def _read_json(path: str) -> Optional[dict]:
+def _read_results(path: str) -> Optional[dict]:
+  """A run's results.json, or None where it is missing or damaged (that run is not finished)."""
   try:
-    with open(path) as f:
-      return json.load(f)
-  except (FileNotFoundError, json.JSONDecodeError):
+    results = files.read_json(path, required=())
+  except DamagedFileError:
     return None
+  return results
 
 
 def read_jobs(out: str) -> Optional[List[Dict[str, str]]]:
@@ -94,21 +83,21 @@ def collect(out: str) -> List[dict]:
       workdir = job['workdir'] or os.path.join(out, job['name'])
       if not os.path.isabs(workdir) and not os.path.exists(workdir):
         workdir = os.path.join(out, workdir)
-      results = _read_json(os.path.join(workdir, 'results.json'))
+      results = _read_results(os.path.join(workdir, 'results.json'))
       rows.append({'job': job['name'], 'status': _status(out, job['name'], results),
                    'config': job['config'], 'seed': job['seed'], 'overrides': job['overrides'],
                    '_results': results})
   else:
     for folder, _, names in sorted(os.walk(out)):
       if 'results.json' in names:
-        results = _read_json(os.path.join(folder, 'results.json'))
+        results = _read_results(os.path.join(folder, 'results.json'))
         rows.append({'job': os.path.relpath(folder, out) if folder != out else '.',
                      'status': 'ok' if results is not None else 'unreadable',
                      '_results': results})
   for row in rows:
     found = row['_results'] or {}
     for column, key in RESULT_COLUMNS:
-      row[column] = result_field(found, key)
+      row[column] = records.result_field(found, key)
   return rows
 
 
@@ -147,19 +136,6 @@ def to_csv(rows: List[dict], columns: List[str]) -> str:
   return buffer.getvalue()
 
 
-def _write_atomic(path: str, text: str):
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp-')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def write_summary(out: str, plots: bool = False) -> List[dict]:
   """Writes OUT/summary.md and OUT/summary.csv (and with plots=True OUT/plots/*.png)."""
   rows = collect(out)
@@ -168,8 +144,8 @@ def write_summary(out: str, plots: bool = False) -> List[dict]:
   md = f'# Sweep summary: {os.path.abspath(out)}\n\n' + to_markdown(rows, columns)
   md += f'\n{len(rows) - len(failed)} of {len(rows)} jobs ok'
   md += (f'; not ok: {", ".join(failed)}\n' if failed else '\n')
-  _write_atomic(os.path.join(out, SUMMARY_MD), md + write_seed_summary(out, rows))
-  _write_atomic(os.path.join(out, SUMMARY_CSV), to_csv(rows, columns))
+  files.write_text_atomic(os.path.join(out, SUMMARY_MD), md + write_seed_summary(out, rows))
+  files.write_text_atomic(os.path.join(out, SUMMARY_CSV), to_csv(rows, columns))
   if plots:
     results = [dict(r['_results'], job=r['job']) for r in rows if r['_results']]
     try:
@@ -255,7 +231,7 @@ def write_seed_summary(out: str, rows: List[dict]) -> str:
   columns = ['group', 'n', 'jobs'] + [k for c, _ in RESULT_COLUMNS
                                       for k in (f'{c}_mean', f'{c}_std')
                                       if any(f'{c}_mean' in g for g in groups)]
-  _write_atomic(os.path.join(out, SEEDS_CSV), to_csv(groups, columns))
+  files.write_text_atomic(os.path.join(out, SEEDS_CSV), to_csv(groups, columns))
   return ('\n## Over seeds: mean ± sample std (n = finished jobs / jobs)\n\n' +
           seeds_markdown(groups))
 

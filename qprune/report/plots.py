@@ -1,8 +1,11 @@
-"""PNG plots of runs and sweeps (matplotlib, Agg; no display, no pyplot global state).
+"""Every PNG plot of the project (matplotlib, Agg; no display, no pyplot global state).
 
-Every function draws one figure from plain data (numpy arrays, results dicts), writes it
-atomically and returns the path. Figures are built with `matplotlib.figure.Figure`, whose
-`savefig` renders with the Agg backend, so nothing here touches pyplot's global backend.
+Every function draws one figure from plain data (numpy arrays, results dicts, point lists),
+writes it atomically and returns the path: report.md's per-run plots, the sweep collector's,
+and the research book's (`reproduce/results.py` passes its points here). Figures are built with
+`matplotlib.figure.Figure`, whose `savefig` renders with the Agg backend, so nothing here
+touches pyplot's global backend. Epoch axes show whole epochs with a half-epoch margin, and
+short series draw larger, labelled markers, so a 1-epoch run reads as well as a 160-epoch one.
 """
 import io
 import math
@@ -12,13 +15,16 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from qprune import files
-from qprune.report.collect import result_field
+from qprune import files, records
+from qprune.records import result_field
+
+# Series this short get bigger markers and their values written beside the points.
+FEW_POINTS = 3
 
 
-def _figure(width: float = 6.4, height: float = 4.0):
+def _figure(width: float = 6.4, height: float = 4.0, constrained: bool = True):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  return Figure(figsize=(width, height), dpi=100, layout='constrained')
+  return Figure(figsize=(width, height), dpi=100, layout='constrained' if constrained else None)
 
 
 def save_figure(fig, path: str) -> str:
@@ -86,28 +92,25 @@ def weight_histogram_grid(layers: Mapping[str, np.ndarray], targets: Mapping[str
 # ---------------------------------------------------------------------------------------------
 # Per-run curves.
 
-def line_plot(xs, series: Mapping[str, Sequence[float]], path: str, *, xlabel: str,
-              ylabel: str, title: str = '') -> str:
-  """One line per series over the shared x values (None values are skipped)."""
-  fig = _figure()
-  ax = fig.add_subplot()
-  for label, ys in series.items():
-    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
-    if pts:
-      ax.plot(*zip(*pts), marker='o', ms=3, label=label)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  if title:
-    ax.set_title(title, fontsize=10)
-  ax.grid(alpha=0.3)
-  if len(series) > 1:
-    ax.legend(fontsize=8)
-  return save_figure(fig, path)
-
-
-def _integer_ticks(ax):
+def _epoch_axis(ax, epochs: int):
+  """Whole epochs 1..`epochs` with half an epoch of margin (one epoch is not a 0.95-1.05 axis)."""
   from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlim(0.5, max(epochs, 1) + 0.5)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _label_points(ax, pts, text=lambda y: f'{y:.4g}', above: bool = True):
+  """Writes each point's value beside it (for series of at most FEW_POINTS points), a little
+  above it (or below: two series of close values keep their labels apart)."""
+  for x, y in pts:
+    ax.annotate(text(y), (x, y), xytext=(7, 3 if above else -3), textcoords='offset points',
+                va='bottom' if above else 'top', fontsize=7)
+
+
+def _legend_beside(ax, **kwargs):
+  """The legend right of the axes, where it hides no point or label."""
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+            **kwargs)
 
 
 def mask_distance_plot(distances: Sequence[Optional[float]], path: str,
@@ -116,64 +119,107 @@ def mask_distance_plot(distances: Sequence[Optional[float]], path: str,
                        stop_epoch: Optional[int] = None) -> str:
   """Early-Bird: mask distance to the previous pretraining epoch, and the quantity the stop rule
   tests (the largest pairwise distance among the last `window` epochs' masks) against its
-  threshold; the epoch the rule fired is marked."""
+  threshold; the epoch the rule fired is marked. The first distance exists from epoch 2 on: a
+  shorter pretraining gets a plot that says so."""
+  return save_figure(mask_distance_figure(distances, threshold, window_max, stop_epoch), path)
+
+
+def mask_distance_figure(distances, threshold=None, window_max=None, stop_epoch=None):
+  """The figure `mask_distance_plot` saves."""
   fig = _figure()
   ax = fig.add_subplot()
-  epochs = np.arange(1, len(distances) + 1)
-  ax.plot(epochs, [np.nan if d is None else d for d in distances], marker='o',
-          label='distance to previous epoch')
-  if window_max:
-    ax.plot(epochs[:len(window_max)], [np.nan if d is None else d for d in window_max],
-            marker='s', ms=4, label='window maximum (what the rule tests)')
+  epochs = len(distances)
+  few = epochs <= FEW_POINTS
+  measured = []
+  for values, marker, label in ((distances, 'o', 'distance to previous epoch'),
+                                (window_max or (), 's', 'window maximum\n(what the rule tests)')):
+    pts = [(i + 1, d) for i, d in enumerate(values) if d is not None]
+    if pts:
+      ax.plot(np.arange(1, len(values) + 1), [np.nan if d is None else d for d in values],
+              marker=marker, ms=7 if few else (4 if marker == 's' else 6), label=label)
+      if few:
+        _label_points(ax, pts, lambda y: f'{y:.3f}', above=marker == 'o')
+      measured += [d for _, d in pts]
   if threshold is not None:
     ax.axhline(threshold, color='tab:red', ls='--', label=f'threshold {threshold:g}')
   if stop_epoch is not None:
     ax.axvline(stop_epoch, color='tab:green', ls=':', label=f'rule fired (epoch {stop_epoch})')
-  ax.legend(fontsize=8)
+  if not measured:
+    ax.text(0.5, 0.5, f'no distance yet: {records.plural(epochs, "pretraining epoch")}; the\n'
+            'distance to the previous epoch is measured from epoch 2 on', ha='center',
+            va='center', transform=ax.transAxes, fontsize=9, color='0.3')
+  top = max(measured + ([threshold] if threshold is not None else []), default=0.0)
+  ax.set_ylim(0.0, 1.2 * top if top > 0 else 0.1)  # a fraction of the channels: from 0
+  if ax.get_legend_handles_labels()[0]:
+    _legend_beside(ax)
   ax.set_xlabel('pretraining epoch')
   ax.set_ylabel('normalized Hamming distance')
   ax.set_title('Pruning mask distance (Early-Bird, You et al. 2020)', fontsize=10)
   ax.grid(alpha=0.3)
-  _integer_ticks(ax)
-  return save_figure(fig, path)
+  _epoch_axis(ax, epochs)
+  return fig
+
+
+# (results key, line style, marker, open marker, text beside a point, text above the point) of
+# stage_curves' series.
+_CURVES = (('train_accuracy', '--', 's', True, 'train {:.4f}', False),
+           ('test_accuracy', '-', 'o', False, 'test {:.4f}', True),
+           ('train_loss', '-', 'o', False, 'loss {:.4f}', True))
 
 
 def stage_curves(stages: Sequence[tuple], path: str, title: str = 'Training curves') -> str:
   """Accuracy (train and test) and training loss per epoch, the stages one after another on one
   epoch axis. stages: [(name, history rows)] (rows as metrics.jsonl: epoch, train_loss,
-  train_accuracy, test_accuracy)."""
+  train_accuracy, test_accuracy). Train accuracy is dashed with open squares, test accuracy
+  solid with dots; with at most FEW_POINTS epochs every point is labelled with its value."""
+  return save_figure(stage_curves_figure(stages, title), path)
+
+
+def stage_curves_figure(stages: Sequence[tuple], title: str = 'Training curves'):
+  """The figure `stage_curves` saves."""
   fig = _figure(7.5, 5.0)
   acc_ax, loss_ax = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
-  offset, colors = 0, ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple',
-                       'tab:brown', 'tab:pink', 'tab:gray')
-  for i, (name, history) in enumerate(stages):
-    if not history:
-      continue
+  colors = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown',
+            'tab:pink', 'tab:gray')
+  drawn = [(name, history) for name, history in stages if history]
+  total = sum(len(history) for _, history in drawn)
+  few = total <= FEW_POINTS
+  offset, accuracies, losses = 0, [], []
+  for i, (name, history) in enumerate(drawn):
     xs = np.arange(offset + 1, offset + len(history) + 1)
     color = colors[i % len(colors)]
-    for key, style, ax in (('train_accuracy', '--', acc_ax), ('test_accuracy', '-', acc_ax),
-                           ('train_loss', '-', loss_ax)):
+    for key, style, marker, hollow, text, above in _CURVES:
+      ax = loss_ax if key == 'train_loss' else acc_ax
       pts = [(x, h.get(key)) for x, h in zip(xs, history) if h.get(key) is not None]
-      if pts:  # one legend entry per stage; the line style says train (dashed) or test
-        label = name if key != 'train_accuracy' else None
-        ax.plot(*zip(*pts), style, marker='o', ms=3, color=color, label=label)
+      if not pts:
+        continue
+      # One legend entry per stage (where there are several); the marker says train or test.
+      label = name if len(drawn) > 1 and key != 'train_accuracy' else None
+      ax.plot(*zip(*pts), style, marker=marker, ms=7 if few else 3, color=color, label=label,
+              mfc='white' if hollow else color)
+      if few:
+        _label_points(ax, pts, text.format, above)
+      (accuracies if ax is acc_ax else losses).extend(y for _, y in pts)
     if offset:
       for ax in (acc_ax, loss_ax):
         ax.axvline(offset + 0.5, color='k', lw=0.6, alpha=0.5)
     offset += len(history)
-  acc_ax.plot([], [], 'k--', label='train (dashed)')
-  acc_ax.plot([], [], 'k-', label='test (solid)')
+  acc_ax.plot([], [], 'k--', marker='s', mfc='white', label='train (dashed, open squares)')
+  acc_ax.plot([], [], 'k-', marker='o', label='test (solid, dots)')
+  if few and accuracies:  # a point or two: a readable band around them, not matplotlib's ±5 %
+    acc_ax.set_ylim(max(0.0, min(accuracies) - 0.05), min(1.0, max(accuracies) + 0.05) + 0.01)
+  loss_ax.set_ylim(0.0, 1.15 * max(losses, default=1.0) or 1.0)  # room above the first loss
   acc_ax.set_ylabel('accuracy')
   acc_ax.set_title(title, fontsize=10)
   loss_ax.set_ylabel('training loss')
-  loss_ax.set_xlabel('epoch (stages in order)')
+  loss_ax.set_xlabel('epoch (stages in order)' if len(drawn) > 1 else 'epoch')
   for ax in (acc_ax, loss_ax):
     ax.grid(alpha=0.3)
-    _integer_ticks(ax)
-  acc_ax.legend(fontsize=7, ncol=2)
-  if len(stages) > 1:
-    loss_ax.legend(fontsize=7, ncol=2)
-  return save_figure(fig, path)
+    _epoch_axis(ax, offset)
+  _legend_beside(acc_ax)
+  if len(drawn) > 1:
+    _legend_beside(loss_ax)
+  return fig
 
 
 def sensitivity_plot(rows: Sequence[Mapping], path: str, *, x_key: str, x_label: str,
@@ -251,3 +297,77 @@ def sweep_plots(results_list: Sequence[Mapping], out_dir: str) -> list:
       _scatter(points, 3, os.path.join(out_dir, 'accuracy_vs_macs.png'), 'MACs per image',
                'Accuracy vs MACs', log_x=True),
   ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The research book's figures (reproduce/results.py picks the points; drawn here like the rest).
+
+def _book_figure():
+  return _figure(6.0, 4.0, constrained=False)
+
+
+def _save_book_figure(fig, ax, path: str, legend_fontsize: Optional[int] = None) -> str:
+  ax.legend(**({'fontsize': legend_fontsize} if legend_fontsize else {}))
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  return save_figure(fig, path)
+
+
+def accuracy_vs_bits_plot(methods: Mapping[str, Sequence[tuple]], path: str, *, title: str,
+                          reference: Optional[float] = None) -> str:
+  """Test accuracy (%) vs bits per weight: per label (a target rule) every run a faint dot and a
+  line through its best run at each bit width; `reference` (full precision) a dashed line."""
+  fig = _book_figure()
+  ax = fig.add_subplot()
+  for label, points in methods.items():
+    best: dict = {}
+    for bits, accuracy in points:  # recipe variants at equal bits: the line joins the best
+      best[bits] = max(best.get(bits, accuracy), accuracy)
+    line, = ax.plot(*zip(*sorted(best.items())), marker='o', label=label)
+    xs, ys = zip(*points)
+    ax.scatter(xs, ys, color=line.get_color(), alpha=0.4, s=14)
+  if reference is not None:
+    ax.axhline(reference, color='gray', linestyle='--', label='full precision')
+  ax.set_xlabel('bits per weight')
+  ax.set_ylabel('test accuracy (%)')
+  ax.set_title(title)
+  return _save_book_figure(fig, ax, path)
+
+
+def mask_settling_plot(curves: Mapping[str, tuple], path: str, *, title: str) -> str:
+  """Per label (a pruning criterion): the masks' Hamming distance to the final masks per
+  pretraining epoch (solid, dots) and to the previous epoch's (dotted; None: not measured)."""
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  fig = _book_figure()
+  ax = fig.add_subplot()
+  for label, (to_final, to_previous) in curves.items():
+    line, = ax.plot(range(1, len(to_final) + 1), to_final, marker='o',
+                    label=f'{label}: to the final masks')
+    ax.plot(range(1, len(to_previous) + 1), [math.nan if d is None else d for d in to_previous],
+            linestyle=':', color=line.get_color(), label=f'{label}: to the previous epoch')
+  ax.set_xlabel('pretraining epoch')
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_ylabel('mask Hamming distance')
+  ax.set_title(title)
+  return _save_book_figure(fig, ax, path)
+
+
+def labelled_points_plot(points: Sequence[Mapping], path: str, *, xlabel: str, ylabel: str,
+                         title: str, reference: Optional[tuple] = None) -> str:
+  """A scatter of points drawn in order, each {'x', 'y', 'color', 'marker', 'size', 'label'
+  (legend, or None), 'text' (written beside it, or None)}; `reference` (value, label): a dashed
+  horizontal line."""
+  fig = _book_figure()
+  ax = fig.add_subplot()
+  for p in points:
+    ax.scatter(p['x'], p['y'], s=p['size'], color=p['color'], marker=p['marker'],
+               label=p.get('label'))
+    if p.get('text'):
+      ax.annotate(p['text'], (p['x'], p['y']), fontsize=7, xytext=(3, 3),
+                  textcoords='offset points')
+  if reference is not None:
+    ax.axhline(reference[0], color='gray', linestyle='--', label=reference[1])
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  return _save_book_figure(fig, ax, path, legend_fontsize=8)

@@ -1,6 +1,6 @@
 """Benchmark: clustered target selection for k = 1..k_max on every layer of a CIFAR ResNet.
 
-    python -m qprune.benchmarks.kmeans [--model=resnet56] [--k_max=8] [--nosklearn]
+    python -m reproduce.benchmarks.kmeans [--model=resnet56] [--k_max=8] [--nosklearn]
 
 qprune: ONE jitted call (`qprune.quant.kmeans.cluster_all`) clusters log2|w| of all layers for all
 k; timed warm (compile excluded, `block_until_ready`), median of --repeats runs.

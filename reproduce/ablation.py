@@ -1,9 +1,9 @@
 r"""The attention ablation table: pruning criteria with and without channel attention, over seeds.
 
-  python -m qprune.report.ablation --runs=OUT [--out=results/mnist_lenet5/attention_ablation.json]
+  python -m reproduce.ablation --runs=OUT [--out=results/mnist_lenet5/attention_ablation.json]
       [--merge] [--command="the command that made the runs"]
 
-Reads every finished prune run under OUT (as `configs/sweeps/prune_attention_ablation.sh` lays
+Reads every finished prune run under OUT (as `python -m reproduce.sweeps.attention_ablation` lays
 them out: OUT/seed<S>/<criterion>_r<ratio>/results.json; the pretraining-only runs are skipped; each run's seed read from its config.json),
 and prints / writes per (criterion, ratio) the mean ± std over seeds of the test accuracy right
 after shrinking (BN re-estimated) and after fine-tuning, and per attention variant its verdict
@@ -13,13 +13,12 @@ seed by seed, and over machines whose workdirs are gone. Standard library only.
 """
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
 from typing import Dict, List, Optional
 
-from qprune import records
+from qprune import files, records
 from qprune.errors import UserError
 
 # attention variant -> (its base criterion, kind)
@@ -79,15 +78,13 @@ def read_runs(runs_dir: str) -> List[AblationRun]:
   for root, _, names in sorted(os.walk(runs_dir)):
     if 'results.json' not in names:
       continue
-    with open(os.path.join(root, 'results.json')) as f:
-      results = records.from_json(json.load(f))
+    results = records.from_json(files.read_json(os.path.join(root, 'results.json')))
     if not isinstance(results, records.PruneResults) or not results.finetune_epochs:
       continue
     run = AblationRun(results)
     config_path = os.path.join(root, 'config.json')
-    if os.path.exists(config_path):
-      with open(config_path) as f:
-        config = json.load(f)
+    config = files.read_json(config_path, required=())
+    if config is not None:
       prune = config.get('prune', {})
       run.seed = config.get('seed')
       run.se_gates, run.residual = bool(prune.get('se_gates')), bool(prune.get('residual'))
@@ -195,7 +192,7 @@ def markdown(ablation: dict) -> List[str]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m qprune.report.ablation',
+  parser = argparse.ArgumentParser(prog='python -m reproduce.ablation',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--runs', required=True, help='the folder the ablation sweep wrote')
   parser.add_argument('--out', help='write the table as JSON here (e.g. results/<group>/...)')
@@ -216,9 +213,8 @@ def main(argv=None) -> int:
     machines = [runs[0].results.machine]
     if args.merge and not args.out:
       raise AblationError('--merge needs --out: the table to add the runs to')
-    if args.merge and os.path.isfile(args.out):
-      with open(args.out) as f:
-        kept = json.load(f)
+    kept = files.read_json(args.out, required=()) if args.merge else None
+    if kept is not None:
       # A key the kept table lacks (older tables did not record `residual`) is not compared.
       kept_setting = kept.get('config')
       if not isinstance(kept_setting, dict) or any(kept_setting.get(k, v) != v
@@ -231,16 +227,12 @@ def main(argv=None) -> int:
     ablation = table(measurements)
     kind = 'cifar' if runs[0].results.dataset == 'cifar10' else 'mnist'
     ablation['command'] = (args.command or
-                           f'bash configs/sweeps/prune_attention_ablation.sh DATA OUT {kind}')
+                           f'python -m reproduce.sweeps.attention_ablation DATA OUT {kind}')
     ablation['machine'] = ' / '.join(m for m in machines if m)
     ablation['config'] = setting
     print('\n'.join(markdown(ablation)))
     if args.out:
-      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-      tmp = args.out + '.tmp'
-      with open(tmp, 'w') as f:
-        f.write(json.dumps(ablation, indent=1) + '\n')
-      os.replace(tmp, args.out)
+      files.write_json_atomic(args.out, ablation, indent=1)
     return 0
   except (AblationError, OSError, ValueError, KeyError) as e:
     print(f'qprune: error: {e}', file=sys.stderr)

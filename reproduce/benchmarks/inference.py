@@ -1,7 +1,7 @@
 """Benchmark: inference latency and throughput of the unpruned vs the pruned model, JAX vs ONNX.
 
-    python -m qprune.benchmarks.inference [--models=lenet5,resnet20] [--ratio=0.5] [--json]
-    python -m qprune.benchmarks.inference --workdir=W      # a finished run's model instead
+    python -m reproduce.benchmarks.inference [--models=lenet5,resnet20] [--ratio=0.5] [--json]
+    python -m reproduce.benchmarks.inference --workdir=W      # a finished run's model instead
 
 For each model the benchmark prunes inside the run: `prune.derive_groups` (ResNets with the
 residual stream too, `--residual`), `prune.make_masks(criterion=--criterion, ratio=--ratio,

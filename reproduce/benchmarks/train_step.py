@@ -1,8 +1,8 @@
 r"""Warm train-step throughput of zoo models: qprune's fast path versus plain Flax/XLA.
 
-  python -m qprune.benchmarks.train_step --model=resnet20 --batch_size=256 [--json]
-  python -m qprune.benchmarks.train_step --model=all --batch_size=32
-  python -m qprune.benchmarks.train_step --variants=qprune,qprune_4k,xla_conv,plain  # attribution
+  python -m reproduce.benchmarks.train_step --model=resnet20 --batch_size=256 [--json]
+  python -m reproduce.benchmarks.train_step --model=all --batch_size=32
+  python -m reproduce.benchmarks.train_step --variants=qprune,qprune_4k,xla_conv,plain  # why
 
 Times the real jitted train step of `qprune.train` (SGD momentum, weight decay, BatchNorm,
 on-device batch gather and augmentation) on random uint8 images. Variants:
@@ -121,7 +121,7 @@ def _worker_env(hugepages: bool) -> dict:
 
 
 def _run_worker(name: str, variant: str) -> dict:
-  cmd = [sys.executable, '-m', 'qprune.benchmarks.train_step', f'--worker={variant}',
+  cmd = [sys.executable, '-m', 'reproduce.benchmarks.train_step', f'--worker={variant}',
          f'--model={name}', f'--batch_size={_BATCH.value}', f'--steps={_STEPS.value}',
          f'--dtype={_DTYPE.value}']
   out = subprocess.run(cmd, capture_output=True, text=True, check=False,

@@ -1,6 +1,6 @@
 r"""Per-layer quantization error of the three target rules at equal k, on a trained model.
 
-  python -m qprune.report.target_errors --model_dir=results/mnist_lenet5/fp \
+  python -m reproduce.target_errors --model_dir=results/mnist_lenet5/fp \
       [--ks=1,2,4] [--out=results/mnist_lenet5/target_errors.json]
 
 For each conv/dense layer and each k, the L1 error Σ|W − Ŵ| (eq. 3.2 of the thesis; Zhou et al.
@@ -9,15 +9,14 @@ exponents, so only k = 1, 2, 4, 8), k-means on log2|w| (the thesis' clustered ta
 error-optimal set (`qprune.quant.optimal`); beside them, at the same bits rather than the same k,
 the error-optimal zero-free set (`quant.zero_code=False`), which fills those bits with
 2^(bits-1) exponents. Prints a markdown table; `--out` writes JSON (the rows and their
-whole-network totals per k) that `python -m qprune.report.results write` renders into RESULTS.md.
+whole-network totals per k) that `python -m reproduce.results write` renders into RESULTS.md.
 """
 import argparse
-import json
 import math
 import sys
 from typing import Dict, List, Sequence
 
-from qprune import quant
+from qprune import files, quant
 from qprune.artifacts import load_saved_model
 
 
@@ -84,7 +83,7 @@ def markdown(rows: List[Dict]) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m qprune.report.target_errors',
+  parser = argparse.ArgumentParser(prog='python -m reproduce.target_errors',
                                    description=__doc__.split('\n\n')[1])
   parser.add_argument('--model_dir', required=True, help='a finished run (qprune.load_model)')
   parser.add_argument('--ks', default='1,2,3,4')
@@ -106,9 +105,8 @@ def main(argv=None) -> int:
   rows = layer_errors(variables['params'], ks)
   print(markdown(rows))
   if args.out:
-    with open(args.out, 'w') as f:
-      json.dump({'model_dir': args.model_dir, 'rows': rows, 'totals': totals(rows)}, f, indent=1)
-      f.write('\n')
+    files.write_json_atomic(args.out, {'model_dir': args.model_dir, 'rows': rows,
+                                       'totals': totals(rows)}, indent=1)
   return 0
 
 

@@ -1,7 +1,7 @@
 """Benchmark: scoring K candidate channel masks on ResNet-20: vmapped, looped, recompiled, raced.
 
-    python -m qprune.benchmarks.prune_search [--num_images=500] [--candidates=32] [--json]
-    python -m qprune.benchmarks.prune_search --model_dir=results/cifar10_resnet20/fp \
+    python -m reproduce.benchmarks.prune_search [--num_images=500] [--candidates=32] [--json]
+    python -m reproduce.benchmarks.prune_search --model_dir=results/cifar10_resnet20/fp \
         --data_dir=DATA --num_images=10000 --methods=recompile,race --json   # real: ~10 min
 
 Defaults are sized for a few minutes on 2 CPU cores (synthetic images, random weights).

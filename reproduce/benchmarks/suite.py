@@ -1,6 +1,6 @@
 r"""The GPU suite: one command that measures what qprune's speed rests on, sized for a lent device.
 
-  python -m qprune.benchmarks.suite --out=DIR [--data_dir=D] [--tiny] [--sections=kmeans,search]
+  python -m reproduce.benchmarks.suite --out=DIR [--data_dir=D] [--tiny] [--sections=kmeans,search]
 
 Writes DIR/suite.json (one object: the device, versions, and per section its status, wall time,
 limit and numbers or the reason it was skipped) and DIR/suite.md (the tables, also printed),
@@ -62,7 +62,6 @@ only while the rest of their soft budget (0.8 x the limit; throughput: the limit
 exceeds 1.2 x the longest one so far, and name the ones they skip with why.
 """
 import importlib.util
-import json
 import os
 import platform
 import shutil
@@ -75,6 +74,8 @@ import time
 from typing import Dict, Optional
 
 from absl import app, flags
+
+from qprune import files
 
 _OUT = flags.DEFINE_string('out', None, 'folder for suite.json and suite.md')
 _TINY = flags.DEFINE_bool('tiny', False, 'small widths, few steps, tiny subsets: a CPU smoke run')
@@ -153,10 +154,7 @@ class _Section:
   def save(self, **values):
     self.data.update(values)
     self.data['worker_s'] = time.perf_counter() - self.start
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(self.data, f)
-    os.replace(tmp, self.path)
+    files.write_json_atomic(self.path, self.data, indent=None)
 
 
 def _environment() -> dict:
@@ -173,14 +171,14 @@ def _environment() -> dict:
 
 
 def _dtype(name):
-  from qprune.benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import train_step  # pylint: disable=g-import-not-at-top
   return train_step.DTYPES[name]
 
 
 def _kmeans(size: dict, ctx: _Section, data_dir: Optional[str]):
   del data_dir
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from qprune.benchmarks import kmeans as kmeans_bench  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import kmeans as kmeans_bench  # pylint: disable=g-import-not-at-top
   layers = kmeans_bench.kaiming_layers(size['model'])
   arrays = [jnp.asarray(a) for a in layers.values()]
   start = time.perf_counter()
@@ -196,7 +194,7 @@ def _search(size: dict, ctx: _Section, data_dir: Optional[str]):
   del data_dir
   import jax  # pylint: disable=g-import-not-at-top
   from qprune import prune  # pylint: disable=g-import-not-at-top
-  from qprune.benchmarks import prune_search as ps  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import prune_search as ps  # pylint: disable=g-import-not-at-top
   from qprune.models import create_model, init_variables  # pylint: disable=g-import-not-at-top
   model = create_model('resnet20', 10, width=size['width'])
   variables = init_variables(model, jax.random.PRNGKey(0), ps.SHAPE)
@@ -293,7 +291,7 @@ def _steps_summary(times, batch_size, macs) -> dict:
 
 def _alt_conv_times(name, batch_size, n_steps, conv_impl, dtype):
   """train_step's worker loop for a conv path that is not one of its variants."""
-  from qprune.benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import train_step  # pylint: disable=g-import-not-at-top
   runner = train_step._Runner(name, batch_size, conv_impl, False, dtype)
   for _ in range(3):  # compile, then let caches and allocations settle (as _worker does)
     runner.step()
@@ -334,7 +332,7 @@ def _throughput(size: dict, ctx: _Section, data_dir: Optional[str]):
 
 def _model_row(name: str, size: dict, alt: str) -> dict:
   """One zoo model's images/s: qprune and plain per dtype, and the other conv path if asked."""
-  from qprune.benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import train_step  # pylint: disable=g-import-not-at-top
   batch_size, n_steps = size['batch_size'], size['steps']
   row: dict = {'model': name}
   for dtype in size['dtypes']:
@@ -421,17 +419,14 @@ def _section_env(cache: str) -> dict:
 
 def _measured_section(name, limit_s, soft_s, tmp, env, data_dir, tiny) -> dict:
   partial = os.path.join(tmp, f'{name}.json')
-  cmd = [sys.executable, '-m', 'qprune.benchmarks.suite', f'--section={name}',
+  cmd = [sys.executable, '-m', 'reproduce.benchmarks.suite', f'--section={name}',
          f'--partial={partial}', f'--tiny={tiny}']
   if data_dir:
     cmd.append(f'--data_dir={data_dir}')
   if soft_s is not None:
     cmd.append(f'--section_budget_s={soft_s}')
   rc, stderr, _ = _run_process(cmd, limit_s, os.path.join(tmp, name), env, capture_stdout=False)
-  record = {}
-  if os.path.exists(partial):
-    with open(partial) as f:
-      record = json.load(f)
+  record = files.read_json(partial, required=()) or {}
   if rc is None:
     record.update(status='partial' if record.get('results') else 'failed',
                   reason=f'killed at its hard limit of {limit_s:.0f} s')
@@ -470,8 +465,7 @@ def _pipeline_section(limit_s, tmp, env, data_dir, tiny) -> dict:
     return {**record, 'status': 'failed', 'reason': f'killed at its hard limit of {limit_s:.0f} s'}
   if rc != 0:
     return {**record, 'status': 'failed', 'reason': f'exit status {rc}: {stderr}'}
-  with open(os.path.join(workdir, 'results.json')) as f:
-    results = json.load(f)
+  results = files.read_json(os.path.join(workdir, 'results.json'), required=())
   keys = ('model', 'test_accuracy', 'pretrained_test_accuracy', 'pruned_test_accuracy',
           'finetuned_test_accuracy', 'compression_ratio', 'bits_per_weight', 'params_before',
           'params', 'macs_before', 'macs', 'pretrain_epochs', 'epochs_run', 'wall_time_s',
@@ -489,7 +483,7 @@ def run_suite(out_dir: str, data_dir: Optional[str], sections, budget_s: float,
   data, no_data = find_cifar10(data_dir)
   suite: dict = {'suite': 'qprune GPU suite', 'tiny': tiny, 'budget_s': budget_s,
                  'started': time.strftime('%Y-%m-%d %H:%M:%S'),
-                 'command': ' '.join(['python', '-m', 'qprune.benchmarks.suite', *sys.argv[1:]]),
+                 'command': ' '.join(['python', '-m', 'reproduce.benchmarks.suite', *sys.argv[1:]]),
                  'data_dir': data, 'sections': {}}
   tmp = tempfile.mkdtemp(prefix='qprune-suite-')
   env = _section_env(os.path.join(tmp, 'jax_cache'))
@@ -536,12 +530,8 @@ def _write(out_dir: str, suite: dict, start: float):
   env_info = suite.get('environment', {})
   suite['device_kind'] = env_info.get('device_kind')
   suite['jax_version'] = env_info.get('jax')
-  os.makedirs(out_dir, exist_ok=True)
-  for name, text in (('suite.json', json.dumps(suite, indent=1)), ('suite.md', markdown(suite))):
-    path = os.path.join(out_dir, name)
-    with open(path + '.tmp', 'w') as f:
-      f.write(text)
-    os.replace(path + '.tmp', path)
+  files.write_json_atomic(os.path.join(out_dir, 'suite.json'), suite, indent=1)
+  files.write_text_atomic(os.path.join(out_dir, 'suite.md'), markdown(suite))
 
 
 # ---------------------------------------------------------------- the tables

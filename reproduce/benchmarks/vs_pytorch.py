@@ -1,10 +1,10 @@
 r"""CPU training speed side by side with PyTorch: the same models, optimizer and batches.
 
-  pip install 'qprune[bench]'   # PyTorch; CPU-only wheels:
+  pip install -e '.[bench]'     # in the checkout: PyTorch; CPU-only wheels:
   pip install torch --index-url https://download.pytorch.org/whl/cpu
-  python -m qprune.benchmarks.vs_pytorch [--json]              # both benchmarks (~5 min, 2 cores)
-  python -m qprune.benchmarks.vs_pytorch --benchmarks=lenet5 --rounds=3
-  python -m qprune.benchmarks.vs_pytorch --tiny                # smoke test, seconds
+  python -m reproduce.benchmarks.vs_pytorch [--json]           # both benchmarks (~5 min, 2 cores)
+  python -m reproduce.benchmarks.vs_pytorch --benchmarks=lenet5 --rounds=3
+  python -m reproduce.benchmarks.vs_pytorch --tiny                # smoke test, seconds
 
 Two figures, each qprune's time against PyTorch's in ONE process, the two alternating (A, B, A,
 B, ...) so that load from other processes hits both alike; reported are medians and the ratio:
@@ -59,8 +59,9 @@ def _torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise app.UsageError("this benchmark needs PyTorch: pip install 'qprune[bench]' (CPU "
-                         'wheels: --index-url https://download.pytorch.org/whl/cpu)') from None
+    raise app.UsageError("this benchmark needs PyTorch: pip install -e '.[bench]' in the "
+                         'checkout (CPU wheels: --index-url https://download.pytorch.org/whl/cpu)'
+                         ) from None
   return torch
 
 

@@ -1,7 +1,7 @@
 """Per-shape conv benchmark: forward, input-grad and kernel-grad GFLOP/s, 'xla' vs 'fast'.
 
-    python -m qprune.benchmarks.conv [--json] [--batch=128,256] [--reps=5]
-                                     [--shapes=resnet20,lenet5,vgg]
+    python -m reproduce.benchmarks.conv [--json] [--batch=128,256] [--reps=5]
+                                        [--shapes=resnet20,lenet5,vgg]
 
 Every variant of a shape is timed in the same process, interleaved round by round (the machine is
 shared, so timings drift); each number is warm (compile excluded), block_until_ready'd, the median
@@ -9,7 +9,7 @@ over `--reps` rounds. FLOPs of each of the three ops = 2 * N * H' * W' * kh * kw
 Both impls compile through `qprune.ops.compile.jit` (qprune's CPU compiler options), so the
 columns isolate the conv formulation. Isolated ops do not predict the train step well here (XLA
 picks other layouts when the conv's operands come from fusions): `qprune.ops.conv.fast_route` was
-decided with `qprune.benchmarks.train_step`, which also compares against plain XLA.
+decided with `reproduce.benchmarks.train_step`, which also compares against plain XLA.
 With --json the last line is a JSON object {"rows": [...]}.
 """
 import json

@@ -1,276 +1,33 @@
-r"""The committed results: `results/<dataset>_<model>/<run>/` folders and the RESULTS.md made from them.
+r"""The research book: RESULTS.md and results/plots/ from the published run folders under results/.
 
-  python -m qprune.report.results publish --workdir=W --to=results/mnist_lenet5/optimal_k3
-  python -m qprune.report.results publish_sweep --sweep=runs/q --to=results/mnist_lenet5
-  python -m qprune.report.results write [--results=results] [--out=RESULTS.md] [--check]
+  python -m reproduce.results write [--results=results] [--out=RESULTS.md] [--check] [--no_plots]
 
-`publish` copies from a finished run what a user needs to use and judge it, small enough to
-commit: results.json, config.json, report.md with its plots, and the model itself (model.json + model/ for
-`qprune.load_model`, the bit-packed export model.qpq for `qprune.load_quantized`); never
-checkpoints. Paths inside results.json become relative to the folder; other absolute paths
-(in the recorded command, the config, the report) become relative to the folder the run was
-started from (`--root`, default the current one), so no published file names this machine.
-
-`write` renders RESULTS.md (and plots under results/plots/) from every published folder; the
-text is a pure function of the folders, so a test can check that RESULTS.md is in sync.
-`--check` exits 1 when it is not. Standard library only, except matplotlib for the plots.
+Runs get into results/ with `python -m qprune.report.publish` (the library's publisher). `write`
+renders RESULTS.md from every published folder and the goals of `reproduce/goals.py`, and draws
+the book's figures (through `qprune.report.plots`) under results/plots/; the text is a pure
+function of the folders, so a test checks that RESULTS.md is in sync. `--check` exits 1 when it
+is not.
 """
 import argparse
 import dataclasses
-import json
-import math
 import os
 import re
-import shutil
 import statistics
 import sys
 from typing import Dict, Generic, List, Optional, Type, TypeVar
 
-from qprune import records
+from qprune import files, records
 from qprune.errors import UserError
-from qprune.report.ablation import markdown as markdown_table
+from qprune.quant.inq import DEFAULT_SCHEDULE
+from qprune.report import plots
+from qprune.report.publish import (CONFIG_JSON, PLOTS_DIR, RESULTS_JSON, export_path,  # noqa: F401
+                                   read_json, read_record)
+from reproduce.ablation import markdown as markdown_table
+from reproduce.goals import (DATASET_NOTES, DATASET_TITLES, FP_GOALS, GOALS, METHOD_TITLES,
+                             MODEL_TITLES, PIPELINE_GOALS, PRUNE_REFERENCES)
 
-RESULTS_JSON, CONFIG_JSON, REPORT_MD = 'results.json', 'config.json', 'report.md'
-TARGET_ERRORS_JSON = 'target_errors.json'  # python -m qprune.report.target_errors --out=...
-ABLATION_JSON = 'attention_ablation.json'  # configs/sweeps/prune_attention_ablation.sh
-MODEL_FILES = ('model.json', 'model')
-PLOTS_DIR = 'plots'
-MODEL_TITLES = {'lenet5': 'LeNet-5', 'resnet20': 'ResNet-20', 'resnet56': 'ResNet-56',
-                'vgg16': 'VGG-16', 'alexnet': 'AlexNet'}
-DATASET_TITLES = {'mnist': 'MNIST', 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
-METHOD_TITLES = {'inq': "INQ's rule", 'kmeans': 'k-means on log2 magnitudes', 'optimal': 'optimal'}
-# What a reader needs before comparing a dataset's accuracies here with published ones: the copy
-# every committed run of that dataset read (`tests/test_data.py` checks the claim on the copy).
-DATASET_NOTES = {
-    'cifar10': 'Every CIFAR-10 run here read the same offline copy of the data set: a JPEG '
-               're-encoding of the original images at IJG quality 75 with 4:2:0 chroma '
-               'subsampling (colour at half resolution), for training and test alike. Figures '
-               'published on the original images (He et al. 2016: 91.25 % for ResNet-20) are '
-               'therefore not directly comparable; the methods below are compared on this copy.',
-}
-
-# (text, bits at most, loss vs FP at most, accuracy at least, values per layer at most) of the
-# quantization goals per (dataset, model). The LeNet-5 goals name the level counts of sets with a
-# zero code (7 at 3 bits, 3 at 2), so zero-free sets (8 and 4 values) do not count for them.
-GOALS = {
-    ('mnist', 'lenet5'): (
-        ('3 bits (7 levels) within 0.15 % of FP', 3, 0.0015, None, 7),
-        ('2 bits (3 levels) at >= 98.5 %', 2, None, 0.985, 3),
-    ),
-    ('cifar10', 'resnet20'): (
-        ('3 bits within 0.3 % of FP', 3, 0.003, None, None),
-        ('2 bits within 1.0 % of FP', 2, 0.010, None, None),
-    ),
-}
-
-
-# (text, accuracy at least) of the full-precision model per (dataset, model), judged on the best
-# trained run of the group.
-FP_GOALS = {
-    ('cifar10', 'resnet20'): ('full precision >= 91.0 % (He et al. 2016: 91.25 %)', 0.91),
-}
-
-
-# Structured pruning of a trained model against another library, per (dataset, model): the
-# published run it starts from, the reference's text, its params and its test accuracy, and the
-# accuracy qprune must keep at no more params (the project's pruning issue).
-PRUNE_REFERENCES = {
-    ('mnist', 'lenet5'): (
-        'fp_2epochs', 'Torch-Pruning (Fang et al. 2023, DepGraph) on the same Caffe LeNet-5 from '
-        'the same 2-epoch model: L1 magnitude, 50 % of every conv/dense layer\'s '
-        'channels/units, 2 fine-tuning epochs at lr 0.01 (measured for the project\'s issue)',
-        109_330, 0.9905, 0.991),
-}
-# (description, compression ratio at least, accuracy at least) of the pipeline runs.
-PIPELINE_GOALS = {
-    ('mnist', 'lenet5'): (
-        ('>= 50x smaller than FP32 at >= 99.2 % (Deep Compression: 39x at 99.26 %)', 50.0, 0.992),
-    ),
-}
-
-
-class ResultsError(UserError):
-  """A run folder cannot be published or read."""
-
-
-def _read_json(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError as e:
-    raise ResultsError(f'{path} is missing') from e
-  except json.JSONDecodeError as e:
-    raise ResultsError(f'{path} is not valid JSON ({e})') from e
-
-
-def _record(data, path: str) -> records.Results:
-  try:
-    return records.from_json(data)
-  except TypeError as e:
-    raise ResultsError(f'{path}: {e}') from e
-
-
-def _read_results(path: str) -> records.Results:
-  return _record(_read_json(path), path)
-
-
-def _write_text(path: str, text: str):
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# publish
-
-def publish(workdir: str, dest: str, *, command: Optional[str] = None,
-            machine: Optional[str] = None, root: Optional[str] = None) -> List[str]:
-  """Copies the finished run in `workdir` to `dest` (replaced); returns the files written.
-
-  `command` / `machine` fill in results.json's fields for a run made before the binary recorded
-  them (never overriding recorded ones); republishing keeps the ones filled in earlier. `root`
-  is the folder the run was started from (default: the current one): absolute paths inside it or
-  beside it are written relative to it (see `portable_paths`).
-  """
-  root = os.path.abspath(root or os.getcwd())
-  source = os.path.join(workdir, RESULTS_JSON)
-  # The run's own results.json is copied (paths made relative, the header filled in), not
-  # rewritten from its record: to_json() would add every field the run predates as null and
-  # reorder the keys, so the published file would no longer be the one the run wrote.
-  data = _read_json(source)
-  record = _record(data, source)
-  earlier = records.Results()
-  if os.path.isfile(os.path.join(dest, RESULTS_JSON)):  # republished: keep what was filled in
-    earlier = _read_results(os.path.join(dest, RESULTS_JSON))
-  header = {'command': record.command or command or earlier.command,  # recorded values win
-            'machine': record.machine or machine or earlier.machine}
-  data.update({k: v for k, v in header.items() if v})
-  if os.path.exists(dest):
-    shutil.rmtree(dest)
-  os.makedirs(dest)
-  workdir_abs = os.path.abspath(workdir)
-  data = _map_strings(data, lambda v: portable_paths(_inside_relative(v, workdir_abs), root))
-  export = export_path(_record(data, source))
-  if export:
-    os.makedirs(os.path.dirname(os.path.join(dest, export)), exist_ok=True)
-    shutil.copy2(os.path.join(workdir, export), os.path.join(dest, export))
-  else:
-    for name in MODEL_FILES:
-      src = os.path.join(workdir, name)
-      if not os.path.exists(src):
-        raise ResultsError(f'{workdir} has no {name}: not a finished run')
-      (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(dest, name))
-  if os.path.exists(os.path.join(workdir, CONFIG_JSON)):
-    with open(os.path.join(workdir, CONFIG_JSON)) as f:
-      _write_text(os.path.join(dest, CONFIG_JSON), portable_paths(f.read(), root))
-  if os.path.isdir(os.path.join(workdir, PLOTS_DIR)):
-    shutil.copytree(os.path.join(workdir, PLOTS_DIR), os.path.join(dest, PLOTS_DIR))
-  if os.path.exists(os.path.join(workdir, REPORT_MD)):
-    with open(os.path.join(workdir, REPORT_MD)) as f:
-      # The report names the machine-local workdir; the published copy names its own folder.
-      report = f.read().replace(os.path.abspath(workdir), os.path.normpath(dest))
-    _write_text(os.path.join(dest, REPORT_MD), portable_paths(report, root))
-  _write_text(os.path.join(dest, RESULTS_JSON), json.dumps(data, indent=1) + '\n')
-  return sorted(os.listdir(dest))
-
-
-def export_path(record: records.Results) -> Optional[str]:
-  """The run's bit-packed export (quantize and pipeline runs); None where the run saved
-  model.json + model/ instead."""
-  if isinstance(record, (records.QuantizeResults, records.PipelineResults)):
-    return record.export_path
-  return None
-
-
-# quant_config().schedule (a test checks): run names mark a run with any other schedule.
-DEFAULT_SCHEDULE = (0.5, 0.75, 0.875, 1.0)
-
-
-def run_name(config: dict) -> str:
-  """A short folder name for a run from its config.json: 'fp' ('fp_bf16' in bfloat16),
-  'optimal_k3', 'inq_b5', 'kmeans_budget2.5', ... plus '_zero_free' for zero-free sets, '_steps5'
-  for a schedule of 5 steps other than the default, and '_final0' / '_retrain2' where the recipe
-  is not the default."""
-  mode = config.get('mode')
-  if mode == 'train':
-    return 'fp' + ('_bf16' if config.get('compute_dtype') == 'bfloat16' else '')
-  if mode == 'prune':
-    p = config['prune']
-    return f'prune_{p["criterion"]}_r{p["ratio"]}'
-  q = config['quant']
-  if q['method'] == 'inq':
-    name = f'inq_b{q["bits"]}'
-  elif q.get('bits_budget'):
-    name = f'{q["method"]}_budget{q["bits_budget"]}'
-  elif q.get('tolerance'):
-    name = f'{q["method"]}_tol{q["tolerance"]}'
-  else:
-    name = f'{q["method"]}_k{q["k"]}'
-  if q.get('zero_code') is False:
-    name += '_zero_free'
-  schedule = tuple(q.get('schedule') or DEFAULT_SCHEDULE)
-  if schedule != DEFAULT_SCHEDULE:
-    name += f'_steps{len(schedule)}'
-  if q.get('distill_weight'):
-    name += f'_distill{q["distill_weight"]:g}'
-    if q.get('distill_temperature', 1.0) != 1.0:
-      name += f'_t{q["distill_temperature"]:g}'
-  if mode == 'pipeline':
-    name = f'pipeline_{name}'
-  if not q.get('final_epochs'):
-    name += '_final0'
-  if q.get('retrain_epochs') != 1:
-    name += f'_retrain{q["retrain_epochs"]}'
-  return name
-
-
-def publish_sweep(sweep_dir: str, group_dir: str, root: Optional[str] = None) -> List[str]:
-  """Publishes every finished run under `sweep_dir` (e.g. a launch.sh --out folder) as
-  `group_dir/<run_name>`; returns the names. `root` as for `publish`."""
-  names = []
-  for entry in sorted(os.listdir(sweep_dir)):
-    workdir = os.path.join(sweep_dir, entry)
-    if os.path.isfile(os.path.join(workdir, RESULTS_JSON)):
-      name = run_name(_read_json(os.path.join(workdir, CONFIG_JSON)))
-      if name in names:
-        raise ResultsError(f'two runs in {sweep_dir} would both be published as {name}')
-      publish(workdir, os.path.join(group_dir, name), root=root)
-      names.append(name)
-  return names
-
-
-# An absolute POSIX path: '/' not preceded by a name character, then path components.
-_ABSOLUTE_PATH = re.compile(r'(?<![\w.~/-])/[\w.+-]+(?:/[\w.+-]*)*')
-
-
-def portable_paths(text: str, root: str) -> str:
-  """`text` with every absolute path inside `root`, or beside it (`root`'s parent's tree, e.g. a
-  data folder at ../shared/data), written relative to `root`; other paths are left alone."""
-  root = os.path.normpath(root)
-  parent = os.path.dirname(root)
-  def relative(match):
-    path = match.group(0)
-    inside = path == root or path.startswith(root + os.sep)
-    beside = parent != os.sep and path.startswith(parent + os.sep)
-    return os.path.relpath(path, root) if inside or beside else path
-  return _ABSOLUTE_PATH.sub(relative, text)
-
-
-def _map_strings(value, fn):
-  """`value` (JSON data) with `fn` applied to every string in it."""
-  if isinstance(value, dict):
-    return {k: _map_strings(v, fn) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_map_strings(v, fn) for v in value]
-  return fn(value) if isinstance(value, str) else value
-
-
-def _inside_relative(value: str, root: str) -> str:
-  """`value` relative to `root` where it is a path inside `root` (a run's own artifacts)."""
-  if value == root or value.startswith(root + os.sep):
-    return os.path.relpath(value, root)
-  return value
+TARGET_ERRORS_JSON = 'target_errors.json'  # python -m reproduce.target_errors --out=...
+ABLATION_JSON = 'attention_ablation.json'  # python -m reproduce.sweeps.attention_ablation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,8 +65,8 @@ def read_runs(results_dir: str) -> Dict[str, List[Run]]:
         continue
       config_path = os.path.join(run_dir, CONFIG_JSON)
       runs.append(Run(name=name, path=f'{group}/{name}',
-                      results=_read_results(os.path.join(run_dir, RESULTS_JSON)),
-                      config=_read_json(config_path) if os.path.exists(config_path) else {}))
+                      results=read_record(os.path.join(run_dir, RESULTS_JSON)),
+                      config=read_json(config_path) if os.path.exists(config_path) else {}))
     if runs:
       groups[group] = runs
   return groups
@@ -321,18 +78,18 @@ def read_target_errors(results_dir: str) -> Dict[str, dict]:
   for group in sorted(os.listdir(results_dir)):
     path = os.path.join(results_dir, group, TARGET_ERRORS_JSON)
     if os.path.isfile(path):
-      out[group] = _read_json(path)
+      out[group] = read_json(path)
   return out
 
 
 def target_error_lines(table: dict) -> List[str]:
-  """Whole-network L1 error per k and rule: the totals `python -m qprune.report.target_errors
+  """Whole-network L1 error per k and rule: the totals `python -m reproduce.target_errors
   --out` wrote."""
   fmt = lambda v: '' if v is None else f'{v:.4g}'
   lines = ['### Quantization error of the target rules (full-precision weights)', '',
            f'Σ|W − Ŵ| over all conv/dense weights of `{table["model_dir"]}`, each layer with k '
            'exponents (INQ\'s rule only where a bit-width gives exactly k). Per-layer figures: '
-           '`python -m qprune.report.target_errors --model_dir=' + table['model_dir'] + '`. '
+           '`python -m reproduce.target_errors --model_dir=' + table['model_dir'] + '`. '
            'The last column takes the same bits instead of the same k: the error-optimal '
            'zero-free set ({±2^e}, `quant.zero_code=False`) with as many exponents as those bits '
            'hold.', '',
@@ -433,7 +190,7 @@ def full_precision_lines(trained: List[Run], fp: Run) -> List[str]:
     return []
   out = [f'Full-precision runs of this model (`{fp.name}` is the one the other runs start from; '
          'times are as recorded on a machine that may have run other jobs too: compare speeds '
-         'with `python -m qprune.benchmarks.train_step`):',
+         'with `python -m reproduce.benchmarks.train_step`):',
          '',
          f'| run | compute dtype | epochs | recipe | test accuracy | Δ vs `{fp.name}` | time | '
          'machine |',
@@ -705,7 +462,7 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
 
 
 def attention_ablation_lines(table: dict) -> List[str]:
-  """The attention ablation (`qprune.report.ablation`'s JSON) as a RESULTS.md section."""
+  """The attention ablation (`reproduce.ablation`'s JSON) as a RESULTS.md section."""
   c = table.get('config', {})
   units = ('conv channels and fc1 units' if c.get('model') == 'lenet5' else
            'conv channels, residual groups included' if c.get('residual') else
@@ -786,7 +543,7 @@ def render(results_dir: str) -> str:
   groups = read_runs(results_dir)
   errors = read_target_errors(results_dir)
   out = ['# qprune results', '',
-         'Generated by `python -m qprune.report.results write` from the run folders under '
+         'Generated by `python -m reproduce.results write` from the run folders under '
          '[`results/`](results/); do not edit by hand. Every folder holds `results.json`, '
          '`config.json`, `report.md` and the model (`model.json` + `model/` for '
          '`qprune.load_model`, or the bit-packed `model.qpq` for `qprune.load_quantized`). '
@@ -892,7 +649,7 @@ def render(results_dir: str) -> str:
       out += commands_block(([start] if start else []) + pruned)
     ablation_path = os.path.join(results_dir, key, ABLATION_JSON)
     if os.path.isfile(ablation_path):
-      out += attention_ablation_lines(_read_json(ablation_path))
+      out += attention_ablation_lines(read_json(ablation_path))
     if key in errors:
       out += target_error_lines(errors[key])
   return '\n'.join(out).rstrip() + '\n'
@@ -901,146 +658,84 @@ def render(results_dir: str) -> str:
 def plot(groups: Dict[str, List[Run]], plots_dir: str):
   """Accuracy vs bits per weight per model: every run a dot, a line per target rule through its
   best run at each bit width."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  os.makedirs(plots_dir, exist_ok=True)
   for key, runs in groups.items():
     quantized = _of_mode(runs, records.QuantizeResults)
     if not quantized:
       continue
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in ('inq', 'kmeans', 'optimal'):
-      points = [(r.results.bits_per_weight, 100 * r.results.test_accuracy)
-                for r in quantized if r.results.method == method]
-      if points:
-        best = {}
-        for bits, accuracy in points:  # recipe variants at equal bits: the line joins the best
-          best[bits] = max(best.get(bits, accuracy), accuracy)
-        line, = ax.plot(*zip(*sorted(best.items())), marker='o', label=METHOD_TITLES[method])
-        xs, ys = zip(*points)
-        ax.scatter(xs, ys, color=line.get_color(), alpha=0.4, s=14)
+    methods = {METHOD_TITLES[method]: points for method in ('inq', 'kmeans', 'optimal')
+               if (points := [(r.results.bits_per_weight, 100 * r.results.test_accuracy)
+                              for r in quantized if r.results.method == method])}
     fp = _fp_run(runs)
-    if fp:
-      ax.axhline(100 * fp.results.test_accuracy, color='gray', linestyle='--',
-                 label='full precision')
-    ax.set_xlabel('bits per weight')
-    ax.set_ylabel('test accuracy (%)')
-    ax.set_title(key)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, f'{key}_accuracy_vs_bits.png'), dpi=100)
-    plt.close(fig)
+    plots.accuracy_vs_bits_plot(methods, os.path.join(plots_dir, f'{key}_accuracy_vs_bits.png'),
+                                title=key,
+                                reference=100 * fp.results.test_accuracy if fp else None)
 
 
 def plot_decision_studies(groups: Dict[str, List[Run]], plots_dir: str):
   """Per model with a decision study: the masks' Hamming distance to the final ones per
   pretraining epoch, and fine-tuned accuracy vs MACs, a line per criterion."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
-  os.makedirs(plots_dir, exist_ok=True)
   for key, runs in groups.items():
     studies = decision_studies(runs)
     if not studies:
       continue
-    fig, ax = plt.subplots(figsize=(6, 4))
+    curves = {}
     for criterion, study in studies.items():
       full: records.PruneResults = study['full'].results
-      distances = full.mask_distance_to_final or []
-      line, = ax.plot(range(1, len(distances) + 1), distances, marker='o',
-                      label=f'{criterion}: to the final masks')
-      steps = full.mask_distance or []
-      ax.plot(range(1, len(steps) + 1), [math.nan if d is None else d for d in steps],
-              linestyle=':', color=line.get_color(), label=f'{criterion}: to the previous epoch')
-    ax.set_xlabel('pretraining epoch')
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel('mask Hamming distance')
-    ax.set_title(f'{key}: when the masks settle')
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, f'{key}_prune_mask_distance.png'), dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+      curves[criterion] = (full.mask_distance_to_final or [], full.mask_distance or [])
+    plots.mask_settling_plot(curves, os.path.join(plots_dir, f'{key}_prune_mask_distance.png'),
+                             title=f'{key}: when the masks settle')
+    points = []
     for index, (criterion, study) in enumerate(studies.items()):
       color = f'C{index}'
       for number, run in enumerate(study_runs(study)):
         r: records.PruneResults = run.results
         longer = finetune_budget(run) != finetune_budget(study['full'])
-        ax.scatter(r.macs / 1e6, 100 * r.test_accuracy, s=18, color=color,
-                   marker='^' if longer else 'o', label=criterion if number == 0 else None)
-        label = f'{criterion} @{r.pretrain_epochs}' + (
+        text = f'{criterion} @{r.pretrain_epochs}' + (
             f' (weights @{r.shrunk_epoch})' if is_mask_control(run) else '') + (
             f' ft{r.finetune_epochs}' if longer else '')
-        ax.annotate(label, (r.macs / 1e6, 100 * r.test_accuracy),
-                    fontsize=7, xytext=(3, 3), textcoords='offset points')
+        points.append({'x': r.macs / 1e6, 'y': 100 * r.test_accuracy, 'size': 18,
+                       'color': color, 'marker': '^' if longer else 'o',
+                       'label': criterion if number == 0 else None, 'text': text})
       unpruned: records.PruneResults = study['full'].results
       if unpruned.pretrained_test_accuracy is not None:
-        ax.scatter(unpruned.macs_before / 1e6, 100 * unpruned.pretrained_test_accuracy,
-                   marker='s', color=color, s=24, label=f'{criterion}: unpruned, same pretraining')
+        points.append({'x': unpruned.macs_before / 1e6,
+                       'y': 100 * unpruned.pretrained_test_accuracy, 'size': 24, 'color': color,
+                       'marker': 's', 'label': f'{criterion}: unpruned, same pretraining'})
     fp = _fp_run(runs)
-    if fp:
-      ax.axhline(100 * fp.results.test_accuracy, color='gray', linestyle='--',
-                 label=f'full precision ({fp.name})')
-    ax.legend(fontsize=8)
-    ax.set_xlabel('MACs per image (millions)')
-    ax.set_ylabel('test accuracy after fine-tuning (%)')
-    ax.set_title(f'{key}: pruned models (criterion @ decision epoch)')
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, f'{key}_prune_accuracy_vs_macs.png'), dpi=100)
-    plt.close(fig)
+    plots.labelled_points_plot(
+        points, os.path.join(plots_dir, f'{key}_prune_accuracy_vs_macs.png'),
+        xlabel='MACs per image (millions)', ylabel='test accuracy after fine-tuning (%)',
+        title=f'{key}: pruned models (criterion @ decision epoch)',
+        reference=(100 * fp.results.test_accuracy, f'full precision ({fp.name})') if fp else None)
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m qprune.report.results',
+  parser = argparse.ArgumentParser(prog='python -m reproduce.results',
                                    description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='action', required=True)
-  p = sub.add_parser('publish', help='copy a finished run into results/')
-  p.add_argument('--workdir', required=True)
-  p.add_argument('--to', required=True)
-  p.add_argument('--command', help="results.json's command, for a run that did not record it")
-  p.add_argument('--machine', help="results.json's machine, for a run that did not record it")
-  ps = sub.add_parser('publish_sweep', help='publish every finished run of a sweep folder')
-  ps.add_argument('--sweep', required=True)
-  ps.add_argument('--to', required=True, help='the group folder, e.g. results/mnist_lenet5')
-  for sp in (p, ps):
-    sp.add_argument('--root', help='the folder the runs were started from (default: this one); '
-                    'absolute paths in or beside it are published relative to it')
-  w = sub.add_parser('write', help='render RESULTS.md from results/')
+  w = sub.add_parser('write', help='render RESULTS.md (and results/plots/) from results/')
   w.add_argument('--results', default='results')
   w.add_argument('--out', default='RESULTS.md')
   w.add_argument('--check', action='store_true', help='exit 1 if --out is out of date')
   w.add_argument('--no_plots', action='store_true')
   args = parser.parse_args(argv)
   try:
-    if args.action == 'publish':
-      print('\n'.join(publish(args.workdir, args.to, command=args.command,
-                                  machine=args.machine, root=args.root)))
-      return 0
-    if args.action == 'publish_sweep':
-      print('\n'.join(publish_sweep(args.sweep, args.to, root=args.root)))
-      return 0
     text = render(args.results)
     if args.check:
       current = open(args.out).read() if os.path.exists(args.out) else ''
       if current != text:
-        print(f'{args.out} is out of date: run python -m qprune.report.results write',
+        print(f'{args.out} is out of date: run python -m reproduce.results write',
               file=sys.stderr)
         return 1
       return 0
-    _write_text(args.out, text)
+    files.write_text_atomic(args.out, text)
     if not args.no_plots:
       groups = read_runs(args.results)
       plot(groups, os.path.join(args.results, PLOTS_DIR))
       plot_decision_studies(groups, os.path.join(args.results, PLOTS_DIR))
     print(args.out)
     return 0
-  except (ResultsError, OSError) as e:
+  except (UserError, OSError) as e:
     print(f'qprune: error: {e}', file=sys.stderr)
     return 2
 

@@ -1,0 +1,140 @@
+r"""The CIFAR-10 ResNet-20 pruning decision study in one command.
+
+  python -m reproduce.sweeps.prune_decision DATA_DIR OUT [gpu|cpu|tiny] [--criteria=l1,bn_gamma]
+      [--control_epochs=2,4] [--long_finetune=EPOCHS,LR] [--dry_run]
+
+Per criterion, one pretraining run that records the masks and a snapshot of every epoch
+(stop_rule=full), then decisions taken from it at 10 %, 20 % and 50 % of the pretraining epochs
+and by the Early-Bird rule (prune.decide_from: no pretraining is repeated), each shrunk and
+fine-tuned with the same budget; then published under
+results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or results/cifar10_resnet20_gpu/...
+(gpu) and RESULTS.md rewritten.
+
+  cpu   configs/experiments/cifar10_resnet20_prune_decision.py: 10 pretraining epochs,
+        2 fine-tuning epochs (about 1 hour per criterion on 2 cores)
+  gpu   the paper's schedule: 160 pretraining epochs, Early-Bird window 5, 40 fine-tuning epochs
+  tiny  a smoke test of the whole command on 1,024 images (minutes on a CPU; not published)
+  --criteria        default l1,bn_gamma (bn_gamma pretrains with the Network Slimming penalty on
+                    BatchNorm gamma, lambda 1e-5 as Liu et al. 2017 use for ResNets)
+  --control_epochs  decision epochs whose masks also cut the fully pretrained weights
+                    (prune.shrink_weights=final), named epoch<E>_final_weights
+  --long_finetune   EPOCHS,LR: the decisions after all pretraining epochs, at 20 % and by the
+                    Early-Bird rule again, fine-tuned for EPOCHS at LR (named <decision>_ft<EPOCHS>)
+
+DATA_DIR holds cifar10/ or cifar10.tar.gz. Run from the checkout's root; reruns resume every run
+and skip finished ones.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from reproduce.sweeps import Step, publish, qprune_run, run_steps, write_book
+
+KINDS = ('gpu', 'cpu', 'tiny')
+CONFIG = 'configs/experiments/cifar10_resnet20_prune_decision.py'
+EXTRA = {
+    'cpu': (),
+    'gpu': ('--config.epochs=160', '--config.weight_decay=1e-4', '--config.prune.eb_window=5',
+            '--config.prune.finetune_epochs=40', '--config.batch_size=256',
+            '--config.learning_rate=0.2'),
+    'tiny': ('--config.epochs=4', '--config.train_subset=1024', '--config.eval_subset=256',
+             '--config.batch_size=64', '--config.prune.holdout=300',
+             '--config.prune.finetune_epochs=1'),
+}
+
+
+def decision_epochs(epochs: int) -> List[int]:
+  """10 %, 20 % and 50 % of the pretraining epochs (at least 1), deduplicated, ascending."""
+  return sorted({max(1, epochs * pct // 100) for pct in (10, 20, 50)})
+
+
+def plan(data: str, out: str, kind: str, epochs: int, criteria: Sequence[str] = ('l1', 'bn_gamma'),
+         control_epochs: Sequence[int] = (),
+         long_finetune: Optional[Tuple[int, float]] = None) -> List[Step]:
+  """The study's steps; `epochs`: the config's pretraining epochs with the kind's overrides."""
+  extra = list(EXTRA[kind])
+  group = 'results/cifar10_resnet20' + ('' if kind == 'cpu' else f'_{kind}')
+  steps: List[Step] = []
+  for criterion in criteria:
+    crit = [f'--config.prune.criterion={criterion}']
+    if criterion == 'bn_gamma':
+      crit.append('--config.prune.slimming_lambda=1e-5')
+    source = os.path.join(out, criterion, 'full')
+    names: List[str] = []
+
+    def run(name: str, *overrides: str):
+      names.append(name)
+      steps.append(qprune_run(CONFIG, os.path.join(out, criterion, name),
+                              [f'--config.data_dir={data}', *extra, *crit, *overrides],
+                              log=os.path.join(out, 'logs', f'{criterion}_{name}.log')))
+
+    def decide(name: str, epoch: Optional[int], *overrides: str):
+      rule = (['--config.prune.stop_rule=early_bird'] if epoch is None else
+              ['--config.prune.stop_rule=fixed', f'--config.prune.pretrain_epochs={epoch}'])
+      run(name, f'--config.prune.decide_from={source}', *rule, *overrides)
+
+    run('full')
+    for e in decision_epochs(epochs):
+      decide(f'epoch{e}', e)
+    decide('early_bird', None)
+    # Controls: the same early masks cutting the weights after all pretraining epochs, then the
+    # same fine-tuning; what is left of the gap to the full-training decision is the mask's.
+    for e in control_epochs:
+      decide(f'epoch{e}_final_weights', e, '--config.prune.shrink_weights=final')
+    if long_finetune:  # the last epoch, 20 % and the Early-Bird rule, each trained longer
+      ft_epochs, ft_lr = long_finetune
+      ft = (f'--config.prune.finetune_epochs={ft_epochs}',
+            f'--config.prune.finetune_learning_rate={ft_lr:g}')
+      early = max(1, epochs // 5)
+      for e in (epochs, early):
+        decide(f'full_ft{ft_epochs}' if e == epochs else f'epoch{e}_ft{ft_epochs}', e, *ft)
+      decide(f'early_bird_ft{ft_epochs}', None, *ft)
+    if kind != 'tiny':
+      steps += [publish(os.path.join(out, criterion, name), f'{group}/prune_{criterion}_{name}')
+                for name in names]
+  return steps if kind == 'tiny' else steps + [write_book()]
+
+
+def config_epochs(kind: str) -> int:
+  """The config's pretraining epochs with the kind's overrides, as the binary resolves them."""
+  python = os.environ.get('QPRUNE_PYTHON') or sys.executable
+  printed = subprocess.run([python, '-m', 'qprune.main', f'--config={CONFIG}', *EXTRA[kind],
+                            '--print_config'], capture_output=True, text=True, check=True)
+  return int(json.loads(printed.stdout)['epochs'])
+
+
+def _ints(text: str) -> List[int]:
+  return [int(v) for v in text.split(',') if v.strip()]
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m reproduce.sweeps.prune_decision',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('data')
+  parser.add_argument('out')
+  parser.add_argument('kind', nargs='?', default='gpu', choices=KINDS)
+  parser.add_argument('--criteria', default='l1,bn_gamma')
+  parser.add_argument('--control_epochs', type=_ints, default=[])
+  parser.add_argument('--long_finetune', help='EPOCHS,LR, e.g. 6,0.1')
+  parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  args = parser.parse_args(argv)
+  long_finetune = None
+  if args.long_finetune:
+    try:
+      ft_epochs, ft_lr = args.long_finetune.split(',')
+      long_finetune = (int(ft_epochs), float(ft_lr))
+    except ValueError:
+      parser.error(f'--long_finetune={args.long_finetune}: give EPOCHS,LR, e.g. 6,0.1')
+  steps = plan(args.data, args.out, args.kind, config_epochs(args.kind),
+               [c for c in args.criteria.split(',') if c], args.control_epochs, long_finetune)
+  rc = run_steps(steps, dry_run=args.dry_run)
+  if rc == 0 and args.kind == 'tiny' and not args.dry_run:
+    print(f'tiny run finished: {args.out} (not published)')
+  return rc
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -20,7 +20,9 @@ LAYERS = {
     'artifacts': 6, 'configs': 6,
     'deploy': 7,
     'modes': 8, 'report': 8, 'benchmarks': 8, 'export': 8,
-    'main': 9,
+    'runner': 9,
+    'cli': 10,
+    'main': 11,
 }
 
 

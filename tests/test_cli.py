@@ -40,10 +40,16 @@ def test_help_lists_modes_configs_and_fields():
 
 def test_print_config_shows_overrides_and_runs_nothing(tmp_path):
   out = qprune_main(f'--config={LENET}', '--config.epochs=3', '--config.quant.k=4',
-                    '--print_config')
+                    "--config.prune.max_params=''", '--config.prune.search_ratios=',
+                    '--config.train_subset=0', '--print_config')
   assert out.returncode == 0, out.stderr[-2000:]
   config = json.loads(out.stdout)
   assert config['epochs'] == 3 and config['quant']['k'] == 4 and config['model'] == 'lenet5'
+  # unset optional fields are null, whichever spelling unset them
+  assert config['prune']['max_params'] is None and config['prune']['search_ratios'] is None
+  assert config['train_subset'] is None and config['init_from'] is None
+  # quant.k in a train config would be refused by the run: said, not hidden
+  assert "quant.k=4: does not apply to mode='train'" in out.stderr
 
 
 @pytest.mark.parametrize('overrides, status, message', [
@@ -77,6 +83,12 @@ def test_flag_error_messages():
   missing = flags.IllegalFlagValueError(
       'flag --config=None: Flag --config must have a value other than None.')
   assert cli.flag_error(missing, ['q']).startswith('--config is required')
+  # a config field given as a flag: the --config. spelling (issue 37)
+  flag = flags.UnrecognizedFlagError('epochs', '1')
+  assert cli.flag_error(flag, ['q', '--epochs=1']) == (
+      'unknown flag --epochs: config fields are set with --config.epochs=1 (see --help)')
+  flag = flags.UnrecognizedFlagError('quant.k', '2')
+  assert 'set with --config.quant.k=2' in cli.flag_error(flag, ['q', '--quant.k=2'])
 
 
 def test_version_has_one_source():

@@ -1557,7 +1557,10 @@ def _(env, tmp):
   proc = subprocess.Popen(['bash', os.path.join(REPO_ROOT, 'launch.sh'), '--configs', config,
                            '--seeds', '0,1,2', '--out', 'o', '--no-plots'], cwd=tmp,
                           env=_launch_env(tmp, FAKE_SLEEP='2'), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+                          stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          # as from a terminal (a shell started in the background ignores
+                          # SIGINT, and bash cannot trap a signal ignored on entry)
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   log = os.path.join(tmp, 'o', 'logs', 'c_s0.log')
   deadline = time.time() + 60
   while not (os.path.exists(log) and 'training output' in open(log).read()):

@@ -212,3 +212,24 @@ def test_one_job_per_gpu_in_parallel(tmp_path):
   assert runs[0]['start'] < runs[1]['end'] and runs[1]['start'] < runs[0]['end']
   assert runs[2]['start'] >= min(runs[0]['end'], runs[1]['end']) - 0.05
   assert (out_dir / 'summary.csv').exists() and not (out_dir / 'plots').exists()
+
+
+def test_dry_run_checks_and_prints_the_words_the_job_gets(tmp_path):
+  """A sweep line is split as a shell would (quotes, a # inside a value, Windows line ends): the
+  check and the printed command see the same words, so a line the dry run passes runs."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  sweep = tmp_path / 'sweep.txt'
+  sweep.write_bytes(b'# prune with two ratios\r\n'
+                    b'configs/mnist_lenet5_prune.py "--config.prune.search_ratios=(0.5, 0.7)" '
+                    b"--config.prune.search_criteria='l1'\r\n")
+  env = _env(tmp_path, QPRUNE_PYTHON=sys.executable)
+  out = _launch(['--sweep', str(sweep), '--out', 'o', '--dry-run'], env, REPO_ROOT)
+  assert out.returncode == 0, out.stderr
+  (line,) = [l for l in out.stdout.splitlines() if ' -m qprune.main ' in l]
+  words = shlex.split(line)
+  assert '--config.prune.search_ratios=(0.5, 0.7)' in words
+  assert '--config.prune.search_criteria=l1' in words
+  unmatched = tmp_path / 'bad.txt'
+  unmatched.write_text('configs/mnist_lenet5.py "--config.epochs=1\n')
+  bad = _launch(['--sweep', str(unmatched), '--out', 'o', '--dry-run'], env, REPO_ROOT)
+  assert bad.returncode == 2 and 'bad.txt, line 1: unmatched quote' in bad.stderr

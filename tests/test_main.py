@@ -301,3 +301,33 @@ def test_prune_from_a_trained_model_runs_no_pretraining(trained, data_dir, tmp_p
                      '--config.prune.eb_window=2', check=False)
   assert refused.returncode == 2 and 'prune.eb_window=2: does not apply with init_from' in (
       refused.stderr)
+
+
+def test_report_says_what_the_search_chose_among_what_and_why():
+  """report.md's search paragraph for the committed pipeline run: the grid, the holdout, the
+  budget, the choice and the more accurate candidate the budget excluded (issue 37)."""
+  from qprune import records  # pylint: disable=g-import-not-at-top
+  from qprune.report import markdown  # pylint: disable=g-import-not-at-top
+  run = os.path.join(REPO_ROOT, 'results', 'mnist_lenet5', 'pipeline_optimal_k3')
+  record = records.from_json(json.load(open(os.path.join(run, 'results.json'))))
+  config = json.load(open(os.path.join(run, 'config.json')))
+  (text, _) = markdown.search_explanation(record.stages['prune'], config)
+  assert text.startswith('The search scored 8 candidates (criteria {attention, l1} x ratios '
+                         '{0.6, 0.7} x selections {global, uniform}) on 1000 held-out')
+  assert 'budget: params <= 20.00% of the unpruned model (86,230), met by 6 of them' in text
+  assert 'Chosen: attention/global/ratio=0.7' in text and 'the most accurate within' in text
+  assert 'l1/global/ratio=0.6 (97.40%), is over the budget (params 95,618 > 86,230)' in text
+  single = dict(record.stages['prune'].to_json(), search=[record.stages['prune'].search[0]],
+                search_best=0)
+  (text, _) = markdown.search_explanation(records.PruneResults.from_json(single), config)
+  assert text.startswith('No search: the configured candidate, l1/uniform/ratio=0.6')
+
+
+def test_report_of_one_epoch_shows_no_change_where_there_is_none(tmp_path):
+  """At one epoch there is no loss change to show: '–', not 'train loss 0.1374 → 0.1374'."""
+  from qprune import records  # pylint: disable=g-import-not-at-top
+  from qprune.report import markdown  # pylint: disable=g-import-not-at-top
+  one = records.TrainResults(mode='train', model='lenet5', dataset='mnist', test_accuracy=0.98,
+                             history=[{'epoch': 1, 'train_loss': 0.1374, 'test_accuracy': 0.98}])
+  text = open(markdown.write_report(str(tmp_path), one)).read()
+  assert 'train loss 0.1374 (one epoch: change –)' in text and '0.1374 → 0.1374' not in text

@@ -289,9 +289,9 @@ def search_explanation(record: records.PruneResults, config: Mapping) -> List[st
   limits = [(key, fraction, int(fraction * before)) for key, fraction, before in limits
             if fraction and before]
   within = [r for r in rows if all((r.get(k) or 0) <= cap for k, _, cap in limits)]
-  grid = ', '.join(f'{name} {", ".join(str(v) for v in sorted({str(r.get(key)) for r in rows}))}'
-                   for key, name in (('criterion', 'criteria'), ('ratio', 'ratios'),
-                                     ('selection', 'selections')))
+  grid = ' x '.join(f'{name} {{{", ".join(sorted({str(r.get(key)) for r in rows}))}}}'
+                    for key, name in (('criterion', 'criteria'), ('ratio', 'ratios'),
+                                      ('selection', 'selections')))
   text = (f'The search scored {len(rows)} candidates ({grid}) on '
           f'{prune.get("holdout", "the")} held-out training images; ')
   if limits:

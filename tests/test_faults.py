@@ -1446,7 +1446,7 @@ fi
 trap 'echo "qprune: interrupted: SIGINT: stopped" >&2; exit 130' INT
 trap 'echo "qprune: interrupted: SIGTERM: stopped" >&2; exit 143' TERM
 printf '%s\n' "$@" > "$workdir/args.txt"
-echo "training output of $workdir"
+echo "training output of $workdir (pid $$)"
 sleep "${FAKE_SLEEP:-0}"
 echo '{"mode": "train", "test_accuracy": 0.9}' > "$workdir/results.json"
 """

@@ -376,5 +376,5 @@ def load_arrays(name: str, data_dir: Optional[str] = None,
       f'dataset {name!r} not found. Tried: {", ".join(tried)} ({reason}). Fix: pass '
       f'--config.data_dir=DIR where DIR holds {name}/{{train,test}}/<label>/<images> or '
       f'{name}.tar.gz (python -m qprune.data.make_folders writes one), or run on a machine '
-      f"with internet so tensorflow-datasets can download it (needs TensorFlow: from the qprune checkout, "
-      f"pip install -e '.[tfds]').")
+      f"with internet so tensorflow-datasets can download it (needs TensorFlow: pip install "
+      f"'qprune[tfds]').")

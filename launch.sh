@@ -11,16 +11,22 @@
 # Jobs. Every config (--configs, comma-separated) runs once per override variant (--override,
 # repeatable; none given = one variant without overrides) and once per seed (--seeds, default
 # 0; passed as --config.seed=S). A sweep file (--sweep) adds one job line per line:
-# `config [--config.field=value ...]` (blank lines and lines starting with # are skipped), each
+# `config [--config.field=value ...]` (blank lines and lines whose first character other than
+# blanks is # are skipped; a # elsewhere is part of a value; Windows line ends are fine), each
 # run once per seed. --set adds overrides to every job (before the variant's own, so a variant
-# wins). Overrides are split on whitespace: values cannot contain spaces.
+# wins). Sweep lines, --override and --set are split into words as a shell would, without
+# expanding anything: quote a value with spaces ("--config.prune.search_ratios=(0.5, 0.7)"); the
+# job and --dry-run get the same words.
 #
 # Each job runs `$QPRUNE_PYTHON -m qprune.main --config=CONFIG --workdir=WORKDIR <overrides>`
 # with workdir <out>/<config-stem>[_<override-tag>]_s<seed> (tag: the variant's overrides
 # without "--config.", "=" -> "-", e.g. learning_rate-0.02) and log <out>/logs/<name>.log
-# (exit status in <out>/logs/<name>.rc). <out>/jobs.tsv lists the jobs. Rerunning the same
-# launch resumes unfinished jobs from their checkpoints and skips finished ones (the binary
-# does that per workdir).
+# (exit status in <out>/logs/<name>.rc; each attempt is appended to the log, so a rerun keeps
+# the earlier output). <out>/jobs.tsv lists the jobs. Rerunning the same launch resumes
+# unfinished jobs from their checkpoints and skips finished ones (the binary does that per
+# workdir). One launch at a time writes into an <out>: a second one is refused (the lock is
+# <out>/.launch.lock, released at exit). Ctrl-C (or SIGTERM) stops the running job(s) at their
+# safe point (a checkpoint) and starts no other; exit status 130 (143); rerun to resume.
 #
 # --dry-run runs nothing: it checks every job (its config file loads, every --config.* override
 # names a real field with a valid value, qprune.configs.validate accepts the result; all jobs in
@@ -63,6 +69,12 @@ usage() {  # the comment block at the top of this file, without the '# '
 
 die() { echo "launch.sh: error: $*" >&2; exit 2; }
 
+split_words() {  # STRING -> its words, one a line, split and unquoted as a shell would (no
+  # expansion of $, *, ~); exit status 1 on an unmatched quote
+  [[ "$1" =~ [^[:space:]] ]] || return 0
+  printf '%s\n' "$1" | xargs printf '%s\n' 2>/dev/null
+}
+
 default_python() {
   if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then echo "$VIRTUAL_ENV/bin/python"
   elif command -v python >/dev/null 2>&1; then echo python; else echo python3; fi
@@ -88,12 +100,18 @@ while [[ $# -gt 0 ]]; do
     --configs) [[ $# -ge 2 ]] || die "--configs needs a value"
       IFS=',' read -r -a _c <<< "$2"; CONFIGS+=("${_c[@]}"); shift 2 ;;
     --configs=*) IFS=',' read -r -a _c <<< "${1#*=}"; CONFIGS+=("${_c[@]}"); shift ;;
-    --override) [[ $# -ge 2 ]] || die "--override needs a value"; VARIANTS+=("$2"); shift 2 ;;
-    --override=*) VARIANTS+=("${1#*=}"); shift ;;
+    --override) [[ $# -ge 2 ]] || die "--override needs a value"
+      _w="$(split_words "$2")" || die "unmatched quote in --override '$2'"
+      VARIANTS+=("$_w"); shift 2 ;;
+    --override=*) _w="$(split_words "${1#*=}")" || die "unmatched quote in '$1'"
+      VARIANTS+=("$_w"); shift ;;
     --seeds) [[ $# -ge 2 ]] || die "--seeds needs a value"; SEEDS="$2"; shift 2 ;;
     --seeds=*) SEEDS="${1#*=}"; shift ;;
-    --set) [[ $# -ge 2 ]] || die "--set needs a value"; SET="$SET $2"; shift 2 ;;
-    --set=*) SET="$SET ${1#*=}"; shift ;;
+    --set) [[ $# -ge 2 ]] || die "--set needs a value"
+      _w="$(split_words "$2")" || die "unmatched quote in --set '$2'"
+      SET="${SET:+$SET$'\n'}$_w"; shift 2 ;;
+    --set=*) _w="$(split_words "${1#*=}")" || die "unmatched quote in '$1'"
+      SET="${SET:+$SET$'\n'}$_w"; shift ;;
     --out) [[ $# -ge 2 ]] || die "--out needs a value"; OUT="$2"; shift 2 ;;
     --out=*) OUT="${1#*=}"; shift ;;
     --sweep) [[ $# -ge 2 ]] || die "--sweep needs a value"; SWEEP="$2"; shift 2 ;;
@@ -125,13 +143,15 @@ COLLECT_PY="${QPRUNE_COLLECT_PYTHON:-${QPRUNE_PYTHON:-$(default_python)}}"
 # ---------------------------------------------------------------------------------------------
 # The job list: parallel arrays of name, config, overrides (variant part), seed.
 
-tag_of() {  # "--config.learning_rate=0.02 --config.width=0.5" -> learning_rate-0.02_width-0.5
+tag_of() {  # words "--config.learning_rate=0.02" "--config.width=0.5" (one a line)
+  #           -> learning_rate-0.02_width-0.5
   local tag="" word
-  for word in $1; do
+  while IFS= read -r word; do
+    [[ -n "$word" ]] || continue
     word="${word#--config.}"; word="${word#--}"; word="${word//=/-}"
     word="$(printf '%s' "$word" | tr -c 'A-Za-z0-9._-' '_')"
     tag="${tag:+${tag}_}$word"
-  done
+  done <<< "$1"
   if [[ ${#tag} -gt 60 ]]; then
     tag="${tag:0:40}_$(printf '%s' "$1" | cksum | cut -d' ' -f1)"
   fi
@@ -157,11 +177,15 @@ for config in "${CONFIGS[@]+"${CONFIGS[@]}"}"; do
   for variant in "${VARIANTS[@]}"; do add_jobs "$config" "$variant"; done
 done
 if [[ -n "$SWEEP" ]]; then
+  lineno=0
   while IFS= read -r line || [[ -n "$line" ]]; do
-    line="${line%%#*}"
-    read -r -a words <<< "$line"
-    [[ ${#words[@]} -gt 0 ]] || continue
-    add_jobs "${words[0]}" "${words[*]:1}"
+    lineno=$((lineno + 1))
+    line="${line%$'\r'}"
+    [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
+    words="$(split_words "$line")" || die "$SWEEP, line $lineno: unmatched quote"
+    config="${words%%$'\n'*}"
+    variant=""; [[ "$words" == *$'\n'* ]] && variant="${words#*$'\n'}"
+    add_jobs "$config" "$variant"
   done < "$SWEEP"
 fi
 [[ ${#J_NAME[@]} -gt 0 ]] || die "no jobs"
@@ -169,10 +193,11 @@ for config in "${J_CONFIG[@]}"; do
   [[ $DRY_RUN -eq 1 || -f "$config" ]] || die "no config file $config"
 done
 
-job_args() {  # index -> the binary's arguments, one per line (no spaces inside values)
-  local i="$1" word
+job_args() {  # index -> the binary's arguments, one a line (the words of --set and the variant)
+  local i="$1"
   printf '%s\n' "-m" "qprune.main" "--config=${J_CONFIG[$i]}" "--workdir=$OUT/${J_NAME[$i]}"
-  for word in $SET ${J_OVR[$i]}; do printf '%s\n' "$word"; done
+  [[ -z "$SET" ]] || printf '%s\n' "$SET"
+  [[ -z "${J_OVR[$i]}" ]] || printf '%s\n' "${J_OVR[$i]}"
   printf '%s\n' "--config.seed=${J_SEED[$i]}"
 }
 
@@ -222,7 +247,7 @@ check_jobs() {  # every job's flags and config, in one python process; exit 2 na
     { printf '%s' "${J_NAME[$i]}"; job_args "$i" | tail -n +3 | while IFS= read -r word; do
         printf '\t%s' "$word"; done; printf '\n'; } >> "$list"
   done
-  "$PY" -c 'import sys; from qprune import main; sys.exit(main.check_jobs_main(sys.argv[1:]))' \
+  "$PY" -c 'import sys; from qprune import cli; sys.exit(cli.check_jobs_main(sys.argv[1:]))' \
     "$list"
   status=$?
   rm -f "$list"
@@ -246,7 +271,7 @@ if [[ $DRY_RUN -eq 1 ]]; then
     if [[ ${#GPU_LIST[@]} -gt 0 ]]; then
       printf 'CUDA_VISIBLE_DEVICES=%s ' "${GPU_LIST[$((i % ${#GPU_LIST[@]}))]}"
     fi
-    echo "$(job_command "$i") > $(printf '%q' "$OUT/logs/${J_NAME[$i]}.log") 2>&1"
+    echo "$(job_command "$i") >> $(printf '%q' "$OUT/logs/${J_NAME[$i]}.log") 2>&1"
   done
   echo "$COLLECT_PY $(printf '%q %q' "$SCRIPT_DIR/qprune/report/collect.py" "$OUT")${PLOTS:+ $PLOTS}"
   exit 0
@@ -256,28 +281,63 @@ fi
 # Run.
 
 mkdir -p "$OUT/logs" || die "cannot create $OUT/logs"
+LOCK="$OUT/.launch.lock"
+take_lock() {  # one launch per <out>: a second one would truncate and misreport the first's jobs
+  local owner pid host since me="${HOSTNAME:-$(uname -n)}"
+  if ! mkdir "$LOCK" 2>/dev/null; then
+    owner="$(cat "$LOCK/owner" 2>/dev/null)"
+    read -r pid host since <<< "$owner"
+    if [[ -z "$pid" ]]; then
+      die "$OUT is locked by another launch.sh ($LOCK has no owner yet); if none runs, remove $LOCK"
+    fi
+    if [[ "$host" != "$me" ]] || kill -0 "$pid" 2>/dev/null; then
+      die "$OUT is in use by launch.sh pid $pid on $host since $since: wait for it to end, or use another --out"
+    fi
+    rm -rf "$LOCK"  # its launch ended without releasing it (killed): stale
+    mkdir "$LOCK" 2>/dev/null || die "cannot lock $OUT ($LOCK)"
+  fi
+  echo "$$ $me $(date '+%F_%T')" > "$LOCK/owner"
+  trap 'rm -rf "$LOCK"' EXIT
+}
+take_lock
 {
   echo "# name	config	seed	overrides	workdir	log"
   for i in "${!J_NAME[@]}"; do
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${J_NAME[$i]}" "${J_CONFIG[$i]}" "${J_SEED[$i]}" \
-      "$(echo ${J_OVR[$i]})" "$OUT/${J_NAME[$i]}" "$OUT/logs/${J_NAME[$i]}.log"
+      "${J_OVR[$i]//$'\n'/ }" "$OUT/${J_NAME[$i]}" "$OUT/logs/${J_NAME[$i]}.log"
   done
 } > "$OUT/jobs.tsv"
 
-run_job() {  # index, gpu ('' = none); writes the exit status to logs/<name>.rc
-  local i="$1" gpu="$2" name="${J_NAME[$1]}" args rc
+INTERRUPTED=""
+on_signal() {  # Ctrl-C / SIGTERM: the running job(s) stop at their safe point; no other starts
+  local f
+  INTERRUPTED="$1"
+  for f in "$OUT"/logs/*.pid; do
+    [[ -f "$f" ]] && kill -TERM "$(cat "$f")" 2>/dev/null
+  done
+}
+trap 'on_signal SIGINT' INT
+trap 'on_signal SIGTERM' TERM
+
+run_job() {  # index, gpu ('' = none); appends to logs/<name>.log, exit status in logs/<name>.rc
+  local i="$1" gpu="$2" name="${J_NAME[$1]}" args rc pid
   local log="$OUT/logs/$name.log"
   mapfile -t args < <(job_args "$i")
   rm -f "$OUT/logs/$name.rc"
-  {
-    echo "# $(date '+%F %T') ${gpu:+CUDA_VISIBLE_DEVICES=$gpu }$(job_command "$i")"
-  } > "$log"
+  echo "# $(date '+%F %T') ${gpu:+CUDA_VISIBLE_DEVICES=$gpu }$(job_command "$i")" >> "$log"
+  # In the background, so that a signal to launch.sh is handled at once (on_signal passes it on).
   if [[ -n "$gpu" ]]; then
-    CUDA_VISIBLE_DEVICES="$gpu" "$PY" "${args[@]}" >> "$log" 2>&1
+    CUDA_VISIBLE_DEVICES="$gpu" "$PY" "${args[@]}" >> "$log" 2>&1 &
   else
-    "$PY" "${args[@]}" >> "$log" 2>&1
+    "$PY" "${args[@]}" >> "$log" 2>&1 &
   fi
-  rc=$?
+  pid=$!
+  echo "$pid" > "$OUT/logs/$name.pid"
+  while :; do
+    wait "$pid"; rc=$?
+    kill -0 "$pid" 2>/dev/null || break  # (a trapped signal ends `wait` early)
+  done
+  rm -f "$OUT/logs/$name.pid"
   echo "$rc" > "$OUT/logs/$name.rc"
   return $rc
 }
@@ -287,6 +347,8 @@ report_done() {  # index
   rc="$(cat "$OUT/logs/$name.rc" 2>/dev/null || echo '?')"
   if [[ "$rc" == "0" ]]; then
     echo "[launch] done   $name"
+  elif [[ "$rc" == 130 || "$rc" == 143 ]]; then
+    echo "[launch] STOPPED $name (exit $rc; rerun to resume it from its checkpoint)"
   else
     echo "[launch] FAILED $name (exit $rc; log $OUT/logs/$name.log)"
   fi
@@ -296,6 +358,7 @@ START=$SECONDS
 if [[ ${#GPU_LIST[@]} -eq 0 ]]; then
   echo "[launch] ${#J_NAME[@]} job(s) one after another (no GPU found); logs in $OUT/logs"
   for i in "${!J_NAME[@]}"; do
+    [[ -z "$INTERRUPTED" ]] || break
     echo "[launch] start  ${J_NAME[$i]}"
     run_job "$i" ""
     report_done "$i"
@@ -304,14 +367,14 @@ else
   echo "[launch] ${#J_NAME[@]} job(s) on GPUs ${GPU_LIST[*]}, one job per GPU; logs in $OUT/logs"
   declare -A SLOT_PID=() SLOT_JOB=()
   next=0
-  while [[ $next -lt ${#J_NAME[@]} || ${#SLOT_PID[@]} -gt 0 ]]; do
+  while [[ ( $next -lt ${#J_NAME[@]} && -z "$INTERRUPTED" ) || ${#SLOT_PID[@]} -gt 0 ]]; do
     for gpu in "${GPU_LIST[@]}"; do  # reap finished jobs, fill free GPUs
       if [[ -n "${SLOT_PID[$gpu]:-}" ]] && ! kill -0 "${SLOT_PID[$gpu]}" 2>/dev/null; then
         wait "${SLOT_PID[$gpu]}" 2>/dev/null
         report_done "${SLOT_JOB[$gpu]}"
         unset "SLOT_PID[$gpu]" "SLOT_JOB[$gpu]"
       fi
-      if [[ -z "${SLOT_PID[$gpu]:-}" && $next -lt ${#J_NAME[@]} ]]; then
+      if [[ -z "${SLOT_PID[$gpu]:-}" && $next -lt ${#J_NAME[@]} && -z "$INTERRUPTED" ]]; then
         echo "[launch] start  ${J_NAME[$next]} on GPU $gpu"
         run_job "$next" "$gpu" &
         SLOT_PID[$gpu]=$!; SLOT_JOB[$gpu]=$next
@@ -322,6 +385,11 @@ else
   done
 fi
 
+if [[ -n "$INTERRUPTED" ]]; then
+  echo "launch.sh: interrupted: $INTERRUPTED: stopped the batch, no further job started; rerun the same command to resume" >&2
+  [[ "$INTERRUPTED" == SIGTERM ]] && exit 143
+  exit 130
+fi
 echo "[launch] all jobs ended after $((SECONDS - START)) s; collecting"
 "$COLLECT_PY" "$SCRIPT_DIR/qprune/report/collect.py" "$OUT" $PLOTS \
   || echo "launch.sh: warning: collecting the results failed" >&2
@@ -331,7 +399,7 @@ for name in "${J_NAME[@]}"; do
   [[ "$(cat "$OUT/logs/$name.rc" 2>/dev/null)" == "0" ]] || FAILED+=("$name")
 done
 if [[ ${#FAILED[@]} -gt 0 ]]; then
-  echo "launch.sh: ${#FAILED[@]} of ${#J_NAME[@]} job(s) failed: ${FAILED[*]}" >&2
+  echo "launch.sh: error: ${#FAILED[@]} of ${#J_NAME[@]} job(s) failed: ${FAILED[*]} (logs in $OUT/logs)" >&2
   exit 1
 fi
 echo "[launch] all ${#J_NAME[@]} job(s) ok; summary: $OUT/summary.md"

@@ -47,10 +47,67 @@ NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_i
 UNSET_FIELDS = ('data_dir', 'cache_dir', 'compilation_cache_dir', 'init_from', 'train_subset',
                 'eval_subset', 'prune.max_ratio', 'prune.search_criteria', 'prune.search_ratios',
                 'prune.search_selections', 'prune.max_params', 'prune.max_macs',
-                'prune.decide_from', 'quant.tolerance', 'quant.bits_budget')
+                'prune.decide_from', 'quant.bits', 'quant.tolerance', 'quant.bits_budget')
+# How a command line unsets one of them: --config.FIELD='' (or None/null; the older 0 and ()).
+UNSET_SPELLINGS = ('', "''", '""', 'None', 'none', 'null')
 # prune.aggregate: 'none' (each producer's own score; '' is its older spelling) or a group rule.
 AGGREGATES = ('none', *criteria.AGGREGATES)
 SHRINK_WEIGHTS = ('decision', 'final')  # prune.shrink_weights
+
+
+# What --help and docs/configs.md say of each field of quant.* and prune.* (their defaults come
+# from base_config). A test checks every field has one.
+FIELD_HELP = {
+    'quant.method': "target sets: 'kmeans' (clustered log2|w|), 'optimal' (least error, exact) "
+                    "or 'inq' (INQ's rule, Zhou et al. 2017)",
+    'quant.objective': "optimal: the error minimized, 'l1' or 'l2'",
+    'quant.zero_code': 'False (optimal only): zero-free sets {±2^e}, k=2 is 4 values in 2 bits',
+    'quant.bits': 'bits a weight, every method (None: inq 5, kmeans/optimal from quant.k)',
+    'quant.k': 'kmeans/optimal: exponents per layer, ceil(log2(2k+1)) bits (k=1: 2, k=3: 3)',
+    'quant.tolerance': 'kmeans/optimal: smallest k per layer with relative L1 error <= this',
+    'quant.bits_budget': 'kmeans/optimal: average bits a weight over the network',
+    'quant.k_max': 'kmeans/optimal: most exponents a layer may get',
+    'quant.schedule': "INQ's cumulative fractions of weights snapped per step, ending at 1.0",
+    'quant.retrain_epochs': 'epochs of retraining after each schedule step',
+    'quant.final_epochs': 'epochs after the last step training only BN and biases',
+    'quant.learning_rate': 'learning rate of the retraining',
+    'quant.distill_weight': "> 0: retraining also fits the starting model's soft outputs "
+                            '(Hinton et al. 2015)',
+    'quant.distill_temperature': 'temperature T of that distillation',
+    'quant.export_name': 'file name of the bit-packed export in the workdir',
+    'quant.exclude': "layers kept in float32, e.g. ('conv1', 'fc2')",
+    'quant.entropy_coding': "store each layer's codes xz-compressed where smaller",
+    'prune.criterion': 'channel score: l1, bn_gamma, taylor, random, attention, se_* ...',
+    'prune.ratio': 'fraction of channels removed',
+    'prune.selection': "'uniform' (the ratio per layer) or 'global' (one threshold)",
+    'prune.residual': 'ResNets: also prune the residual stream',
+    'prune.dense': 'chain models: also prune hidden units of dense layers',
+    'prune.ignored_layers': 'layer paths (or prefixes ending in /) never pruned',
+    'prune.aggregate': "group score over coupled slices: 'none', 'sum', 'mean', 'max'",
+    'prune.round_to': 'kept widths rounded up to a multiple of this',
+    'prune.max_ratio': "cap on any layer's removed fraction",
+    'prune.slimming_lambda': 'L1 on BN gamma during pretraining (Network Slimming)',
+    'prune.se_gates': 'pretrain with squeeze-and-excitation gates (the se_* criteria)',
+    'prune.se_reduction': "the SE blocks' channel reduction r",
+    'prune.stop_rule': "when masks are decided: 'early_bird' (stable), 'fixed', 'full'",
+    'prune.pretrain_epochs': "stop_rule='fixed': pretraining epochs before the decision",
+    'prune.eb_window': 'Early-Bird: masks compared',
+    'prune.eb_threshold': 'Early-Bird: stable when all pairwise distances <= this',
+    'prune.search_criteria': 'search: criteria tried (None: prune.criterion only)',
+    'prune.search_ratios': 'search: ratios tried (None: prune.ratio only)',
+    'prune.search_selections': 'search: selections tried (None: prune.selection only)',
+    'prune.search_method': "'exhaustive' or 'race' (successive elimination)",
+    'prune.max_params': 'search budget: params as a fraction of the unpruned model',
+    'prune.max_macs': 'search budget: MACs as a fraction of the unpruned model',
+    'prune.holdout': 'training examples held out to score candidates',
+    'prune.score_batches': 'batches of 100 for data-driven criteria',
+    'prune.bn_batches': 'batches of 100 to re-estimate BN statistics per candidate',
+    'prune.finetune_epochs': 'epochs of fine-tuning the shrunk model',
+    'prune.finetune_learning_rate': 'learning rate of the fine-tuning',
+    'prune.snapshots': 'keep the model after every pretraining epoch (for decide_from)',
+    'prune.decide_from': "a prune run with snapshots whose pretraining is replayed",
+    'prune.shrink_weights': "'decision' or 'final' (decide_from: the last epoch's weights)",
+}
 
 
 class ConfigError(UserError):
@@ -148,8 +205,13 @@ def quant_config() -> ml_collections.ConfigDict:
   q.objective = 'l1'       # optimal: the error minimized, 'l1' (sum |W - Wq|) or 'l2'
   q.zero_code = True       # False (optimal only): zero-free sets {±2^e}, ceil(log2(2k)) bits, so
                            # k=2 is 4 values at 2 bits where {0, ±2^e} (k=1) has 3
-  q.bits = 5               # inq: bit-width b of INQ's rule
-  q.k = 3                  # kmeans/optimal: exponents per layer (unless tolerance or bits_budget)
+  # Bits per weight of every layer's codes, whatever the method (None: inq 5, INQ's default;
+  # kmeans/optimal: quant.k decides). inq: INQ's rule at b bits (2^(b-2) exponents); kmeans and
+  # optimal: the most exponents b-bit codes hold, k = 2^(b-1) - 1 with the zero code (b=2: 1,
+  # b=3: 3) or 2^(b-1) zero-free (quant.zero_code=False).
+  q.bits = placeholder(int)
+  q.k = 3                  # kmeans/optimal: exponents per layer (unless bits, tolerance or
+                           # bits_budget decide): ceil(log2(2k+1)) bits, zero-free ceil(log2(2k))
   q.tolerance = placeholder(float)    # kmeans/optimal: smallest k per layer with relative L1
                                       # error <= tolerance
   q.bits_budget = placeholder(float)  # kmeans/optimal: average bits per weight over the network
@@ -249,9 +311,11 @@ def _non_finite(tree, prefix=''):
   return out
 
 
-# Run files a quantized export must not overwrite (quant.export_name is written into the workdir).
+# Run files and folders a quantized export must not overwrite (quant.export_name is written into
+# the workdir), and the default outputs of `python -m qprune.export`.
 _RUN_FILES = ('config.json', 'results.json', 'model.json', 'metrics.jsonl', 'report.md',
-              'search.json', '.qprune.lock')
+              'search.json', '.qprune.lock', 'model', 'checkpoints', 'inq_final', 'pretrain',
+              'finetune', 'prune', 'quantize', 'plots', 'model.onnx', 'model_codes.npz')
 
 
 def _normalize_unset(tree) -> None:
@@ -268,13 +332,42 @@ def _normalize_unset(tree) -> None:
     if leaf == 'aggregate':
       if value == '':
         node[leaf] = 'none'
-    elif value is not None and not value:
+    elif value is not None and (not value or _all_unset(value)):
       node[leaf] = None
 
 
-def validate(config) -> None:
+def _all_unset(value) -> bool:
+  """('',) or (None,): how ml_collections reads --config.TUPLE_FIELD='' (or =None)."""
+  return isinstance(value, (tuple, list)) and all(v in UNSET_SPELLINGS or v is None
+                                                  for v in value)
+
+
+def normalize(config) -> None:
+  """In place: every "not set" spelling of UNSET_FIELDS becomes None (what --print_config and
+  config.json show as null)."""
+  _normalize_unset(config)
+
+
+def k_for_bits(bits: int, zero: bool = True) -> int:
+  """The most exponents whose codes fit `bits` bits: 2k + 1 values with the zero code,
+  2k zero-free (quant.bits for kmeans/optimal)."""
+  return 2 ** (bits - 1) - 1 if zero else 2 ** (bits - 1)
+
+
+def effective_k(q) -> int:
+  """The exponents per layer a fixed-k quantization uses: from quant.bits when set, else
+  quant.k."""
+  return k_for_bits(q.bits, q.zero_code is not False) if q.bits else q.k
+
+
+INQ_DEFAULT_BITS = 5  # quant.bits=None with method inq (INQ, Zhou et al. 2017: 5 bits)
+
+
+def validate(config, overridden=()) -> None:
   """Normalizes the older "not set" spellings (UNSET_FIELDS) to None in place, then raises
-  ConfigError listing every bad field."""
+  ConfigError listing every bad field, and every setting that does not apply to this config
+  (`inapplicable`): one that differs from base_config's default, or any of `overridden` (the
+  dotted fields a command line set)."""
   _normalize_unset(config)
   p = []
   for name in _non_finite(config.to_dict()):
@@ -320,8 +413,72 @@ def validate(config) -> None:
     _validate_prune(config, p)
   if config.mode == 'quantize' and not config.init_from:
     p.append('init_from is not set: mode=quantize needs the workdir of a trained run to quantize')
+  if not p:  # (a bad value is named once, not also as not applying)
+    default = base_config()
+    for field, reason, always in inapplicable(config):
+      value = _get(config, field)
+      if field in overridden or (always and value != _get(default, field)):
+        p.append(f'{field}={value!r}: does not apply {reason}')
   if p:
     raise ConfigError('bad config: ' + '; '.join(p))
+
+
+def _get(config, dotted: str):
+  node = config
+  for name in dotted.split('.'):
+    node = node[name]
+  return node
+
+
+def inapplicable(config) -> list:
+  """[(dotted field, why it does not apply, always)] of every field this config's mode and
+  methods do not read. always: refused when it differs from base_config's default (config files
+  never set it in such a config); otherwise only when a command line sets it (a config file may
+  keep, e.g., its Early-Bird window while a run switches to stop_rule=fixed)."""
+  out = []
+  mode, q, r = config.mode, config.quant, config.prune
+  for section, modes in (('quant', ('quantize', 'pipeline')), ('prune', ('prune', 'pipeline'))):
+    if mode not in modes:
+      out += [(f'{section}.{k}', f"to mode={mode!r} ({section}.* is read by mode "
+               f"{' and '.join(modes)})", True) for k in config[section].keys()]
+  if mode == 'quantize':
+    out += [('epochs', "to mode='quantize' (it retrains quant.retrain_epochs per schedule step "
+             'and quant.final_epochs after it: set those)', False),
+            ('learning_rate', "to mode='quantize' (retraining uses quant.learning_rate)", False)]
+  if mode in ('quantize', 'pipeline'):
+    if q.method == 'inq':
+      out += [(f'quant.{k}', "with quant.method='inq' (INQ's rule takes its exponents from "
+               'quant.bits)', True) for k in ('k', 'tolerance', 'bits_budget', 'objective')]
+    else:
+      if q.method != 'optimal':
+        out.append(('quant.objective', f"with quant.method={q.method!r} (the error the "
+                    "'optimal' sets minimize)", True))
+      chooser = next((k for k in ('tolerance', 'bits_budget') if q[k]), None)
+      if chooser:
+        out += [(f'quant.{k}', f'with quant.{chooser}={q[chooser]!r} set (it decides the '
+                 f'exponents per layer; set one of them)', True) for k in ('k', 'bits')]
+      elif q.bits:
+        out.append(('quant.k', f'with quant.bits={q.bits!r} set (bits decide k: '
+                    f'{effective_k(q)} exponents per layer; set one of them)', True))
+    if not q.distill_weight:
+      out.append(('quant.distill_temperature', 'without distillation (quant.distill_weight=0)',
+                  True))
+  if mode in ('prune', 'pipeline'):
+    if r.stop_rule != 'fixed':
+      out.append(('prune.pretrain_epochs', f'with prune.stop_rule={r.stop_rule!r} (the epochs '
+                  "of stop_rule='fixed')", True))
+    if r.stop_rule != 'early_bird':
+      out += [(f'prune.{k}', f"with prune.stop_rule={r.stop_rule!r} (the Early-Bird rule's)",
+               False) for k in ('eb_window', 'eb_threshold')]
+    if config.init_from and r.stop_rule != 'fixed':
+      why = (f'with init_from and prune.stop_rule={r.stop_rule!r} (the masks are decided from '
+             "init_from's trained model without pretraining; stop_rule='fixed' with "
+             'pretrain_epochs trains first)')
+      out += [(k, why, False) for k in ('epochs', 'prune.eb_window', 'prune.eb_threshold')]
+    if not r.se_gates:
+      out.append(('prune.se_reduction', 'without prune.se_gates=True (the SE gates\' reduction)',
+                  True))
+  return out
 
 
 def _validate_prune(config, p):
@@ -392,9 +549,19 @@ def _validate_quant(q, p):
   from qprune.quant import OBJECTIVES  # pylint: disable=g-import-not-at-top
   _check(p, q.objective in OBJECTIVES, 'quant.objective', q.objective,
          f'must be one of {", ".join(OBJECTIVES)}')
-  _check(p, _is_int(q.bits) and 2 <= q.bits <= 8, 'quant.bits', q.bits,
-         'must be an integer in 2..8 (INQ at b bits has 2^(b-2) exponents; beyond 8 bits they '
-         'leave float32\'s exponent range)')
+  if q.method == 'inq':
+    _check(p, q.bits is None or (_is_int(q.bits) and 2 <= q.bits <= 8), 'quant.bits', q.bits,
+           'must be an integer in 2..8 with inq (INQ at b bits has 2^(b-2) exponents; beyond 8 '
+           'bits they leave float32\'s exponent range), or None for 5')
+  else:
+    low = 1 if q.zero_code is False else 2
+    _check(p, q.bits is None or (_is_int(q.bits) and low <= q.bits <= 5), 'quant.bits', q.bits,
+           f'must be an integer in {low}..5 with {q.method} (b bits hold '
+           f'{"2^(b-1)" if low == 1 else "2^(b-1) - 1"} exponents, at most 16), or None for '
+           'quant.k')
+  _check(p, q.bits_budget is None or q.zero_code is False or q.bits_budget >= 2,
+         'quant.bits_budget', q.bits_budget, 'below 2 bits needs quant.zero_code=False (a set '
+         'with the zero code has at least 3 values: 2 bits a weight)')
   name = q.export_name
   _check(p, isinstance(name, str) and name not in ('', '.', '..') and '/' not in name and
          '\\' not in name and name == name.strip() and name not in _RUN_FILES,
@@ -436,7 +603,23 @@ def semantic_dict(config) -> dict:
   for field in NON_SEMANTIC_FIELDS:
     d.pop(field, None)
   _normalize_unset(d)
+  _canonical_quant(d)
   return d
+
+
+def _canonical_quant(d: dict, stored: bool = False) -> None:
+  """quant.bits in the one form a run's identity uses: inq's resolved width; for kmeans/optimal
+  the exponents it asks for, as quant.k. stored: a config.json, where kmeans/optimal's bits were
+  ignored before they meant bits (older files hold INQ's 5 there)."""
+  q = d.get('quant')
+  if not isinstance(q, dict):
+    return
+  if q.get('method') == 'inq':
+    q['bits'] = q.get('bits') or INQ_DEFAULT_BITS
+  elif stored:
+    q['bits'] = None
+  elif q.get('bits'):
+    q['k'], q['bits'] = k_for_bits(q['bits'], q.get('zero_code') is not False), None
 
 
 def with_new_defaults(stored: dict) -> dict:
@@ -451,4 +634,5 @@ def with_new_defaults(stored: dict) -> dict:
     return out
   out = fill(stored, semantic_dict(base_config()))
   _normalize_unset(out)
+  _canonical_quant(out, stored=True)
   return out

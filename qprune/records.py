@@ -217,7 +217,8 @@ class PruneResults(Results):
   mask_window_max: List[Optional[float]] = _field(factory=list)
   mask_distance_to_final: List[float] = _field(factory=list)
   final_mask_distance: Optional[float] = _field(
-      'Hamming distance of the pruned masks to the last pretraining epoch\'s', FRACTION)
+      'Hamming distance of the chosen masks (after any search) to the last pretraining '
+      "epoch's masks of prune.criterion", FRACTION)
   decided_from: Optional[str] = _field('pretraining replayed from (prune.decide_from)')
   shrunk_epoch: Optional[int] = _field(
       'pretraining epoch whose weights were shrunk (prune.shrink_weights)', COUNT)

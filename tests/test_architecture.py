@@ -23,6 +23,8 @@ LAYERS = {
     'modes': 8, 'report': 8, 'export': 8,
     'main': 9,
 }
+# The binary in three: the run orchestration (runner), the command line (cli), main on top.
+LAYERS.update({'runner': 9, 'cli': 10, 'main': 11})
 
 
 def _unit(module: str) -> str:

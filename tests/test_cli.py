@@ -29,18 +29,27 @@ def test_help_lists_modes_configs_and_fields():
   for name in os.listdir(os.path.join(REPO_ROOT, 'configs')):
     if name.endswith('.py'):
       assert f'  {name} ' in out.stdout, name
-  for text in ("epochs=10", "dataset='mnist'", 'quant.*: ', 'prune.*: ', '--print_config',
+  for text in ("epochs=10", "dataset='mnist'", 'quant.* (mode', 'prune.* (mode', '--print_config',
                '--only_check_args', '--workdir'):
     assert text in out.stdout, text
+  # every quant.*/prune.* field with its default and what it does (configs.FIELD_HELP)
+  assert 'quant.bits=None' in out.stdout and 'bits a weight, every method' in out.stdout
+  assert 'prune.eb_window=5' in out.stdout and 'Early-Bird: masks compared' in out.stdout
   assert out.stderr == ''  # no re-exec line without -v / QPRUNE_VERBOSE
 
 
 def test_print_config_shows_overrides_and_runs_nothing(tmp_path):
   out = qprune_main(f'--config={LENET}', '--config.epochs=3', '--config.quant.k=4',
-                    '--print_config')
+                    "--config.prune.max_params=''", '--config.prune.search_ratios=',
+                    '--config.train_subset=0', '--print_config')
   assert out.returncode == 0, out.stderr[-2000:]
   config = json.loads(out.stdout)
   assert config['epochs'] == 3 and config['quant']['k'] == 4 and config['model'] == 'lenet5'
+  # unset optional fields are null, whichever spelling unset them
+  assert config['prune']['max_params'] is None and config['prune']['search_ratios'] is None
+  assert config['train_subset'] is None and config['init_from'] is None
+  # quant.k in a train config would be refused by the run: said, not hidden
+  assert "quant.k=4: does not apply to mode='train'" in out.stderr
 
 
 @pytest.mark.parametrize('overrides, status, message', [
@@ -62,18 +71,24 @@ def test_only_check_args_validates(overrides, status, message, tmp_path):
 
 def test_flag_error_messages():
   """ml_collections' exceptions -> one line naming the full dotted field (in-process: cheap)."""
-  from qprune import main  # pylint: disable=g-import-not-at-top
+  from qprune import cli  # pylint: disable=g-import-not-at-top
   argv = ['qprune', '--config=c.py', '--config.quant.methd=inq']
   typo = AttributeError(KeyError('\'methd\'\nDid you mean "method" instead of "methd"?'))
-  assert main._flag_error(typo, argv).startswith(  # pylint: disable=protected-access
+  assert cli.flag_error(typo, argv).startswith(
       "unknown config field 'quant.methd'; did you mean 'quant.method'?")
   unknown = AttributeError(KeyError("'bogus'"))
-  assert main._flag_error(unknown, ['q', '--config.bogus=1']).startswith(  # pylint: disable=protected-access
+  assert cli.flag_error(unknown, ['q', '--config.bogus=1']).startswith(
       "unknown config field 'bogus' (")
   from absl import flags  # pylint: disable=g-import-not-at-top
   missing = flags.IllegalFlagValueError(
       'flag --config=None: Flag --config must have a value other than None.')
-  assert main._flag_error(missing, ['q']).startswith('--config is required')  # pylint: disable=protected-access
+  assert cli.flag_error(missing, ['q']).startswith('--config is required')
+  # a config field given as a flag: the --config. spelling (issue 37)
+  flag = flags.UnrecognizedFlagError('epochs', '1')
+  assert cli.flag_error(flag, ['q', '--epochs=1']) == (
+      'unknown flag --epochs: config fields are set with --config.epochs=1 (see --help)')
+  flag = flags.UnrecognizedFlagError('quant.k', '2')
+  assert 'set with --config.quant.k=2' in cli.flag_error(flag, ['q', '--quant.k=2'])
 
 
 def test_version_has_one_source():

@@ -125,3 +125,99 @@ def test_allowed_values_come_from_the_registries():
   assert configs.SEARCH_METHODS == prune.SEARCH_METHODS
   assert configs.SCHEDULES == optim.LR_SCHEDULES
   assert set(configs.AUGMENTS) == set(pipeline.AUGMENTATIONS)
+
+
+def test_every_quant_and_prune_field_says_what_it_does():
+  """--help and docs/configs.md describe each field (configs.FIELD_HELP), none left out."""
+  base = configs.base_config()
+  fields = {f'{s}.{k}' for s in ('quant', 'prune') for k in base[s].keys()}
+  assert fields == set(configs.FIELD_HELP), sorted(fields ^ set(configs.FIELD_HELP))
+
+
+def test_quant_bits_is_the_code_width_of_every_method():
+  """quant.bits=b: INQ's rule at b bits, or the most exponents b-bit codes hold (kmeans,
+  optimal); an older config.json (bits=5 stored but unused by kmeans/optimal) still matches."""
+  q = configs.base_config().quant
+  assert configs.effective_k(q) == 3  # bits unset: quant.k
+  q.bits = 2
+  assert configs.effective_k(q) == 1  # {0, ±2^e}: 3 values in 2 bits
+  q.bits, q.zero_code = 2, False
+  assert configs.effective_k(q) == 2  # {±2^a, ±2^b}: 4 values in 2 bits
+  q.bits, q.zero_code = 3, True
+  assert configs.effective_k(q) == 3
+  config = configs.base_config()
+  config.mode, config.init_from, config.quant.method = 'quantize', '/run', 'optimal'
+  older = configs.semantic_dict(config)
+  older['quant']['bits'] = 5
+  assert configs.with_new_defaults(older) == configs.semantic_dict(config)
+  config.quant.bits = 2  # stored as the k it asks for
+  assert configs.semantic_dict(config)['quant']['k'] == 1
+  config.quant.method, config.quant.bits = 'inq', None  # inq: None is INQ's 5 bits
+  assert configs.semantic_dict(config)['quant']['bits'] == 5
+  config.quant.bits = 9
+  with pytest.raises(configs.ConfigError, match='quant.bits=9: must be an integer in 2..8'):
+    configs.validate(config)
+  config.quant.method, config.quant.bits = 'optimal', 6
+  with pytest.raises(configs.ConfigError, match='quant.bits=6: must be an integer in 2..5'):
+    configs.validate(config)
+
+
+@pytest.mark.parametrize('mode, fields, overridden, message', [
+    ('train', {'quant.k': 2}, (), "quant.k=2: does not apply to mode='train'"),
+    ('quantize', {'prune.ratio': 0.3}, (), "prune.ratio=0.3: does not apply to mode='quantize'"),
+    ('quantize', {'quant.method': 'inq', 'quant.k': 2}, (), "quant.k=2: does not apply with "
+     "quant.method='inq'"),
+    ('quantize', {'quant.method': 'kmeans', 'quant.objective': 'l2'}, (), 'quant.objective'),
+    ('quantize', {'quant.bits': 3, 'quant.k': 2}, (), 'quant.k=2: does not apply with '
+     'quant.bits=3'),
+    ('quantize', {'quant.bits': 3, 'quant.bits_budget': 2.5}, (), 'quant.bits=3: does not apply '
+     'with quant.bits_budget=2.5'),
+    ('quantize', {'quant.bits_budget': 1.5}, (), 'quant.bits_budget=1.5: below 2 bits needs '
+     'quant.zero_code=False'),
+    ('quantize', {'quant.bits_budget': 1.5, 'quant.zero_code': False, 'quant.method': 'optimal'},
+     (), None),
+    ('quantize', {'epochs': 3}, ('epochs',), "epochs=3: does not apply to mode='quantize'"),
+    ('quantize', {'epochs': 3}, (), None),  # a config file's own epochs (from its base)
+    ('prune', {'prune.pretrain_epochs': 2}, (), 'prune.pretrain_epochs=2: does not apply with '
+     "prune.stop_rule='early_bird'"),
+    ('prune', {'prune.stop_rule': 'fixed', 'prune.pretrain_epochs': 1, 'prune.eb_window': 3},
+     (), None),  # the config file's Early-Bird window, unused under 'fixed': fine
+    ('prune', {'prune.stop_rule': 'fixed', 'prune.pretrain_epochs': 1, 'prune.eb_window': 3},
+     ('prune.eb_window',), 'prune.eb_window=3: does not apply'),
+    ('prune', {'init_from': '/run', 'prune.eb_window': 3}, ('prune.eb_window',),
+     'prune.eb_window=3: does not apply with init_from'),
+    ('prune', {'prune.se_reduction': 8}, (), 'prune.se_reduction=8: does not apply without'),
+    ('quantize', {'quant.distill_temperature': 2.0}, (), 'quant.distill_temperature=2.0'),
+    ('quantize', {'quant.distill_temperature': 2.0, 'quant.distill_weight': 0.5}, (), None),
+])
+def test_a_setting_that_does_not_apply_is_refused(mode, fields, overridden, message):
+  config = configs.base_config()
+  config.mode, config.init_from = mode, '/run' if mode == 'quantize' else None
+  for dotted, value in fields.items():
+    *parents, leaf = dotted.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  if message is None:
+    configs.validate(config, overridden)
+  else:
+    with pytest.raises(configs.ConfigError, match=message.replace('(', r'\(')):
+      configs.validate(config, overridden)
+
+
+def test_a_command_line_unsets_every_optional_field_with_an_empty_value():
+  """--config.FIELD='' (or None, null; typed in a shell '' arrives as an empty value) reads as
+  None for every optional field: paths, numbers and tuples alike."""
+  from qprune import cli  # pylint: disable=g-import-not-at-top
+  args = [f'--config.{f}={v}' for f, v in (('prune.max_params', "''"), ('init_from', 'None'),
+                                           ('prune.search_ratios', ''), ('train_subset', 'null'),
+                                           ('epochs', ''))]
+  assert cli.unset_spellings(args) == [
+      '--config.prune.max_params=0', '--config.init_from=', '--config.prune.search_ratios=()',
+      '--config.train_subset=0', '--config.epochs=']  # epochs is not optional: left to the parser
+  config = configs.base_config()
+  config.mode = 'prune'
+  config.prune.search_ratios, config.prune.search_criteria = ('',), (None,)  # ml_collections' ''
+  configs.validate(config)
+  assert config.prune.search_ratios is None and config.prune.search_criteria is None

@@ -47,13 +47,15 @@ class Outcome:
   expect: str = ''             # regex the reported line must match
   unchanged: Optional[bool] = None          # existing files byte-identical (None: not checked)
   resumed_identical: Optional[bool] = None  # rerun's params == uninterrupted run's (None: n/a)
+  wrong: str = ''              # what the run got silently wrong ('' when nothing, or unchecked)
+  hung: bool = False           # it did not end within the case's time limit
 
   @property
   def line(self) -> str:
     """The line the user reads: the error/interrupt line, else the first warning, else ''."""
-    lines = [l for l in self.output.splitlines() if l.startswith('qprune: ')]
-    for prefix in ('qprune: error:', 'qprune: interrupted:', 'qprune: warning:'):
-      found = [l for l in lines if l.startswith(prefix)]
+    lines = [l for l in self.output.splitlines() if _PROGRAMS.match(l)]
+    for kind in ('error', 'interrupted', 'warning'):
+      found = [l for l in lines if _PROGRAMS.match(l).group(2) == kind]
       if found:
         return found[0]
     nothing = [l for l in self.output.splitlines() if 'nothing to do' in l]
@@ -61,12 +63,14 @@ class Outcome:
 
   def problems(self) -> list:
     out = []
+    if self.hung:
+      out.append('it hung (killed after its time limit)')
     if self.status != self.expect_status:
       out.append(f'exit status {self.status}, expected {self.expect_status}')
     if 'Traceback' in self.output:
       out.append('a traceback was printed')
     final = [l for l in self.output.splitlines()
-             if l.startswith(('qprune: error:', 'qprune: interrupted:'))]
+             if _PROGRAMS.match(l) and _PROGRAMS.match(l).group(2) in ('error', 'interrupted')]
     if self.expect_status != 0 and len(final) != 1:
       out.append(f'{len(final)} error lines, expected 1')
     if self.expect_status == 0 and final:
@@ -77,7 +81,37 @@ class Outcome:
       out.append('an existing file changed')
     if self.resumed_identical is False:
       out.append('the rerun is not bit-identical to an uninterrupted run')
+    if self.wrong:
+      out.append(f'silently wrong: {self.wrong}')
     return out
+
+  @property
+  def kind(self) -> str:
+    """The fault class of the answer (issue tables count these): clear, hang, data loss,
+    traceback, silent (rc 0 where a refusal or another result was due) or unclear."""
+    return classify(self)
+
+
+# The programs whose one-line answers a case reads: the binary, the export binary, launch.sh.
+_PROGRAMS = re.compile(r'^(qprune|qprune\.export|launch\.sh): (error|interrupted|warning):')
+KINDS = ('clear', 'unclear', 'traceback', 'hang', 'silent', 'data loss')
+
+
+def classify(outcome) -> str:
+  """One of KINDS for any object with Outcome's fields (the other fault modules' too)."""
+  if not outcome.problems():
+    return 'clear'
+  if getattr(outcome, 'hung', False):
+    return 'hang'
+  if outcome.unchanged is False and outcome.expect_status != 0:
+    return 'data loss'
+  if 'Traceback' in outcome.output:
+    return 'traceback'
+  if getattr(outcome, 'wrong', '') or (outcome.status == 0 and outcome.expect_status != 0):
+    return 'silent'
+  if outcome.unchanged is False:
+    return 'data loss'
+  return 'unclear'
 
 
 CASES: Dict[str, Callable] = {}
@@ -175,6 +209,26 @@ class Env:
     dest = os.path.join(tmp, 'w')
     shutil.copytree(self.finished(), dest)
     return dest
+
+  def quantized(self) -> str:
+    """A finished quantize run of the finished model (one INQ step of one epoch)."""
+    path = os.path.join(self.root, 'quantized')
+    if not os.path.exists(os.path.join(path, 'results.json')):
+      status, output = call(self.quant_config(self.root), path)
+      assert status == 0, output
+    return path
+
+  def quant_config(self, tmp, **overrides):
+    """The quantize config of the finished run, made quick (one INQ step, one epoch)."""
+    quick = {'init_from': self.finished(), 'quant__schedule': (1.0,),
+             'quant__retrain_epochs': 1, 'quant__final_epochs': 0}
+    return self.config(tmp, file='mnist_lenet5_quant.py', **{**quick, **overrides})
+
+  def prune_config(self, tmp, **overrides):
+    """The prune config made to fit the tiny data (a 20-image holdout, small batches)."""
+    quick = {'batch_size': 16, 'prune__holdout': 20, 'prune__score_batches': 1,
+             'prune__bn_batches': 1, 'prune__finetune_epochs': 1}
+    return self.config(tmp, file='mnist_lenet5_prune.py', **{**quick, **overrides})
 
   def reference_params(self):
     if self._params is None:
@@ -1091,6 +1145,438 @@ def _(env, tmp):
               if status == 0 else [])
   return Outcome(status, output, expect_status=0, expect='no pruning candidate meets the budget',
                  unchanged=any('budget' in w for w in warnings))
+
+
+# ---------------------------------------------------------------------------------------------
+# Round three (issue 33): what a user does must never lose a run, never end in a traceback, never
+# be silently ignored; --only_check_args answers as the run would; launch.sh survives real use.
+
+# Data loss: `overwrite` never removes what the run still reads.
+
+@case('overwrite_init_from_is_the_workdir')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  before = snapshot(workdir)
+  status, output = call(env.quant_config(tmp, init_from=workdir, overwrite=True), workdir)
+  return Outcome(status, output, expect=r'init_from=.* is the workdir itself',
+                 unchanged=unchanged(before))
+
+
+@case('overwrite_workdir_holds_init_from')
+def _(env, tmp):
+  """init_from inside a workdir that holds another run: overwrite would delete it first."""
+  workdir = env.copy_finished(tmp)
+  inner = os.path.join(workdir, 'fp')
+  shutil.copytree(env.finished(), inner)
+  before = snapshot(workdir)
+  status, output = call(env.quant_config(tmp, init_from=inner, overwrite=True), workdir)
+  return Outcome(status, output, expect=r'init_from=.* is inside the workdir',
+                 unchanged=unchanged(before))
+
+
+@case('overwrite_decide_from_is_the_workdir')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  before = snapshot(workdir)
+  config = env.prune_config(tmp, overwrite=True, prune__stop_rule='fixed',
+                            prune__pretrain_epochs=1, prune__decide_from=workdir)
+  status, output = call(config, workdir)
+  return Outcome(status, output, expect=r'prune\.decide_from=.* is the workdir itself',
+                 unchanged=unchanged(before))
+
+
+def _export_binary(workdir, *args):
+  """(exit status, stderr + stdout) of `python -m qprune.export --workdir=W ARGS`."""
+  proc = subprocess.run([sys.executable, '-m', 'qprune.export', f'--workdir={workdir}', *args],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  return proc.returncode, proc.stderr + proc.stdout
+
+
+def _copy_quantized(env, tmp) -> str:
+  dest = os.path.join(tmp, 'q')
+  shutil.copytree(env.quantized(), dest)
+  return dest
+
+
+def _export_onto_run_file(fmt, target):
+  def run_case(env, tmp):
+    workdir = _copy_quantized(env, tmp)
+    before = snapshot(workdir)
+    status, output = _export_binary(workdir, f'--format={fmt}',
+                                    f'--out={os.path.join(workdir, target)}')
+    return Outcome(status, output, expect=r'--out=.* is .*run', unchanged=unchanged(before))
+  return run_case
+
+
+case('export_codes_onto_the_runs_qpq')(_export_onto_run_file('codes', 'model.qpq'))
+case('export_onnx_onto_results_json')(_export_onto_run_file('onnx', 'results.json'))
+case('export_into_the_runs_model_folder')(_export_onto_run_file('codes', 'model/codes.npz'))
+
+
+@case('relocated_run_exports_its_own_qpq')
+def _(env, tmp):
+  """A quantize run copied elsewhere exports the copy's .qpq (paths in results.json are relative
+  to the run), not the original's."""
+  workdir = _copy_quantized(env, tmp)
+  out = os.path.join(tmp, 'codes.npz')
+  status, output = _export_binary(workdir, '--format=codes', f'--out={out}')
+  source = json.loads(output.strip().splitlines()[-1]).get('source', '') if status == 0 else ''
+  own = os.path.realpath(source).startswith(os.path.realpath(workdir) + os.sep)
+  return Outcome(status, output, expect_status=0, unchanged=True,
+                 wrong='' if status or own else f'exported {source}, not the copy\'s own file')
+
+
+@case('relocated_run_damaged_qpq_is_reported')
+def _(env, tmp):
+  workdir = _copy_quantized(env, tmp)
+  qpq = os.path.join(workdir, 'model.qpq')
+  _write(qpq, open(qpq, 'rb').read()[:-200])
+  status, output = _export_binary(workdir, '--format=onnx', f'--out={tmp}/m.onnx')
+  return Outcome(status, output, expect=r'model\.qpq: quantized export truncated', unchanged=True)
+
+
+# Tracebacks before.
+
+def _check_args(config_file, workdir, *overrides):
+  """(exit status, output) of `python -m qprune.main ... --only_check_args`."""
+  proc = subprocess.run([sys.executable, '-m', 'qprune.main',
+                         f'--config={os.path.join(REPO_ROOT, "configs", config_file)}',
+                         f'--workdir={workdir}', *overrides, '--only_check_args'],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  return proc.returncode, proc.stderr + proc.stdout
+
+
+@case('config_search_ratios_unset_by_empty_string')
+def _(env, tmp):
+  """README: '' unsets an optional field; the prune config then uses prune.ratio alone."""
+  status, output = _check_args('mnist_lenet5_prune.py', f'{tmp}/w',
+                               "--config.prune.search_ratios=''", f'--config.data_dir={env.data}')
+  return Outcome(status, output, expect_status=0, unchanged=not os.path.exists(f'{tmp}/w'))
+
+
+@case('config_max_params_unset_by_empty_string')
+def _(env, tmp):
+  status, output = _check_args('mnist_lenet5_prune.py', f'{tmp}/w', '--config.prune.max_params=',
+                               f'--config.data_dir={env.data}')
+  return Outcome(status, output, expect_status=0, unchanged=not os.path.exists(f'{tmp}/w'))
+
+
+@case('config_ignored_layers_unknown')
+def _(env, tmp):
+  config = env.prune_config(tmp, prune__ignored_layers=('nonexistent',))
+  status, output = call(config, os.path.join(tmp, 'w'))
+  return Outcome(status, output, expect=r'prune\.ignored_layers.*nonexistent', unchanged=True)
+
+
+@case('config_quant_exclude_every_layer')
+def _(env, tmp):
+  config = env.quant_config(tmp, quant__exclude=('conv1', 'conv2', 'fc1', 'fc2'))
+  status, output = call(config, os.path.join(tmp, 'w'))
+  return Outcome(status, output, expect=r'quant\.exclude names every quantizable layer',
+                 unchanged=True)
+
+
+def _export_damaged(damage, expect, quantized=False):
+  def run_case(env, tmp):
+    workdir = _copy_quantized(env, tmp) if quantized else env.copy_finished(tmp)
+    damage(workdir)
+    before = snapshot(workdir)
+    status, output = _export_binary(workdir, '--format=onnx', f'--out={tmp}/m.onnx')
+    return Outcome(status, output, expect=expect, unchanged=unchanged(before))
+  return run_case
+
+
+case('export_truncated_qpq')(_export_damaged(
+    lambda w: _write(os.path.join(w, 'model.qpq'), open(os.path.join(w, 'model.qpq'),
+                                                        'rb').read()[:300]),
+    r'model\.qpq: quantized export truncated', quantized=True))
+case('export_invalid_model_json')(_export_damaged(
+    lambda w: _write(os.path.join(w, 'model.json'), b'{"name": '), r'model\.json is damaged'))
+case('export_emptied_model_folder')(_export_damaged(
+    lambda w: [shutil.rmtree(os.path.join(w, 'model')), os.makedirs(os.path.join(w, 'model'))],
+    r'model'))
+
+
+# Silently wrong before: a setting that does not apply is refused (or, quant.bits, honored).
+
+_INAPPLICABLE = [
+    ('quant_field_in_train_mode', 'mnist_lenet5.py', {'quant__k': 2}, r'quant\.k=2.*mode'),
+    ('prune_field_in_train_mode', 'mnist_lenet5.py', {'prune__ratio': 0.3},
+     r'prune\.ratio=0\.3.*mode'),
+    ('quant_field_in_prune_mode', 'prune', {'quant__k': 2},
+     r'quant\.k=2.*mode'),
+    ('tolerance_with_inq', 'quant', {'quant__method': 'inq', 'quant__tolerance': 0.1},
+     r'quant\.tolerance=0\.1.*inq'),
+    ('k_with_inq', 'quant', {'quant__method': 'inq', 'quant__k': 2}, r'quant\.k=2.*inq'),
+    ('bits_budget_with_inq', 'quant', {'quant__method': 'inq', 'quant__bits_budget': 3.0},
+     r'quant\.bits_budget=3\.0.*inq'),
+    ('objective_l2_with_kmeans', 'quant', {'quant__method': 'kmeans', 'quant__objective': 'l2'},
+     r"quant\.objective='l2'.*kmeans"),
+    ('k_with_bits_budget', 'quant', {'quant__k': 2, 'quant__bits_budget': 3.0},
+     r'quant\.k=2.*bits_budget'),
+    ('distill_temperature_without_distillation', 'quant', {'quant__distill_temperature': 4.0},
+     r'quant\.distill_temperature=4\.0.*distill_weight'),
+    ('pretrain_epochs_with_early_bird', 'prune', {'prune__pretrain_epochs': 1},
+     r'prune\.pretrain_epochs=1.*early_bird'),
+    ('se_reduction_without_gates', 'prune', {'prune__se_reduction': 8},
+     r'prune\.se_reduction=8.*se_gates'),
+    ('bits_budget_below_two_with_zero_code', 'quant', {'quant__bits_budget': 1.5},
+     r'quant\.bits_budget=1\.5.*zero_code'),
+]
+
+
+def _inapplicable_case(file, overrides, expect):
+  def run_case(env, tmp):
+    workdir = os.path.join(tmp, 'w')
+    config = {'quant': env.quant_config, 'prune': env.prune_config}.get(
+        file, lambda tmp, **o: env.config(tmp, file=file, **o))(tmp, **overrides)
+    status, output = call(config, workdir)
+    return Outcome(status, output, expect=f'bad config: .*{expect}', unchanged=True)
+  return run_case
+
+
+for _name, _file, _overrides, _expect in _INAPPLICABLE:
+  case(f'inapplicable_{_name}')(_inapplicable_case(_file, _overrides, _expect))
+
+
+@case('inapplicable_epochs_override_in_quantize_mode')
+def _(env, tmp):
+  """--config.epochs on a quantize config (retraining epochs are quant.retrain_epochs)."""
+  status, output = _check_args('mnist_lenet5_quant.py', f'{tmp}/w', '--config.epochs=3',
+                               f'--config.init_from={env.finished()}')
+  return Outcome(status, output, expect=r'epochs=3.*quant\.retrain_epochs', unchanged=True)
+
+
+@case('inapplicable_eb_window_override_with_fixed')
+def _(env, tmp):
+  """The config file's own Early-Bird window is fine under stop_rule=fixed; one set on the
+  command line is refused (it would do nothing)."""
+  status, output = _check_args('mnist_lenet5_prune.py', f'{tmp}/w', '--config.prune.stop_rule=fixed',
+                               '--config.prune.pretrain_epochs=1', '--config.prune.eb_window=4')
+  return Outcome(status, output, expect=r'prune\.eb_window=4.*fixed', unchanged=True)
+
+
+@case('quant_bits_is_the_exported_width')
+def _(env, tmp):
+  """--config.quant.bits=2 on the (error-optimal) quantize config exports 2 bits a weight."""
+  workdir = os.path.join(tmp, 'w')
+  status, output = call(env.quant_config(tmp, quant__bits=2), workdir)
+  bits = (json.load(open(os.path.join(workdir, 'results.json')))['bits_per_weight']
+          if status == 0 else None)
+  return Outcome(status, output, expect_status=0, unchanged=True,
+                 wrong='' if status or bits == 2 else f'asked for 2 bits, exported {bits}')
+
+
+# --only_check_args exits 0 only where the run would start.
+
+@case('check_args_init_from_missing')
+def _(env, tmp):
+  status, output = _check_args('mnist_lenet5_quant.py', f'{tmp}/w',
+                               f'--config.init_from={tmp}/nowhere')
+  return Outcome(status, output, expect=r'init_from=.*nowhere.* does not exist',
+                 unchanged=not os.path.exists(f'{tmp}/w'))
+
+
+@case('check_args_workdir_is_a_file')
+def _(env, tmp):
+  _write(f'{tmp}/file', b'x')
+  status, output = _check_args('mnist_lenet5.py', f'{tmp}/file')
+  return Outcome(status, output, expect='is a file, not a folder',
+                 unchanged=open(f'{tmp}/file', 'rb').read() == b'x')
+
+
+@case('check_args_workdir_of_another_config')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  before = snapshot(workdir)
+  status, output = _check_args('mnist_lenet5.py', workdir, '--config.epochs=3',
+                               f'--config.data_dir={env.data}')
+  return Outcome(status, output, expect=r'holds a run of a different config \(differs in: .*epochs',
+                 unchanged=unchanged(before))
+
+
+@case('check_args_unknown_quant_exclude_layer')
+def _(env, tmp):
+  status, output = _check_args('mnist_lenet5_quant.py', f'{tmp}/w',
+                               f'--config.init_from={env.finished()}',
+                               "--config.quant.exclude=('conv9',)")
+  return Outcome(status, output, expect=r'quant\.exclude names conv9',
+                 unchanged=not os.path.exists(f'{tmp}/w'))
+
+
+@case('check_args_unknown_ignored_layer')
+def _(env, tmp):
+  status, output = _check_args('mnist_lenet5_prune.py', f'{tmp}/w',
+                               "--config.prune.ignored_layers=('conv9',)")
+  return Outcome(status, output, expect=r'prune\.ignored_layers.*conv9',
+                 unchanged=not os.path.exists(f'{tmp}/w'))
+
+
+@case('check_args_export_name_collides')
+def _(env, tmp):
+  """quant.export_name naming a folder the run writes (its model/) is refused up front."""
+  status, output = _check_args('mnist_lenet5_quant.py', f'{tmp}/w',
+                               f'--config.init_from={env.finished()}',
+                               '--config.quant.export_name=model')
+  return Outcome(status, output, expect=r'quant\.export_name',
+                 unchanged=not os.path.exists(f'{tmp}/w'))
+
+
+@case('check_args_overwrite_of_init_from')
+def _(env, tmp):
+  workdir = env.copy_finished(tmp)
+  before = snapshot(workdir)
+  status, output = _check_args('mnist_lenet5_quant.py', workdir, f'--config.init_from={workdir}',
+                               '--config.overwrite=True')
+  return Outcome(status, output, expect=r'init_from=.* is the workdir itself',
+                 unchanged=unchanged(before))
+
+
+# launch.sh: a fake interpreter stands in for the jobs (real training is the other cases' work).
+
+_LAUNCH_FAKE = r"""#!/usr/bin/env bash
+# fake "python -m qprune.main --config=C --workdir=W [--config.x=v ...]": records its arguments
+# one per line, 'refuses' (exit 2) an already finished workdir like the binary's rerun.
+workdir=""
+for a in "$@"; do case "$a" in --workdir=*) workdir="${a#*=}" ;; esac; done
+mkdir -p "$workdir"
+if [[ -f "$workdir/results.json" ]]; then
+  echo "$workdir already holds this finished run; nothing to do."; exit 0
+fi
+trap 'echo "qprune: interrupted: SIGINT: stopped" >&2; exit 130' INT
+trap 'echo "qprune: interrupted: SIGTERM: stopped" >&2; exit 143' TERM
+printf '%s\n' "$@" > "$workdir/args.txt"
+echo "training output of $workdir (pid $$)"
+sleep "${FAKE_SLEEP:-0}"
+echo '{"mode": "train", "test_accuracy": 0.9}' > "$workdir/results.json"
+"""
+
+
+def _launch_env(tmp, **extra):
+  fake = _write(os.path.join(tmp, 'fake_python'), _LAUNCH_FAKE.encode())
+  os.chmod(fake, 0o755)
+  env = dict(os.environ, QPRUNE_PYTHON=fake, QPRUNE_COLLECT_PYTHON=sys.executable,
+             QPRUNE_NVIDIA_SMI=os.path.join(tmp, 'no-nvidia-smi'))
+  env.update(extra)
+  env.pop('VIRTUAL_ENV', None)
+  return env
+
+
+def _launch(tmp, *args, env=None, timeout=120):
+  proc = subprocess.run(['bash', os.path.join(REPO_ROOT, 'launch.sh'), *args], cwd=tmp,
+                        env=env or _launch_env(tmp), capture_output=True, text=True,
+                        timeout=timeout)
+  return proc.returncode, proc.stderr + proc.stdout
+
+
+def _launch_config(tmp, name='c.py'):
+  return _write(os.path.join(tmp, name), b'def get_config(): pass\n')
+
+
+@case('launch_rerun_keeps_the_training_log')
+def _(env, tmp):
+  config = _launch_config(tmp)
+  status, output = _launch(tmp, '--configs', config, '--out', 'o', '--no-plots')
+  log = os.path.join(tmp, 'o', 'logs', 'c_s0.log')
+  first = open(log).read() if status == 0 else ''
+  status, output = _launch(tmp, '--configs', config, '--out', 'o', '--no-plots')
+  kept = 'training output of' in open(log).read()
+  return Outcome(status, output, expect_status=0,
+                 unchanged=bool(first) and kept and open(log).read().startswith(first))
+
+
+@case('launch_two_launches_into_one_out')
+def _(env, tmp):
+  config = _launch_config(tmp)
+  launch_env = _launch_env(tmp, FAKE_SLEEP='3')
+  first = subprocess.Popen(['bash', os.path.join(REPO_ROOT, 'launch.sh'), '--configs', config,
+                            '--out', 'o', '--no-plots'], cwd=tmp, env=launch_env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  log = os.path.join(tmp, 'o', 'logs', 'c_s0.log')
+  deadline = time.time() + 60
+  while not (os.path.exists(log) and 'training output' in open(log).read()):
+    assert time.time() < deadline and first.poll() is None, first.communicate()
+    time.sleep(0.05)
+  running_log = open(log).read()
+  status, output = _launch(tmp, '--configs', config, '--out', 'o', '--no-plots', env=launch_env)
+  first.communicate(timeout=60)
+  final_log = open(log).read()
+  log_kept = final_log.startswith(running_log) and final_log.count('training output') == 1
+  rc = open(os.path.join(tmp, 'o', 'logs', 'c_s0.rc')).read().strip()
+  return Outcome(status, output, expect=r'launch\.sh: error: .*o is in use by launch\.sh',
+                 unchanged=log_kept and first.returncode == 0 and rc == '0')
+
+
+@case('launch_refused_job_is_not_a_success')
+def _(env, tmp):
+  """A job the binary refuses (exit 2) is recorded as failed, and the batch exits 1."""
+  config = _launch_config(tmp, 'bad.py')
+  fake = _write(os.path.join(tmp, 'refusing_python'),
+                b'#!/usr/bin/env bash\necho "qprune: error: refused" >&2\nexit 2\n')
+  os.chmod(fake, 0o755)
+  status, output = _launch(tmp, '--configs', config, '--out', 'o', '--no-plots',
+                           env=_launch_env(tmp, QPRUNE_PYTHON=fake))
+  rc = open(os.path.join(tmp, 'o', 'logs', 'bad_s0.rc')).read().strip()
+  return Outcome(status, output, expect_status=1, expect=r'launch\.sh: error: 1 of 1 job.*bad_s0',
+                 unchanged=True, wrong='' if rc == '2' else f'recorded exit {rc}')
+
+
+def _sweep_case(text, expect_args):
+  def run_case(env, tmp):
+    config = _launch_config(tmp)
+    sweep = _write(os.path.join(tmp, 'sweep.txt'), text.replace('CONFIG', config).encode())
+    status, output = _launch(tmp, '--sweep', sweep, '--out', 'o', '--no-plots')
+    args_file = os.path.join(tmp, 'o', 'c_s0', 'args.txt')
+    if status == 0 and not os.path.exists(args_file):
+      folders = [d for d in os.listdir(os.path.join(tmp, 'o')) if d.startswith('c_')]
+      args_file = os.path.join(tmp, 'o', folders[0], 'args.txt') if folders else args_file
+    args = (open(args_file, newline='').read().split('\n') if os.path.exists(args_file)
+            else [])
+    missing = [a for a in expect_args if a not in args]
+    return Outcome(status, output, expect_status=0, unchanged=True,
+                   wrong=f'the job got {args[3:]}, not {missing}' if missing and status == 0
+                   else '')
+  return run_case
+
+
+case('launch_sweep_crlf_line_endings')(_sweep_case(
+    '# a sweep written on Windows\r\nCONFIG --config.epochs=1\r\n', ['--config.epochs=1']))
+case('launch_sweep_hash_inside_a_value')(_sweep_case(
+    'CONFIG --config.quant.export_name=run#1.qpq\n', ['--config.quant.export_name=run#1.qpq']))
+case('launch_sweep_quoted_value_with_spaces')(_sweep_case(
+    "CONFIG \"--config.prune.search_ratios=(0.5, 0.7)\"\n",
+    ['--config.prune.search_ratios=(0.5, 0.7)']))
+case('launch_sweep_single_quoted_value')(_sweep_case(
+    "CONFIG --config.quant.exclude='conv1'\n", ['--config.quant.exclude=conv1']))
+
+
+@case('launch_ctrl_c_stops_the_batch')
+def _(env, tmp):
+  """SIGINT to launch.sh (Ctrl-C) stops the running job and starts no other."""
+  config = _launch_config(tmp)
+  proc = subprocess.Popen(['bash', os.path.join(REPO_ROOT, 'launch.sh'), '--configs', config,
+                           '--seeds', '0,1,2', '--out', 'o', '--no-plots'], cwd=tmp,
+                          env=_launch_env(tmp, FAKE_SLEEP='2'), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          # as from a terminal (a shell started in the background ignores
+                          # SIGINT, and bash cannot trap a signal ignored on entry)
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  log = os.path.join(tmp, 'o', 'logs', 'c_s0.log')
+  deadline = time.time() + 60
+  while not (os.path.exists(log) and 'training output' in open(log).read()):
+    assert time.time() < deadline and proc.poll() is None, proc.communicate()
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+  try:
+    out, err = proc.communicate(timeout=30)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate()
+    return Outcome(-9, err + out, expect_status=130, hung=True)
+  started = [d for d in os.listdir(os.path.join(tmp, 'o')) if d.startswith('c_s')]
+  return Outcome(proc.returncode, err + out, expect_status=130, expect=r'launch\.sh: interrupted',
+                 unchanged=True,
+                 wrong='' if started == ['c_s0'] else f'went on to start {sorted(started)[1:]}')
 
 
 # ---------------------------------------------------------------------------------------------

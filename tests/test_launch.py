@@ -83,7 +83,7 @@ def test_dry_run_prints_commands(tmp_path):
   expected = ['mkdir -p runs/sweep1/logs'] + [
       f'{sys.executable} -m qprune.main --config=configs/{c}.py --workdir=runs/sweep1/{c}_s{s} '
       f'--config.epochs=1 --config.data_dir=../shared/data --config.seed={s} '
-      f'> runs/sweep1/logs/{c}_s{s}.log 2>&1'
+      f'>> runs/sweep1/logs/{c}_s{s}.log 2>&1'
       for c in ('mnist_lenet5', 'cifar10_resnet20') for s in (0, 1)]
   assert commands[:5] == expected
   assert commands[5].endswith('qprune/report/collect.py runs/sweep1 --plots')
@@ -93,7 +93,7 @@ def test_dry_run_prints_commands(tmp_path):
 def test_dry_run_variants_sweep_file_and_gpus(tmp_path):
   sweep = tmp_path / 'sweep.txt'
   sweep.write_text('# comment\nconfigs/mnist_lenet5.py --config.learning_rate=0.02\n\n'
-                   'configs/mnist_lenet5.py --config.width=0.5 --config.quant.k=3\n')
+                   'configs/mnist_lenet5.py --config.width=0.5 --config.batch_size=64\n')
   env = _env(tmp_path, smi=_script(tmp_path / 'smi', FAKE_SMI), QPRUNE_PYTHON=sys.executable)
   out = _launch(['--sweep', str(sweep), '--configs', 'configs/mnist_lenet5.py', '--override', '',
                  '--override', '--config.epochs=2', '--out', 'o', '--dry-run'], env, REPO_ROOT)
@@ -102,7 +102,7 @@ def test_dry_run_variants_sweep_file_and_gpus(tmp_path):
   workdirs = [l.split('--workdir=')[1].split()[0] for l in lines]
   assert workdirs == ['o/mnist_lenet5_s0', 'o/mnist_lenet5_epochs-2_s0',
                       'o/mnist_lenet5_learning_rate-0.02_s0',
-                      'o/mnist_lenet5_width-0.5_quant.k-3_s0']
+                      'o/mnist_lenet5_width-0.5_batch_size-64_s0']
   assert [l.split()[0] for l in lines] == ['CUDA_VISIBLE_DEVICES=0', 'CUDA_VISIBLE_DEVICES=1'] * 2
   # the same workdir twice is refused
   dup = _launch(['--configs', 'configs/mnist_lenet5.py,other/mnist_lenet5.py', '--out', 'o',
@@ -212,3 +212,24 @@ def test_one_job_per_gpu_in_parallel(tmp_path):
   assert runs[0]['start'] < runs[1]['end'] and runs[1]['start'] < runs[0]['end']
   assert runs[2]['start'] >= min(runs[0]['end'], runs[1]['end']) - 0.05
   assert (out_dir / 'summary.csv').exists() and not (out_dir / 'plots').exists()
+
+
+def test_dry_run_checks_and_prints_the_words_the_job_gets(tmp_path):
+  """A sweep line is split as a shell would (quotes, a # inside a value, Windows line ends): the
+  check and the printed command see the same words, so a line the dry run passes runs."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  sweep = tmp_path / 'sweep.txt'
+  sweep.write_bytes(b'# prune with two ratios\r\n'
+                    b'configs/mnist_lenet5_prune.py "--config.prune.search_ratios=(0.5, 0.7)" '
+                    b"--config.prune.search_criteria='l1'\r\n")
+  env = _env(tmp_path, QPRUNE_PYTHON=sys.executable)
+  out = _launch(['--sweep', str(sweep), '--out', 'o', '--dry-run'], env, REPO_ROOT)
+  assert out.returncode == 0, out.stderr
+  (line,) = [l for l in out.stdout.splitlines() if ' -m qprune.main ' in l]
+  words = shlex.split(line)
+  assert '--config.prune.search_ratios=(0.5, 0.7)' in words
+  assert '--config.prune.search_criteria=l1' in words
+  unmatched = tmp_path / 'bad.txt'
+  unmatched.write_text('configs/mnist_lenet5.py "--config.epochs=1\n')
+  bad = _launch(['--sweep', str(unmatched), '--out', 'o', '--dry-run'], env, REPO_ROOT)
+  assert bad.returncode == 2 and 'bad.txt, line 1: unmatched quote' in bad.stderr

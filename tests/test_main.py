@@ -82,6 +82,8 @@ def test_quantize_mode_puts_every_weight_on_its_targets(trained, data_dir, mnist
            '--config.quant.schedule=(0.5, 1.0)', *SMALL)
   results = json.load(open(os.path.join(out, 'results.json')))
   assert results['method'] == 'optimal' and results['bits_per_weight'] <= 3
+  assert results['export_path'] == 'model.qpq'  # relative to the run
+  results['export_path'] = os.path.join(out, results['export_path'])
   assert os.path.getsize(results['export_path']) == results['export_bytes']
   assert results['export_bytes'] < results['fp32_bytes'] / 8
   assert {l['name'] for l in results['layers']} == {'conv1', 'conv2', 'fc1', 'fc2'}
@@ -103,10 +105,11 @@ def test_zero_free_quantize_mode_uses_every_code(trained, data_dir, mnist_test, 
   workdir, _ = trained
   out = str(tmp_path / 'quant')
   run_main('mnist_lenet5_quant.py', out, f'--config.data_dir={data_dir}',
-           f'--config.init_from={workdir}', '--config.quant.k=2', '--config.quant.zero_code=False',
+           f'--config.init_from={workdir}', '--config.quant.bits=2', '--config.quant.zero_code=False',
            '--config.quant.schedule=(0.5, 1.0)', *SMALL)
   results = json.load(open(os.path.join(out, 'results.json')))
-  assert results['bits_per_weight'] == 2
+  results['export_path'] = os.path.join(out, results['export_path'])
+  assert results['bits_per_weight'] == 2  # quant.bits=2 zero-free: k=2
   assert all(l['distinct_values'] == 4 and l['bits'] == 2 for l in results['layers'])
   model, variables = qprune.load_quantized(results['export_path'])
   for name, exponents in read_targets(results['export_path']).items():
@@ -174,7 +177,10 @@ def test_prune_mode_shrinks_the_model(data_dir, mnist_test, tmp_path):
   r = json.load(open(os.path.join(out, 'results.json')))
   assert r['params'] <= 0.4 * r['params_before'] and r['macs'] < r['macs_before']
   assert 1 <= r['pretrain_epochs'] <= 3 and len(r['mask_distance']) == r['pretrain_epochs']
-  assert len(r['search']) == 8 and r['search'][r['search_best']]['params'] == r['params']
+  # The config does what it says: L1 at 50 % of every layer, no search.
+  assert (r['criterion'], r['prune_ratio'], r['selection']) == ('l1', 0.5, 'uniform')
+  assert len(r['search']) == 1 and r['search'][0]['params'] == r['params']
+  assert 'No search: the configured candidate' in open(os.path.join(out, 'report.md')).read()
   model, variables = qprune.load_model(out)
   assert qprune.count_params(variables['params']) == r['params']
   assert _accuracy(model, variables, *mnist_test) == pytest.approx(r['test_accuracy'])
@@ -189,6 +195,10 @@ def test_pipeline_end_to_end(data_dir, mnist_test, tmp_path):
            '--config.quant.schedule=(0.5, 1.0)')
   r = json.load(open(os.path.join(out, 'results.json')))
   assert set(r['stages']) == {'prune', 'quantize'}
+  assert r['export_path'] == os.path.join('quantize', 'model.qpq')
+  r['export_path'] = os.path.join(out, r['export_path'])
+  report = open(os.path.join(out, 'report.md')).read()
+  assert 'The search scored 8 candidates' in report and 'budget: params <= ' in report
   assert r['compression_ratio'] == pytest.approx(r['fp32_bytes_original'] / r['export_bytes'])
   assert r['compression_ratio'] > 20  # pruned to <= 40% of params, then 3 bits per weight
   model, variables = qprune.load_quantized(r['export_path'])
@@ -232,9 +242,10 @@ def test_decisions_replay_a_recorded_pretraining(data_dir, tmp_path):
   """prune.decide_from takes the decision from another run's snapshots, without pretraining:
   the same masks and accuracy as pretraining anew to that epoch, its distance to the recorded
   final masks, and the compute it stands for."""
-  single = [f'--config.data_dir={data_dir}', *TINY_PRUNE, '--config.prune.search_criteria=()',
-            '--config.prune.search_ratios=()', '--config.prune.search_selections=()',
-            '--config.prune.max_params=0.0']
+  # (no Early-Bird window: these stop rules do not use it, and a set one is refused)
+  single = [f'--config.data_dir={data_dir}',
+            *[a for a in TINY_PRUNE if not a.startswith('--config.prune.eb_window')],
+            "--config.prune.search_criteria=''", '--config.prune.max_params=']
   full = str(tmp_path / 'full')
   run_main('mnist_lenet5_prune.py', full, *single, '--config.prune.stop_rule=full',
            '--config.prune.snapshots=True')
@@ -268,3 +279,55 @@ def test_decisions_replay_a_recorded_pretraining(data_dir, tmp_path):
   proc = run_main('mnist_lenet5_prune.py', str(tmp_path / 'bad'), *single,
                   '--config.prune.ratio=0.3', f'--config.prune.decide_from={full}', check=False)
   assert proc.returncode == 2 and 'differs in: prune.ratio' in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_prune_from_a_trained_model_runs_no_pretraining(trained, data_dir, tmp_path):
+  """init_from holds a trained model: its masks are decided on it, without a pretraining epoch
+  (issue 37); the Early-Bird window then does not apply and is refused when set."""
+  workdir, _ = trained
+  out = str(tmp_path / 'prune')
+  args = [f'--config.data_dir={data_dir}', f'--config.init_from={workdir}', *SMALL,
+          '--config.prune.holdout=300', '--config.prune.finetune_epochs=1']
+  proc = run_main('mnist_lenet5_prune.py', out, *args)
+  assert 'decided without pretraining' in proc.stdout
+  r = json.load(open(os.path.join(out, 'results.json')))
+  assert r['pretrain_epochs'] == 0 and r['epochs_run'] == 1
+  assert not os.path.exists(os.path.join(out, 'pretrain'))
+  trained_accuracy = json.load(open(os.path.join(workdir, 'results.json')))['test_accuracy']
+  assert r['pretrained_test_accuracy'] == pytest.approx(trained_accuracy, abs=0.02)
+  refused = run_main('mnist_lenet5_prune.py', str(tmp_path / 'x'), *args,
+                     '--config.prune.eb_window=2', check=False)
+  assert refused.returncode == 2 and 'prune.eb_window=2: does not apply with init_from' in (
+      refused.stderr)
+
+
+def test_report_says_what_the_search_chose_among_what_and_why():
+  """report.md's search paragraph for the committed pipeline run: the grid, the holdout, the
+  budget, the choice and the more accurate candidate the budget excluded (issue 37)."""
+  from qprune import records  # pylint: disable=g-import-not-at-top
+  from qprune.report import markdown  # pylint: disable=g-import-not-at-top
+  run = os.path.join(REPO_ROOT, 'results', 'mnist_lenet5', 'pipeline_optimal_k3')
+  record = records.from_json(json.load(open(os.path.join(run, 'results.json'))))
+  config = json.load(open(os.path.join(run, 'config.json')))
+  (text, _) = markdown.search_explanation(record.stages['prune'], config)
+  assert text.startswith('The search scored 8 candidates (criteria {attention, l1} x ratios '
+                         '{0.6, 0.7} x selections {global, uniform}) on 1000 held-out')
+  assert 'budget: params <= 20.00% of the unpruned model (86,230), met by 6 of them' in text
+  assert 'Chosen: attention/global/ratio=0.7' in text and 'the most accurate within' in text
+  assert 'l1/global/ratio=0.6 (97.40%), is over the budget (params 95,618 > 86,230)' in text
+  single = dict(record.stages['prune'].to_json(), search=[record.stages['prune'].search[0]],
+                search_best=0)
+  (text, _) = markdown.search_explanation(records.PruneResults.from_json(single), config)
+  assert text.startswith('No search: the configured candidate, l1/uniform/ratio=0.6')
+
+
+def test_report_of_one_epoch_shows_no_change_where_there_is_none(tmp_path):
+  """At one epoch there is no loss change to show: '–', not 'train loss 0.1374 → 0.1374'."""
+  from qprune import records  # pylint: disable=g-import-not-at-top
+  from qprune.report import markdown  # pylint: disable=g-import-not-at-top
+  one = records.TrainResults(mode='train', model='lenet5', dataset='mnist', test_accuracy=0.98,
+                             history=[{'epoch': 1, 'train_loss': 0.1374, 'test_accuracy': 0.98}])
+  text = open(markdown.write_report(str(tmp_path), one)).read()
+  assert 'train loss 0.1374 (one epoch: change –)' in text and '0.1374 → 0.1374' not in text

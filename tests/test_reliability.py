@@ -119,7 +119,9 @@ def test_pipeline_killed_during_inq_resumes_to_the_same_export(data_dir, cache_d
   assert 'stage prune: finished earlier, skipped' in proc.stdout
   a, b = (json.load(open(os.path.join(w, 'results.json'))) for w in (straight, killed))
   assert a['test_accuracy'] == b['test_accuracy'] and a['export_bytes'] == b['export_bytes']
-  with open(a['export_path'], 'rb') as f1, open(b['export_path'], 'rb') as f2:
+  # (export paths are relative to the run: a copied run exports its own file)
+  with open(os.path.join(straight, a['export_path']), 'rb') as f1, \
+      open(os.path.join(killed, b['export_path']), 'rb') as f2:
     assert f1.read() == f2.read()
 
 

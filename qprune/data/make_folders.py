@@ -12,8 +12,8 @@ CIFAR-100), and files are numbered by their position in the split, so the loader
 examples in their original order.
 
 Sources:
-* `--from_tfds=NAME`: `tfds.load(NAME)` (downloads; needs TensorFlow, `pip install
-  'qprune[tfds]'`); `--tfds_dir` is where TFDS keeps its files.
+* `--from_tfds=NAME`: `tfds.load(NAME)` (downloads; needs TensorFlow: in the qprune checkout,
+  `pip install -e '.[tfds]'`); `--tfds_dir` is where TFDS keeps its files.
 * `--from_npz=FILE`: a numpy `.npz` with `x_train`, `y_train`, `x_test`, `y_test`; images uint8,
   `[N, H, W]` (grayscale) or `[N, H, W, C]` with C = 1 or 3, labels integers 0..classes-1
   (e.g. `keras.datasets.mnist.load_data()`'s arrays saved with `np.savez`).
@@ -60,7 +60,7 @@ def arrays_from_tfds(name: str, data_dir: Optional[str] = None) -> Arrays:
     import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
     raise MakeFoldersError(f'--from_tfds needs tensorflow-datasets and TensorFlow ({e}); '
-                           "install them with: pip install 'qprune[tfds]'") from e
+                           "install them from the qprune checkout: pip install -e '.[tfds]'") from e
   out = {}
   for split in SPLITS:
     images, labels = tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir,

@@ -23,13 +23,14 @@ def find_qpq(workdir: str) -> Optional[str]:
     results = files.read_json(os.path.join(folder, 'results.json'))
     if results and results.get('export_path'):
       path = results['export_path']
-      if not os.path.isabs(path):
-        path = os.path.join(folder, path)
+      here = os.path.realpath(folder)
+      if os.path.isabs(path) and not os.path.realpath(path).startswith(here + os.sep):
+        # Written before paths were relative to the run; the run was copied since: its own
+        # copy, never the original's file (which may differ from what this folder holds).
+        path = os.path.basename(path)
+      path = os.path.join(folder, path)
       if os.path.exists(path):
         return path
-      moved = os.path.join(folder, os.path.basename(path))  # workdir copied elsewhere
-      if os.path.exists(moved):
-        return moved
   return None
 
 
@@ -43,9 +44,9 @@ def load_run(workdir: str) -> RunModel:
     raise ExportError(f'{workdir} holds no finished run (results.json missing)')
   path = find_qpq(workdir)
   if path is not None:
+    model, variables = qpq.load_quantized(path)  # first: its errors name the file
     with open(path, 'rb') as f:
       spec, _ = qpq.decode_variables(f.read())
-    model, variables = qpq.load_quantized(path)
     return RunModel(model, variables, spec, path)
   from qprune.models.spec import model_from_spec  # pylint: disable=g-import-not-at-top
   from qprune.artifacts import ModelNotFoundError, load_saved_model  # pylint: disable=g-import-not-at-top

@@ -62,17 +62,29 @@ def build(spec, config):
   return model_from_spec(spec, dtype=config.compute_dtype, conv_impl=config.conv_impl)
 
 
+def initial_spec(config) -> dict:
+  """The spec of the model the run starts from: `init_from`'s (checked against the config's
+  model and dataset), or the config's own; reads no variables."""
+  if not config.init_from:
+    return spec_for(config)
+  if not os.path.isdir(config.init_from):
+    raise RunError(f'init_from={config.init_from!r} does not exist')
+  spec = files.read_json(os.path.join(config.init_from, MODEL_JSON), ('name', 'dataset'))
+  if spec is None:
+    raise RunError(f'init_from={config.init_from!r} holds no finished model ({MODEL_JSON} '
+                   f'missing): point it to the workdir of a finished run')
+  if spec['name'] != config.model or spec['dataset'] != config.dataset:
+    raise RunError(f'init_from={config.init_from!r} holds a {spec["name"]} trained on '
+                   f'{spec["dataset"]}, but this config asks for {config.model} on '
+                   f'{config.dataset}')
+  return spec
+
+
 def initial_model(config):
   """(spec, variables) to start from: `init_from`'s final model, or a fresh init."""
   if config.init_from:
-    if not os.path.isdir(config.init_from):
-      raise RunError(f'init_from={config.init_from!r} does not exist')
-    spec, variables = load_saved_model(config.init_from)
-    if spec['name'] != config.model or spec['dataset'] != config.dataset:
-      raise RunError(f'init_from={config.init_from!r} holds a {spec["name"]} trained on '
-                     f'{spec["dataset"]}, but this config asks for {config.model} on '
-                     f'{config.dataset}')
-    return spec, variables
+    initial_spec(config)
+    return load_saved_model(config.init_from)
   spec = spec_for(config)
   model = build(spec, config)
   variables = init_variables(model, jax.random.PRNGKey(config.seed), spec['input_shape'])
@@ -143,6 +155,105 @@ def release_workdirs():
 atexit.register(release_workdirs)
 
 
+def _inside(path: str, folder: str) -> bool:
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_sources(config, workdir: str) -> None:
+  """RunError where a folder the run reads (init_from, prune.decide_from) is the workdir, or lies
+  inside a workdir that overwrite would empty first."""
+  sources = [('init_from', config.init_from)]
+  if config.mode in ('prune', 'pipeline'):
+    sources.append(('prune.decide_from', config.prune.decide_from))
+  for field, path in sources:
+    if not path:
+      continue
+    if os.path.realpath(path) == os.path.realpath(workdir):
+      raise RunError(f'{field}={path!r} is the workdir itself: the run would write over the '
+                     f'model it reads; use another --workdir')
+    if config.overwrite and _inside(path, workdir):
+      raise RunError(f'{field}={path!r} is inside the workdir {workdir}, which '
+                     f'overwrite=True would empty first; use another --workdir')
+
+
+def _reuse_error(config, workdir: str, previous: Optional[dict]) -> Optional[str]:
+  """Why the workdir cannot take this config (it holds a run of another one), or None."""
+  wanted = configs.semantic_dict(config)
+  if previous is None or previous == wanted or config.overwrite or not _has_outputs(workdir):
+    return None
+  changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
+  return (f'workdir {workdir} holds a run of a different config (differs in: '
+          f'{", ".join(changed)}); use another --workdir, or pass --config.overwrite=True to '
+          f'start over there')
+
+
+def preflight(config, workdir: str) -> None:
+  """Everything about the run's folders that can be checked before any work, writing nothing:
+  the workdir (a folder, not one of another config's runs unless overwrite), init_from and
+  decide_from (present, not what overwrite would delete), and the layers quant.exclude and
+  prune.ignored_layers name (against the model the run starts from)."""
+  check_workdir(workdir)
+  check_sources(config, workdir)
+  if os.path.isdir(workdir):
+    previous = files.read_json(os.path.join(workdir, CONFIG_JSON))
+    error = _reuse_error(config, workdir, previous and configs.with_new_defaults(previous))
+    if error:
+      raise RunError(error)
+  spec = initial_spec(config)
+  decide_from = config.mode in ('prune', 'pipeline') and config.prune.decide_from
+  if decide_from and not os.path.isdir(decide_from):
+    raise RunError(f'prune.decide_from={decide_from!r} does not exist')
+  check_layers(config, spec)
+
+
+def layer_names(spec, config):
+  """(every module path of the model, its quantizable layers) from shapes alone."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from qprune import quant  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  model = build(spec, config)
+  images = jax.ShapeDtypeStruct((1, *spec['input_shape']), jnp.uint8)
+  shapes = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0),
+                          images)
+  paths = traverse_util.flatten_dict(shapes['params'])
+  modules = {'/'.join(p[:i]) for p in paths for i in range(1, len(p))}
+  return modules, sorted(quant.quantizable_layers(shapes['params']))
+
+
+def check_layers(config, spec) -> None:
+  """RunError naming a layer of quant.exclude / prune.ignored_layers the model lacks, or a
+  quant.exclude that leaves nothing to quantize."""
+  q, r = config.quant, config.prune
+  check_quant = config.mode in ('quantize', 'pipeline') and q.exclude
+  check_prune = config.mode in ('prune', 'pipeline') and r.ignored_layers
+  if not (check_quant or check_prune):
+    return
+  modules, quantizable = layer_names(spec, config)
+  if check_quant:
+    unknown = sorted(set(q.exclude) - set(quantizable))
+    if unknown:
+      raise RunError(f'quant.exclude names {", ".join(unknown)}, which the model does not '
+                     f'have; its quantizable layers are {", ".join(quantizable)}')
+    if set(quantizable) <= set(q.exclude):
+      raise RunError(f'quant.exclude names every quantizable layer ({", ".join(quantizable)}): '
+                     f'nothing would be quantized; keep at least one out of it')
+  if check_prune:
+    unknown = [p for p in r.ignored_layers
+               if not (p in modules or (p.endswith('/') and any(m.startswith(p)
+                                                                 for m in modules)))]
+    if unknown:
+      raise RunError(f'prune.ignored_layers names {", ".join(unknown)}, which the model does '
+                     f'not have; its layers are {", ".join(sorted(modules))}')
+
+
+def stamp(record, config, mode: str):
+  """The header every results.json carries (a run's and each pipeline stage's): what ran, on
+  which model and data."""
+  record.mode, record.model, record.dataset = mode, config.model, config.dataset
+  return record
+
+
 def prepare_workdir(config, workdir: str) -> Optional[dict]:
   """Creates and locks the workdir; returns the results of an identical finished run, if any.
 
@@ -151,6 +262,7 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
   finished identical run is reported without writing anything (works on a read-only workdir).
   """
   check_workdir(workdir)
+  check_sources(config, workdir)
   config_path = os.path.join(workdir, CONFIG_JSON)
   wanted = configs.semantic_dict(config)
   previous = files.read_json(config_path) if os.path.isdir(workdir) else None
@@ -172,11 +284,9 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
     previous = configs.with_new_defaults(previous)
   if previous is not None and previous != wanted and not _has_outputs(workdir):
     previous = None  # only the config.json of a run that failed before it started
-  if previous is not None and previous != wanted and not config.overwrite:
-    changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
-    raise RunError(f'workdir {workdir} holds a run of a different config (differs in: '
-                   f'{", ".join(changed)}); use another --workdir, or pass '
-                   f'--config.overwrite=True to start over there')
+  error = _reuse_error(config, workdir, previous)
+  if error:
+    raise RunError(error)
   if previous is not None and previous != wanted:  # overwrite=True: drop the other run's outputs
     for name in os.listdir(workdir):
       if name not in (CONFIG_JSON, files.LOCK_NAME):

@@ -27,8 +27,7 @@ def run_stage(name, stage_fn, config, workdir, mesh, data, spec, variables) -> r
     print(f'stage {name}: finished earlier, skipped', flush=True)
     return records.RECORDS[name].from_json(done)  # older stage files carry no `mode`
   print(f'stage {name}: running in {stage_dir}', flush=True)
-  result = stage_fn(config, stage_dir, mesh, data, spec, variables)
-  result.mode, result.model, result.dataset = name, config.model, config.dataset
+  result = common.stamp(stage_fn(config, stage_dir, mesh, data, spec, variables), config, name)
   files.write_json_atomic(results_path, result.to_json())
   return result
 
@@ -49,7 +48,8 @@ def run(config, workdir: str, mesh) -> records.PipelineResults:
       pretrained_test_accuracy=pruned.pretrained_test_accuracy,
       pruned_test_accuracy=pruned.pruned_test_accuracy,
       finetuned_test_accuracy=pruned.test_accuracy,
-      export_path=quantized.export_path, export_bytes=quantized.export_bytes,
+      export_path=os.path.join('quantize', quantized.export_path),  # relative to the run
+      export_bytes=quantized.export_bytes,
       fp32_bytes_original=fp32_bytes, compression_ratio=fp32_bytes / quantized.export_bytes,
       bits_per_weight=quantized.bits_per_weight,
       params_before=pruned.params_before, macs_before=pruned.macs_before,

@@ -181,12 +181,24 @@ def load_snapshot(pconfig, source: str, epoch: int):
   return variables
 
 
+def decides_from_init(config) -> bool:
+  """Whether the masks come straight from init_from's trained model: a stop rule that watches
+  pretraining (early_bird, full) has nothing to watch there; stop_rule=fixed trains its
+  pretrain_epochs first."""
+  return bool(config.init_from) and config.prune.stop_rule != 'fixed'
+
+
 def pretrain(config, workdir, mesh, data, model, spec, variables, groups, score_data, rng,
              gated_model=None):
   """(variables, history) after pretraining; with prune.se_gates, `variables` are the SE
   wrapper's (`gated_model`), which is what is trained."""
   pconfig = config.prune
   if pconfig.stop_rule == 'fixed' and pconfig.pretrain_epochs == 0:
+    return variables, []
+  if decides_from_init(config):
+    print('prune: init_from holds a trained model: its masks are decided without pretraining '
+          '(prune.stop_rule=fixed with prune.pretrain_epochs=N trains N epochs first)',
+          flush=True)
     return variables, []
   hooks = steps.StepHooks()
   if pconfig.slimming_lambda:
@@ -257,15 +269,21 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   model = common.build(spec, config)
   # Groups traced from the model's data flow (identical to the zoo's name-based rules).
   example = jax.ShapeDtypeStruct((1, *spec['input_shape']), np.uint8)
-  groups = prune.derive_groups(variables, model=model, example_input=example,
-                               residual=pconfig.residual, dense=pconfig.dense,
-                               ignored_layers=tuple(pconfig.ignored_layers))
+  try:
+    groups = prune.derive_groups(variables, model=model, example_input=example,
+                                 residual=pconfig.residual, dense=pconfig.dense,
+                                 ignored_layers=tuple(pconfig.ignored_layers))
+  except ValueError as e:  # (the binary names unknown layers before any work: configs, preflight)
+    if 'ignored_layers' not in str(e):
+      raise
+    raise common.RunError(f'prune.{e}') from None
   score_data = _batches(data.train, pconfig.score_batches)
   bn_images, _ = _batches(data.train, pconfig.bn_batches)
   rng = jax.random.PRNGKey(config.seed)
   before = prune.model_cost(model, variables, spec['input_shape'])
 
-  if pconfig.stop_rule == 'early_bird' and pconfig.eb_window > config.epochs:
+  if (pconfig.stop_rule == 'early_bird' and pconfig.eb_window > config.epochs and
+      not decides_from_init(config)):
     # printed once, and kept in results.json `warnings` by the binary
     errors.warn(f'prune.eb_window={pconfig.eb_window} > epochs={config.epochs}: the Early-Bird '
                 'rule can never fire, pretraining runs all epochs')
@@ -286,6 +304,9 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
                                  bn_images, holdout, rng, scoring)
   shrunk_epoch = len(history)
   pretrained = history[-1].get('test_accuracy') if history else None
+  if not history and not pconfig.decide_from:  # decided on the model it started from
+    pretrained = loop.evaluate(model, variables, data.test, config.eval_batch_size,
+                               mesh)['accuracy']
   if pconfig.shrink_weights == 'final':  # the control: the decided masks on the trained weights
     shrunk_epoch = len(recorded)
     pretrained = recorded[-1].get('test_accuracy')

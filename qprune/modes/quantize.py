@@ -1,8 +1,8 @@
 """mode=quantize: power-of-two weights with per-layer target sets, applied INQ-style.
 
-1. Target sets are fixed from the pretrained (init_from) weights: INQ's rule at quant.bits,
-   k-means on log2|w| or the exactly error-optimal sets (fixed k, an L1-error tolerance, or a bit
-   budget).
+1. Target sets are fixed from the pretrained (init_from) weights: INQ's rule, k-means on log2|w|
+   or the exactly error-optimal sets, with quant.bits bits a weight (every method), a fixed k, an
+   L1-error tolerance, or a bit budget.
 2. For each fraction of quant.schedule the largest-|w| weights are snapped to their targets and
    frozen (optax-level: exactly zero update); the rest is retrained for quant.retrain_epochs with
    the common training loop, each step in its own resumable folder `inq_step<i>/`.
@@ -17,7 +17,7 @@ import os
 
 import jax
 
-from qprune import quant
+from qprune import configs, quant
 from qprune.modes import common
 from qprune.records import InqStep, QuantizeResults
 from qprune.train import distill, loop, steps
@@ -31,8 +31,15 @@ def choose_targets(qconfig, params) -> quant.Targets:
     raise common.RunError(f'quant.exclude names {", ".join(unknown)}, which the model does not '
                           f'have; its quantizable layers are {", ".join(layers)}')
   layers = {name: w for name, w in layers.items() if name not in qconfig.exclude}
-  return quant.choose_targets(layers, qconfig.method, bits=qconfig.bits, k=qconfig.k,
-                              k_max=qconfig.k_max, tolerance=qconfig.tolerance,
+  if not layers:
+    raise common.RunError(f'quant.exclude names every quantizable layer '
+                          f'({", ".join(sorted(qconfig.exclude))}): nothing would be quantized; '
+                          f'keep at least one out of it')
+  # quant.bits is the codes' width for every method (configs.effective_k for kmeans/optimal).
+  k = configs.effective_k(qconfig)
+  return quant.choose_targets(layers, qconfig.method,
+                              bits=qconfig.bits or configs.INQ_DEFAULT_BITS, k=k,
+                              k_max=max(qconfig.k_max, k), tolerance=qconfig.tolerance,
                               bits_budget=qconfig.bits_budget, objective=qconfig.objective,
                               zero=qconfig.zero_code)
 
@@ -102,7 +109,7 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResu
       test_accuracy=test['accuracy'], fp_test_accuracy=fp['accuracy'], method=qconfig.method,
       bits_per_weight=quant.average_bits(fp_rows, float_weights=float_weights(variables['params'],
                                                                               qconfig.exclude)),
-      export_path=os.path.abspath(export_path),
+      export_path=qconfig.export_name,  # relative to the run: a copied run exports its own
       export_bytes=export_bytes, fp32_bytes=quant.float32_nbytes(variables),
       epochs_run=sum(s.epochs for s in steps_done) + final_epochs, final_epochs=final_epochs,
       inq_steps=steps_done, final_history=final_history, float_layers=list(qconfig.exclude),

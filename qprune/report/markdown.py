@@ -125,9 +125,10 @@ def curves_section(record: records.Results, ctx: _Context) -> List[str]:
   lines = [ctx.heading('Training curves'), '']
   for name, history in stages:
     first, last = history[0], history[-1]
-    lines += [f'**{name}**: {records.plural(len(history), "epoch")}; train loss '
-              f'{fmt(first.get("train_loss"))} → {fmt(last.get("train_loss"))}; test accuracy '
-              f'at the end {_pct(last.get("test_accuracy"))}.', '']
+    loss = (f'{fmt(first.get("train_loss"))} → {fmt(last.get("train_loss"))}' if len(history) > 1
+            else f'{fmt(last.get("train_loss"))} (one epoch: change –)')
+    lines += [f'**{name}**: {records.plural(len(history), "epoch")}; train loss {loss}; test '
+              f'accuracy at the end {_pct(last.get("test_accuracy"))}.', '']
     columns = [c for c in _CURVE_COLUMNS if any(c in h for h in history)]
     lines += table(_thin(history), columns)
   path = plots.stage_curves(stages, ctx.plot_path('curves.png'))
@@ -197,6 +198,7 @@ def prune_section(record: records.Results, ctx: _Context) -> List[str]:
   lines = [ctx.heading('Pruning'), '']
   if record.chosen_text():
     lines += [f'Chosen: {record.chosen_text()}.', '']
+  lines += search_explanation(record, _run_config(ctx.workdir))
   cost = [{'what': what, 'before': before, 'after': after,
            'kept': _pct(after / before) if before and after is not None else None}
           for what, before, after in (('params', record.params_before, record.params),
@@ -249,9 +251,69 @@ def prune_section(record: records.Results, ctx: _Context) -> List[str]:
             for i, d in enumerate(record.mask_distance)]
     lines += table(rows, ['epoch', 'distance', 'window_max', 'to_final'],
                    ['epoch', 'to previous epoch', f'window maximum (window {fmt(record.eb_window)}'
-                    f', threshold {fmt(record.eb_threshold)})', 'to the final masks'])
-    lines += [_image(path, ctx.workdir, 'mask distance'), '']
+                    f', threshold {fmt(record.eb_threshold)})', "to the last epoch's masks"])
+    lines += ['Hamming distances between the masks prune.criterion at prune.ratio gives after each '
+              'pretraining epoch (what the stop rule watches).']
+    if record.final_mask_distance is not None:
+      search = len(record.search) > 1
+      lines += [f'The pruned model\'s masks ({record.chosen_text() or "the decision"}) are at '
+                f'{_pct(record.final_mask_distance)} from the last epoch\'s' +
+                (': the search chose them among other candidates, so they need not be those '
+                 'masks.' if search else '.')]
+    lines += ['', _image(path, ctx.workdir, 'mask distance'), '']
   return lines
+
+
+def _run_config(workdir: str) -> dict:
+  """The run's config.json ({} when it has none or it cannot be read: the report still renders)."""
+  try:
+    config = files.read_json(os.path.join(workdir, 'config.json'))
+  except ValueError:
+    return {}
+  return config if isinstance(config, dict) else {}
+
+
+def search_explanation(record: records.PruneResults, config: Mapping) -> List[str]:
+  """What the candidate search chose, among what, under which budget, and why (one paragraph);
+  a single candidate says it was the configured one."""
+  rows, best = record.search, record.search_best
+  if not rows or best is None or not 0 <= best < len(rows):
+    return []
+  chosen = rows[best]
+  if len(rows) == 1:
+    return [f'No search: the configured candidate, {chosen.get("description")} '
+            '(prune.criterion, prune.ratio, prune.selection; prune.search_* try others).', '']
+  prune = config.get('prune') if isinstance(config.get('prune'), Mapping) else {}
+  limits = [(key, prune.get(f'max_{key}'), getattr(record, f'{key}_before'))
+            for key in ('params', 'macs')]
+  limits = [(key, fraction, int(fraction * before)) for key, fraction, before in limits
+            if fraction and before]
+  within = [r for r in rows if all((r.get(k) or 0) <= cap for k, _, cap in limits)]
+  grid = ' x '.join(f'{name} {{{", ".join(sorted({str(r.get(key)) for r in rows}))}}}'
+                    for key, name in (('criterion', 'criteria'), ('ratio', 'ratios'),
+                                      ('selection', 'selections')))
+  text = (f'The search scored {len(rows)} candidates ({grid}) on '
+          f'{prune.get("holdout", "the")} held-out training images; ')
+  if limits:
+    text += ('budget: ' + ' and '.join(f'{key} <= {_pct(fraction)} of the unpruned model '
+                                       f'({cap:,})' for key, fraction, cap in limits) +
+             f', met by {len(within)} of them. ')
+  else:
+    text += 'no budget (prune.max_params, prune.max_macs). '
+  text += (f'Chosen: {chosen.get("description")}, held-out accuracy '
+           f'{_pct(chosen.get("accuracy"))}, ' +
+           ('the most accurate within the budget.' if limits and chosen in within else
+            'the most accurate.' if not limits else
+            'no candidate met the budget: the smallest one.'))
+  scored = [r for r in rows if r.get('accuracy') is not None]
+  top = max(scored, key=lambda r: r['accuracy']) if scored else None
+  if top is not None and top is not chosen and top.get('accuracy', 0) > (chosen.get('accuracy')
+                                                                         or 0):
+    over = [f'{k} {top.get(k):,} > {cap:,}' for k, _, cap in limits if (top.get(k) or 0) > cap]
+    text += (f' The most accurate candidate overall, {top.get("description")} '
+             f'({_pct(top.get("accuracy"))}), is over the budget ({"; ".join(over)}).'
+             if over else '')
+  return [text, '']
 
 
 def sensitivity_lines(rows: Sequence[Mapping], ctx: _Context, kind: str) -> List[str]:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from flax import nnx
 
 from qprune.ops import batchnorm as bn_ops
 from qprune.ops import conv as conv_ops
@@ -34,8 +35,17 @@ class Conv(nn.Module):
     return conv_ops.conv2d(x, kernel, tuple(self.strides), self.padding, impl=self.impl)
 
 
-# Module types that are a BatchNorm (for code that intercepts them, e.g. pruning's BN statistics).
-BATCH_NORM_TYPES = (nn.BatchNorm, bn_ops.FusedBatchNorm)
+# Layer types that code intercepting layer calls (pruning's tracer and masked evaluation, MAC
+# counting) knows, Linen and NNX alike (`qprune.models.interop`).
+BATCH_NORM_TYPES = (nn.BatchNorm, bn_ops.FusedBatchNorm, nnx.BatchNorm)
+CONV_TYPES = (nn.Conv, Conv, nn.ConvTranspose, nnx.Conv, nnx.ConvTranspose)
+TRANSPOSE_CONV_TYPES = (nn.ConvTranspose, nnx.ConvTranspose)
+DENSE_TYPES = (nn.Dense, nnx.Linear)
+# Norms over the channel axis that couple the channels they normalize (statistics across them).
+LAYER_NORM_TYPES = (nn.LayerNorm, nnx.LayerNorm)
+RMS_NORM_TYPES = (nn.RMSNorm, nnx.RMSNorm)
+GROUP_NORM_TYPES = (nn.GroupNorm, nnx.GroupNorm)
+CHANNEL_NORM_TYPES = LAYER_NORM_TYPES + RMS_NORM_TYPES + GROUP_NORM_TYPES
 
 
 def batch_norm(train: bool, name: str, dtype: Dtype = jnp.float32) -> nn.Module:

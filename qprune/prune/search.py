@@ -38,7 +38,7 @@ from flax import traverse_util
 
 from qprune.ops import compile as compile_lib
 from qprune.prune.criteria import score
-from qprune.prune.groups import Groups
+from qprune.prune.group_types import Groups
 from qprune.prune.masks import apply_with_gates, stack_masks
 from qprune.prune.selection import select
 from qprune.prune.shrink import mask_cost

@@ -23,8 +23,9 @@ from flax import traverse_util
 
 from qprune.models import count_macs, count_params
 from qprune.models.base import ZooModel, channel_overrides
-from qprune.prune.groups import Groups
-from qprune.prune.masks import axis_slots, kept_indices
+from qprune.prune.group_types import Groups
+from qprune.models import interop
+from qprune.prune.masks import axis_slots, check_groups, check_masks, kept_indices
 
 
 def shrunk_widths(groups: Groups, masks) -> Dict[str, int]:
@@ -58,8 +59,9 @@ class ShrunkModel:
 
   Contract: every pruned producer is a layer whose `features` field sets its output width
   (`nn.Conv`, `nn.Dense`, `nn.ConvTranspose`, qprune's `layers.Conv`); a depthwise conv also
-  gets `feature_group_count = features`. Every other layer must infer its width from its input
-  (BatchNorm does). `apply`/`init` run `model` with those fields replaced at call time (an
+  gets `feature_group_count = features`, a GroupNorm its kept `num_groups` (or keeps its
+  `group_size`). Every other layer must infer its width from its input (BatchNorm, LayerNorm,
+  RMSNorm do). `apply`/`init` run `model` with those fields replaced at call time (an
   `nn.intercept_methods` interceptor on the layers named in `overrides`), so the variable tree,
   layer paths and call signature stay the model's own.
 
@@ -72,6 +74,8 @@ class ShrunkModel:
 
   def _intercept(self, next_fun, args, kwargs, context):
     fields = self._table().get('/'.join(context.module.path))
+    if fields and isinstance(context.module, nn.GroupNorm):  # it takes one of the two fields
+      fields = tuple((f, v) for f, v in fields if getattr(context.module, f) is not None)
     if fields:
       for field, value in fields:
         if getattr(context.module, field) != value:
@@ -104,9 +108,21 @@ def _freeze(overrides) -> tuple:
 
 
 def width_overrides(variables, groups: Groups, masks) -> Dict[str, Dict[str, int]]:
-  """{producer path: {'features': kept width}} (+ feature_group_count for depthwise convs)."""
+  """{producer path: {'features': kept width}} (+ feature_group_count for depthwise convs;
+  {'num_groups': kept groups} for a GroupNorm sized by its number of groups)."""
   params = traverse_util.flatten_dict(variables['params'], sep='/')
   out: Dict[str, Dict[str, int]] = {}
+  kept_width: Dict[str, int] = {}
+  for g in groups:
+    for path, kind, _, width in g.channel_norms:
+      if kind == 'group':
+        slot = next(s for s in g.norms if s.path == path)
+        kept_width[path] = kept_width.get(path, width) - int(
+            slot.length - np.asarray(masks[g.name], bool)[:slot.length].sum())
+  for g in groups:
+    for path, kind, block, width in g.channel_norms:
+      if kind == 'group':
+        out[path] = {'num_groups': kept_width[path] // block, 'group_size': block}
   for g in groups:
     for slot in g.producers:
       if slot.path in out:
@@ -146,10 +162,61 @@ def shrunk_model(model, groups: Groups, masks, variables=None):
   return ShrunkModel(model, _freeze(overrides))
 
 
-def shrink(model, variables, groups: Groups, masks) -> Tuple[nn.Module, dict]:
-  """(smaller model, its variables); `small.apply(v, x)` == masked full model's output."""
+def check_shrinkable(variables, groups: Groups, masks) -> None:
+  """MaskError (a UserError naming the argument) unless groups and masks fit these variables."""
+  check_groups(groups, variables)
+  check_masks(groups, masks, boolean=True)
+
+
+def shrink(model, variables, groups: Groups = None, masks=None):
+  """(smaller model, its variables); `small.apply(v, x)` == the masked full model's output.
+
+  An nnx.Module in place of (model, variables), `shrink(module, groups, masks)`, gives a new,
+  smaller nnx.Module (the module passed is not changed). masks: {group: bool[C]}, True = keep.
+  Raises MaskError for masks or groups that do not fit the model (module docstring of masks).
+  """
+  if interop.is_nnx(model):
+    groups, masks = variables, groups
+    adapter, plain = interop.split(model)
+    check_shrinkable(plain, groups, masks)
+    small = slice_variables(plain, groups, masks)
+    return _nnx_with_widths(interop.merge(adapter, small),
+                            width_overrides(plain, groups, masks))
+  variables = interop.as_variables(variables, 'variables')
+  check_shrinkable(variables, groups, masks)
   return (shrunk_model(model, groups, masks, variables),
           slice_variables(variables, groups, masks))
+
+
+def _value(variable):
+  return None if variable is None else variable.get_value()
+
+
+def _nnx_with_widths(module, overrides):
+  """Set every NNX layer's width attributes from its (sliced) arrays, so that the module's
+  own code (GroupNorm's reshape, a depthwise conv's feature_group_count) sees the new widths."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  for path, node in nnx.iter_graph(module):
+    fields = overrides.get('/'.join(str(p) for p in path), {})
+    if isinstance(node, (nnx.Conv, nnx.ConvTranspose)):
+      kernel = np.shape(_value(node.kernel))
+      groups = int(fields.get('feature_group_count', node.feature_group_count))
+      node.feature_group_count = groups
+      node.out_features = int(kernel[-1])
+      node.in_features = int(kernel[-2]) * groups
+    elif isinstance(node, nnx.Linear):
+      kernel = np.shape(_value(node.kernel))
+      node.in_features, node.out_features = int(kernel[0]), int(kernel[1])
+    elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
+      leaves = [getattr(node, n, None) for n in ('scale', 'bias', 'mean')]
+      shapes = [np.shape(_value(v)) for v in leaves if v is not None]
+      if isinstance(node, nnx.GroupNorm) and 'num_groups' in fields:
+        node.num_groups = fields['num_groups']
+        node.group_size = fields['group_size']
+        node.num_features = fields['num_groups'] * fields['group_size']
+      elif shapes:
+        node.num_features = int(shapes[0][-1])
+  return module
 
 
 def model_cost(model, variables, input_shape) -> Dict[str, int]:

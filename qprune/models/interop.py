@@ -28,6 +28,8 @@ import contextvars
 import dataclasses
 import functools
 import threading
+
+import numpy as np
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -183,11 +185,14 @@ def replace_variables(module: nnx.Module, variables) -> nnx.Module:
 
 
 def params_of(params_or_module):
-  """variables['params'] of an NNX module; anything else is returned as is."""
+  """The params of an NNX module, an nnx.State or whole variables ({'params': ...}); a params
+  tree is returned as is."""
   if is_nnx(params_or_module):
     return split(params_or_module)[1][PARAMS]
   if isinstance(params_or_module, nnx.State):
     return state_to_dict(params_or_module)
+  if isinstance(params_or_module, Mapping) and isinstance(params_or_module.get(PARAMS), Mapping):
+    return params_or_module[PARAMS]
   return params_or_module
 
 
@@ -320,3 +325,51 @@ def intercept_layers(interceptor):
   its path, context.method_name the method ('__call__' for NNX layers)."""
   with nn.intercept_methods(interceptor), _nnx_intercept(interceptor):
     yield
+
+
+# ---------------------------------------------------------------------------------------------
+# Widths of NNX layers.
+
+def _value(variable):
+  return None if variable is None else variable.get_value()
+
+
+def set_widths(module, overrides=None):
+  """`module` with every NNX layer's width attributes set from its arrays (after they were
+  sliced or loaded smaller), so that the module's own code (GroupNorm's reshape, a depthwise
+  conv's feature_group_count) sees the new widths. overrides: {path: {field: value}} for what the
+  arrays do not tell (a depthwise conv's feature_group_count, a GroupNorm's num_groups)."""
+  overrides = overrides or {}
+  for path, node in nnx.iter_graph(module):
+    fields = overrides.get('/'.join(str(p) for p in path), {})
+    if isinstance(node, (nnx.Conv, nnx.ConvTranspose)):
+      kernel = np.shape(_value(node.kernel))
+      groups = int(fields.get('feature_group_count', node.feature_group_count))
+      node.feature_group_count = groups
+      node.out_features = int(kernel[-1])
+      node.in_features = int(kernel[-2]) * groups
+    elif isinstance(node, nnx.Linear):
+      kernel = np.shape(_value(node.kernel))
+      node.in_features, node.out_features = int(kernel[0]), int(kernel[1])
+    elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
+      leaves = [getattr(node, n, None) for n in ('scale', 'bias', 'mean')]
+      shapes = [np.shape(_value(v)) for v in leaves if v is not None]
+      if isinstance(node, nnx.GroupNorm) and 'num_groups' in fields:
+        node.num_groups = fields['num_groups']
+        node.group_size = fields['group_size']
+        node.num_features = fields['num_groups'] * fields['group_size']
+      elif shapes:
+        node.num_features = int(shapes[0][-1])
+  return module
+
+
+def width_fields(module) -> Dict[str, Dict[str, int]]:
+  """{path: fields} that `set_widths` needs to rebuild this module's widths from its arrays."""
+  out: Dict[str, Dict[str, int]] = {}
+  for path, node in nnx.iter_graph(module):
+    key = '/'.join(str(p) for p in path)
+    if isinstance(node, (nnx.Conv, nnx.ConvTranspose)) and node.feature_group_count != 1:
+      out[key] = {'feature_group_count': int(node.feature_group_count)}
+    elif isinstance(node, nnx.GroupNorm):
+      out[key] = {'num_groups': int(node.num_groups), 'group_size': int(node.group_size)}
+  return out

@@ -12,10 +12,8 @@ the residual group the stage-s width is the number of kept channels in mask[:C_s
 `qprune.prune.groups`). For any other Flax model, a `ShrunkModel`: the same module run with the
 producers' `features` overridden (see its docstring for the contract and how to save it).
 """
-import dataclasses
-from typing import Dict, Mapping, Tuple
+from typing import Dict
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +21,8 @@ from flax import traverse_util
 
 from qprune.models import count_macs, count_params
 from qprune.models.base import ZooModel, channel_overrides
+from qprune.models.shrunk import ShrunkModel
+from qprune.models.shrunk import freeze_overrides as _freeze
 from qprune.prune.group_types import Groups
 from qprune.models import interop
 from qprune.prune.masks import axis_slots, check_groups, check_masks, kept_indices
@@ -51,60 +51,6 @@ def slice_variables(variables, groups: Groups, masks):
     idx = _kept_positions(x.shape[axis], entries, masks)
     flat[col][key] = jnp.take(x, idx, axis=x.ndim + axis)
   return {col: traverse_util.unflatten_dict(tree, sep='/') for col, tree in flat.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class ShrunkModel:
-  """A Flax model run with some layers' widths overridden: the shrunk form of any model.
-
-  Contract: every pruned producer is a layer whose `features` field sets its output width
-  (`nn.Conv`, `nn.Dense`, `nn.ConvTranspose`, qprune's `layers.Conv`); a depthwise conv also
-  gets `feature_group_count = features`, a GroupNorm its kept `num_groups` (or keeps its
-  `group_size`). Every other layer must infer its width from its input (BatchNorm, LayerNorm,
-  RMSNorm do). `apply`/`init` run `model` with those fields replaced at call time (an
-  `nn.intercept_methods` interceptor on the layers named in `overrides`), so the variable tree,
-  layer paths and call signature stay the model's own.
-
-  overrides: ((layer path, ((field, value), ...)), ...). To save a shrunk user model, store
-  `dict(small.overrides_dict())` as JSON beside its variables; rebuild it with
-  `ShrunkModel.from_dict(YourModel(...), saved)`.
-  """
-  model: object
-  overrides: Tuple[Tuple[str, Tuple[Tuple[str, int], ...]], ...]
-
-  def _intercept(self, next_fun, args, kwargs, context):
-    fields = self._table().get('/'.join(context.module.path))
-    if fields and isinstance(context.module, nn.GroupNorm):  # it takes one of the two fields
-      fields = tuple((f, v) for f, v in fields if getattr(context.module, f) is not None)
-    if fields:
-      for field, value in fields:
-        if getattr(context.module, field) != value:
-          object.__setattr__(context.module, field, value)
-    return next_fun(*args, **kwargs)
-
-  def _table(self):
-    return dict(self.overrides)
-
-  def apply(self, variables, *args, **kwargs):
-    with nn.intercept_methods(self._intercept):
-      return self.model.apply(variables, *args, **kwargs)
-
-  def init(self, rngs, *args, **kwargs):
-    with nn.intercept_methods(self._intercept):
-      return self.model.init(rngs, *args, **kwargs)
-
-  def overrides_dict(self) -> Dict[str, Dict[str, int]]:
-    """JSON-able {layer path: {field: value}}."""
-    return {path: dict(fields) for path, fields in self.overrides}
-
-  @classmethod
-  def from_dict(cls, model, overrides: Mapping[str, Mapping[str, int]]) -> 'ShrunkModel':
-    return cls(model, _freeze(overrides))
-
-
-def _freeze(overrides) -> tuple:
-  return tuple(sorted((str(p), tuple(sorted((str(f), int(v)) for f, v in fields.items())))
-                      for p, fields in overrides.items()))
 
 
 def width_overrides(variables, groups: Groups, masks) -> Dict[str, Dict[str, int]]:
@@ -180,43 +126,12 @@ def shrink(model, variables, groups: Groups = None, masks=None):
     adapter, plain = interop.split(model)
     check_shrinkable(plain, groups, masks)
     small = slice_variables(plain, groups, masks)
-    return _nnx_with_widths(interop.merge(adapter, small),
-                            width_overrides(plain, groups, masks))
+    return interop.set_widths(interop.merge(adapter, small),
+                              width_overrides(plain, groups, masks))
   variables = interop.as_variables(variables, 'variables')
   check_shrinkable(variables, groups, masks)
   return (shrunk_model(model, groups, masks, variables),
           slice_variables(variables, groups, masks))
-
-
-def _value(variable):
-  return None if variable is None else variable.get_value()
-
-
-def _nnx_with_widths(module, overrides):
-  """Set every NNX layer's width attributes from its (sliced) arrays, so that the module's
-  own code (GroupNorm's reshape, a depthwise conv's feature_group_count) sees the new widths."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  for path, node in nnx.iter_graph(module):
-    fields = overrides.get('/'.join(str(p) for p in path), {})
-    if isinstance(node, (nnx.Conv, nnx.ConvTranspose)):
-      kernel = np.shape(_value(node.kernel))
-      groups = int(fields.get('feature_group_count', node.feature_group_count))
-      node.feature_group_count = groups
-      node.out_features = int(kernel[-1])
-      node.in_features = int(kernel[-2]) * groups
-    elif isinstance(node, nnx.Linear):
-      kernel = np.shape(_value(node.kernel))
-      node.in_features, node.out_features = int(kernel[0]), int(kernel[1])
-    elif isinstance(node, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
-      leaves = [getattr(node, n, None) for n in ('scale', 'bias', 'mean')]
-      shapes = [np.shape(_value(v)) for v in leaves if v is not None]
-      if isinstance(node, nnx.GroupNorm) and 'num_groups' in fields:
-        node.num_groups = fields['num_groups']
-        node.group_size = fields['group_size']
-        node.num_features = fields['num_groups'] * fields['group_size']
-      elif shapes:
-        node.num_features = int(shapes[0][-1])
-  return module
 
 
 def model_cost(model, variables, input_shape) -> Dict[str, int]:

@@ -239,6 +239,20 @@ def as_variables(x, argname: str = 'variables') -> dict:
                        f"...}}), a params dict or an nnx.Module, got {type(x).__name__}")
 
 
+def accepts_module(fn):
+  """`fn(model, variables, *rest)` also callable as `fn(nnx_module, *rest)` (split at the
+  boundary; the result is whatever `fn` returns)."""
+
+  @functools.wraps(fn)
+  def wrapper(model, *args, **kwargs):
+    if is_nnx(model):
+      adapter, variables = split(model)
+      return fn(adapter, variables, *args, **kwargs)
+    return fn(model, *args, **kwargs)
+
+  return wrapper
+
+
 def as_model(model, variables=None):
   """(model, variables): an NNX module is split; a Linen model is returned with `variables`."""
   if is_nnx(model):

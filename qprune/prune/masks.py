@@ -274,8 +274,9 @@ def apply_with_gates(model: nn.Module, variables, images, groups: Groups,
   consumers read gated inputs, so gates = masks computes exactly what the shrunk model does.
   An nnx.Module takes the place of (model, variables): apply_with_gates(module, images, ...).
   """
-  if interop.is_nnx(model):
-    return apply_with_gates(*interop.split(model), variables, images, groups, gates, train=train,
+  if interop.is_nnx(model):  # apply_with_gates(module, images, groups, gates)
+    adapter, plain = interop.split(model)
+    return apply_with_gates(adapter, plain, variables, images, groups, train=train,
                             bn_stats=bn_stats, activations=activations)
   points = gate_points(groups) if gates is not None else {}
   norms, consumers = coupled_points(groups) if gates is not None else ({}, {})

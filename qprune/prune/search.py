@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from qprune.models import interop
 from qprune.ops import compile as compile_lib
 from qprune.prune.criteria import score
 from qprune.prune.group_types import Groups
@@ -248,6 +249,7 @@ class SearchResult(NamedTuple):
     return self.masks[self.best]
 
 
+@interop.accepts_module
 def search(model, variables, groups: Groups, candidates: Sequence[Candidate], input_shape,
            bn_images, eval_images, eval_labels, *, eval_valid=None, max_params=None,
            max_macs=None, criterion_kwargs=None, selection_kwargs=None,

@@ -134,12 +134,14 @@ def shrink(model, variables, groups: Groups = None, masks=None):
           slice_variables(variables, groups, masks))
 
 
+@interop.accepts_module
 def model_cost(model, variables, input_shape) -> Dict[str, int]:
   """{'params', 'macs'} of a model: params counted on `variables['params']`, MACs traced."""
   return {'params': count_params(variables['params']),
           'macs': count_macs(model, variables, input_shape)}
 
 
+@interop.accepts_module
 def mask_cost(model, variables, groups: Groups, masks, input_shape) -> Dict[str, int]:
   """{'params', 'macs'} of the shrunk model, from shapes only (no arrays are sliced).
 
@@ -149,6 +151,7 @@ def mask_cost(model, variables, groups: Groups, masks, input_shape) -> Dict[str,
   return model_cost(small, shapes, input_shape)
 
 
+@interop.accepts_module
 def shrink_report(model, variables, groups: Groups, masks, input_shape) -> Dict[str, float]:
   """params/MACs before and after (counts), and the kept fractions."""
   before = model_cost(model, variables, input_shape)

@@ -79,14 +79,22 @@ class NnxModel:
   leaves: Tuple[Tuple[tuple, Optional[str]], ...]
   templates: Tuple[Any, ...]
   class_name: str = 'NnxModel'
+  overrides: Tuple[Tuple[str, Tuple[Tuple[str, int], ...]], ...] = ()  # set_widths' fields
 
   def _key(self):
     kept = tuple(id(t.get_value()) for t, (_, col) in zip(self.templates, self.leaves)
                  if col is None)
-    return (self.graphdef, self.leaves, kept)
+    return (self.graphdef, self.leaves, kept, self.overrides)
 
   def __hash__(self):
-    return hash((self.graphdef, self.leaves))
+    return hash((self.graphdef, self.leaves, self.overrides))
+
+  def with_widths(self, overrides) -> 'NnxModel':
+    """This model with layer widths overridden ({path: {field: value}}, see `set_widths`):
+    what a shrunk module's adapter is before any array is sliced (cost estimates)."""
+    frozen = tuple(sorted((str(p), tuple(sorted((str(f), int(v)) for f, v in fields.items())))
+                          for p, fields in overrides.items()))
+    return dataclasses.replace(self, overrides=frozen)
 
   def __eq__(self, other):
     return isinstance(other, NnxModel) and self._key() == other._key()
@@ -105,7 +113,10 @@ class NnxModel:
                              f"leaves are {sorted('/'.join(_str_path(p)) for p, c in self.leaves if c == col)[:8]}")
       pairs.append((path, template.replace(flat[col][key])))
     state = nnx.from_flat_state(pairs)
-    return nnx.merge(self.graphdef, state)
+    module = nnx.merge(self.graphdef, state)
+    if self.overrides:
+      module = set_widths(module, {p: dict(f) for p, f in self.overrides})
+    return module
 
   def apply(self, variables, x, *args, train: bool = False, mutable=False, **kwargs):
     module = self.module(variables)

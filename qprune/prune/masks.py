@@ -200,20 +200,20 @@ def _reduce_axes(x):
 
 def coupled_points(groups: Groups):
   """({channel-norm path: (kind, ((group name, slot), ...))}, {consumer path: ((group, slot),
-  ...)}) of the groups that hold a LayerNorm / RMSNorm / GroupNorm: their norms get masked
-  statistics and their consumers gated inputs in masked evaluation (module docstring)."""
+  ...)}): the LayerNorm / RMSNorm / GroupNorm layers get masked statistics, and every consumer
+  reads gated inputs in masked evaluation. The consumer gates matter where a group's activation
+  is not gated everywhere: a producer without a norm added to a normalized stream, a stream only
+  normalized by LayerNorms (they are stop-gradient, so Taylor scores stay the gate gradients)."""
   norms: Dict[str, tuple] = {}
   consumers: Dict[str, tuple] = {}
   for g in groups:
-    if not g.channel_norms:
-      continue
+    for slot in g.consumers:
+      consumers[slot.path] = consumers.get(slot.path, ()) + ((g.name, slot),)
     kinds = {n[0]: n[1] for n in g.channel_norms}
     for slot in g.norms:
       if slot.path in kinds:
         kind, entries = norms.get(slot.path, (kinds[slot.path], ()))
         norms[slot.path] = (kind, entries + ((g.name, slot),))
-    for slot in g.consumers:
-      consumers[slot.path] = consumers.get(slot.path, ()) + ((g.name, slot),)
   return norms, consumers
 
 

@@ -100,6 +100,8 @@ def shrunk_model(model, groups: Groups, masks, variables=None):
   if variables is None:
     raise ValueError('shrunk_model of a non-zoo model needs variables= (its layer widths)')
   overrides = width_overrides(variables, groups, masks)
+  if isinstance(model, interop.NnxModel):
+    return model.with_widths(overrides)
   if isinstance(model, ShrunkModel):
     merged = model.overrides_dict()
     for path, fields in overrides.items():

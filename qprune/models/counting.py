@@ -12,7 +12,7 @@ A layer called twice counts twice. Other layers (attention einsums, custom matmu
 counted.
 """
 import inspect
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -76,7 +76,7 @@ def _kernel_size(module) -> int:
   return int(np.prod(kernel.shape))
 
 
-def layer_macs(model: nn.Module, variables=None,
+def layer_macs(model: Any, variables=None,
                input_shape: Union[Sequence[int], jax.ShapeDtypeStruct, None] = None, *,
                example_input=None) -> dict:
   """Inference multiply-accumulates per example of every conv and dense layer.
@@ -113,7 +113,7 @@ def layer_macs(model: nn.Module, variables=None,
   return macs
 
 
-def count_macs(model: nn.Module, variables=None,
+def count_macs(model: Any, variables=None,
                input_shape: Union[Sequence[int], jax.ShapeDtypeStruct, None] = None, *,
                example_input=None) -> int:
   """Total inference MACs per example (conv + dense). input_shape is (H, W, C) of a uint8 image,

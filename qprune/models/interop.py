@@ -369,8 +369,9 @@ def set_widths(module, overrides=None):
     fields = overrides.get('/'.join(str(p) for p in path), {})
     if isinstance(node, (nnx.Conv, nnx.ConvTranspose)):
       kernel = np.shape(_value(node.kernel))
-      groups = int(fields.get('feature_group_count', node.feature_group_count))
-      node.feature_group_count = groups
+      groups = int(fields.get('feature_group_count', getattr(node, 'feature_group_count', 1)))
+      if hasattr(node, 'feature_group_count'):
+        setattr(node, 'feature_group_count', groups)
       node.out_features = int(kernel[-1])
       node.in_features = int(kernel[-2]) * groups
     elif isinstance(node, nnx.Linear):
@@ -393,8 +394,9 @@ def width_fields(module) -> Dict[str, Dict[str, int]]:
   out: Dict[str, Dict[str, int]] = {}
   for path, node in nnx.iter_graph(module):
     key = '/'.join(str(p) for p in path)
-    if isinstance(node, (nnx.Conv, nnx.ConvTranspose)) and node.feature_group_count != 1:
-      out[key] = {'feature_group_count': int(node.feature_group_count)}
+    groups = int(getattr(node, 'feature_group_count', 1) or 1)
+    if isinstance(node, (nnx.Conv, nnx.ConvTranspose)) and groups != 1:
+      out[key] = {'feature_group_count': groups}
     elif isinstance(node, nnx.GroupNorm):
       out[key] = {'num_groups': int(node.num_groups), 'group_size': int(node.group_size)}
   return out

@@ -78,7 +78,7 @@ def check_image_range(images) -> None:
     return
   values = np.asarray(images)
   if values.size and 0.0 <= float(values.min()) < float(values.max()) <= 1.0:
-    warnings.warn('qprune: float images in [0, 1] given to a zoo model, which expects uint8 or '
+    warnings.warn('float images in [0, 1] given to a zoo model, which expects uint8 or '
                   'float in [0, 255] (it normalizes with mean/std given as fractions of 255): '
                   'pass images * 255, or the uint8 images', ImageRangeWarning, stacklevel=4)
 

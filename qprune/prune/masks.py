@@ -10,9 +10,8 @@
   cheap (XLA folds K into the batch dimension instead of running grouped convolutions). Gates = 1
   with gradients gives the first-order Taylor score; the recorded activations feed `attention`.
 """
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -259,8 +258,8 @@ def _positions_factor(entries, gates, size, dtype):
   return factor
 
 
-def apply_with_gates(model: nn.Module, variables, images, groups: Groups,
-                     gates: Optional[Mapping[str, jax.Array]] = None, *, train: bool = False,
+def apply_with_gates(model: Any, variables, images, groups: Any,
+                     gates: Any = None, *, train: bool = False,
                      bn_stats: Optional[dict] = None, activations: Optional[dict] = None):
   """Logits of `model` with group activations multiplied by `gates` ({group: f32[C]}).
 

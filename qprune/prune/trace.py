@@ -808,11 +808,11 @@ def traced_groups(model: nn.Module, variables, example_input, *, residual: bool 
   """
   result = trace_model(model, variables, example_input)
   known = {p for p, _ in result.layers}
-  groups = ignore_layers(result.groups, ignored_layers, known)
+  kept = ignore_layers(result.groups, ignored_layers, known)
   if warn:
     report_skipped(result, quiet={n for n, _ in result.skipped if _matches(n, ignored_layers)})
   kinds = dict(result.layers)
-  groups = [g for g in groups
+  groups = [g for g in kept
             if (residual or len(g.producers) - len(g.depthwise) <= 1) and
             (dense or any(kinds.get(s.path) != 'dense' for s in g.producers))]
   if not groups:

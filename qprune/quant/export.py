@@ -393,9 +393,10 @@ def _leaf_shapes(tree) -> dict:
 def _load_user_model(spec, variables, model):
   info = spec.get(USER_MODEL)
   if model is None:
-    raise ExportFormatError(
-        f'holds a model outside the zoo ({info.get("framework")} {info.get("class")}): pass the '
-        f'model it was saved from, load_quantized(path, model={info.get("class") or "Model"}(...))')
+    what = f'{info.get("framework", "")} {info.get("class") or "model"}'.strip()
+    call = f'{info["class"]}(...)' if info.get('class') else 'the model it was saved from'
+    raise ExportFormatError(f'holds a model outside the zoo (a {what}): pass the model, '
+                            f'load_quantized(path, model={call})')
   info = info if isinstance(info, Mapping) else {}
   given = type(getattr(model, 'model', model)).__name__
   if info.get('class') and info['class'] != given:
@@ -459,8 +460,10 @@ def _check_leaves_fit(model, spec, variables):
   have = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(variables, sep='/').items()}
   for key in sorted(set(want) | set(have)):
     if want.get(key) != have.get(key):
-      raise ExportFormatError(f'quantized export leaf {key!r}: stored shape {have.get(key)}, its '
-                              f'model ({spec.get("name")}) needs {want.get(key)}')
+      stored = 'not stored' if key not in have else f'stored shape {have[key]}'
+      needed = 'has no such leaf' if key not in want else f'needs {want[key]}'
+      raise ExportFormatError(f'quantized export leaf {key!r}: {stored}, its model '
+                              f'({spec.get("name")}) {needed}')
 
 
 def read_targets(path: str) -> dict:

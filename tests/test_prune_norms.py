@@ -114,4 +114,4 @@ def test_unfollowable_norm_is_one_short_error():
   message = str(caught.value)
   assert message.count('HandGroupNorm_0') == 1, message
   assert len(message.splitlines()) <= 4 and len(message) < 700, message
-  assert 'left unpruned: channels of Conv_0' in message and 'ignored_layers' in message
+  assert 'left unpruned: channels of Conv_0' in message and 'layers the trace knows' in message

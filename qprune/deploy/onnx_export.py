@@ -320,6 +320,14 @@ def to_onnx_model(model, variables: Mapping, input_shape, *, fold_bn: bool = Tru
       example = jax.ShapeDtypeStruct((1, *input_shape), np.uint8)
     frozen = jax.device_get(variables)
     _onnx()
+    try:
+      jax.eval_shape(lambda x: call_model(model, frozen, x), example)
+    except Exception as e:  # pylint: disable=broad-except
+      raise UnsupportedModelError(
+          f'{type(model).__name__} does not run on an input of shape {tuple(example.shape)} '
+          f'{np.dtype(example.dtype)} with these variables (not a zoo model: the ONNX graph is '
+          f'built from its jaxpr): {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
+      ) from None
     return onnx_jaxpr.jaxpr_to_onnx(lambda x: call_model(model, frozen, x), example,
                                     graph_name=graph_name, opset=opset)
   if hasattr(input_shape, 'shape'):

@@ -250,10 +250,13 @@ def masked_norm(module, kind: str, x, keep):
 
 
 def _positions_factor(entries, gates, size, dtype):
-  """Per-position factor of a consumer's input axis (offsets, flatten tiles) from the gates."""
+  """Per-position 0/1 factor of a consumer's input axis (offsets, flatten tiles): 0 where a gate
+  is 0. Binary and stop-gradient, so that gates other than 0 act once, at the gate point (the
+  Taylor score stays the gate gradient, a fractional gate is not applied twice)."""
   factor = jnp.ones((size,), dtype)
   for name, slot in entries:
-    values = jnp.tile(jax.lax.stop_gradient(gates[name][:slot.length]), slot.repeat)
+    kept = jax.lax.stop_gradient(gates[name][:slot.length]) != 0  # which channels, not how much
+    values = jnp.tile(kept, slot.repeat)
     factor = factor.at[slot.positions()].set(values.astype(dtype))
   return factor
 
@@ -291,7 +294,8 @@ def apply_with_gates(model: Any, variables, images, groups: Any,
       args = (x,) + tuple(args[1:])
     if path in norms and norms[path][0] in ('layer', 'rms'):
       x = args[0]
-      keep = jax.lax.stop_gradient(_gate_vector(norms[path][1], gates, x.shape[-1], jnp.float32))
+      keep = jax.lax.stop_gradient(
+          _gate_vector(norms[path][1], gates, x.shape[-1], jnp.float32)) != 0
       out = masked_norm(module, norms[path][0], x, keep)
     else:
       out = next_fun(*args, **kwargs)

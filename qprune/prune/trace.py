@@ -809,8 +809,6 @@ def traced_groups(model: nn.Module, variables, example_input, *, residual: bool 
   result = trace_model(model, variables, example_input)
   known = {p for p, _ in result.layers}
   kept = ignore_layers(result.groups, ignored_layers, known)
-  if warn:
-    report_skipped(result, quiet={n for n, _ in result.skipped if _matches(n, ignored_layers)})
   kinds = dict(result.layers)
   groups = [g for g in kept
             if (residual or len(g.producers) - len(g.depthwise) <= 1) and
@@ -825,7 +823,8 @@ def traced_groups(model: nn.Module, variables, example_input, *, residual: bool 
       why = 'every layer output reaches the model output directly'
     elif not result.groups:
       why = 'the trace could not follow:\n' + '\n'.join(skipped_summary(result.skipped))
-      hint = '\n' + _HOW_TO_GO_ON
+      hint = '\n' + _HOW_TO_GO_ON.split(', or pass')[0] + '.'
+
       if not skipped_summary(result.skipped):
         why = 'every layer output reaches the model output (' + ', '.join(
             sorted({r for _, rs in result.skipped for r in rs})) + ')'
@@ -835,4 +834,6 @@ def traced_groups(model: nn.Module, variables, example_input, *, residual: bool 
              f'dense={dense}, ignored_layers={list(ignored_layers)}')
     raise NoPrunableChannelsError(
         f'no prunable channel group in {model_name(model)}: {why}{hint}')
+  if warn:
+    report_skipped(result, quiet={n for n, _ in result.skipped if _matches(n, ignored_layers)})
   return tuple(groups)

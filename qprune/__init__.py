@@ -5,10 +5,13 @@ Pytree transforms for your own Flax params:
                  sets, the nearest-target quantizer, INQ freeze schedule, bit-packed export
   pruning        `qprune.prune`  channel groups, criteria, masks, vmapped search, shrink
   deployment     `qprune.deploy` ONNX export, open integer-code .npz, multiplication-free reference
-and the model zoo / training loop the `qprune.main` binary is built from.
+and the model zoo / training loop the `qprune.main` binary is built from. Every function that
+takes a Linen (model, variables) pair or a params tree also takes a Flax NNX module and returns
+the same kind (docs/library.md).
 
 Run outputs: `load_model(workdir)` returns the final (model, variables) of a finished run,
-`load_quantized(path)` those of a bit-packed export. Models take uint8 NHWC images and normalize
+`load_quantized(path)` those of a bit-packed export (`load_quantized(path, model=YourModel())`
+for a model outside the zoo). Models take uint8 NHWC images and normalize
 internally: `model.apply(variables, images, train=False)` gives logits.
 """
 import importlib

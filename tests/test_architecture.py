@@ -61,11 +61,7 @@ def import_edges():
 
 # Import circles between two modules of one unit that are known and being removed: each entry
 # (module, module) with why it is still there. Nothing else may be added here.
-KNOWN_CIRCLES = {
-    # derive_groups dispatches to the tracer, which builds the group types: the tracer's types
-    # move into their own module on the nnx branch; the lead removes this entry when it merges.
-    ('qprune.prune.groups', 'qprune.prune.trace'),
-}
+KNOWN_CIRCLES: set = set()  # none: a circle is broken by moving the shared piece down
 
 
 def module_graph(root: str = ROOT):

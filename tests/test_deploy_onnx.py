@@ -90,8 +90,8 @@ def test_resnet20_full_and_residual_pruned_graph():
 
 def test_unsupported_model_and_bad_shape_are_clear_errors():
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  with pytest.raises(deploy.UnsupportedModelError, match='zoo'):
-    deploy.to_onnx(nn.Dense(3), {'params': {}}, (28, 28, 1))
+  with pytest.raises(deploy.UnsupportedModelError, match='Dense does not run on an input'):
+    deploy.to_onnx(nn.Dense(3), {'params': {}}, (28, 28, 1))  # not the zoo: traced, and it fails
   model, variables = _lenet()
   with pytest.raises(deploy.UnsupportedModelError, match='input_shape'):
     deploy.to_onnx(model, variables, (28, 28))

@@ -266,12 +266,20 @@ def test_criteria_and_search_run(arch):
 
 # ---- unsupported patterns ----------------------------------------------------------------------
 
-class WithLayerNorm(nn.Module):
-  """LayerNorm normalizes across channels: zeroing one changes the others, so not prunable."""
+class HandNorm(nn.Module):
+  """A norm written in plain jnp (statistics across channels): the trace cannot follow it."""
+
+  @nn.compact
+  def __call__(self, x):
+    return (x - x.mean(-1, keepdims=True)) / (x.std(-1, keepdims=True) + 1e-5)
+
+
+class WithHandNorm(nn.Module):
+  """A hand-written norm across channels: zeroing one changes the others, so not prunable."""
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.relu(nn.LayerNorm()(nn.Conv(6, (3, 3))(x)))
+    x = nn.relu(HandNorm()(nn.Conv(6, (3, 3))(x)))
     x = nn.relu(nn.Conv(8, (3, 3))(x))
     return nn.Dense(5)(x.mean(axis=(1, 2)))
 
@@ -285,15 +293,21 @@ class ChannelSlice(nn.Module):
 
 
 def test_unsupported_op_warns_once_and_leaves_channels():
-  model, variables = _init(WithLayerNorm)
+  model, variables = _init(WithHandNorm)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     groups = _groups(model, variables, strict=False)
   messages = [str(w.message) for w in caught if issubclass(w.category, prune.PruningTraceWarning)]
   assert len(messages) == 1
   assert 'Conv_0' in messages[0] and 'reduction over the channel axis' in messages[0]
-  assert 'LayerNorm_0' in messages[0]
+  assert 'HandNorm_0' in messages[0] and 'ignored_layers' in messages[0]
+  assert len(messages[0].splitlines()) <= 4, messages[0]  # one line per layer, not per op
   assert [g.name for g in groups] == ['Conv_1']
+  with warnings.catch_warnings():  # naming the layer in ignored_layers: unpruned, no word
+    warnings.simplefilter('error', prune.PruningTraceWarning)
+    quiet = prune.derive_groups(variables, model=model, example_input=_x(1),
+                                ignored_layers=['Conv_0'])
+  assert [g.name for g in quiet] == ['Conv_1']
 
 
 def test_nothing_prunable_is_an_error_naming_the_reason():

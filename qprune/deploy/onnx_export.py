@@ -1,4 +1,7 @@
-"""ONNX export of the zoo models (full, pruned/shrunk, or quantized-then-dequantized).
+"""ONNX export: the zoo's own graphs here; any other model (Linen, NNX) from its jaxpr
+(`qprune.deploy.onnx_jaxpr`, chosen by `to_onnx_model(..., builder='auto')`).
+
+The zoo models (full, pruned/shrunk, or quantized-then-dequantized):
 
 The graph is built directly with the `onnx` package's helper API from the model's *variables*
 (layer widths are read from the kernel shapes, so a shrunk model needs no extra information) and
@@ -282,16 +285,53 @@ def _architecture(model):
       f'{type(model).__name__}')
 
 
-def to_onnx_model(model, variables: Mapping, input_shape: Sequence[int], *, fold_bn: bool = True,
-                  opset: int = OPSET, graph_name: str = 'qprune'):
+def _is_zoo(model) -> bool:
+  from qprune.models.base import ZooModel  # pylint: disable=g-import-not-at-top
+  return isinstance(_unwrap(model), ZooModel)
+
+
+def to_onnx_model(model, variables: Mapping, input_shape, *, fold_bn: bool = True,
+                  opset: int = OPSET, graph_name: str = 'qprune', builder: str = 'auto'):
   """An `onnx.ModelProto` computing `model.apply(variables, images, train=False)`.
 
-  model: a zoo model (`qprune.create_model`, `load_model`, `load_quantized`, a shrunk model).
-  variables: its {'params', 'batch_stats'} (numpy or jax arrays). input_shape: (H, W, C).
-  fold_bn: fold inference BatchNorm into the preceding conv (default) or keep it as Mul + Add.
-  The graph's input 'images' is uint8 [batch, H, W, C]; its output 'logits' float32.
+  model: any Flax model: a zoo model (`qprune.create_model`, `load_model`, `load_quantized`, a
+  shrunk one), any Linen model (a `prune.ShrunkModel` too), or an nnx.Module (variables None).
+  variables: its {'params', 'batch_stats'} (numpy or jax arrays).
+  input_shape: (H, W, C) of uint8 images (zoo models: a symbolic batch), or an example input
+  with a batch axis (array or ShapeDtypeStruct; its dtype is the graph input's and its batch
+  size the graph's when the jaxpr builder is used).
+  builder: 'zoo' (the zoo's own layer-by-layer graph; fold_bn folds inference BatchNorm into the
+  conv), 'jaxpr' (any model, from its jaxpr: `qprune.deploy.onnx_jaxpr`), 'auto' (zoo models
+  the first, everything else the second).
+  The graph's input is 'images', its output 'logits'.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  if builder not in ('auto', 'zoo', 'jaxpr'):
+    raise UnsupportedModelError(f"builder must be 'auto', 'zoo' or 'jaxpr', got {builder!r}")
+  from qprune.models import interop  # pylint: disable=g-import-not-at-top
+  if interop.is_nnx(model):
+    model, variables = interop.split(model)
+  if builder == 'jaxpr' or (builder == 'auto' and not _is_zoo(model)):
+    from qprune.deploy import onnx_jaxpr  # pylint: disable=g-import-not-at-top
+    from qprune.models.counting import call_model  # pylint: disable=g-import-not-at-top
+    if hasattr(input_shape, 'shape') and hasattr(input_shape, 'dtype'):
+      example = input_shape
+    else:
+      example = jax.ShapeDtypeStruct((1, *input_shape), np.uint8)
+    frozen = jax.device_get(variables)
+    _onnx()
+    try:
+      jax.eval_shape(lambda x: call_model(model, frozen, x), example)
+    except Exception as e:  # pylint: disable=broad-except
+      raise UnsupportedModelError(
+          f'{type(model).__name__} does not run on an input of shape {tuple(example.shape)} '
+          f'{np.dtype(example.dtype)} with these variables (not a zoo model: the ONNX graph is '
+          f'built from its jaxpr): {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
+      ) from None
+    return onnx_jaxpr.jaxpr_to_onnx(lambda x: call_model(model, frozen, x), example,
+                                    graph_name=graph_name, opset=opset)
+  if hasattr(input_shape, 'shape'):
+    input_shape = tuple(input_shape.shape[1:])
   if len(input_shape) != 3:
     raise UnsupportedModelError(f'input_shape must be (H, W, C), got {tuple(input_shape)}')
   model = _unwrap(model)
@@ -321,7 +361,7 @@ def to_onnx_model(model, variables: Mapping, input_shape: Sequence[int], *, fold
   return proto
 
 
-def to_onnx(model, variables: Mapping, input_shape: Sequence[int], path: Optional[str] = None,
+def to_onnx(model, variables: Mapping, input_shape, path: Optional[str] = None,
             **kwargs) -> bytes:
   """Serialized ONNX model (see `to_onnx_model`); also written atomically to `path` if given."""
   data = to_onnx_model(model, variables, input_shape, **kwargs).SerializeToString()

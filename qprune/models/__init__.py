@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qprune.errors import UserError
 from qprune.models.alexnet import AlexNet
 from qprune.models.base import ZooModel, channel_overrides
 from qprune.models.counting import (count_macs, count_params, layer_cost_rows, layer_costs,
@@ -16,6 +17,10 @@ from qprune.models.counting import (count_macs, count_params, layer_cost_rows, l
 from qprune.models.lenet import LeNet5
 from qprune.models.resnet import ResNetCifar
 from qprune.models.vgg import VGG
+
+class ModelArgumentError(UserError):
+  """A bad argument to create_model (the message names it)."""
+
 
 MODELS: Dict[str, Callable[..., ZooModel]] = {
     'lenet5': LeNet5,
@@ -33,11 +38,26 @@ MODELS: Dict[str, Callable[..., ZooModel]] = {
 def create_model(name: str, num_classes: int, *, width: float = 1.0, dtype: Any = jnp.float32,
                  mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
                  conv_impl: str = 'auto', channels=()) -> ZooModel:
-  """Builds a zoo model. `channels` maps layer names to widths (see ZooModel)."""
+  """Builds a zoo model. `channels` maps layer names to widths (see ZooModel).
+
+  ModelArgumentError (a UserError naming the argument) for an unknown name, num_classes < 1, a
+  width <= 0, mean/std of different lengths or std <= 0, a channel width < 1."""
   if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; choose one of {sorted(MODELS)}')
+    raise ModelArgumentError(f'unknown model {name!r}; choose one of {sorted(MODELS)}')
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or \
+      num_classes < 1:
+    raise ModelArgumentError(f'num_classes must be an integer >= 1, got {num_classes!r}')
+  if not isinstance(width, (int, float)) or not 0 < width < float('inf'):
+    raise ModelArgumentError(f'width is a multiplier of every layer width, > 0; got {width!r}')
+  if len(tuple(mean)) != len(tuple(std)) or not tuple(mean) or any(s <= 0 for s in std):
+    raise ModelArgumentError(f'mean and std are per-channel fractions of 255 of the same length, '
+                             f'std > 0; got mean={tuple(mean)}, std={tuple(std)}')
   if isinstance(channels, dict):
     channels = channel_overrides(channels)
+  bad = [(k, v) for k, v in channels if not isinstance(v, (int, np.integer)) or v < 1]
+  if bad:
+    raise ModelArgumentError(f'channels[{bad[0][0]!r}] = {bad[0][1]!r}: layer widths are integers '
+                             '>= 1')
   return MODELS[name](num_classes=num_classes, width=width, dtype=dtype, mean=tuple(mean),
                       std=tuple(std), conv_impl=conv_impl, channels=tuple(channels))
 

@@ -12,21 +12,23 @@ A layer called twice counts twice. Other layers (attention einsums, custom matmu
 counted.
 """
 import inspect
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qprune.models import layers
+from qprune.models import interop, layers
 
-COUNTED_TYPES = (layers.Conv, nn.Conv, nn.ConvTranspose, nn.Dense)
+COUNTED_TYPES = layers.CONV_TYPES + layers.DENSE_TYPES
 
 
 def count_params(params) -> int:
-  """Number of scalars in a param pytree (pass `variables['params']`; BN statistics excluded)."""
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+  """Number of scalars in a param pytree (pass `variables['params']`; BN statistics excluded),
+  or of an nnx.Module's nnx.Param variables."""
+  params = interop.params_of(params)
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
 
 
 def example_struct(example_input) -> jax.ShapeDtypeStruct:
@@ -68,11 +70,13 @@ def _per_example_input(input_shape, example_input):
 
 
 def _kernel_size(module) -> int:
+  if interop.is_nnx(module):
+    return int(np.prod(np.shape(module.kernel.get_value())))
   kernel = module.variables['params']['kernel']
   return int(np.prod(kernel.shape))
 
 
-def layer_macs(model: nn.Module, variables,
+def layer_macs(model: Any, variables=None,
                input_shape: Union[Sequence[int], jax.ShapeDtypeStruct, None] = None, *,
                example_input=None) -> dict:
   """Inference multiply-accumulates per example of every conv and dense layer.
@@ -89,27 +93,32 @@ def layer_macs(model: nn.Module, variables,
     module = context.module
     if context.method_name == '__call__' and isinstance(module, COUNTED_TYPES):
       x = args[0]
-      path = '/'.join(module.path)
-      if isinstance(module, nn.Dense):
+      path = interop.layer_path(context)
+      if isinstance(module, layers.DENSE_TYPES):
         count = int(np.prod(out.shape[1:])) * int(x.shape[-1])
-      elif isinstance(module, nn.ConvTranspose):
+      elif isinstance(module, layers.TRANSPOSE_CONV_TYPES):
         count = int(np.prod(x.shape[1:-1])) * _kernel_size(module)
       else:
         count = int(np.prod(out.shape[1:-1])) * _kernel_size(module)
       macs[path] = macs.get(path, 0) + count
     return out
 
+  if interop.is_nnx(model):  # layer_macs(module, example_input)
+    if variables is not None and input_shape is None and example_input is None:
+      variables, example_input = None, variables
+    model, variables = interop.split(model)
   x = _per_example_input(input_shape, example_input)
-  with nn.intercept_methods(interceptor):
+  with interop.intercept_layers(interceptor):
     jax.eval_shape(lambda v, x: call_model(model, v, x), variables, x)
   return macs
 
 
-def count_macs(model: nn.Module, variables,
+def count_macs(model: Any, variables=None,
                input_shape: Union[Sequence[int], jax.ShapeDtypeStruct, None] = None, *,
                example_input=None) -> int:
   """Total inference MACs per example (conv + dense). input_shape is (H, W, C) of a uint8 image,
-  or pass example_input (array / ShapeDtypeStruct with a batch axis); see `layer_macs`."""
+  or pass example_input (array / ShapeDtypeStruct with a batch axis); see `layer_macs`.
+  An nnx.Module takes the place of (model, variables): `count_macs(module, example_input)`."""
   return int(sum(layer_macs(model, variables, input_shape, example_input=example_input).values()))
 
 

@@ -30,7 +30,7 @@ from flax import traverse_util
 
 from qprune.ops import compile as compile_lib
 from qprune.prune import criteria
-from qprune.prune.groups import Groups
+from qprune.prune.group_types import Groups
 from qprune.prune.masks import gate_points
 
 BASE = 'model'  # where the wrapped model's variables live inside the wrapper's

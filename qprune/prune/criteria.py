@@ -38,7 +38,7 @@ import optax
 from flax import traverse_util
 
 from qprune.ops import compile as compile_lib
-from qprune.prune.groups import Groups
+from qprune.prune.group_types import Groups
 from qprune.prune.masks import apply_with_gates
 
 Scores = Dict[str, jax.Array]

@@ -24,74 +24,20 @@ each member uses the prefix `mask[:C_s]` of its stage. Its kept channels in stag
 what the shrunk model's positional pad does. (Per-stage groups cannot be pruned independently: a
 channel kept in stage s but dropped in s+1 would still flow through the shortcut.)
 """
-import dataclasses
 import re
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 from flax import traverse_util
 
-RESIDUAL = 'residual'
+from qprune.models import interop
+from qprune.prune import trace
+from qprune.prune.group_types import (RESIDUAL, ChannelGroup, Groups, IgnoredLayersError, Slot,
+                                      ignore_layers)
 
+__all__ = ['RESIDUAL', 'ChannelGroup', 'Groups', 'Slot', 'derive_groups', 'ignore_layers',
+           'IgnoredLayersError',
+           'group_sizes', 'chain_groups', 'resnet_groups']
 
-@dataclasses.dataclass(frozen=True)
-class Slot:
-  """One tensor axis that a group indexes.
-
-  path: module path joined by '/', e.g. 'stage1_block1/conv2'.
-  length: the member uses the prefix mask[:length] (< group size only in the residual group).
-  repeat: consumer rows per channel after a flatten (mask tiled `repeat` times); 1 otherwise.
-  offset: where the slice starts on the layer's axis (a concatenation's later inputs; a BatchNorm
-    or depthwise conv after it).
-  period: rows between two tiles after a flatten (the concatenated width); 0 means `length`.
-  The member's positions on the layer axis are `p * (period or length) + offset + c` for
-  p < repeat and c < length.
-  """
-  path: str
-  length: int
-  repeat: int = 1
-  offset: int = 0
-  period: int = 0
-
-  def positions(self):
-    """numpy indices of this slot on its layer axis, channel-major within each tile."""
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    period = self.period or self.length
-    return (np.arange(self.repeat)[:, None] * period + self.offset +
-            np.arange(self.length)[None, :]).ravel()
-
-
-@dataclasses.dataclass(frozen=True)
-class ChannelGroup:
-  """Coupled channels pruned together.
-
-  producers: kernels (conv (kh, kw, in, C) or dense (in, C) + its bias) whose output axis is this
-    group's channels. norms: BatchNorm layers (scale, bias and batch_stats mean, var) on them.
-    consumers: kernels whose input axis (conv axis 2, dense axis 0) reads them.
-    gates: modules whose output is this group's activation (the BNs, or the dense producer when
-    there is no BN): masking in activation space multiplies these outputs by the mask.
-    widths: (channels-override key, prefix length) pairs for `create_model(channels=...)`;
-      empty for traced groups of non-zoo models (shrink then rebuilds layers by `features`).
-    depthwise: producers that are depthwise convs coupled to this group (in = out channels).
-  """
-  name: str
-  size: int
-  producers: Tuple[Slot, ...]
-  norms: Tuple[Slot, ...]
-  consumers: Tuple[Slot, ...]
-  widths: Tuple[Tuple[str, int], ...]
-  depthwise: Tuple[str, ...] = ()
-
-  @property
-  def gates(self) -> Tuple[Slot, ...]:
-    return self.norms if self.norms else self.producers
-
-  @property
-  def prefix_lengths(self) -> Tuple[int, ...]:
-    """Every prefix that some layer sees; each must keep >= 1 channel."""
-    return tuple(sorted({s.length for s in self.producers}))
-
-
-Groups = Tuple[ChannelGroup, ...]
 
 
 def _numbered(names, prefix):
@@ -190,6 +136,8 @@ def derive_groups(variables, *, model=None, example_input=None, residual: Option
                   dense: Optional[bool] = None, ignored_layers: Sequence[str] = ()) -> Groups:
   """Channel groups of a model.
 
+  variables: the model's variables ({'params', 'batch_stats'}; bare params are accepted), or a
+  Flax NNX module (its state inside; then `model=` is not needed, `example_input=` is).
   With `model=` and `example_input=` (an array or `jax.ShapeDtypeStruct` with a batch axis, what
   `model.apply(variables, x, train=False)` takes): traced from the model's data flow, for any Flax
   model built from nn.Conv / nn.Dense / nn.BatchNorm (see `qprune.prune.trace`); residual and
@@ -201,39 +149,31 @@ def derive_groups(variables, *, model=None, example_input=None, residual: Option
   ignored_layers: layer paths (or path prefixes ending in '/') whose outputs are never pruned:
     every group with such a producer is dropped (Torch-Pruning's `ignored_layers`).
   """
+  if interop.is_nnx(variables) or interop.is_nnx(model):
+    model, variables = interop.split(variables if interop.is_nnx(variables) else model)
+    if example_input is None:
+      raise trace.TraceError('derive_groups(nnx_module) needs example_input= (an array or '
+                             'jax.ShapeDtypeStruct with a batch axis, what module(x) takes)')
+  variables = interop.as_variables(variables, 'variables')
   if model is not None:
     if example_input is None:
-      raise ValueError('derive_groups(model=...) needs example_input= (an array or '
-                       'jax.ShapeDtypeStruct with a batch axis)')
-    from qprune.prune import trace  # pylint: disable=g-import-not-at-top
-    groups = trace.traced_groups(model, variables, example_input,
-                                 residual=True if residual is None else residual,
-                                 dense=True if dense is None else dense)
+      raise trace.TraceError('derive_groups(model=...) needs example_input= (an array or '
+                             'jax.ShapeDtypeStruct with a batch axis)')
+    return trace.traced_groups(model, variables, example_input,
+                               residual=True if residual is None else residual,
+                               dense=True if dense is None else dense,
+                               ignored_layers=ignored_layers)
+  params = _module_tree(variables['params'])
+  if 'stem_conv' in params:
+    groups = resnet_groups(params, residual=bool(residual))
   else:
-    params = _module_tree(variables['params'])
-    if 'stem_conv' in params:
-      groups = resnet_groups(params, residual=bool(residual))
-    else:
-      groups = chain_groups(params, dense=bool(dense))
+    groups = chain_groups(params, dense=bool(dense))
+  if not groups:
+    raise trace.TraceError(
+        "derive_groups without model= knows only the model zoo's layer names (conv1, fc1, "
+        "stage1_block1/...), and these variables have none; pass model= and example_input= to "
+        'trace any Flax model')
   return ignore_layers(groups, ignored_layers)
-
-
-def _matches(path: str, patterns: Sequence[str]) -> bool:
-  return any(path == p or (p.endswith('/') and path.startswith(p)) for p in patterns)
-
-
-def ignore_layers(groups: Groups, ignored_layers: Sequence[str]) -> Groups:
-  """Groups without those whose producers include an ignored layer (see derive_groups)."""
-  if isinstance(ignored_layers, str):
-    ignored_layers = (ignored_layers,)
-  if not ignored_layers:
-    return tuple(groups)
-  known = {s.path for g in groups for s in g.producers + g.consumers + g.norms}
-  unknown = [p for p in ignored_layers if not p.endswith('/') and p not in known]
-  if unknown:
-    raise ValueError(f'ignored_layers: no layer {unknown[0]!r} in the groups; layers are '
-                     f'{sorted(known)}')
-  return tuple(g for g in groups if not any(_matches(s.path, ignored_layers) for s in g.producers))
 
 
 def group_sizes(groups: Groups) -> Dict[str, int]:

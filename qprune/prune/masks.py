@@ -10,16 +10,18 @@
   cheap (XLA folds K into the batch dimension instead of running grouped convolutions). Gates = 1
   with gradients gives the first-order Taylor score; the recorded activations feed `attention`.
 """
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from qprune.models import interop
+from qprune.models.counting import call_model
 from qprune.models.layers import BATCH_NORM_TYPES
-from qprune.prune.groups import Groups, Slot
+from qprune.errors import UserError
+from qprune.prune.group_types import ChannelGroup, Groups, Slot
 
 Masks = Dict[str, jax.Array]
 
@@ -78,12 +80,88 @@ def _scale(flat, key, factor, axis):
   flat[key] = x * factor.reshape(shape).astype(x.dtype)
 
 
+class MaskError(UserError):
+  """Masks or groups that do not fit the model (another model's, too short, all-False, scores)."""
+
+
+def _concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_groups(groups: Groups, variables, argname: str = 'groups') -> None:
+  """MaskError unless every group member is a layer of `variables` with room for its slot
+  (catches another model's groups before anything is sliced)."""
+  if not isinstance(groups, (tuple, list)) or not all(isinstance(g, ChannelGroup)
+                                                      for g in groups):
+    raise MaskError(f'{argname}: expected the tuple of ChannelGroup from prune.derive_groups, got '
+                    f'{type(groups).__name__}')
+  params = traverse_util.flatten_dict(variables['params'], sep='/')
+  for g in groups:
+    for what, slots, leaf, axis in (('producer', g.producers, 'kernel', -1),
+                                    ('consumer', g.consumers, 'kernel', -2)):
+      for slot in slots:
+        kernel = params.get(f'{slot.path}/{leaf}')
+        if kernel is None:
+          raise MaskError(f'{argname}: group {g.name!r} has {what} {slot.path!r}, which these '
+                          'variables lack (groups of another model? derive them from this one)')
+        need = int(slot.positions().max()) + 1 if slot.length else 0
+        if np.shape(kernel)[axis] < need:
+          raise MaskError(f'{argname}: group {g.name!r} needs {need} channels on {slot.path!r}, '
+                          f'which has {np.shape(kernel)[axis]} (groups of another model, or of '
+                          'this model before it was shrunk?)')
+
+
+def check_masks(groups: Groups, masks, argname: str = 'masks', *, boolean: bool = False) -> None:
+  """MaskError naming the first mask that does not fit `groups`: missing or extra groups, a
+  wrong length, float scores where bool masks are needed (boolean=True), a prefix that keeps no
+  channel, a GroupNorm group kept in part. Values are checked only outside jit."""
+  if not isinstance(masks, Mapping):
+    raise MaskError(f'{argname}: expected {{group name: bool[C]}}, got {type(masks).__name__}')
+  names = [g.name for g in groups]
+  missing = [n for n in names if n not in masks]
+  extra = sorted(set(masks) - set(names))
+  if extra:
+    raise MaskError(f'{argname} has groups {extra[:3]} that these groups lack (masks of another '
+                    f'model?); groups are {names[:6]}')
+  if missing:
+    raise MaskError(f'{argname} lacks groups {missing[:3]} (masks of another model?)')
+  for g in groups:
+    m = masks[g.name]
+    shape = tuple(np.shape(m))
+    if shape != (g.size,):
+      raise MaskError(f'{argname}[{g.name!r}] has shape {shape}; the group has {g.size} channels')
+    dtype = jnp.result_type(m)
+    if boolean and dtype != jnp.bool_:
+      raise MaskError(f'{argname}[{g.name!r}] is {dtype}, not bool: pass masks (True = keep), '
+                      'e.g. from prune.make_masks; turn scores into masks with prune.select')
+    if not _concrete(m):
+      continue
+    keep = np.asarray(m) != 0
+    for length in g.prefix_lengths:
+      if not keep[:length].any():
+        raise MaskError(f'{argname}[{g.name!r}] keeps no channel' +
+                        (f' of its first {length}' if length < g.size else '') +
+                        ': every group must keep at least one')
+    if g.block > 1 and (keep.reshape(-1, g.block) != keep.reshape(-1, g.block)[:, :1]).any():
+      raise MaskError(f'{argname}[{g.name!r}] keeps part of a GroupNorm group: its channels go in '
+                      f'groups of {g.block} (prune.make_masks keeps whole groups)')
+
+
 def apply_masks(variables, groups: Groups, masks: Mapping[str, jax.Array]):
   """Variables with masked channels zeroed (see module docstring). Pure; jit/vmap friendly.
 
   variables: {'params', 'batch_stats'}; masks: {group: bool[C]} (float masks also work: they
   scale). BN running statistics are left as they are: they do not matter once scale = bias = 0.
+  An nnx.Module in place of variables gives a new module with masked weights (the module passed
+  is not changed). For groups with a LayerNorm / RMSNorm the masked function (== the shrunk
+  model) is `apply_with_gates(model, variables, x, groups, masks)`: such a norm must leave the
+  masked channels out of its statistics, which zeroed weights alone cannot do.
   """
+  if interop.is_nnx(variables):
+    model, plain = interop.split(variables)
+    return interop.merge(model, apply_masks(plain, groups, masks))
+  variables = interop.as_variables(variables, 'variables')
+  check_masks(groups, masks)
   flat = {'params': traverse_util.flatten_dict(variables['params'], sep='/')}
   params = flat['params']
   for (_, key, axis), entries in axis_slots(groups, flat, stats=False).items():
@@ -119,8 +197,72 @@ def _reduce_axes(x):
   return tuple(range(x.ndim - 1))
 
 
-def apply_with_gates(model: nn.Module, variables, images, groups: Groups,
-                     gates: Optional[Mapping[str, jax.Array]] = None, *, train: bool = False,
+def coupled_points(groups: Groups):
+  """({channel-norm path: (kind, ((group name, slot), ...))}, {consumer path: ((group, slot),
+  ...)}): the LayerNorm / RMSNorm / GroupNorm layers get masked statistics, and every consumer
+  reads gated inputs in masked evaluation. The consumer gates matter where a group's activation
+  is not gated everywhere: a producer without a norm added to a normalized stream, a stream only
+  normalized by LayerNorms (they are stop-gradient, so Taylor scores stay the gate gradients)."""
+  norms: Dict[str, tuple] = {}
+  consumers: Dict[str, tuple] = {}
+  for g in groups:
+    for slot in g.consumers:
+      consumers[slot.path] = consumers.get(slot.path, ()) + ((g.name, slot),)
+    kinds = {n[0]: n[1] for n in g.channel_norms}
+    for slot in g.norms:
+      if slot.path in kinds:
+        kind, entries = norms.get(slot.path, (kinds[slot.path], ()))
+        norms[slot.path] = (kind, entries + ((g.name, slot),))
+  return norms, consumers
+
+
+def _norm_leaves(module):
+  """(scale or None, bias or None) of a Linen or NNX norm layer, inside its call."""
+  if interop.is_nnx(module):
+    get = lambda name: (None if getattr(module, name, None) is None
+                        else getattr(module, name).get_value())
+    return get('scale'), get('bias')
+  params = module.variables.get('params', {})
+  return params.get('scale'), params.get('bias')
+
+
+def masked_norm(module, kind: str, x, keep):
+  """LayerNorm (kind 'layer') or RMSNorm ('rms') of x over its last axis, with statistics over
+  the channels where keep != 0 only: what the shrunk layer computes on the kept channels."""
+  dtype = x.dtype
+  x = x.astype(jnp.float32)
+  keep = keep.astype(jnp.float32)
+  count = jnp.maximum(keep.sum(), 1.0)
+  eps = getattr(module, 'epsilon', 1e-6)
+  if kind == 'rms':
+    y = x * jax.lax.rsqrt((jnp.square(x) * keep).sum(-1, keepdims=True) / count + eps)
+  else:
+    mean = (x * keep).sum(-1, keepdims=True) / count
+    var = (jnp.square(x - mean) * keep).sum(-1, keepdims=True) / count
+    y = (x - mean) * jax.lax.rsqrt(var + eps)
+  scale, bias = _norm_leaves(module)
+  if scale is not None:
+    y = y * scale.astype(jnp.float32)
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  out_dtype = getattr(module, 'dtype', None) or dtype
+  return y.astype(out_dtype)
+
+
+def _positions_factor(entries, gates, size, dtype):
+  """Per-position 0/1 factor of a consumer's input axis (offsets, flatten tiles): 0 where a gate
+  is 0. Binary and stop-gradient, so that gates other than 0 act once, at the gate point (the
+  Taylor score stays the gate gradient, a fractional gate is not applied twice)."""
+  factor = jnp.ones((size,), dtype)
+  for name, slot in entries:
+    kept = jax.lax.stop_gradient(gates[name][:slot.length]) != 0  # which channels, not how much
+    values = jnp.tile(kept, slot.repeat)
+    factor = factor.at[slot.positions()].set(values.astype(dtype))
+  return factor
+
+
+def apply_with_gates(model: Any, variables, images, groups: Any,
+                     gates: Any = None, *, train: bool = False,
                      bn_stats: Optional[dict] = None, activations: Optional[dict] = None):
   """Logits of `model` with group activations multiplied by `gates` ({group: f32[C]}).
 
@@ -130,15 +272,33 @@ def apply_with_gates(model: nn.Module, variables, images, groups: Groups,
     (float32, over all axes but the last) — used to re-estimate statistics after masking.
   activations: if a dict, filled with {gated module path: output before gating}.
   The dicts are filled at trace time with traced values: use them inside the same function.
+  Groups with a LayerNorm / RMSNorm normalize over the gated-in channels only, and their
+  consumers read gated inputs, so gates = masks computes exactly what the shrunk model does.
+  An nnx.Module takes the place of (model, variables): apply_with_gates(module, images, ...).
   """
+  if interop.is_nnx(model):  # apply_with_gates(module, images, groups, gates)
+    adapter, plain = interop.split(model)
+    return apply_with_gates(adapter, plain, variables, images, groups, train=train,
+                            bn_stats=bn_stats, activations=activations)
   points = gate_points(groups) if gates is not None else {}
+  norms, consumers = coupled_points(groups) if gates is not None else ({}, {})
 
   def intercept(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
     if context.method_name != '__call__':
-      return out
+      return next_fun(*args, **kwargs)
     module = context.module
-    path = '/'.join(module.path)
+    path = interop.layer_path(context)
+    if path in consumers and args and hasattr(args[0], 'shape'):
+      x = args[0]
+      x = x * _positions_factor(consumers[path], gates, x.shape[-1], x.dtype)
+      args = (x,) + tuple(args[1:])
+    if path in norms and norms[path][0] in ('layer', 'rms'):
+      x = args[0]
+      keep = jax.lax.stop_gradient(
+          _gate_vector(norms[path][1], gates, x.shape[-1], jnp.float32)) != 0
+      out = masked_norm(module, norms[path][0], x, keep)
+    else:
+      out = next_fun(*args, **kwargs)
     if bn_stats is not None and isinstance(module, BATCH_NORM_TYPES):
       x = args[0].astype(jnp.float32)
       axes = _reduce_axes(x)
@@ -149,11 +309,11 @@ def apply_with_gates(model: nn.Module, variables, images, groups: Groups,
       out = out * _gate_vector(points[path], gates, out.shape[-1], out.dtype)
     return out
 
-  with nn.intercept_methods(intercept):
+  with interop.intercept_layers(intercept):
     if train:
       logits, _ = model.apply(variables, images, train=True, mutable=['batch_stats'])
     else:
-      logits = model.apply(variables, images, train=False)
+      logits = call_model(model, variables, images)
   return logits
 
 

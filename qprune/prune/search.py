@@ -36,9 +36,10 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from qprune.models import interop
 from qprune.ops import compile as compile_lib
 from qprune.prune.criteria import score
-from qprune.prune.groups import Groups
+from qprune.prune.group_types import Groups
 from qprune.prune.masks import apply_with_gates, stack_masks
 from qprune.prune.selection import select
 from qprune.prune.shrink import mask_cost
@@ -248,6 +249,7 @@ class SearchResult(NamedTuple):
     return self.masks[self.best]
 
 
+@interop.accepts_module
 def search(model, variables, groups: Groups, candidates: Sequence[Candidate], input_shape,
            bn_images, eval_images, eval_labels, *, eval_valid=None, max_params=None,
            max_macs=None, criterion_kwargs=None, selection_kwargs=None,

@@ -14,15 +14,24 @@ Both then enforce that no layer is emptied: for every prefix length L of a group
 stream's stages), the best channel of the shortest prefix is kept, which keeps >= 1 channel in
 every prefix. Ties break towards the lower channel index (stable sort). Pure jnp; jittable.
 """
+import dataclasses
 from typing import Callable, Dict, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
+from qprune.errors import UserError
+from qprune.models import interop
 from qprune.prune.criteria import score
-from qprune.prune.groups import Groups
+from qprune.prune.masks import check_groups
+from qprune.prune.group_types import Groups
 
 SELECTIONS: Dict[str, Callable] = {}
+
+
+class SelectionError(UserError):
+  """Bad selection arguments: an unknown selection, a ratio outside [0, 1), bad per-layer
+  controls."""
 
 
 def register_selection(name: str):
@@ -42,15 +51,21 @@ def select(name: str, scores, groups: Groups, ratio: float, *, ratios=None, roun
   max_ratio: no group loses more than this fraction of its channels.
   """
   if name not in SELECTIONS:
-    raise ValueError(f'unknown selection {name!r}; choose one of {sorted(SELECTIONS)}')
+    raise SelectionError(f'unknown selection {name!r}; choose one of {sorted(SELECTIONS)}')
   for what, r in [('prune ratio', ratio)] + [(f'ratios[{k!r}]', v) for k, v in
                                                (ratios or {}).items()]:
     if not 0.0 <= r < 1.0:
-      raise ValueError(f'{what} must be in [0, 1), got {r}')
+      raise SelectionError(f'{what} must be in [0, 1), got {r}')
   if max_ratio is not None and not 0.0 <= max_ratio < 1.0:
-    raise ValueError(f'max_ratio must be in [0, 1), got {max_ratio}')
+    raise SelectionError(f'max_ratio must be in [0, 1), got {max_ratio}')
   if not isinstance(round_to, int) or round_to < 1:
-    raise ValueError(f'round_to must be an integer >= 1, got {round_to!r}')
+    raise SelectionError(f'round_to must be an integer >= 1, got {round_to!r}')
+  if any(g.block > 1 for g in groups):  # GroupNorm channels: select whole groups, then expand
+    blocked = tuple(_per_block(g) for g in groups)
+    reduced = {g.name: scores[g.name].reshape(-1, g.block).mean(-1) for g in groups}
+    masks = select(name, reduced, blocked, ratio, ratios=ratios,
+                   round_to=round_to, max_ratio=max_ratio, **kwargs)
+    return {g.name: jnp.repeat(masks[g.name], g.block) for g in groups}
   own = _own_ratios(groups, ratios or {})
   pooled = tuple(g for g in groups if g.name not in own)
   masks = {}
@@ -65,6 +80,17 @@ def select(name: str, scores, groups: Groups, ratio: float, *, ratios=None, roun
   return {g.name: masks[g.name] for g in groups}
 
 
+def _per_block(group):
+  """The group with one entry per block of `group.block` channels (GroupNorm groups)."""
+  if group.block == 1:
+    return group
+  shrink = lambda slots: tuple(dataclasses.replace(s, length=s.length // group.block)
+                               for s in slots)
+  return dataclasses.replace(group, size=group.size // group.block,
+                             producers=shrink(group.producers), norms=(), consumers=(),
+                             channel_norms=())
+
+
 def _own_ratios(groups: Groups, ratios) -> Dict[str, float]:
   """{group name: ratio} of the groups named (by group or producer path) in `ratios`."""
   out, used = {}, set()
@@ -76,7 +102,7 @@ def _own_ratios(groups: Groups, ratios) -> Dict[str, float]:
         break
   unknown = sorted(set(ratios) - used)
   if unknown:
-    raise ValueError(f'ratios: no group or producer {unknown[0]!r}; groups are '
+    raise SelectionError(f'ratios: no group or producer {unknown[0]!r}; groups are '
                      f'{[g.name for g in groups]}')
   return out
 
@@ -148,7 +174,15 @@ def make_masks(variables, groups: Groups, criterion: str, ratio: float, selectio
                max_ratio: Optional[float] = None, **data):
   """score -> select in one call. data: model=, batches=, rng= for data-driven criteria.
 
-  ratios / round_to / max_ratio: per-layer controls, see `select`."""
+  variables: Flax variables (or bare params), or an nnx.Module (then it is also the `model`).
+  ratios / round_to / max_ratio: per-layer controls, see `select` (under GroupNorm a group's
+  channels are kept or removed together: round_to then counts GroupNorm groups)."""
+  if interop.is_nnx(variables):
+    data['model'], variables = interop.split(variables)
+  elif interop.is_nnx(data.get('model')):
+    data['model'], variables = interop.split(data['model'])
+  variables = interop.as_variables(variables, 'variables')
+  check_groups(groups, variables)
   scores = score(criterion, variables, groups, **data, **(criterion_kwargs or {}))
   return select(selection, scores, groups, ratio, ratios=ratios, round_to=round_to,
                 max_ratio=max_ratio, **(selection_kwargs or {}))

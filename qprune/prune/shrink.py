@@ -12,10 +12,8 @@ the residual group the stage-s width is the number of kept channels in mask[:C_s
 `qprune.prune.groups`). For any other Flax model, a `ShrunkModel`: the same module run with the
 producers' `features` overridden (see its docstring for the contract and how to save it).
 """
-import dataclasses
-from typing import Dict, Mapping, Tuple
+from typing import Dict
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +21,11 @@ from flax import traverse_util
 
 from qprune.models import count_macs, count_params
 from qprune.models.base import ZooModel, channel_overrides
-from qprune.prune.groups import Groups
-from qprune.prune.masks import axis_slots, kept_indices
+from qprune.models.shrunk import ShrunkModel
+from qprune.models.shrunk import freeze_overrides as _freeze
+from qprune.prune.group_types import Groups
+from qprune.models import interop
+from qprune.prune.masks import axis_slots, check_groups, check_masks, kept_indices
 
 
 def shrunk_widths(groups: Groups, masks) -> Dict[str, int]:
@@ -52,61 +53,22 @@ def slice_variables(variables, groups: Groups, masks):
   return {col: traverse_util.unflatten_dict(tree, sep='/') for col, tree in flat.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class ShrunkModel:
-  """A Flax model run with some layers' widths overridden: the shrunk form of any model.
-
-  Contract: every pruned producer is a layer whose `features` field sets its output width
-  (`nn.Conv`, `nn.Dense`, `nn.ConvTranspose`, qprune's `layers.Conv`); a depthwise conv also
-  gets `feature_group_count = features`. Every other layer must infer its width from its input
-  (BatchNorm does). `apply`/`init` run `model` with those fields replaced at call time (an
-  `nn.intercept_methods` interceptor on the layers named in `overrides`), so the variable tree,
-  layer paths and call signature stay the model's own.
-
-  overrides: ((layer path, ((field, value), ...)), ...). To save a shrunk user model, store
-  `dict(small.overrides_dict())` as JSON beside its variables; rebuild it with
-  `ShrunkModel.from_dict(YourModel(...), saved)`.
-  """
-  model: object
-  overrides: Tuple[Tuple[str, Tuple[Tuple[str, int], ...]], ...]
-
-  def _intercept(self, next_fun, args, kwargs, context):
-    fields = self._table().get('/'.join(context.module.path))
-    if fields:
-      for field, value in fields:
-        if getattr(context.module, field) != value:
-          object.__setattr__(context.module, field, value)
-    return next_fun(*args, **kwargs)
-
-  def _table(self):
-    return dict(self.overrides)
-
-  def apply(self, variables, *args, **kwargs):
-    with nn.intercept_methods(self._intercept):
-      return self.model.apply(variables, *args, **kwargs)
-
-  def init(self, rngs, *args, **kwargs):
-    with nn.intercept_methods(self._intercept):
-      return self.model.init(rngs, *args, **kwargs)
-
-  def overrides_dict(self) -> Dict[str, Dict[str, int]]:
-    """JSON-able {layer path: {field: value}}."""
-    return {path: dict(fields) for path, fields in self.overrides}
-
-  @classmethod
-  def from_dict(cls, model, overrides: Mapping[str, Mapping[str, int]]) -> 'ShrunkModel':
-    return cls(model, _freeze(overrides))
-
-
-def _freeze(overrides) -> tuple:
-  return tuple(sorted((str(p), tuple(sorted((str(f), int(v)) for f, v in fields.items())))
-                      for p, fields in overrides.items()))
-
-
 def width_overrides(variables, groups: Groups, masks) -> Dict[str, Dict[str, int]]:
-  """{producer path: {'features': kept width}} (+ feature_group_count for depthwise convs)."""
+  """{producer path: {'features': kept width}} (+ feature_group_count for depthwise convs;
+  {'num_groups': kept groups} for a GroupNorm sized by its number of groups)."""
   params = traverse_util.flatten_dict(variables['params'], sep='/')
   out: Dict[str, Dict[str, int]] = {}
+  kept_width: Dict[str, int] = {}
+  for g in groups:
+    for path, kind, _, width in g.channel_norms:
+      if kind == 'group':
+        slot = next(s for s in g.norms if s.path == path)
+        kept_width[path] = kept_width.get(path, width) - int(
+            slot.length - np.asarray(masks[g.name], bool)[:slot.length].sum())
+  for g in groups:
+    for path, kind, block, width in g.channel_norms:
+      if kind == 'group':
+        out[path] = {'num_groups': kept_width[path] // block, 'group_size': block}
   for g in groups:
     for slot in g.producers:
       if slot.path in out:
@@ -138,6 +100,8 @@ def shrunk_model(model, groups: Groups, masks, variables=None):
   if variables is None:
     raise ValueError('shrunk_model of a non-zoo model needs variables= (its layer widths)')
   overrides = width_overrides(variables, groups, masks)
+  if isinstance(model, interop.NnxModel):
+    return model.with_widths(overrides)
   if isinstance(model, ShrunkModel):
     merged = model.overrides_dict()
     for path, fields in overrides.items():
@@ -146,18 +110,40 @@ def shrunk_model(model, groups: Groups, masks, variables=None):
   return ShrunkModel(model, _freeze(overrides))
 
 
-def shrink(model, variables, groups: Groups, masks) -> Tuple[nn.Module, dict]:
-  """(smaller model, its variables); `small.apply(v, x)` == masked full model's output."""
+def check_shrinkable(variables, groups: Groups, masks) -> None:
+  """MaskError (a UserError naming the argument) unless groups and masks fit these variables."""
+  check_groups(groups, variables)
+  check_masks(groups, masks, boolean=True)
+
+
+def shrink(model, variables, groups: Groups = None, masks=None):
+  """(smaller model, its variables); `small.apply(v, x)` == the masked full model's output.
+
+  An nnx.Module in place of (model, variables), `shrink(module, groups, masks)`, gives a new,
+  smaller nnx.Module (the module passed is not changed). masks: {group: bool[C]}, True = keep.
+  Raises MaskError for masks or groups that do not fit the model (module docstring of masks).
+  """
+  if interop.is_nnx(model):
+    groups, masks = variables, groups
+    adapter, plain = interop.split(model)
+    check_shrinkable(plain, groups, masks)
+    small = slice_variables(plain, groups, masks)
+    return interop.set_widths(interop.merge(adapter, small),
+                              width_overrides(plain, groups, masks))
+  variables = interop.as_variables(variables, 'variables')
+  check_shrinkable(variables, groups, masks)
   return (shrunk_model(model, groups, masks, variables),
           slice_variables(variables, groups, masks))
 
 
+@interop.accepts_module
 def model_cost(model, variables, input_shape) -> Dict[str, int]:
   """{'params', 'macs'} of a model: params counted on `variables['params']`, MACs traced."""
   return {'params': count_params(variables['params']),
           'macs': count_macs(model, variables, input_shape)}
 
 
+@interop.accepts_module
 def mask_cost(model, variables, groups: Groups, masks, input_shape) -> Dict[str, int]:
   """{'params', 'macs'} of the shrunk model, from shapes only (no arrays are sliced).
 
@@ -167,6 +153,7 @@ def mask_cost(model, variables, groups: Groups, masks, input_shape) -> Dict[str,
   return model_cost(small, shapes, input_shape)
 
 
+@interop.accepts_module
 def shrink_report(model, variables, groups: Groups, masks, input_shape) -> Dict[str, float]:
   """params/MACs before and after (counts), and the kept fractions."""
   before = model_cost(model, variables, input_shape)

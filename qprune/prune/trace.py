@@ -36,8 +36,10 @@ swish, tanh; not sigmoid).
 """
 import dataclasses
 import itertools
+import math
+import re
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -47,9 +49,9 @@ from flax import traverse_util
 from jax.extend import core as jex_core
 
 from qprune.errors import UserError
-from qprune.models import layers
+from qprune.models import interop, layers
 from qprune.models.counting import call_model, example_struct
-from qprune.prune.groups import RESIDUAL, ChannelGroup, Slot
+from qprune.prune.group_types import RESIDUAL, ChannelGroup, Slot, _matches, ignore_layers
 
 
 class TraceError(UserError):
@@ -65,10 +67,11 @@ class PruningTraceWarning(UserWarning):
   """Some channels are left unpruned because an op could not be followed."""
 
 
-CONV_TYPES = (nn.Conv, layers.Conv, nn.ConvTranspose)
-DENSE_TYPES = (nn.Dense,)
+CONV_TYPES = layers.CONV_TYPES
+DENSE_TYPES = layers.DENSE_TYPES
 NORM_TYPES = layers.BATCH_NORM_TYPES
-KNOWN_TYPES = CONV_TYPES + DENSE_TYPES + NORM_TYPES
+CHANNEL_NORM_TYPES = layers.CHANNEL_NORM_TYPES
+KNOWN_TYPES = CONV_TYPES + DENSE_TYPES + NORM_TYPES + CHANNEL_NORM_TYPES
 
 _tag_p = jex_core.Primitive('qprune_layer_tag')
 _tag_p.def_impl(lambda x, **_: x)
@@ -140,13 +143,14 @@ class _Member:
   period: int = 0
   order: int = 0
   depthwise: bool = False
+  norm: Optional[Tuple[str, int, int]] = None  # channel norms: (kind, block, layer width)
 
 
 @dataclasses.dataclass
 class _Call:
   path: str
   module: nn.Module
-  kind: str  # conv | dense | norm
+  kind: str  # conv | dense | norm | cnorm
   params: Dict[str, tuple]
   input_state: object = None
 
@@ -329,7 +333,8 @@ class _Tracer:
     kernel = call.params['kernel']
     groups = int(getattr(module, 'feature_group_count', 1) or 1)
     features = int(kernel[-1])
-    if isinstance(module, nn.ConvTranspose) and module.transpose_kernel:
+    if isinstance(module, layers.TRANSPOSE_CONV_TYPES) and getattr(module, 'transpose_kernel',
+                                                                    False):
       self.block(state, f'{call.path}: ConvTranspose(transpose_kernel=True)')
       return self.blocked_fresh(out_ndim, features, f'{call.path}: ConvTranspose(transpose_kernel)')
     if groups == 1:
@@ -374,6 +379,50 @@ class _Tracer:
     offset = 0
     for space, length in state.segs:
       self.spaces.add(space, _Member('norm', call.path, length, offset))
+      offset += length
+    return state
+
+  def layer_cnorm(self, call: _Call, state, out_ndim):
+    """LayerNorm / RMSNorm / GroupNorm over the channel axis: a norm member that couples the
+    channels it normalizes (see `qprune.prune.masks`: masked evaluation normalizes over the kept
+    channels only; GroupNorm channels are pruned in whole groups)."""
+    if not isinstance(state, _Ann):
+      return state
+    module, name = call.module, type(call.module).__name__
+    last = (-1, out_ndim - 1)
+    if state.axis != out_ndim - 1 or state.repeat != 1:
+      self.block(state, f'{call.path}: {name} whose input channels are not its last axis')
+      return state
+    width = state.width
+    if isinstance(module, layers.GROUP_NORM_TYPES):
+      reduction = getattr(module, 'reduction_axes', None)
+      if reduction is not None and set(np.atleast_1d(reduction) % out_ndim) != set(
+          range(1, out_ndim)):
+        self.block(state, f'{call.path}: {name} with reduction_axes={reduction}')
+        return state
+      num_groups = getattr(module, 'num_groups', None)
+      group_size = getattr(module, 'group_size', None)
+      groups = int(num_groups) if num_groups else width // int(group_size)
+      block, kind = width // groups, 'group'
+    else:
+      reduction = tuple(np.atleast_1d(getattr(module, 'reduction_axes', -1)))
+      features = tuple(np.atleast_1d(getattr(module, 'feature_axes', -1)))
+      if not set(reduction) <= set(last) or not set(features) <= set(last):
+        self.block(state, f'{call.path}: {name} over axes other than the channels '
+                   f'(reduction_axes={reduction}, feature_axes={features})')
+        return state
+      block, kind = 1, 'rms' if isinstance(module, layers.RMS_NORM_TYPES) else 'layer'
+    offset = 0
+    for space, length in state.segs:
+      if offset % block or length % block:
+        self.block(state, f'{call.path}: {name} groups of {block} channels straddle the inputs '
+                   'of a concatenation')
+        return state
+      offset += length
+    offset = 0
+    for space, length in state.segs:
+      self.spaces.add(space, _Member('norm', call.path, length, offset,
+                                     norm=(kind, block, width)))
       offset += length
     return state
 
@@ -542,6 +591,8 @@ def _kind(module) -> Optional[str]:
     return 'dense'
   if isinstance(module, NORM_TYPES):
     return 'norm'
+  if isinstance(module, CHANNEL_NORM_TYPES):
+    return 'cnorm'
   return None
 
 
@@ -564,9 +615,8 @@ def trace_model(model: nn.Module, variables, example_input) -> TraceResult:
     if (context.method_name != '__call__' or kind is None or not args or
         not hasattr(args[0], 'shape')):
       return next_fun(*args, **kwargs)
-    path = '/'.join(module.path)
-    owners = ('/'.join(('params',) + tuple(module.path)),
-              '/'.join(('batch_stats',) + tuple(module.path)))
+    path = interop.layer_path(context)
+    owners = tuple('/'.join(p for p in (col, path) if p) for col in ('params', 'batch_stats'))
     params = {k.rsplit('/', 1)[1]: tuple(v.shape) for k, v in flat.items()
               if k.rsplit('/', 1)[0] in owners}
     index = len(calls)
@@ -579,7 +629,7 @@ def trace_model(model: nn.Module, variables, example_input) -> TraceResult:
 
   x = example_struct(example_input)
   try:
-    with nn.intercept_methods(intercept):
+    with interop.intercept_layers(intercept):
       closed = jax.make_jaxpr(lambda v, x: call_model(model, v, x))(variables, x)
   except TraceError:
     raise
@@ -628,6 +678,10 @@ def _groups(spaces: _Spaces, model):
       reasons.append(f'per-channel parameter {vectors[0]} outside a known layer')
     if max(m.length for m in producers) != size:
       reasons.append('zero-padded channels that no layer produces')
+    channel_norms = tuple(dict.fromkeys((m.path, *m.norm) for m in members if m.norm))
+    block = math.lcm(1, *(n[2] for n in channel_norms))
+    if any(m.length % block for m in members):
+      reasons.append(f'GroupNorm groups of {block} channels do not divide every member')
     if reasons:
       skipped.append((name, tuple(reasons)))
       continue
@@ -635,7 +689,8 @@ def _groups(spaces: _Spaces, model):
         name, size, tuple(_slot(m) for m in producers),
         tuple(_slot(m) for m in members if m.kind == 'norm'),
         tuple(_slot(m) for m in members if m.kind == 'consumer'), (),
-        depthwise=tuple(dict.fromkeys(m.path for m in producers if m.depthwise))))
+        depthwise=tuple(dict.fromkeys(m.path for m in producers if m.depthwise)),
+        channel_norms=channel_norms))
   # single-producer groups in trace order, then residual streams (several producers)
   found.sort(key=lambda g: len(g.producers) - len(g.depthwise) > 1)
   found = _unique_names(found)
@@ -679,45 +734,106 @@ def _zoo_names_and_widths(groups):
   return out
 
 
-def report_skipped(result: TraceResult):
-  """One warning for everything left unpruned (silent for outputs and input channels)."""
+_HOW_TO_GO_ON = ('To go on: build that part from layers the trace knows (nn.Conv / nn.Dense / '
+                 'nn.BatchNorm / nn.LayerNorm / nn.GroupNorm / nn.RMSNorm, or their nnx '
+                 'counterparts), or pass ignored_layers=[...] naming these layers to leave them '
+                 'unpruned without a word.')
+_SCOPED = re.compile(r'^(?P<op>[\w.]+) \(in (?P<scope>[^)]*)\): (?P<text>.*)$')
+_PATHED = re.compile(r'^(?P<scope>[^\s:]+): (?P<text>.*)$')
+
+
+def _where_and_what(reason: str) -> Tuple[str, str]:
+  """('scope', 'op: text') of a block reason, so that reasons can be merged per layer."""
+  m = _SCOPED.match(reason)
+  if m:
+    return m['scope'], f'{m["op"]}: {m["text"]}'
+  m = _PATHED.match(reason)
+  if m and '/' in m['scope'] or m and not m['scope'].islower():
+    return m['scope'], m['text']
+  return reason, ''
+
+
+def skipped_summary(skipped, max_lines: int = 6) -> list:
+  """A few lines for everything left unpruned: one per layer (or op) the trace could not follow,
+  naming the first op there and the channels it left unpruned (each said once)."""
+  by_scope: Dict[str, dict] = {}
+  for name, reasons in skipped:
+    for reason in reasons:
+      if reason in _SILENT_REASONS:
+        continue
+      scope, what = _where_and_what(reason)
+      entry = by_scope.setdefault(scope, {'what': [], 'groups': []})
+      if what and what not in entry['what']:
+        entry['what'].append(what)
+      if name not in entry['groups']:
+        entry['groups'].append(name)
   lines = []
-  for name, reasons in result.skipped:
-    loud = [r for r in reasons if r not in _SILENT_REASONS]
-    if loud:
-      lines.append(f'  channels of {name}: ' + '; '.join(loud))
+  for scope, entry in by_scope.items():
+    what = entry['what']
+    op = (f': {what[0]}' + (f' (and {len(what) - 1} more ops there)' if len(what) > 1 else '')
+          if what else '')
+    names = entry['groups']
+    left = ', '.join(names[:3]) + (f' and {len(names) - 3} more' if len(names) > 3 else '')
+    lines.append(f'  {scope}{op} -> left unpruned: channels of {left}')
+  if len(lines) > max_lines:
+    lines = lines[:max_lines] + [f'  ... and {len(lines) - max_lines} more']
+  return lines
+
+
+def report_skipped(result: TraceResult, quiet=()):
+  """One warning for everything left unpruned (silent for outputs, input channels, and the
+  groups named in `quiet`)."""
+  skipped = [(n, r) for n, r in result.skipped if n not in quiet]
+  lines = skipped_summary(skipped)
   if lines:
-    warnings.warn('qprune.prune: these channels are left unpruned, the trace could not follow '
-                  'them:\n' + '\n'.join(lines), PruningTraceWarning, stacklevel=3)
+    warnings.warn('qprune.prune: some channels are left unpruned, the trace could not follow:\n' +
+                  '\n'.join(lines) + '\n' + _HOW_TO_GO_ON, PruningTraceWarning, stacklevel=3)
+
+
+def model_name(model) -> str:
+  """The user's class name of a model (an NNX module's, not its adapter's)."""
+  return getattr(model, 'class_name', None) or type(model).__name__
 
 
 def traced_groups(model: nn.Module, variables, example_input, *, residual: bool = True,
-                  dense: bool = True, warn: bool = True) -> Tuple[ChannelGroup, ...]:
+                  dense: bool = True, warn: bool = True,
+                  ignored_layers: Sequence[str] = ()) -> Tuple[ChannelGroup, ...]:
   """Channel groups of any Flax model, traced (see module docstring).
 
   residual=False drops residual-stream groups (several non-depthwise producers); dense=False
-  drops groups produced only by dense layers. Raises NoPrunableChannelsError when no group is
-  left, naming why; warns once (PruningTraceWarning) about channels it could not follow.
+  drops groups produced only by dense layers; ignored_layers drops the groups those layers
+  produce (`group_types.ignore_layers`) and silences the warning about them. Raises
+  NoPrunableChannelsError when no group is left, naming why; warns once (PruningTraceWarning)
+  about channels it could not follow.
   """
   result = trace_model(model, variables, example_input)
-  if warn:
-    report_skipped(result)
+  known = {p for p, _ in result.layers}
+  kept = ignore_layers(result.groups, ignored_layers, known)
   kinds = dict(result.layers)
-  groups = [g for g in result.groups
+  groups = [g for g in kept
             if (residual or len(g.producers) - len(g.depthwise) <= 1) and
             (dense or any(kinds.get(s.path) != 'dense' for s in g.producers))]
   if not groups:
     convs = [p for p, k in result.layers if k in ('conv', 'dense')]
+    hint = ''
     if not convs:
-      why = ('the model calls no nn.Conv / nn.Dense / qprune layers.Conv (only those layers are '
-             'pruned)')
+      why = ('the model calls no conv or dense layer the trace knows (nn.Conv, nn.Dense, '
+             'nn.ConvTranspose, qprune layers.Conv, nnx.Conv, nnx.Linear, nnx.ConvTranspose)')
     elif not result.groups and not result.skipped:
       why = 'every layer output reaches the model output directly'
     elif not result.groups:
-      why = 'every candidate was blocked: ' + '; '.join(
-          f'{n}: {", ".join(r)}' for n, r in result.skipped)
+      why = 'the trace could not follow:\n' + '\n'.join(skipped_summary(result.skipped))
+      hint = '\n' + _HOW_TO_GO_ON.split(', or pass')[0] + '.'
+
+      if not skipped_summary(result.skipped):
+        why = 'every layer output reaches the model output (' + ', '.join(
+            sorted({r for _, rs in result.skipped for r in rs})) + ')'
+        hint = ''
     else:
       why = (f'the {len(result.groups)} groups found were all excluded by residual={residual}, '
-             f'dense={dense}')
-    raise NoPrunableChannelsError(f'no prunable channel group in {type(model).__name__}: {why}')
+             f'dense={dense}, ignored_layers={list(ignored_layers)}')
+    raise NoPrunableChannelsError(
+        f'no prunable channel group in {model_name(model)}: {why}{hint}')
+  if warn:
+    report_skipped(result, quiet={n for n, _ in result.skipped if _matches(n, ignored_layers)})
   return tuple(groups)

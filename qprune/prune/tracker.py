@@ -15,6 +15,7 @@ first variables seen (`derive_groups`) unless given. The pure core, `tracker_ste
 """
 from typing import Mapping, Optional, Tuple
 
+from qprune.models import interop
 from qprune.prune.decision import EarlyBirdRule, EarlyBirdState, early_bird_step
 from qprune.prune.groups import Groups, derive_groups
 from qprune.prune.selection import make_masks
@@ -26,7 +27,10 @@ class TrackerError(UserError):
 
 
 def as_variables(params_or_variables) -> dict:
-  """{'params': ...} for a bare Flax params tree; variables are returned unchanged."""
+  """{'params': ...} for a bare Flax params tree; variables are returned unchanged; an
+  nnx.Module gives its variables."""
+  if interop.is_nnx(params_or_variables):
+    return interop.split(params_or_variables)[1]
   if not isinstance(params_or_variables, Mapping):
     raise TrackerError(f'expected Flax params or variables (a dict), got '
                        f'{type(params_or_variables).__name__}')
@@ -53,12 +57,14 @@ class EarlyBirdTracker:
 
   criterion/ratio/selection: as `prune.make_masks` ('l1', 'bn_gamma', ... ; fraction removed;
   'uniform' or 'global'). window/threshold: the Early-Bird rule (paper: 5, 0.1).
-  groups: channel groups (default: `derive_groups(variables, residual=residual)` at first update).
+  groups: channel groups (default: derived at the first update: by the zoo's layer names, or
+    traced when `model=` and `example_input=` are given or the update gets an nnx.Module).
+  model: the Linen model of the variables (data-driven criteria need it; so does tracing).
   """
 
   def __init__(self, criterion: str = 'l1', ratio: float = 0.5, selection: str = 'uniform', *,
                window: int = 5, threshold: float = 0.1, groups: Optional[Groups] = None,
-               residual: bool = False):
+               residual: bool = False, model=None, example_input=None):
     if window < 2:
       raise TrackerError(f'window must be >= 2 masks, got {window}')
     if not 0.0 <= threshold <= 1.0:
@@ -68,19 +74,36 @@ class EarlyBirdTracker:
     self.criterion, self.ratio, self.selection = criterion, ratio, selection
     self.rule = EarlyBirdRule(window=window, threshold=threshold)
     self.groups, self.residual = groups, residual
+    self.model, self.example_input = model, example_input
     self.state = EarlyBirdState()
     self.masks: Optional[dict] = None
     self.history = []
 
   def update(self, params_or_variables, **data) -> bool:
     """Pushes this epoch's masks; True when the window is full and stable (stays True after)."""
+    if interop.is_nnx(params_or_variables):
+      data.setdefault('model', interop.split(params_or_variables)[0])
+      if self.groups is None:
+        self.groups = derive_groups(params_or_variables, example_input=self._example(),
+                                    residual=self.residual)
     variables = as_variables(params_or_variables)
+    if self.model is not None:
+      data.setdefault('model', self.model)
     if self.groups is None:
-      self.groups = derive_groups(variables, residual=self.residual)
+      self.groups = (derive_groups(variables, model=self.model, example_input=self._example(),
+                                   residual=self.residual) if self.model is not None else
+                     derive_groups(variables, residual=self.residual))
     self.state, info, self.masks = tracker_step(self.state, variables, self.groups, self.criterion,
                                                 self.ratio, self.selection, self.rule, **data)
     self.history.append(info)
     return self.stable
+
+  def _example(self):
+    if self.example_input is None:
+      raise TrackerError('tracing the channel groups of this model needs '
+                         'EarlyBirdTracker(example_input=...) (an input with a batch axis), or '
+                         'pass groups=')
+    return self.example_input
 
   @property
   def stable(self) -> bool:

@@ -37,6 +37,9 @@ from flax import traverse_util
 
 from qprune import files
 from qprune.errors import UserError
+from qprune.models import interop
+from qprune.models.counting import _takes_train, example_struct
+from qprune.models.shrunk import ShrunkModel
 from qprune.models.spec import model_from_spec
 from qprune.quant import targets as targets_lib
 
@@ -156,15 +159,72 @@ def encode_variables(variables, targets: targets_lib.Targets, spec: Mapping,
   return _PREAMBLE.pack(MAGIC, version, len(header)) + header + payload
 
 
-def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping,
+class SaveError(UserError):
+  """save_quantized's arguments do not describe a model that load_quantized could rebuild."""
+
+
+USER_MODEL = 'user_model'  # spec key of a model outside the zoo: {'framework', 'class', ...}
+
+
+def user_spec(variables_or_module, model=None, example_input=None) -> dict:
+  """The header spec of a model outside the zoo: its framework and class, the width overrides of
+  a shrunk model (`ShrunkModel.overrides_dict()`, an NNX module's `interop.width_fields`), and
+  the example input (shape and dtype) when given, so that loading can check the leaves fit."""
+  if interop.is_nnx(variables_or_module):
+    info = {'framework': 'nnx', 'class': type(variables_or_module).__name__,
+            'overrides': interop.width_fields(variables_or_module)}
+  else:
+    inner = getattr(model, 'model', model)
+    info = {'framework': 'linen', 'class': type(inner).__name__ if inner is not None else '',
+            'overrides': dict(model.overrides_dict()) if isinstance(model, ShrunkModel) else {}}
+  if example_input is not None:
+    x = example_struct(example_input)
+    info['input'] = {'shape': [int(d) for d in x.shape[1:]], 'dtype': str(np.dtype(x.dtype))}
+  return {USER_MODEL: info}
+
+
+def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping = None,
                    path_filter: targets_lib.PathFilter = targets_lib.default_path_filter, *,
-                   entropy_coding: bool = False, zero: bool = True) -> int:
+                   entropy_coding: bool = False, zero: bool = True, model=None,
+                   example_input=None) -> int:
   """Writes the export atomically (temp file + os.replace); returns its size on disk in bytes.
 
+  variables: the model's variables (bare params are taken too) or an nnx.Module.
+  targets: {layer: exponents} of the layers to store as codes ({} stores every leaf as float32:
+    a pruned, unquantized model).
+  spec: a zoo model's `model_spec(...)`, so that `load_quantized(path)` rebuilds it alone; None
+    for any other model: then `load_quantized(path, model=YourModel())` rebuilds it. model: the
+    Linen model the variables belong to when it is a shrunk one (`prune.shrink`'s ShrunkModel:
+    its width overrides are stored). example_input: an input (or ShapeDtypeStruct) with a batch
+    axis; stored so that loading can check the leaves fit the model.
   entropy_coding=True stores each quantized layer's codes xz-compressed where that is smaller.
   zero=False: `targets` are zero-free sets (`targets.quantize`).
+  Checks everything before writing (SaveError, TargetsError): a spec that does not build these
+  variables, targets for layers the model lacks or with non-integer exponents.
   """
-  return files.write_bytes_atomic(path, encode_variables(variables, targets, spec, path_filter,
+  if interop.is_nnx(variables):
+    header_spec = user_spec(variables, example_input=example_input)
+    variables = interop.split(variables)[1]
+  else:
+    variables = interop.as_variables(variables, 'variables')
+    header_spec = None
+  targets_lib.check_targets(targets, targets_lib.quantizable_layers(variables['params'],
+                                                                    path_filter))
+  if spec is not None:
+    if not isinstance(spec, Mapping) or 'name' not in spec:
+      raise SaveError(f'spec {spec!r:.80} is not a zoo model spec (qprune.models.spec.model_spec); '
+                      'leave spec=None for any other model')
+    try:
+      _check_leaves_fit(model_from_spec(spec), spec, jax.device_get(variables))
+    except ExportFormatError as e:
+      raise SaveError(f'spec does not describe these variables: {e}') from None
+    except (KeyError, TypeError, ValueError) as e:
+      raise SaveError(f'bad model spec ({type(e).__name__}: {e})') from None
+    header_spec = dict(spec)
+  elif header_spec is None:
+    header_spec = user_spec(variables, model, example_input)
+  return files.write_bytes_atomic(path, encode_variables(variables, targets, header_spec,
+                                                         path_filter,
                                                          entropy_coding=entropy_coding, zero=zero))
 
 
@@ -299,14 +359,23 @@ def decode_variables(data: bytes) -> Tuple[dict, dict]:
   return header['spec'], traverse_util.unflatten_dict(flat, sep='/')
 
 
-def load_quantized(path: str):
-  """(model, variables) from `save_quantized`'s file; weights are the exact dequantized values.
+def load_quantized(path: str, model=None):
+  """The model of `save_quantized`'s file; weights are the exact dequantized values.
 
-  ExportFormatError naming the file if it is damaged or its leaves do not fit its model."""
-  with open(path, 'rb') as f:
-    data = f.read()
+  A zoo model's file: (model, variables), rebuilt from its spec. Any other model: pass the
+  model it was saved from, `model=YourModel(...)` (a Linen module: (model, variables) back, a
+  `prune.ShrunkModel` around it when the file stores width overrides; an nnx.Module: a new
+  module holding the file's arrays, the one passed unchanged).
+  ExportFormatError naming the file if it is damaged or its leaves do not fit the model."""
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise ExportFormatError(f'{path}: cannot read it ({e.strerror or e})') from None
   try:
     spec, variables = decode_variables(data)
+    if USER_MODEL in spec or model is not None:
+      return _load_user_model(spec, variables, model)
     model = model_from_spec(spec)
     _check_leaves_fit(model, spec, variables)
   except ExportFormatError as e:
@@ -317,6 +386,72 @@ def load_quantized(path: str):
   return model, jax.tree.map(jnp.asarray, variables)
 
 
+def _leaf_shapes(tree) -> dict:
+  return {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(tree, sep='/').items()}
+
+
+def _load_user_model(spec, variables, model):
+  info = spec.get(USER_MODEL)
+  if model is None:
+    what = f'{info.get("framework", "")} {info.get("class") or "model"}'.strip()
+    call = f'{info["class"]}(...)' if info.get('class') else 'the model it was saved from'
+    raise ExportFormatError(f'holds a model outside the zoo (a {what}): pass the model, '
+                            f'load_quantized(path, model={call})')
+  info = info if isinstance(info, Mapping) else {}
+  given = type(getattr(model, 'model', model)).__name__
+  if info.get('class') and info['class'] != given:
+    raise ExportFormatError(f'holds a {info["class"]}; the given model is a {given}')
+  overrides = info.get('overrides') or {}
+  if not isinstance(overrides, Mapping):
+    raise ExportFormatError(f'quantized export header: bad overrides {overrides!r:.80}')
+  variables = jax.tree.map(jnp.asarray, variables)
+  if interop.is_nnx(model):
+    if info.get('framework') == 'linen':
+      raise ExportFormatError(f'holds a Linen model ({info.get("class")}); an nnx.Module was given')
+    template = interop.split(model)[1]
+    want, have = _leaf_shapes(template), _leaf_shapes(variables)
+    for key in sorted(set(want) | set(have)):
+      if (key in want) != (key in have) or len(want.get(key, ())) != len(have.get(key, ())):
+        raise ExportFormatError(f'leaf {key!r}: stored shape {have.get(key)}, the given '
+                                f'{type(model).__name__} has {want.get(key)}')
+    module = interop.set_widths(interop.replace_variables(model, variables), overrides)
+    _check_runs(module, None, info, type(model).__name__)
+    return module
+  if info.get('framework') == 'nnx':
+    raise ExportFormatError(f'holds an NNX module ({info.get("class")}); a Linen model was given')
+  if overrides and not isinstance(model, ShrunkModel):
+    model = ShrunkModel.from_dict(model, overrides)
+  _check_runs(model, variables, info, type(getattr(model, 'model', model)).__name__)
+  return model, variables
+
+
+def _check_runs(model, variables, info, name):
+  """With a stored example input: the model must run on it with the stored leaves (shapes
+  checked by Linen's init, by the NNX layers' own code)."""
+  example = info.get('input')
+  if not example:
+    return
+  x = jax.ShapeDtypeStruct((1, *example['shape']), jnp.dtype(example['dtype']))
+  try:
+    if variables is None:
+      adapter, own = interop.split(model)
+      jax.eval_shape(adapter.apply, own, x)
+    else:
+      rng = jax.random.PRNGKey(0)
+      expected = jax.eval_shape(lambda x: model.init(rng, x, train=False)
+                                if _takes_train(model) else model.init(rng, x), x)
+      want, have = _leaf_shapes(expected), _leaf_shapes(variables)
+      for key in sorted(set(want) | set(have)):
+        if want.get(key) != have.get(key):
+          raise ExportFormatError(f'leaf {key!r}: stored shape {have.get(key)}, the given {name} '
+                                  f'needs {want.get(key)}')
+  except ExportFormatError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ExportFormatError(f'the stored leaves do not fit the given {name}: {type(e).__name__}: '
+                            f'{(str(e).splitlines() or [""])[0][:200]}') from None
+
+
 def _check_leaves_fit(model, spec, variables):
   """ExportFormatError if the stored leaves are not exactly the model's (paths and shapes)."""
   images = jax.ShapeDtypeStruct((1, *spec['input_shape']), jnp.uint8)
@@ -325,8 +460,10 @@ def _check_leaves_fit(model, spec, variables):
   have = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(variables, sep='/').items()}
   for key in sorted(set(want) | set(have)):
     if want.get(key) != have.get(key):
-      raise ExportFormatError(f'quantized export leaf {key!r}: stored shape {have.get(key)}, its '
-                              f'model ({spec.get("name")}) needs {want.get(key)}')
+      stored = 'not stored' if key not in have else f'stored shape {have[key]}'
+      needed = 'has no such leaf' if key not in want else f'needs {want[key]}'
+      raise ExportFormatError(f'quantized export leaf {key!r}: {stored}, its model '
+                              f'({spec.get("name")}) {needed}')
 
 
 def read_targets(path: str) -> dict:

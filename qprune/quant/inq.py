@@ -15,11 +15,17 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from qprune.errors import UserError
+from qprune.models import interop
 from qprune.ops.masking import zero_frozen  # noqa: F401 (re-exported: qprune.quant.zero_frozen)
 from qprune.quant import targets as targets_lib
 
 DEFAULT_SCHEDULE: Tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
 RetrainFn = Callable[[object, object], object]  # (params, freeze_mask) -> params
+
+
+class InqScheduleError(UserError):
+  """A schedule that is not increasing fractions in (0, 1] (an empty one quantizes nothing)."""
 
 
 def _layer_freeze_mask(w: jax.Array, previous: jax.Array, fraction) -> jax.Array:
@@ -87,14 +93,32 @@ def run_inq(params, targets: targets_lib.Targets, retrain_fn: RetrainFn,
             zero: bool = True):
   """Runs the INQ schedule; returns (params, final mask). zero=False snaps to zero-free sets.
 
+  params may be an nnx.Module: then `retrain_fn(module, mask)` returns the retrained module and
+  run_inq returns (a new quantized module, mask); the module passed is not changed.
+
   For each fraction: grow the freeze mask, snap frozen weights, then (unless everything targeted is
   frozen, fraction >= 1) call `retrain_fn(params, mask)`, which must leave frozen entries unchanged
   (e.g. with `qprune.train.optim.freezable(tx)` and `freeze_mask=mask`). A last snap with the final mask makes every
   targeted weight exactly representable even if the schedule does not end at 1.0 — only for the
   frozen ones; end the schedule at 1.0 to quantize every weight.
   """
-  if any(not 0.0 < f <= 1.0 for f in schedule) or list(schedule) != sorted(schedule):
-    raise ValueError(f'schedule must be increasing fractions in (0, 1], got {schedule}')
+  if interop.is_nnx(params):  # a module in, a module out; retrain_fn(module, mask) -> module
+    model, variables = interop.split(params)
+    user_retrain = retrain_fn
+
+    def retrain_fn(p, mask):  # pylint: disable=function-redefined
+      trained = user_retrain(interop.merge(model, {**variables, 'params': p}), mask)
+      return interop.params_of(trained)
+
+    out, mask = run_inq(variables['params'], targets, retrain_fn, schedule, path_filter, zero)
+    return interop.merge(model, {**variables, 'params': out}), mask
+  params = interop.params_of(params)
+  schedule = tuple(schedule)
+  if (not schedule or any(not 0.0 < f <= 1.0 for f in schedule) or
+      list(schedule) != sorted(schedule)):
+    raise InqScheduleError(f'schedule must be increasing fractions in (0, 1], ending at 1.0 to '
+                           f'quantize every weight; got {schedule}')
+  targets_lib.check_targets(targets, targets_lib.quantizable_layers(params, path_filter))
   mask = no_frozen(params)
   for fraction in schedule:
     mask = freeze_mask(params, targets, fraction, mask, path_filter)

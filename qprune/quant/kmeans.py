@@ -448,13 +448,31 @@ def select_by_bit_budget(table: CandidateTable, bits_per_weight: float) -> dict:
   return {name: table.sets[l][choice[l]] for l, name in enumerate(table.names)}
 
 
+def check_choice(*, k=None, tolerance=None, bits_per_weight=None, k_max=None) -> None:
+  """TargetsError unless exactly one of k (an integer >= 1), tolerance (>= 0) or bits_per_weight
+  (> 0) is given, and k_max is an integer >= 1."""
+  chosen = [x is not None for x in (k, tolerance, bits_per_weight)]
+  if sum(chosen) != 1:
+    raise targets_lib.TargetsError('give exactly one of k, tolerance, bits_per_weight')
+  if k is not None and (not targets_lib._is_integer(k) or int(k) < 1):  # pylint: disable=protected-access
+    raise targets_lib.TargetsError(f'k is the number of exponents per layer, an integer >= 1; '
+                                   f'got {k!r}')
+  if tolerance is not None and not (isinstance(tolerance, (int, float)) and 0 <= tolerance
+                                    < float('inf')):
+    raise targets_lib.TargetsError(f'tolerance is a relative L1 error >= 0, got {tolerance!r}')
+  if bits_per_weight is not None and not (isinstance(bits_per_weight, (int, float)) and
+                                          0 < bits_per_weight < float('inf')):
+    raise targets_lib.TargetsError(f'bits_per_weight is an average bit budget > 0, got '
+                                   f'{bits_per_weight!r}')
+  if k_max is not None and (not targets_lib._is_integer(k_max) or int(k_max) < 1):  # pylint: disable=protected-access
+    raise targets_lib.TargetsError(f'k_max must be an integer >= 1, got {k_max!r}')
+
+
 def select_targets(table: CandidateTable, *, k: int | None = None,
                    tolerance: float | None = None,
                    bits_per_weight: float | None = None) -> dict:
   """One set per layer from `table`: exactly one of a fixed k, an L1 tolerance, a bit budget."""
-  chosen = [x is not None for x in (k, tolerance, bits_per_weight)]
-  if sum(chosen) != 1:
-    raise ValueError('give exactly one of k, tolerance, bits_per_weight')
+  check_choice(k=k, tolerance=tolerance, bits_per_weight=bits_per_weight)
   if k is not None:
     return select_fixed_k(table, k)
   if tolerance is not None:
@@ -465,6 +483,11 @@ def select_targets(table: CandidateTable, *, k: int | None = None,
 def kmeans_targets(layers: Mapping[str, jax.Array], *, k: int | None = None,
                    tolerance: float | None = None, bits_per_weight: float | None = None,
                    k_max: int = 8, **kmeans_options) -> dict:
-  """Clustered target sets {layer: exponents}: exactly one of k, tolerance, bits_per_weight."""
+  """Clustered target sets {layer: exponents}: exactly one of k, tolerance, bits_per_weight.
+
+  layers: {name: weights}, e.g. `quantizable_layers(params)`. TargetsError for empty layers or
+  a bad choice (k < 1, a negative tolerance, ...)."""
+  targets_lib.check_layers(layers)
+  check_choice(k=k, tolerance=tolerance, bits_per_weight=bits_per_weight, k_max=k_max)
   table = candidate_table(layers, k_max=max(k_max, k or 1), **kmeans_options)
   return select_targets(table, k=k, tolerance=tolerance, bits_per_weight=bits_per_weight)

@@ -2,6 +2,7 @@
 
     tx = quant.inq_optax(optax.sgd(0.01, momentum=0.9), targets, steps_per_stage=500)
     opt_state = tx.init(params)        # then the usual loop: tx.update(grads, opt_state, params)
+    optimizer = nnx.Optimizer(module, tx, wrt=nnx.Param)   # Flax NNX: optimizer.update(module, g)
 
 Schedule. Update calls are numbered t = 0, 1, 2, ...; a call with t % steps_per_stage == 0 that
 still has a stage ahead (t // steps_per_stage < len(schedule)) is a *snap step*: it grows the
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from qprune.models import interop
 from qprune.quant import inq as inq_lib
 from qprune.quant import targets as targets_lib
 from qprune.errors import UserError
@@ -82,8 +84,14 @@ def inq_optax(inner: optax.GradientTransformation, targets: targets_lib.Targets,
                      for name, exps in targets.items()}
 
   def init_fn(params):
+    state_params = params
+    params = _as_dict(params)
     present = set(targets_lib.quantizable_layers(params, path_filter))
+    if exponent_arrays and not present & set(exponent_arrays):
+      raise InqOptaxError(f'targets name none of the layers of these params: '
+                          f'{sorted(exponent_arrays)[:3]}; the layers are {sorted(present)[:6]}')
     exponents = {k: jnp.asarray(v) for k, v in exponent_arrays.items() if k in present}
+    del state_params
     return InqState(count=jnp.zeros((), jnp.int32), stage=jnp.zeros((), jnp.int32),
                     fractions=jnp.asarray(schedule, jnp.float32), exponents=exponents,
                     mask=inq_lib.no_frozen(params), inner_state=inner.init(params))
@@ -91,6 +99,8 @@ def inq_optax(inner: optax.GradientTransformation, targets: targets_lib.Targets,
   def update_fn(updates, state: InqState, params=None):
     if params is None:
       raise InqOptaxError('inq_optax needs params: call tx.update(grads, state, params)')
+    template = updates  # an nnx.Optimizer hands nnx.State; the schedule works on dicts
+    params = _as_dict(params)
     num_stages = state.fractions.shape[0]
     boundary = (state.count % steps_per_stage == 0) & (state.stage < num_stages)
 
@@ -98,13 +108,14 @@ def inq_optax(inner: optax.GradientTransformation, targets: targets_lib.Targets,
       fraction = state.fractions[jnp.minimum(state.stage, num_stages - 1)]
       mask = inq_lib.freeze_mask(params, state.exponents, fraction, state.mask, path_filter)
       snapped = inq_lib.snap(params, mask, state.exponents, path_filter)
-      delta = jax.tree.map(lambda s, p: (s - p).astype(p.dtype), snapped, params)
+      delta = _like(template, jax.tree.map(lambda s, p: (s - p).astype(p.dtype), snapped, params))
       inner_state = inner.init(snapped) if reset_inner_on_snap else state.inner_state
       return delta, inner_state, mask, state.stage + 1
 
     def train_step(_):
       new_updates, inner_state = inner.update(updates, state.inner_state, params)
-      return inq_lib.zero_frozen(new_updates, state.mask), inner_state, state.mask, state.stage
+      frozen = _like(new_updates, state.mask)
+      return inq_lib.zero_frozen(new_updates, frozen), inner_state, state.mask, state.stage
 
     new_updates, inner_state, mask, stage = jax.lax.cond(boundary, snap_step, train_step, None)
     return new_updates, InqState(state.count + 1, stage, state.fractions, state.exponents, mask,
@@ -113,7 +124,21 @@ def inq_optax(inner: optax.GradientTransformation, targets: targets_lib.Targets,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _as_dict(params):
+  """Params as nested dicts (an nnx.State, e.g. from nnx.Optimizer, becomes one)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  return interop.state_to_dict(params) if isinstance(params, nnx.State) else params
+
+
+def _like(template, tree):
+  """`tree` (nested dicts) in the structure of `template` (nested dicts or an nnx.State)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  return interop.dict_to_state_like(template, tree) if isinstance(template, nnx.State) else tree
+
+
 def _find_state(opt_state) -> InqState:
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  opt_state = nnx.as_pure(opt_state)  # nnx.Optimizer's opt_state holds OptState variables
   if isinstance(opt_state, InqState):
     return opt_state
   found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, InqState))
@@ -135,4 +160,9 @@ def inq_params(params, opt_state,
   """`params` with the frozen weights snapped onto their targets (idempotent; like run_inq's
   final snap)."""
   state = _find_state(opt_state)
-  return inq_lib.snap(params, state.mask, state.exponents, path_filter)
+  if interop.is_nnx(params):  # a module: a new module with its params snapped
+    model, variables = interop.split(params)
+    return interop.merge(model, {**variables, 'params': inq_lib.snap(
+        variables['params'], _as_dict(state.mask), _as_dict(state.exponents), path_filter)})
+  return _like(params, inq_lib.snap(_as_dict(params), _as_dict(state.mask),
+                                    _as_dict(state.exponents), path_filter))

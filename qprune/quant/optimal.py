@@ -183,6 +183,8 @@ def optimal_targets(layers: Mapping[str, jax.Array], *, k: int | None = None,
                     zero: bool = True) -> dict:
   """Error-optimal target sets {layer: exponents}: exactly one of k, tolerance, bits_per_weight
   (chosen per layer as in `kmeans.kmeans_targets`); zero=False: zero-free sets."""
+  targets_lib.check_layers(layers)
+  kmeans_lib.check_choice(k=k, tolerance=tolerance, bits_per_weight=bits_per_weight, k_max=k_max)
   table = optimal_table(layers, k_max=max(k_max, k or 1), span=span, objective=objective,
                         zero=zero)
   return kmeans_lib.select_targets(table, k=k, tolerance=tolerance,

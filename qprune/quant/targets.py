@@ -30,7 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from qprune.errors import UserError
+from qprune.models import interop
+
 Targets = Mapping[str, Tuple[int, ...]]
+
+
+class TargetsError(UserError):
+  """Bad target sets or layers: empty, non-integer exponents, layers the model lacks."""
 PathFilter = Callable[[Tuple[str, ...], jax.Array], bool]
 
 # float32 normal range: exponents outside it are not representable exactly (or at all).
@@ -49,9 +56,58 @@ def layer_name(path: Tuple[str, ...]) -> str:
 
 
 def quantizable_layers(params, path_filter: PathFilter = default_path_filter) -> dict:
-  """{layer_name: leaf} of the leaves of a Flax `params` pytree selected by `path_filter`."""
-  flat = traverse_util.flatten_dict(params)
-  return {layer_name(path): leaf for path, leaf in flat.items() if path_filter(path, leaf)}
+  """{layer_name: leaf} of the leaves of a Flax `params` pytree selected by `path_filter`.
+
+  params: variables['params'] (whole variables and an nnx.Module's or nnx.State's params are
+  taken too)."""
+  flat = traverse_util.flatten_dict(interop.params_of(params))
+  return {layer_name(tuple(str(p) for p in path)): leaf for path, leaf in flat.items()
+          if path_filter(path, leaf)}
+
+
+def _is_integer(e) -> bool:
+  if isinstance(e, bool):
+    return False
+  if isinstance(e, (int, np.integer)):
+    return True
+  return isinstance(e, (float, np.floating)) and float(e).is_integer()
+
+
+def check_targets(targets, layers=None, argname: str = 'targets') -> None:
+  """TargetsError naming the first bad entry: not a {layer: exponents} mapping, an exponent that
+  is not an integer in float32's normal range, or (given `layers`, the model's quantizable
+  layers) layers the model lacks — which would quantize nothing without a word."""
+  if not isinstance(targets, Mapping):
+    raise TargetsError(f'{argname}: expected {{layer: exponents}}, got {type(targets).__name__}')
+  for name, exponents in targets.items():
+    try:
+      values = list(np.asarray(exponents).reshape(-1)) if hasattr(exponents, 'shape') else list(
+          exponents)
+    except TypeError:
+      raise TargetsError(f'{argname}[{name!r}] = {exponents!r:.60}: expected a sequence of '
+                         'integer exponents') from None
+    for e in values:
+      if not _is_integer(e) or not MIN_EXPONENT <= int(e) <= MAX_EXPONENT:
+        raise TargetsError(f'{argname}[{name!r}] has exponent {e!r}: exponents are integers in '
+                           f'[{MIN_EXPONENT}, {MAX_EXPONENT}] (the values are 0 and +-2^e)')
+  if layers is not None:
+    unknown = sorted(set(targets) - set(layers))
+    if unknown:
+      raise TargetsError(f'{argname} names layers the model lacks: {unknown[:3]}; its quantizable '
+                         f'layers are {sorted(layers)[:6]}' + (' ...' if len(layers) > 6 else ''))
+
+
+def check_layers(layers, argname: str = 'layers') -> None:
+  """TargetsError unless `layers` is a non-empty {name: weights} mapping."""
+  if not isinstance(layers, Mapping):
+    raise TargetsError(f'{argname}: expected {{layer: weights}} (quant.quantizable_layers(params)), '
+                       f'got {type(layers).__name__}')
+  if not layers:
+    raise TargetsError(f'{argname} is empty: pass quant.quantizable_layers(params), the layers to '
+                       'quantize')
+  for name, w in layers.items():
+    if not hasattr(w, 'shape') or int(np.prod(np.shape(w))) == 0:
+      raise TargetsError(f'{argname}[{name!r}] is not a non-empty weight array')
 
 
 def replace_layers(params, layers: Mapping[str, jax.Array],
@@ -164,8 +220,16 @@ def quantize_layers(layers: Mapping[str, jax.Array], targets: Targets, zero: boo
 
 def quantize_params(params, targets: Targets, path_filter: PathFilter = default_path_filter,
                     zero: bool = True):
-  """A copy of `params` with every targeted layer quantized (all weights, fraction 1.0)."""
+  """A copy of `params` with every targeted layer quantized (all weights, fraction 1.0).
+
+  An nnx.Module gives a new module with its params quantized (the module passed is unchanged).
+  TargetsError for targets naming layers the params lack or non-integer exponents."""
+  if interop.is_nnx(params):
+    model, variables = interop.split(params)
+    return interop.merge(model, {**variables, 'params': quantize_params(
+        variables['params'], targets, path_filter, zero)})
   layers = quantizable_layers(params, path_filter)
+  check_targets(targets, layers)
   return replace_layers(params, quantize_layers(layers, targets, zero), path_filter)
 
 

@@ -30,6 +30,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from qprune.deploy.onnx_jaxpr import OnnxNotInstalledError, _onnx  # noqa: F401  (re-exported)
 from qprune.errors import UserError
 
 OPSET = 17
@@ -38,19 +39,6 @@ BN_EPSILON = 1e-5  # the zoo's BatchNorm epsilon (qprune.models.layers.batch_nor
 
 class UnsupportedModelError(UserError):
   """The model is not one of the zoo architectures the ONNX exporter knows."""
-
-
-class OnnxNotInstalledError(ImportError):
-  """The `onnx` package is missing (pip install 'qprune[onnx]')."""
-
-
-def _onnx():
-  try:
-    import onnx  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise OnnxNotInstalledError(
-        "ONNX export needs the 'onnx' package: pip install -e '.[onnx]'") from e
-  return onnx
 
 
 def same_pads(size: int, kernel: int, stride: int) -> Tuple[int, int]:

@@ -36,9 +36,17 @@ class UnsupportedPrimitiveError(UserError):
   """The jaxpr holds a primitive (or a form of one) the ONNX builder does not translate."""
 
 
+class OnnxNotInstalledError(ImportError):
+  """The `onnx` package is missing (pip install 'qprune[onnx]')."""
+
+
 def _onnx():
-  from qprune.deploy.onnx_export import _onnx as load  # pylint: disable=g-import-not-at-top
-  return load()
+  try:
+    import onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise OnnxNotInstalledError(
+        "ONNX export needs the 'onnx' package: pip install -e '.[onnx]'") from e
+  return onnx
 
 
 def _np_dtype(dtype) -> np.dtype:

@@ -250,6 +250,8 @@ class PruneResults(Results):
     text = f'{self.criterion} at ratio {format_value(self.prune_ratio, RATIO)}'
     if self.selection:
       text += f' ({self.selection})'
+    if self.pretrain_epochs == 0:
+      return text + ' on the starting model, without pretraining'
     if self.pretrain_epochs is not None:
       text += f' after {plural(self.pretrain_epochs, "pretraining epoch")}'
     if self.stop_rule == 'early_bird':

@@ -1,4 +1,4 @@
-"""The open integer-code .npz: README's numpy-only loader rebuilds load_quantized's weights exactly."""
+"""The open integer-code .npz: docs/deployment.md's numpy-only loader rebuilds load_quantized's weights exactly."""
 import os
 import re
 
@@ -15,13 +15,13 @@ from conftest import REPO_ROOT
 
 
 def _readme_loader():
-  readme = open(os.path.join(REPO_ROOT, 'README.md')).read()
-  section = readme.split('### Integer codes without qprune', 1)[1]
+  page = open(os.path.join(REPO_ROOT, 'docs', 'deployment.md')).read()
+  section = page.split('## Integer codes without qprune', 1)[1]
   code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
   imports = re.findall(r'^\s*(?:import|from)\s+(\w+)', code, re.M)
   assert set(imports) == {'json', 'numpy'}, imports  # numpy only: no qprune
   namespace = {}
-  exec(compile(code, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  exec(compile(code, 'docs/deployment.md', 'exec'), namespace)  # pylint: disable=exec-used
   return namespace['load_qprune_codes']
 
 

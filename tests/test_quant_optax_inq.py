@@ -133,10 +133,10 @@ def test_bad_arguments_are_clear_errors():
     tx.update(params, state)
 
 
-def test_readme_optax_example_runs(capsys):
-  readme = open(os.path.join(REPO_ROOT, 'README.md')).read()
-  section = readme.split('### Compression inside your own optax loop', 1)[1]
+def test_docs_optax_example_runs(capsys):
+  page = open(os.path.join(REPO_ROOT, 'docs', 'library.md')).read()
+  section = page.split('## Compression inside your own optax loop', 1)[1]
   code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
   assert 'tx = quant.inq_optax(' in code
-  exec(compile(code, 'README.md', 'exec'), {})  # pylint: disable=exec-used
+  exec(compile(code, 'docs/library.md', 'exec'), {})  # pylint: disable=exec-used
   assert capsys.readouterr().out.strip().splitlines()[-1] == 'True True'

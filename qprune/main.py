@@ -37,26 +37,6 @@ flags.mark_flags_as_required(['config'])
 _HELP_FLAGS = ('-h', '-help', '--help', '-?', '--helpshort', '-helpshort')
 
 
-def maybe_initialize_distributed():
-  """Multi-host (TPU pod / multi-node GPU): join the job when the environment says so.
-
-  TPU pods, SLURM and MPI are detected by jax itself; elsewhere set JAX_COORDINATOR_ADDRESS
-  (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch.sh --multi-host prints
-  the per-host commands).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  env = os.environ
-  if env.get('JAX_COORDINATOR_ADDRESS') or int(env.get('JAX_NUM_PROCESSES', '1')) > 1:
-    kwargs = {}
-    if env.get('JAX_COORDINATOR_ADDRESS'):
-      kwargs['coordinator_address'] = env['JAX_COORDINATOR_ADDRESS']
-    if env.get('JAX_NUM_PROCESSES'):
-      kwargs['num_processes'] = int(env['JAX_NUM_PROCESSES'])
-    if env.get('JAX_PROCESS_ID'):
-      kwargs['process_id'] = int(env['JAX_PROCESS_ID'])
-    jax.distributed.initialize(**kwargs)
-
-
 def run(config, workdir: str) -> dict:
   """Validates, prepares the workdir and runs config.mode; returns results.json's content."""
   # Imports here keep `--help` and config errors fast (no JAX start-up).
@@ -64,10 +44,10 @@ def run(config, workdir: str) -> dict:
   configs.validate(config)
   errors.collected_warnings(clear=True)
   from qprune.modes import MODES, common  # pylint: disable=g-import-not-at-top
-  from qprune import files  # pylint: disable=g-import-not-at-top
+  from qprune import distributed, files  # pylint: disable=g-import-not-at-top
   from qprune.train import parallel  # pylint: disable=g-import-not-at-top
 
-  maybe_initialize_distributed()  # first: which process writes the run's files needs it
+  distributed.join()  # first (which process writes the run's files needs it): qprune/distributed.py
   finished = common.prepare_workdir(config, workdir)
   if finished is not None:
     print(f'{workdir} already holds this finished run; nothing to do.', flush=True)

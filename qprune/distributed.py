@@ -236,6 +236,9 @@ def _initialize(settings: JobSettings, env):
                 shutdown_timeout_seconds=timeout_s(env, SHUTDOWN_ENV, DEFAULT_SHUTDOWN_S))
   if settings.cluster == 'variables':
     kwargs['cluster_detection_method'] = 'deactivate'
+  # jax's preemption service would install a C++ SIGTERM handler over qprune's: the training
+  # loop agrees on its own stop step (any_signal), for SIGINT too.
+  jax.config.update('jax_enable_preemption_service', False)
   failure = []
   done = threading.Event()
 
@@ -381,13 +384,13 @@ def share(value, name: str = 'value'):
   return json.loads(client.blocking_key_value_get(key, wait_ms))
 
 
-def any_process(flag: bool) -> bool:
-  """Whether `flag` is true on any process (a collective: every process must call it)."""
+def agreed_max(value: int) -> int:
+  """The largest of every process's `value` (a collective: every process must call it)."""
   if process_count() <= 1:
-    return bool(flag)
+    return int(value)
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray([bool(flag)]))))
+  return int(np.max(multihost_utils.process_allgather(np.asarray([int(value)], np.int32))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,7 +464,12 @@ def supervise(args, settings: JobSettings) -> int:
 
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, forward)
-  status = child.wait()
+  while True:  # short waits: a signal may land on the reader thread, and its Python handler
+    try:       # runs only when this (main) thread runs bytecode, never inside a blocking wait
+      status = child.wait(timeout=0.2)
+      break
+    except subprocess.TimeoutExpired:
+      continue
   reader.join(timeout=5)
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, signal.SIG_IGN)  # the run is over: its status is what counts
@@ -494,11 +502,25 @@ class _RememberingStream:
     return getattr(self._stream, name)
 
 
+def _stop_with_parent():
+  """SIGTERM to this child when its supervisor dies (even by SIGKILL): it saves and stops
+  instead of running on unsupervised (Linux; elsewhere nothing)."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    return
+  if os.getppid() == 1:  # the parent died before prctl
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _child_main(args) -> int:
   """The supervised child: `python -m qprune.main ARGS` with the Python stderr on the real
   terminal, exiting at once on failure (see exit_now)."""
   import io  # pylint: disable=g-import-not-at-top
   import runpy  # pylint: disable=g-import-not-at-top
+  _stop_with_parent()
   fd = int(os.environ[_CHILD_ENV])
   sys.stderr = _RememberingStream(io.TextIOWrapper(
       os.fdopen(fd, 'wb', buffering=0), write_through=True, errors='backslashreplace'))
@@ -522,9 +544,9 @@ def _child_main(args) -> int:
     if collective_failure(e) or _FAILING.is_set():
       _FAILING.set()
       me = _JOINED.describe() if _JOINED else 'this process'
-      print(f'qprune: error: {me}: another process of the job stopped ({type(e).__name__}: '
-            f'{" ".join(str(e).split())[:160]}); checkpoints are kept, rerun the job to resume',
-            file=sys.stderr, flush=True)
+      detail = re.sub(r'\[external/[^\]]*\]\s*', '', ' '.join(str(e).split()))
+      print(f'qprune: error: {me}: another process of the job stopped ({detail[:160]}); '
+            'checkpoints are kept, rerun the job to resume', file=sys.stderr, flush=True)
       exit_now(EXIT_PEER_FAILED)
     import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exc()
@@ -535,7 +557,10 @@ def _child_main(args) -> int:
 
 if __name__ == '__main__':
   if sys.argv[1:2] == ['--child']:
-    sys.exit(_child_main(sys.argv[2:]))
+    # Through the imported module, not this __main__ copy: qprune.main joins through it, and
+    # the child's exit policy must see that state (which job, whether failing).
+    from qprune import distributed  # pylint: disable=g-import-not-at-top,import-self
+    sys.exit(distributed._child_main(sys.argv[2:]))  # pylint: disable=protected-access
   print('usage: the qprune binary runs this module itself (python -m qprune.main ...)',
         file=sys.stderr)
   sys.exit(2)

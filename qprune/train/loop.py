@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from qprune import files, interrupts
+from qprune import distributed, files, interrupts
 from qprune.errors import Interrupted, UserError
 from qprune.data import pipeline
 from qprune.train import checkpoint, optim, parallel, progress, steps
@@ -170,6 +170,9 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   first_epoch = new_step
   # SIGINT/SIGTERM only set a flag in here (never an exception inside XLA compilation or a
   # checkpoint write); it is checked after every step.
+  # In a multi-process job the processes agree after every step whether any got a signal, so
+  # that all stop (and save, collectively) at the same step.
+  multi_process = jax.process_count() > 1
   with interrupts.deferred() as signals:
     while epoch < options.epochs and not stopped_early:
       perm = pipeline.epoch_permutation(key, epoch, data.train.size)
@@ -183,7 +186,7 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
                                     jnp.int32(index), key, aux, metrics)
         index += 1
         bar.update(index, metrics)
-        if signals.pending is not None:
+        if _stop_requested(signals, multi_process):
           bar.close()
           save(epoch, index)
           raise _preempted(signals, stage_dir, epoch, index)
@@ -245,6 +248,17 @@ def tensorboard_writer(stage_dir: str):
     raise TensorBoardNotInstalledError(
         "tensorboard=True needs tensorboardX: pip install 'qprune[tensorboard]'") from None
   return SummaryWriter(os.path.join(stage_dir, 'tensorboard'))
+
+
+def _stop_requested(signals, multi_process: bool) -> bool:
+  """Whether to stop now: a pending signal here, or (multi_process) on any process of the job;
+  then `signals.pending` holds the signal on every process."""
+  if not multi_process:
+    return signals.pending is not None
+  signum = distributed.agreed_max(signals.pending or 0)
+  if signum:
+    signals.pending = signum
+  return bool(signum)
 
 
 def _preempted(signals, stage_dir, epoch, index):

@@ -111,17 +111,19 @@ _CLUSTER_NAMES = {'SlurmCluster': 'SLURM', 'OmpiCluster': 'Open MPI', 'GkeTpuClu
                   'GceTpuCluster': 'TPU pod', 'K8sCluster': 'Kubernetes'}
 
 
-def detected_cluster(env=None):
-  """(name, jax ClusterEnv class) of the cluster jax would join by itself, or None.
+_SLURM_STEP = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
+               'SLURM_LOCALID')  # what jax's SLURM detection requires: a task of an srun step
 
-  jax's own registry (its automatic methods, not the opt-in mpi4py one), so every cluster jax
-  supports is supported here; SLURM is checked from its variables first (cheap and certain)."""
+
+def detected_cluster(env=None):
+  """(name, process count) of the cluster jax would join by itself, or None.
+
+  SLURM from its variables (the tasks of an srun step; a batch script outside srun is one
+  process); every other cluster through jax's own registry (its automatic methods, not the
+  opt-in mpi4py), so whatever jax supports is supported here."""
   env = os.environ if env is None else env
-  if all(k in env for k in ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS',
-                             'SLURM_PROCID', 'SLURM_LOCALID')) or (
-      'SLURM_JOB_ID' in env and 'SLURM_NTASKS' in env and 'SLURM_PROCID' in env):
-    from jax._src import clusters  # pylint: disable=g-import-not-at-top
-    return 'SLURM', clusters.SlurmCluster
+  if all(k in env for k in _SLURM_STEP):
+    return 'SLURM', int(env.get('SLURM_STEP_NUM_TASKS') or env['SLURM_NTASKS'])
   if env is not os.environ:
     return None  # the other detectors read os.environ (or metadata servers) themselves
   try:
@@ -130,9 +132,11 @@ def detected_cluster(env=None):
       if cluster.opt_in_only_method or cluster.__name__ == 'SlurmCluster':
         continue
       if cluster.is_env_present():
-        return _CLUSTER_NAMES.get(cluster.__name__, cluster.__name__), cluster
-  except Exception:  # pylint: disable=broad-except  # a detector that fails: no cluster
-    return None
+        return _CLUSTER_NAMES.get(cluster.__name__, cluster.__name__), cluster.get_process_count()
+  except Exception as e:  # pylint: disable=broad-except  # a detector that fails
+    raise DistributedSettingsError(f'a cluster was detected but cannot be read ({type(e).__name__}'
+                                   f': {e}); set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and '
+                                   'JAX_PROCESS_ID instead') from None
   return None
 
 
@@ -159,14 +163,10 @@ def job_settings(env=None) -> Optional[JobSettings]:
   explicit = coordinator is not None or index is not None or (count or 1) > 1
   if explicit and None not in (coordinator, count, index):
     return JobSettings(coordinator, count, index, 'variables') if count > 1 else None
-  found = detected_cluster(env)
+  found = detected_cluster(env) if not explicit or None in (coordinator, count, index) else None
   if found is not None:
-    name, cluster = found
-    try:
-      detected_count = count if count is not None else int(cluster.get_process_count())
-    except Exception as e:  # pylint: disable=broad-except
-      raise DistributedSettingsError(f'{name} detected, but its process count is unreadable '
-                                     f'({type(e).__name__}: {e}); set JAX_NUM_PROCESSES') from None
+    name, detected_count = found
+    detected_count = count if count is not None else int(detected_count)
     if index is not None and index >= detected_count:
       raise DistributedSettingsError(f'JAX_PROCESS_ID={index} but the job has {detected_count} '
                                      'processes')
@@ -236,6 +236,8 @@ def _initialize(settings: JobSettings, env):
                 shutdown_timeout_seconds=timeout_s(env, SHUTDOWN_ENV, DEFAULT_SHUTDOWN_S))
   if settings.cluster == 'variables':
     kwargs['cluster_detection_method'] = 'deactivate'
+    if settings.process_id == 0:
+      _check_port_free(settings)
   # jax's preemption service would install a C++ SIGTERM handler over qprune's: the training
   # loop agrees on its own stop step (any_signal), for SIGINT too.
   jax.config.update('jax_enable_preemption_service', False)
@@ -324,6 +326,26 @@ def _watch_failures(settings: JobSettings):
       exit_now(EXIT_PEER_FAILED)
 
   threading.Thread(target=watch, name='qprune-failure-watch', daemon=True).start()
+
+
+def _check_port_free(settings: JobSettings):
+  """Process 0 serves the job on the coordinator's port: if that port is taken here (a second
+  process 0, or another program), say so now instead of timing out."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  port = int(settings.coordinator.rpartition(':')[2])
+  for family, address in ((socket.AF_INET6, '::'), (socket.AF_INET, '0.0.0.0')):
+    try:
+      with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((address, port))
+      return
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        raise JoinError(f'{settings.describe()}: port {port} of JAX_COORDINATOR_ADDRESS is '
+                        'already in use on this host: another process 0 (two processes with '
+                        'JAX_PROCESS_ID=0?) or another program holds it; give each process its '
+                        'own id, or pick a free port') from None
+      continue  # no IPv6 here: try IPv4
 
 
 def _join_hint(settings: JobSettings) -> str:

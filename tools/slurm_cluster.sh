@@ -109,6 +109,8 @@ start_daemon() {  # name
 
 start() {
   mkdir -p "$STATE"
+  exec 9>"$STATE/lock"  # one start at a time (parallel test workers)
+  flock 9
   if answers && node_ready; then
     say "a running cluster answers: reusing it"
     return 0

@@ -150,8 +150,8 @@ def job_settings(env=None) -> Optional[JobSettings]:
   count = _int_variable(env, 'JAX_NUM_PROCESSES', 1)
   index = _int_variable(env, 'JAX_PROCESS_ID', 0)
   coordinator = env.get('JAX_COORDINATOR_ADDRESS', '').strip() or None
-  for name, default in ((JOIN_TIMEOUT_ENV, 0), (HEARTBEAT_ENV, 0), (SHUTDOWN_ENV, 0)):
-    timeout_s(env, name, default)  # refused now, not after the join
+  for name in (JOIN_TIMEOUT_ENV, HEARTBEAT_ENV, SHUTDOWN_ENV):
+    timeout_s(env, name, 1)  # a bad value is refused now, not after the join
   if coordinator is not None:
     host, _, port = coordinator.rpartition(':')
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -163,7 +163,7 @@ def job_settings(env=None) -> Optional[JobSettings]:
   explicit = coordinator is not None or index is not None or (count or 1) > 1
   if explicit and None not in (coordinator, count, index):
     return JobSettings(coordinator, count, index, 'variables') if count > 1 else None
-  found = detected_cluster(env) if not explicit or None in (coordinator, count, index) else None
+  found = detected_cluster(env)  # fills in what the variables leave out
   if found is not None:
     name, detected_count = found
     detected_count = count if count is not None else int(detected_count)

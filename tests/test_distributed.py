@@ -1,19 +1,18 @@
 """Multi-process data parallelism: a job of 2 processes (explicit JAX_* variables, or srun on a
 real one-node SLURM cluster) ends with the same model as 1 process with 2 local devices and the
-same global batch, on real MNIST; a job interrupted on every process resumes bit-identically;
-qprune.distributed's reading of the environment.
+same global batch, on real MNIST; qprune.distributed's reading of the environment. (Signals and
+dying processes: tests/test_faults_distributed.py.)
 """
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from multiprocess import (REPO_ROOT, Job, binary, clean_env,  # noqa: E402,F401
-                          error_lines, largest_relative_difference, results, run_job,
-                          run_local_devices, slurm_cluster, wait_for)
+from multiprocess import (REPO_ROOT, binary, clean_env, error_lines,  # noqa: E402,F401
+                          largest_relative_difference, results, run_job, run_local_devices,
+                          slurm_cluster)
 
 from qprune import distributed  # noqa: E402
 
@@ -114,25 +113,3 @@ def test_two_srun_tasks_form_one_job_equal_to_one_process_with_two_devices(
   assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
   assert done.stdout.count('"mode": "train"') == 2  # both tasks ran the one job to its end
   assert largest_relative_difference(one_process_two_devices, workdir) <= 1e-5
-
-
-@pytest.mark.real_data
-def test_a_job_stopped_by_sigterm_on_every_process_resumes_bit_identical(
-    two_processes, tmp_path):
-  """SIGTERM reaches the processes at different steps; they agree on one step, save it
-  collectively, exit 143 with one line each; the rerun ends with the uninterrupted job's model
-  bit for bit."""
-  workdir = str(tmp_path / 'w')
-  job = Job(workdir, *EPOCHS)
-  assert wait_for(os.path.join(workdir, 'checkpoints', '16'))  # the first epoch is saved
-  for proc in job.procs:
-    proc.send_signal(signal.SIGTERM)
-  ended = job.wait()
-  for status, output, _ in ended:
-    assert status == 143, output[-3000:]
-    assert len(error_lines(output)) == 1 and 'saved a checkpoint' in error_lines(output)[0]
-    assert 'Traceback' not in output
-  again = run_job(workdir, *EPOCHS)
-  assert [s for s, _, _ in again] == [0, 0], again[0][1][-3000:]
-  assert 'Resuming' in again[0][1]
-  assert largest_relative_difference(two_processes[0], workdir) == 0.0

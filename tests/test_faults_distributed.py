@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from multiprocess import (JOIN_TIMEOUT_S, REPO_ROOT, Job, binary, clean_env,  # noqa: E402
+from multiprocess import (REPO_ROOT, Job, binary, clean_env,  # noqa: E402
                           free_port, params, process_env, run_job, wait_for)
 from test_faults import Env, Outcome  # noqa: E402,F401  pylint: disable=unused-import
 
@@ -46,11 +46,16 @@ def case(name, slow=False):
   return register
 
 
+ALONE_JOIN_TIMEOUT_S = 8  # for a process that is alone by design (no peer to wait for)
+
+
 def _one(tmp, env_vars: dict, expect: str, expect_status: int = 2) -> TimedOutcome:
   """The binary as one process of a job described by `env_vars`."""
   start = time.time()
+  env = clean_env(QPRUNE_JOIN_TIMEOUT=ALONE_JOIN_TIMEOUT_S)
+  env.update({k: str(v) for k, v in env_vars.items()})
   done = subprocess.run(binary(os.path.join(tmp, 'w'), '--config.epochs=1'), cwd=REPO_ROOT,
-                        env=clean_env(**env_vars), capture_output=True, text=True, timeout=300)
+                        env=env, capture_output=True, text=True, timeout=300)
   return TimedOutcome(done.returncode, done.stderr + done.stdout, expect_status=expect_status,
                       expect=expect, seconds=time.time() - start)
 
@@ -99,13 +104,13 @@ def _(env, tmp):
 @case('job_peers_never_start', slow=True)
 def _(env, tmp):
   return _one(tmp, _variables(2, 0), r'process 0 of 2 .* could not join the job within '
-              rf'{JOIN_TIMEOUT_S} s: the other processes never connected')
+              rf'{ALONE_JOIN_TIMEOUT_S} s: the other processes never connected')
 
 
 @case('job_coordinator_unreachable', slow=True)
 def _(env, tmp):
   return _one(tmp, _variables(2, 1), r'process 1 of 2 .* could not join the job within '
-              rf'{JOIN_TIMEOUT_S} s: the coordinator \(process 0\) is unreachable')
+              rf'{ALONE_JOIN_TIMEOUT_S} s: the coordinator \(process 0\) is unreachable')
 
 
 @case('job_duplicate_process_id', slow=True)

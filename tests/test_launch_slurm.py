@@ -12,10 +12,13 @@ from multiprocess import (REPO_ROOT, RUN_FLAGS, clean_env,  # noqa: E402,F401
                           largest_relative_difference, slurm_cluster, wait_for)
 
 LAUNCH = os.path.join(REPO_ROOT, 'launch.sh')
-# Two jobs that differ only in what they print: the same model when nothing goes wrong.
+# Two jobs that differ only in what they print: the same model when nothing goes wrong. 64 steps
+# an epoch: the preemption lands inside the second epoch.
 JOBS = ('--configs', 'configs/mnist_lenet5.py', '--override', '--config.progress=False',
         '--override', '--config.progress=True',
-        '--set', ' '.join(f for f in RUN_FLAGS if 'progress' not in f) + ' --config.epochs=2')
+        '--set', ' '.join(f for f in RUN_FLAGS if 'progress' not in f and 'train_subset' not in f)
+        + ' --config.train_subset=4096 --config.epochs=2')
+FIRST_EPOCH = '64'  # the checkpoint saved after it
 PREEMPTED, UNTOUCHED = 'mnist_lenet5_progress-False_s0', 'mnist_lenet5_progress-True_s0'
 
 
@@ -69,12 +72,16 @@ def test_a_batch_with_a_preempted_task_waits_for_the_requeue_and_collects(tmp_pa
                           env=clean_env(QPRUNE_PYTHON=sys.executable))
   try:
     task = _array_task('qprune-batch', 0)
-    assert wait_for(os.path.join(out, PREEMPTED, 'checkpoints', '16'), 300)  # epoch 1 saved
+    assert wait_for(os.path.join(out, PREEMPTED, 'checkpoints', FIRST_EPOCH), 300)
     assert subprocess.run(['scontrol', 'requeue', task]).returncode == 0
-    # SLURM holds a requeued job back ~2 minutes by design; the test lets it start at once.
-    for _ in range(50):
-      if subprocess.run(['scontrol', 'update', f'JobId={task}', 'StartTime=now'],
-                        capture_output=True).returncode == 0:
+    # SLURM holds a requeued job back ~2 minutes by design; once it is pending again, the test
+    # lets it start at once.
+    for _ in range(300):
+      state = subprocess.run(['squeue', '-h', '-j', task, '-o', '%T'], capture_output=True,
+                             text=True).stdout.strip()
+      if state == 'PENDING':
+        subprocess.run(['scontrol', 'update', f'JobId={task}', 'StartTime=now'],
+                       capture_output=True)
         break
       time.sleep(0.2)
     output, _ = proc.communicate(timeout=500)

@@ -151,7 +151,7 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
   """
   if distributed.process_count() == 1:
     return _prepare_workdir(config, workdir)
-  outcome = None
+  outcome: Optional[dict] = None
   if distributed.is_primary():
     try:
       outcome = {'finished': _prepare_workdir(config, workdir)}

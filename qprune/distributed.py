@@ -266,6 +266,7 @@ def _initialize(settings: JobSettings, env):
 
 
 _FAILED_KEY = 'qprune/failed'
+_WATCH_S = 0.5  # how often each process looks for another's announced failure
 _FAILING = threading.Event()  # this process is ending in failure (its watcher stays quiet)
 
 
@@ -294,10 +295,12 @@ def announce_failure(reason: str):
   if _JOINED is None:
     return
   try:
-    _client().key_value_set(_FAILED_KEY, json.dumps({'process': _JOINED.process_id_now(),
-                                                      'reason': reason[:200]}))
+    index = _JOINED.process_id_now()
+    _client().key_value_set(_FAILED_KEY, json.dumps({'process': index, 'reason': reason[:200]}))
   except Exception:  # pylint: disable=broad-except  # the coordinator may be gone already
-    pass
+    return
+  if index == 0:  # the coordination service lives in this process: keep it up until the others
+    time.sleep(2 * _WATCH_S)  # have read why (else they only learn that it vanished)
 
 
 def _watch_failures(settings: JobSettings):
@@ -314,7 +317,7 @@ def _watch_failures(settings: JobSettings):
       except Exception:  # pylint: disable=broad-except  # the coordinator may be gone
         return
       if value is None:
-        stop.wait(1.0)
+        stop.wait(_WATCH_S)
         continue
       if _FAILING.is_set() or stop.is_set():
         return

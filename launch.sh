@@ -7,6 +7,7 @@
 #               [--out runs/sweep1] [--gpus 0,1] [--dry-run [--no-check]] [--no-plots]
 #   ./launch.sh ... --multi-host [--hosts N] [--coordinator HOST:PORT]   # print per-host commands
 #   ./launch.sh --sweep sweep.txt [--seeds 0,1] [--set "..."] [--out DIR]
+#   ./launch.sh ... --scheduler slurm [--sbatch "SBATCH ARGS"] [--wait]   # one SLURM job array
 #
 # Jobs. Every config (--configs, comma-separated) runs once per override variant (--override,
 # repeatable; none given = one variant without overrides) and once per seed (--seeds, default
@@ -55,6 +56,15 @@
 #   The workdir (--out) must be on storage every host sees (NFS, GCS fuse): checkpoints are
 #   written collectively. Run the jobs of a multi-host batch one after another.
 #
+# SLURM (--scheduler slurm; the default is local): the whole batch is submitted as ONE sbatch
+# job array, one array task per job (tools/slurm_batch.py writes <out>/slurm_batch.sh). --sbatch
+# passes options on, e.g. "--partition=gpu --time=4:00:00", or "--nodes=2 --ntasks-per-node=1"
+# to make every job one multi-process run under srun (each task joins the job by itself).
+# Preempted tasks are requeued and resume from their checkpoints. Logs: <out>/logs/<name>.log
+# (appended on every restart) and <name>.rc as above. --wait returns when SLURM holds none of
+# the batch's tasks, then collects as above; without it a dependent job collects. --dry-run
+# prints the sbatch script. See docs/clusters.md.
+#
 # Environment: QPRUNE_PYTHON (interpreter for the jobs; default: $VIRTUAL_ENV/bin/python of an
 # active virtualenv, else python, else python3),
 # QPRUNE_COLLECT_PYTHON (for the collector; default: the same), QPRUNE_NVIDIA_SMI (default:
@@ -93,6 +103,9 @@ MULTI_HOST=0
 HOSTS="N"
 COORDINATOR="HOST0:8476"
 GPUS=""
+SCHEDULER="local"
+SBATCH_ARGS=""
+WAIT=0
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -118,6 +131,11 @@ while [[ $# -gt 0 ]]; do
     --sweep=*) SWEEP="${1#*=}"; shift ;;
     --gpus) [[ $# -ge 2 ]] || die "--gpus needs a value"; GPUS="$2"; shift 2 ;;
     --gpus=*) GPUS="${1#*=}"; shift ;;
+    --scheduler) [[ $# -ge 2 ]] || die "--scheduler needs local or slurm"; SCHEDULER="$2"; shift 2 ;;
+    --scheduler=*) SCHEDULER="${1#*=}"; shift ;;
+    --sbatch) [[ $# -ge 2 ]] || die "--sbatch needs a value"; SBATCH_ARGS="$SBATCH_ARGS $2"; shift 2 ;;
+    --sbatch=*) SBATCH_ARGS="$SBATCH_ARGS ${1#*=}"; shift ;;
+    --wait) WAIT=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --no-check) CHECK=0; shift ;;
     --no-plots) PLOTS=""; shift ;;
@@ -131,6 +149,14 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ "$HOSTS" == N || "$HOSTS" =~ ^[1-9][0-9]*$ ]] || die "--hosts takes a number, got '$HOSTS'"
+[[ "$SCHEDULER" == local || "$SCHEDULER" == slurm ]] \
+  || die "--scheduler takes local or slurm, got '$SCHEDULER'"
+if [[ "$SCHEDULER" == local ]]; then
+  [[ -z "${SBATCH_ARGS// /}" && $WAIT -eq 0 ]] || die "--sbatch and --wait need --scheduler slurm"
+else
+  [[ $MULTI_HOST -eq 0 && -z "$GPUS" ]] \
+    || die "--multi-host and --gpus do not apply to --scheduler slurm (use --sbatch \"--nodes=N ...\")"
+fi
 [[ ${#CONFIGS[@]} -gt 0 || -n "$SWEEP" ]] || die "give --configs or --sweep (see --help)"
 [[ -z "$SWEEP" || -f "$SWEEP" ]] || die "no sweep file $SWEEP"
 IFS=',' read -r -a SEED_LIST <<< "$SEEDS"
@@ -258,6 +284,29 @@ check_jobs() {  # every job's flags and config, in one python process; exit 2 na
     *) die "could not check the jobs with $PY (exit $status; set QPRUNE_PYTHON to an interpreter with qprune installed, or pass --no-check)" ;;
   esac
 }
+
+if [[ "$SCHEDULER" == slurm ]]; then  # the batch as one SLURM job array: tools/slurm_batch.py
+  [[ $DRY_RUN -eq 0 || $CHECK -eq 0 ]] || check_jobs
+  [[ $DRY_RUN -eq 1 ]] || mkdir -p "$OUT/logs" || die "cannot create $OUT/logs"
+  JOBS_LIST="$(mktemp "${TMPDIR:-/tmp}/qprune-slurm.XXXXXX")" || die "cannot create a temporary file"
+  for i in "${!J_NAME[@]}"; do
+    { printf '%s' "${J_NAME[$i]}"; job_args "$i" | tail -n +3 | while IFS= read -r word; do
+        printf '\t%s' "$word"; done; printf '\n'; } >> "$JOBS_LIST"
+  done
+  [[ $DRY_RUN -eq 1 ]] || {
+    echo "# name	config	seed	overrides	workdir	log"
+    for i in "${!J_NAME[@]}"; do
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${J_NAME[$i]}" "${J_CONFIG[$i]}" "${J_SEED[$i]}" \
+        "$(echo ${J_OVR[$i]})" "$OUT/${J_NAME[$i]}" "$OUT/logs/${J_NAME[$i]}.log"
+    done
+  } > "$OUT/jobs.tsv"
+  "$PY" "$SCRIPT_DIR/tools/slurm_batch.py" --out "$OUT" --jobs "$JOBS_LIST" --python "$PY" \
+    --collect-python "$COLLECT_PY" --sbatch "$SBATCH_ARGS" ${PLOTS:+--plots} \
+    $([[ $WAIT -eq 1 ]] && echo --wait) $([[ $DRY_RUN -eq 1 ]] && echo --dry-run)
+  status=$?
+  rm -f "$JOBS_LIST"
+  exit $status
+fi
 
 if [[ $DRY_RUN -eq 1 ]]; then
   [[ $CHECK -eq 0 ]] || check_jobs

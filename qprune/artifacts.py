@@ -7,7 +7,7 @@ imports a mode.
 """
 import os
 
-from qprune import files
+from qprune import distributed, files
 from qprune.errors import UserError
 from qprune.train import checkpoint
 
@@ -22,7 +22,9 @@ def save_model(directory: str, spec: dict, variables):
   """The model a stage hands on: spec + variables, the variables written first (a folder with
   model.json always has its variables)."""
   checkpoint.save_variables(os.path.join(directory, MODEL_DIR), variables)
-  files.write_json_atomic(os.path.join(directory, MODEL_JSON), spec)
+  if distributed.is_primary():  # one writer on a multi-process job's shared workdir
+    files.write_json_atomic(os.path.join(directory, MODEL_JSON), spec)
+  distributed.barrier('save_model')  # the others may read it next (pipeline stages)
 
 
 def load_saved_model(directory: str):

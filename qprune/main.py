@@ -13,7 +13,6 @@ On Linux it re-executes itself once at start with glibc's huge-page malloc tunab
 training, see qprune/ops/malloc.py; QPRUNE_HUGEPAGES=0 turns that off, -v or QPRUNE_VERBOSE=1
 reports it).
 """
-import os
 import sys
 
 if __name__ == '__main__':  # first: Ctrl-C/SIGTERM from here on are one line, never a traceback
@@ -27,30 +26,11 @@ from qprune import cli, records  # noqa: E402  pylint: disable=wrong-import-posi
 parse_flags = cli.parse_flags  # (the flags are cli's; kept importable here)
 
 
-def maybe_initialize_distributed():
-  """Multi-host (TPU pod / multi-node GPU): join the job when the environment says so.
-
-  TPU pods, SLURM and MPI are detected by jax itself; elsewhere set JAX_COORDINATOR_ADDRESS
-  (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch.sh --multi-host prints
-  the per-host commands).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  env = os.environ
-  if env.get('JAX_COORDINATOR_ADDRESS') or int(env.get('JAX_NUM_PROCESSES', '1')) > 1:
-    kwargs = {}
-    if env.get('JAX_COORDINATOR_ADDRESS'):
-      kwargs['coordinator_address'] = env['JAX_COORDINATOR_ADDRESS']
-    if env.get('JAX_NUM_PROCESSES'):
-      kwargs['num_processes'] = int(env['JAX_NUM_PROCESSES'])
-    if env.get('JAX_PROCESS_ID'):
-      kwargs['process_id'] = int(env['JAX_PROCESS_ID'])
-    jax.distributed.initialize(**kwargs)
-
-
 def run(config, workdir: str, overridden=()) -> records.Results:
   """Checks, prepares the workdir and runs config.mode (qprune.runner.run); returns its record."""
-  from qprune import runner  # pylint: disable=g-import-not-at-top  (keeps --help fast)
-  return runner.run(config, workdir, overridden, initialize=maybe_initialize_distributed)
+  from qprune import distributed, runner  # pylint: disable=g-import-not-at-top  (fast --help)
+  # Joining a multi-process job comes first: which process writes the run's files needs it.
+  return runner.run(config, workdir, overridden, initialize=distributed.join)
 
 
 def run_reporting_errors(config, workdir: str, overridden=()) -> records.Results:  # type: ignore[return]

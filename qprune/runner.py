@@ -29,7 +29,7 @@ def check(config, workdir: str, overridden: Iterable[str] = ()) -> None:
 
 
 def run(config, workdir: str, overridden: Iterable[str] = (),
-        initialize: Optional[Callable[[], None]] = None) -> records.Results:
+        initialize: Optional[Callable[[], object]] = None) -> records.Results:
   """Checks, prepares the workdir and runs config.mode; returns its record (also written as
   results.json). initialize: called after the check, before the workdir is touched (joining a
   multi-process job: which process writes the run's files depends on it)."""

@@ -13,7 +13,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # layers (and itself). Units on one layer are siblings and do not import each other.
 LAYERS = {
     'errors': 0, 'records': 0,
-    'files': 1, 'interrupts': 1,
+    'files': 1, 'interrupts': 1, 'distributed': 1,
     'ops': 2,
     'models': 3, 'data': 3,
     'train': 4,

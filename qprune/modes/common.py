@@ -14,7 +14,7 @@ from typing import Optional
 
 import jax
 
-from qprune import configs, files
+from qprune import configs, distributed, files
 from qprune.artifacts import (MODEL_DIR, MODEL_JSON, load_saved_model,  # noqa: F401 (re-exported)
                               save_model)
 from qprune.data import pipeline, sources
@@ -256,6 +256,26 @@ def stamp(record, config, mode: str):
 
 def prepare_workdir(config, workdir: str) -> Optional[dict]:
   """Creates and locks the workdir; returns the results of an identical finished run, if any.
+
+  In a multi-process job process 0 alone prepares it; the others take its outcome (the same
+  results, or the same RunError), so that they never race to create or clear it.
+  """
+  if distributed.process_count() == 1:
+    return _prepare_workdir(config, workdir)
+  outcome: Optional[dict] = None
+  if distributed.is_primary():
+    try:
+      outcome = {'finished': _prepare_workdir(config, workdir)}
+    except UserError as e:
+      outcome = {'error': str(e)}
+  outcome = distributed.share(outcome, 'prepare_workdir')
+  if 'error' in outcome:
+    raise RunError(outcome['error'])
+  return outcome['finished']
+
+
+def _prepare_workdir(config, workdir: str) -> Optional[dict]:
+  """prepare_workdir on one process.
 
   Refuses a workdir holding a run of a different config unless config.overwrite is set (a
   config.json without any other output is a run that failed before it started: replaced). A

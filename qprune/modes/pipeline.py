@@ -6,7 +6,7 @@ done; a rerun skips finished stages and resumes the unfinished one from its chec
 """
 import os
 
-from qprune import files, quant, records
+from qprune import distributed, files, quant, records
 from qprune.modes import common
 from qprune.modes.prune import prune_model
 from qprune.modes.quantize import quantize_model
@@ -28,7 +28,8 @@ def run_stage(name, stage_fn, config, workdir, mesh, data, spec, variables) -> r
     return records.RECORDS[name].from_json(done)  # older stage files carry no `mode`
   print(f'stage {name}: running in {stage_dir}', flush=True)
   result = common.stamp(stage_fn(config, stage_dir, mesh, data, spec, variables), config, name)
-  files.write_json_atomic(results_path, result.to_json())
+  if distributed.is_primary():  # one writer on a multi-process job's shared workdir
+    files.write_json_atomic(results_path, result.to_json())
   return result
 
 

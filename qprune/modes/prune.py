@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from qprune import configs, errors, files, prune
+from qprune import configs, distributed, errors, files, prune
 from qprune.artifacts import load_saved_model, save_model
 from qprune.data import pipeline
 from qprune.models import layer_cost_rows
@@ -257,8 +257,9 @@ def run_search(config, workdir, model, spec, variables, groups, score_data, bn_i
       max_macs=int(pconfig.max_macs * cost['macs']) if pconfig.max_macs else None,
       batches=score_data, rng=rng, criterion_kwargs=options,
       selection_kwargs=selection_options(pconfig), method=pconfig.search_method)
-  files.write_json_atomic(path, {'best': found.best, 'rows': found.rows,
-                                 'masks': encode_masks(found.best_masks)})
+  if distributed.is_primary():  # one writer on a multi-process job's shared workdir
+    files.write_json_atomic(path, {'best': found.best, 'rows': found.rows,
+                                   'masks': encode_masks(found.best_masks)})
   return found.best_masks, found.rows, found.best
 
 

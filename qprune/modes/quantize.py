@@ -17,7 +17,7 @@ import os
 
 import jax
 
-from qprune import configs, quant
+from qprune import configs, distributed, quant
 from qprune.modes import common
 from qprune.records import InqStep, QuantizeResults
 from qprune.train import distill, loop, steps
@@ -102,8 +102,11 @@ def quantize_model(config, workdir, mesh, data, spec, variables) -> QuantizeResu
   test = loop.evaluate(model, variables, data.test, config.eval_batch_size, mesh)
 
   export_path = os.path.join(workdir, qconfig.export_name)
-  export_bytes = quant.save_quantized(export_path, variables, targets, spec,
-                                      entropy_coding=qconfig.entropy_coding, zero=zero)
+  export_bytes = None
+  if distributed.is_primary():  # one writer on a multi-process job's shared workdir
+    export_bytes = quant.save_quantized(export_path, variables, targets, spec,
+                                        entropy_coding=qconfig.entropy_coding, zero=zero)
+  export_bytes = distributed.share(export_bytes, 'export_bytes')
   common.save_model(workdir, spec, variables)
   return QuantizeResults(
       test_accuracy=test['accuracy'], fp_test_accuracy=fp['accuracy'], method=qconfig.method,

@@ -108,16 +108,33 @@ def save_variables(directory: str, variables):
   ocp.multihost.sync_global_processes('qprune_save_variables_rename')
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+  """Orbax options for a read by this process alone: without them, a restore in a multi-process
+  job is a collective (a barrier every process must reach), and a read only process 0 makes
+  (its report) would wait forever for the others."""
+  index = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=index, active_processes={index},
+                                            barrier_sync_key_prefix=f'read{index}')
+
+
 def load_variables(directory: str, like=None):
+  """Saved variables (host arrays), read by this process alone (see _this_process_only)."""
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointError(f'no saved variables at {directory}')
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
       if like is None:
-        return checkpointer.restore(directory)
-      return checkpointer.restore(
-          directory, jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like))
+        restored = checkpointer.restore(directory)
+      elif jax.process_count() > 1:  # read onto this process's own device, not like's mesh
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        restored = checkpointer.restore(directory, jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), like))
+      else:
+        return checkpointer.restore(
+            directory, jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like))
+      # On the host in a multi-process job: a local array beside global ones fails a jit.
+      return to_host(restored) if jax.process_count() > 1 else restored
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'cannot read saved variables at {directory}: corrupt or from a '
                           f'different model ({type(e).__name__}: {str(e)[:300]})') from e

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from qprune import files, interrupts
+from qprune import distributed, files, interrupts
 from qprune.errors import Interrupted, UserError
 from qprune.data import pipeline
 from qprune.train import checkpoint, optim, parallel, progress, steps
@@ -115,7 +115,7 @@ def evaluate(model, variables, split: pipeline.Split, batch_size: int, mesh=None
   batch_size = max(devices, min(batch_size, split.size) // devices * devices)
   fn = _eval_fn(model, batch_size, parallel.batch_sharded(mesh))
   # Placed like the training state, so host (numpy) and device variables share one compile.
-  variables = jax.device_put(variables, parallel.replicated(mesh))
+  variables = parallel.replicate(variables, mesh)
   sums = jax.device_get(fn(variables, split.images, split.labels))
   count = max(int(sums['count']), 1)
   return {'accuracy': float(sums['correct']) / count, 'loss': float(sums['loss']) / count}
@@ -131,15 +131,14 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   start_time = time.time()
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_divisible(options.batch_size, mesh)
-  replicated = parallel.replicated(mesh)
   per_epoch = steps_per_epoch(data.train.size, options.batch_size)
   misses = _train_step.cache_info().misses
   tx, train_step = _train_step(model, options, data.train.size, hooks,
                                parallel.batch_sharded(mesh))
   new_step = _train_step.cache_info().misses > misses  # its first call compiles
   # A copy: the train step donates its state, and the caller keeps using `variables`.
-  state = jax.device_put(create_state(variables, tx), replicated, may_alias=False)
-  aux = jax.device_put(aux, replicated) if aux is not None else {}
+  state = parallel.replicate(create_state(variables, tx), mesh, copy=True)
+  aux = parallel.replicate(aux, mesh) if aux is not None else {}
   key = jax.random.PRNGKey(options.seed)
   store = checkpoint.CheckpointStore(os.path.join(stage_dir, 'checkpoints')) if stage_dir else None
   # metrics.jsonl: written by process 0 only (one writer on a multi-host job's shared workdir).
@@ -149,13 +148,13 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
 
   epoch, index, history = 0, 0, []
   # Placed like the step's own output, or the first step compiles a second variant.
-  metrics = jax.device_put(steps.zero_metrics(), replicated)
+  metrics = parallel.replicate(steps.zero_metrics(), mesh)
   if store is not None:
     restored = store.restore_latest({'state': state, 'metrics': metrics})
     if restored is not None:
       tree, meta = restored
-      state = jax.device_put(tree['state'], replicated)
-      metrics = jax.device_put(tree['metrics'], replicated)
+      state = parallel.replicate(tree['state'], mesh)
+      metrics = parallel.replicate(tree['metrics'], mesh)
       epoch, index, history = meta['epoch'], meta['index'], meta['history']
       if metrics_path:
         files.write_lines_atomic(metrics_path, [json.dumps(h) for h in history])
@@ -171,6 +170,9 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   first_epoch = new_step
   # SIGINT/SIGTERM only set a flag in here (never an exception inside XLA compilation or a
   # checkpoint write); it is checked after every step.
+  # In a multi-process job the processes agree after every step whether any got a signal, so
+  # that all stop (and save, collectively) at the same step.
+  multi_process = jax.process_count() > 1
   with interrupts.deferred() as signals:
     while epoch < options.epochs and not stopped_early:
       perm = pipeline.epoch_permutation(key, epoch, data.train.size)
@@ -184,7 +186,7 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
                                     jnp.int32(index), key, aux, metrics)
         index += 1
         bar.update(index, metrics)
-        if signals.pending is not None:
+        if _stop_requested(signals, multi_process):
           bar.close()
           save(epoch, index)
           raise _preempted(signals, stage_dir, epoch, index)
@@ -212,7 +214,7 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
         print((f'[{label}] ' if label else '') + _format_record(record), flush=True)
       history.append(record)
       epoch, index = epoch + 1, 0
-      metrics = jax.device_put(steps.zero_metrics(), replicated)
+      metrics = parallel.replicate(steps.zero_metrics(), mesh)
       save(epoch, index)
       if metrics_path:
         with open(metrics_path, 'a') as f:
@@ -246,6 +248,17 @@ def tensorboard_writer(stage_dir: str):
     raise TensorBoardNotInstalledError(
         "tensorboard=True needs tensorboardX: pip install 'qprune[tensorboard]'") from None
   return SummaryWriter(os.path.join(stage_dir, 'tensorboard'))
+
+
+def _stop_requested(signals, multi_process: bool) -> bool:
+  """Whether to stop now: a pending signal here, or (multi_process) on any process of the job;
+  then `signals.pending` holds the signal on every process."""
+  if not multi_process:
+    return signals.pending is not None
+  signum = distributed.agreed_max(signals.pending or 0)
+  if signum:
+    signals.pending = signum
+  return bool(signum)
 
 
 def _preempted(signals, stage_dir, epoch, index):

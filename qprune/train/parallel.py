@@ -30,6 +30,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def replicate(tree, mesh: Mesh, copy: bool = False):
+  """`tree` placed replicated on every device of `mesh` (copy=True: never aliasing the input,
+  for a state the train step donates).
+
+  In a multi-process job a local jax array is first brought to the host: jax.device_put of an
+  array on one local device onto a multi-process sharding builds an array whose shards Orbax
+  and `addressable_shards` reject ("input arrays must have one shard each"). Host values are the
+  same on every process (same seed, same files), which a replicated array requires."""
+  sharding = replicated(mesh)
+  alias = False if copy else None
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding, may_alias=alias)
+
+  def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already a global array
+      return jax.device_put(x, sharding, may_alias=alias)
+    return jax.device_put(np.asarray(x), sharding)
+
+  return jax.tree_util.tree_map(put, tree)
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 

@@ -45,8 +45,10 @@
 # named on stderr.
 #
 # Several hosts (TPU VM pods, multi-node GPU). One job then spans all hosts: every host runs
-# the SAME command at the same time, and the binary calls jax.distributed.initialize() when
-# JAX_COORDINATOR_ADDRESS is set or JAX_NUM_PROCESSES > 1. `--multi-host` (with --hosts N)
+# the SAME command at the same time, and the binary joins one jax.distributed job: under any
+# cluster jax detects (SLURM srun tasks, Open MPI, TPU pods, Kubernetes) by itself, elsewhere
+# from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (docs/clusters.md).
+# `--multi-host` (with --hosts N)
 # prints, for every job, the per-host command instead of running anything:
 #   * TPU VM pod slice: JAX_NUM_PROCESSES=N (TPU metadata supplies the coordinator and each
 #     host's id), launched on all workers at once, e.g.

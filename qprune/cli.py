@@ -8,14 +8,13 @@ names need JAX's shape evaluation).
 import json
 import os
 import sys
-from typing import List, Optional
 
 from absl import flags
 from ml_collections import config_flags
 
 # The argv the config flag reads its --config.* overrides from (filled by parse_flags: the
 # unset spellings of optional fields translated first, see `unset_spellings`).
-_ARGV: List[str] = []
+_ARGV: list[str] = []
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py); override any field with '
     '--config.<field>=value.', sys_argv=_ARGV)
@@ -26,7 +25,7 @@ _PRINT_CONFIG = flags.DEFINE_bool(
     'exit without running.')
 flags.mark_flags_as_required(['config'])
 _HELP_FLAGS = ('-h', '-help', '--help', '-?', '--helpshort', '-helpshort')
-_OVERRIDDEN: List[str] = []  # the dotted config fields the parsed command line set
+_OVERRIDDEN: list[str] = []  # the dotted config fields the parsed command line set
 
 MODE_HELP = (
     ('train', 'train a zoo model from scratch or from init_from'),
@@ -44,21 +43,21 @@ def config() -> 'object':
   return _CONFIG.value
 
 
-def workdir() -> Optional[str]:
+def workdir() -> str | None:
   return _WORKDIR.value
 
 
-def overridden() -> List[str]:
+def overridden() -> list[str]:
   """The dotted fields the parsed command line set (--config.quant.k=2 -> 'quant.k')."""
   return list(_OVERRIDDEN)
 
 
-def overridden_fields(argv) -> List[str]:
+def overridden_fields(argv) -> list[str]:
   return [a.split('=', 1)[0].split('.', 1)[1] for a in argv
           if a.startswith(('--config.', '-config.'))]
 
 
-def unset_spellings(argv) -> List[str]:
+def unset_spellings(argv) -> list[str]:
   """argv with --config.FIELD='' (or None, null) of an optional field (configs.UNSET_FIELDS)
   written in the form ml_collections parses for the field's type ('' for paths, 0 for numbers,
   () for tuples): each then reads as None (configs.normalize)."""
@@ -103,6 +102,7 @@ def _config_files() -> list:
 def usage_text() -> str:
   """What --help prints: usage, modes, config files, the config fields and the flags."""
   import textwrap  # pylint: disable=g-import-not-at-top
+
   from qprune import configs  # pylint: disable=g-import-not-at-top
 
   def wrapped(text, indent, first=''):
@@ -263,7 +263,7 @@ def parse_flags(argv):
   return rest
 
 
-def check(config_value, workdir_value: str, fields=()) -> Optional[str]:
+def check(config_value, workdir_value: str, fields=()) -> str | None:
   """The line the run would stop at before any work (runner.check), or None."""
   from qprune import runner  # pylint: disable=g-import-not-at-top
   from qprune.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -277,7 +277,7 @@ def check(config_value, workdir_value: str, fields=()) -> Optional[str]:
   return None
 
 
-def check_job_args(args) -> Optional[str]:
+def check_job_args(args) -> str | None:
   """The error `python -m qprune.main ARGS` would stop at before any work (flags, the config
   file, --config.* overrides, and runner.check: the same check as the run's), or None. Only
   --config* and --workdir are checked (other absl flags are left to the run). Each call has its

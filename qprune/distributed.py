@@ -38,7 +38,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
 
 from qprune.errors import UserError
 
@@ -64,9 +63,9 @@ class PeerFailedError(Exception):
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
   """How this process joins: what the environment named, or None for jax's cluster detection."""
-  coordinator: Optional[str]
-  num_processes: Optional[int]
-  process_id: Optional[int]
+  coordinator: str | None
+  num_processes: int | None
+  process_id: int | None
   cluster: str  # 'variables' or the cluster jax detected ('SLURM', 'Open MPI', ...)
 
   def process_id_now(self) -> int:
@@ -88,7 +87,7 @@ class JobSettings:
     return f'{who} ({self.cluster}{where})'
 
 
-def _int_variable(env, name: str, minimum: int) -> Optional[int]:
+def _int_variable(env, name: str, minimum: int) -> int | None:
   text = env.get(name, '').strip()
   if not text:
     return None
@@ -140,7 +139,7 @@ def detected_cluster(env=None):
   return None
 
 
-def job_settings(env=None) -> Optional[JobSettings]:
+def job_settings(env=None) -> JobSettings | None:
   """The job this process is to join, or None (a single-process run).
 
   DistributedSettingsError for variables that cannot form a job: a count or id that is not a
@@ -187,10 +186,10 @@ def job_settings(env=None) -> Optional[JobSettings]:
 # ---------------------------------------------------------------------------------------------
 # Joining.
 
-_JOINED: Optional[JobSettings] = None
+_JOINED: JobSettings | None = None
 
 
-def joined() -> Optional[JobSettings]:
+def joined() -> JobSettings | None:
   """The job this process joined, or None."""
   return _JOINED
 
@@ -201,7 +200,7 @@ def _running_as_binary() -> bool:
   return getattr(spec, 'name', None) in ('qprune.main', 'qprune.distributed')
 
 
-def join(env=None) -> Optional[JobSettings]:
+def join(env=None) -> JobSettings | None:
   """Joins the job the environment describes (a no-op for a single process, or when joined).
 
   In the binary (`python -m qprune.main`), this first hands the run to a supervised child and
@@ -275,7 +274,7 @@ def _client():
   return jax_distributed.global_state.client
 
 
-def _try_get(key: str) -> Optional[str]:
+def _try_get(key: str) -> str | None:
   """The value of `key` in the coordination service's store, or None (never waits)."""
   client = _client()
   if client is None:

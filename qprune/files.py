@@ -13,7 +13,8 @@ import errno
 import json
 import os
 import tempfile
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from qprune.errors import DamagedFileError, UserError
 
@@ -48,7 +49,7 @@ def write_text_atomic(path: str, text: str) -> int:
   return write_bytes_atomic(path, text.encode())
 
 
-def write_json_atomic(path: str, obj: Any, indent: Optional[int] = 2):
+def write_json_atomic(path: str, obj: Any, indent: int | None = 2):
   """`obj` as JSON (numpy values as lists/numbers) plus a newline, atomically."""
   write_text_atomic(path, json.dumps(obj, indent=indent, default=_json_default) + '\n')
 
@@ -67,7 +68,7 @@ RUN_FILE_KEYS = {
 }
 
 
-def read_json(path: str, required: Optional[Iterable[str]] = None) -> Optional[Any]:
+def read_json(path: str, required: Iterable[str] | None = None) -> Any | None:
   """The parsed file, or None when it does not exist.
 
   A file that is not valid UTF-8 JSON raises DamagedFileError naming it. `required`: keys the file
@@ -96,7 +97,7 @@ def read_json(path: str, required: Optional[Iterable[str]] = None) -> Optional[A
   return obj
 
 
-def read_jsonl(path: str) -> Optional[list]:
+def read_jsonl(path: str) -> list | None:
   """The records of a JSON-lines file (e.g. metrics.jsonl), or None when it does not exist; a
   line that is not a JSON object raises DamagedFileError naming the file and line."""
   try:
@@ -177,7 +178,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_NAME)
-    self._fd: Optional[int] = None
+    self._fd: int | None = None
 
   def acquire(self) -> 'WorkdirLock':
     import fcntl  # pylint: disable=g-import-not-at-top

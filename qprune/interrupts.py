@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import threading
-from typing import Optional
 
 from qprune.errors import Interrupted
 
@@ -42,11 +41,11 @@ class _Handler:
   """Process-wide state: the pending signal and how many `deferred()` scopes are open."""
 
   def __init__(self):
-    self.pending: Optional[int] = None
+    self.pending: int | None = None
     self.depth = 0
     self.installed = False
     self._previous = {}
-    self._timer: Optional[threading.Timer] = None
+    self._timer: threading.Timer | None = None
 
   def install(self) -> bool:
     if self.installed:

@@ -16,7 +16,7 @@ This module imports only the standard library (the collector runs without JAX).
 """
 import dataclasses
 import math
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, ClassVar
 
 # Units: how a value is shown (`format_value`).
 TEXT, COUNT, FRACTION, BYTES, SECONDS, RATIO, TIMES, BITS, LIST = (
@@ -46,7 +46,7 @@ def _jsonable(value):
 @dataclasses.dataclass(kw_only=True)
 class Record:
   """Base of every record: JSON round trip that keeps unknown keys."""
-  extra: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False,
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False,
                                             metadata={'label': '', 'unit': TEXT})
 
   def to_json(self) -> dict:
@@ -75,23 +75,23 @@ class Results(Record):
   """What every run reports. Subclasses add their mode's fields."""
   MODE: ClassVar[str] = ''
   # Label overrides of inherited fields (e.g. which test accuracy `test_accuracy` is).
-  LABELS: ClassVar[Dict[str, str]] = {}
+  LABELS: ClassVar[dict[str, str]] = {}
   # Keys of the console's last JSON line, after `mode`, `model`, `dataset`.
-  HEADLINE: ClassVar[Tuple[str, ...]] = ('test_accuracy', 'params', 'macs', 'epochs_run',
+  HEADLINE: ClassVar[tuple[str, ...]] = ('test_accuracy', 'params', 'macs', 'epochs_run',
                                          'wall_time_s')
 
-  mode: Optional[str] = _field('mode', column=True)
-  model: Optional[str] = _field('model', column=True)
-  dataset: Optional[str] = _field('dataset', column=True)
-  test_accuracy: Optional[float] = _field('test accuracy', FRACTION, column=True)
-  params: Optional[int] = _field('params', COUNT, column=True)
-  macs: Optional[int] = _field('MACs per image', COUNT, column=True)
-  epochs_run: Optional[int] = _field('epochs run (all stages)', COUNT, column=True)
-  warnings: List[str] = _field('warnings', LIST, factory=list)
-  wall_time_s: Optional[float] = _field('wall time', SECONDS, column=True, tail=True)
-  devices: Optional[int] = _field('devices', COUNT, tail=True)
-  machine: Optional[str] = _field('machine', tail=True)
-  command: Optional[str] = _field('', tail=True)
+  mode: str | None = _field('mode', column=True)
+  model: str | None = _field('model', column=True)
+  dataset: str | None = _field('dataset', column=True)
+  test_accuracy: float | None = _field('test accuracy', FRACTION, column=True)
+  params: int | None = _field('params', COUNT, column=True)
+  macs: int | None = _field('MACs per image', COUNT, column=True)
+  epochs_run: int | None = _field('epochs run (all stages)', COUNT, column=True)
+  warnings: list[str] = _field('warnings', LIST, factory=list)
+  wall_time_s: float | None = _field('wall time', SECONDS, column=True, tail=True)
+  devices: int | None = _field('devices', COUNT, tail=True)
+  machine: str | None = _field('machine', tail=True)
+  command: str | None = _field('', tail=True)
 
   def label(self, name: str) -> str:
     return self.LABELS.get(name) or _metadata(type(self), name)['label']
@@ -101,11 +101,11 @@ class Results(Record):
     keys = ('mode', 'model', 'dataset') + self.HEADLINE
     return {k: _jsonable(getattr(self, k)) for k in keys if getattr(self, k, None) is not None}
 
-  def before_after(self) -> List[Tuple[str, Any, Any, str]]:
+  def before_after(self) -> list[tuple[str, Any, Any, str]]:
     """(what, before, after, unit) rows of the summary block; mode-specific."""
     return []
 
-  def summary_lines(self) -> List[str]:
+  def summary_lines(self) -> list[str]:
     """The console's summary block: what the run produced, before → after."""
     lines = [f'{self.mode or "run"} {self.model or ""} on {self.dataset or ""}'.rstrip()]
     for what, before, after, unit in self.before_after():
@@ -131,9 +131,9 @@ class Results(Record):
 @dataclasses.dataclass(kw_only=True)
 class TrainResults(Results):
   MODE: ClassVar[str] = 'train'
-  train_examples: Optional[int] = _field('training examples', COUNT)
-  test_examples: Optional[int] = _field('test examples', COUNT)
-  history: List[dict] = _field(factory=list)
+  train_examples: int | None = _field('training examples', COUNT)
+  test_examples: int | None = _field('test examples', COUNT)
+  history: list[dict] = _field(factory=list)
 
   def before_after(self):
     return [('test accuracy', None, self.test_accuracy, FRACTION),
@@ -144,33 +144,33 @@ class TrainResults(Results):
 @dataclasses.dataclass(kw_only=True)
 class InqStep(Record):
   """One INQ step: after snapping `frozen_fraction` of the weights, `epochs` of retraining."""
-  step: Optional[int] = _field('step', COUNT)
-  frozen_fraction: Optional[float] = _field('frozen', FRACTION)
-  epochs: Optional[int] = _field('epochs', COUNT)
-  test_accuracy: Optional[float] = _field('test accuracy', FRACTION)
-  history: List[dict] = _field(factory=list)
+  step: int | None = _field('step', COUNT)
+  frozen_fraction: float | None = _field('frozen', FRACTION)
+  epochs: int | None = _field('epochs', COUNT)
+  test_accuracy: float | None = _field('test accuracy', FRACTION)
+  history: list[dict] = _field(factory=list)
 
 
 @dataclasses.dataclass(kw_only=True)
 class QuantizeResults(Results):
   MODE: ClassVar[str] = 'quantize'
-  LABELS: ClassVar[Dict[str, str]] = {'test_accuracy': 'test accuracy, quantized'}
-  HEADLINE: ClassVar[Tuple[str, ...]] = (
+  LABELS: ClassVar[dict[str, str]] = {'test_accuracy': 'test accuracy, quantized'}
+  HEADLINE: ClassVar[tuple[str, ...]] = (
       'test_accuracy', 'fp_test_accuracy', 'method', 'bits_per_weight', 'export_bytes',
       'compression_ratio', 'epochs_run', 'wall_time_s')
-  fp_test_accuracy: Optional[float] = _field('test accuracy, float', FRACTION, column=True)
-  method: Optional[str] = _field('target rule (quant.method)', column=True)
-  bits_per_weight: Optional[float] = _field('bits per weight', BITS, column=True)
-  export_path: Optional[str] = _field('export')
-  export_bytes: Optional[int] = _field('exported bytes', BYTES, column=True)
-  fp32_bytes: Optional[int] = _field('float32 bytes', BYTES)
-  compression_ratio: Optional[float] = _field('compression (float32 / exported bytes)', TIMES,
+  fp_test_accuracy: float | None = _field('test accuracy, float', FRACTION, column=True)
+  method: str | None = _field('target rule (quant.method)', column=True)
+  bits_per_weight: float | None = _field('bits per weight', BITS, column=True)
+  export_path: str | None = _field('export')
+  export_bytes: int | None = _field('exported bytes', BYTES, column=True)
+  fp32_bytes: int | None = _field('float32 bytes', BYTES)
+  compression_ratio: float | None = _field('compression (float32 / exported bytes)', TIMES,
                                               column=True)
-  final_epochs: Optional[int] = _field('final epochs (BN and biases only)', COUNT)
-  inq_steps: List[InqStep] = _field(factory=list)
-  float_layers: List[str] = _field('layers kept in float32', LIST, factory=list)
-  layers: List[dict] = _field(factory=list)  # quant.layer_report rows
-  final_history: List[dict] = _field(factory=list)
+  final_epochs: int | None = _field('final epochs (BN and biases only)', COUNT)
+  inq_steps: list[InqStep] = _field(factory=list)
+  float_layers: list[str] = _field('layers kept in float32', LIST, factory=list)
+  layers: list[dict] = _field(factory=list)  # quant.layer_report rows
+  final_history: list[dict] = _field(factory=list)
 
   def __post_init__(self):
     if self.compression_ratio is None and self.export_bytes and self.fp32_bytes:
@@ -194,46 +194,46 @@ class QuantizeResults(Results):
 @dataclasses.dataclass(kw_only=True)
 class PruneResults(Results):
   MODE: ClassVar[str] = 'prune'
-  LABELS: ClassVar[Dict[str, str]] = {'test_accuracy': 'test accuracy after fine-tuning'}
-  HEADLINE: ClassVar[Tuple[str, ...]] = (
+  LABELS: ClassVar[dict[str, str]] = {'test_accuracy': 'test accuracy after fine-tuning'}
+  HEADLINE: ClassVar[tuple[str, ...]] = (
       'test_accuracy', 'pruned_test_accuracy', 'pretrained_test_accuracy', 'params_before',
       'params', 'macs_before', 'macs', 'criterion', 'prune_ratio', 'pretrain_epochs',
       'epochs_run', 'wall_time_s')
-  pretrained_test_accuracy: Optional[float] = _field('test accuracy after pretraining',
+  pretrained_test_accuracy: float | None = _field('test accuracy after pretraining',
                                                      FRACTION)
-  pruned_test_accuracy: Optional[float] = _field(
+  pruned_test_accuracy: float | None = _field(
       'test accuracy right after shrinking (BN re-estimated)', FRACTION)
-  params_before: Optional[int] = _field('params before pruning', COUNT)
-  macs_before: Optional[int] = _field('MACs per image before pruning', COUNT)
-  params_removed: Optional[float] = _field('params removed', FRACTION)
-  macs_removed: Optional[float] = _field('MACs removed', FRACTION)
-  pretrain_epochs: Optional[int] = _field('pretraining epochs', COUNT, column=True)
-  stop_rule: Optional[str] = _field('stop rule (prune.stop_rule)')
-  stop_rule_fired: Optional[bool] = _field('stop rule fired')
-  stopped_early: Optional[bool] = _field('pretraining stopped before its last epoch')
-  eb_window: Optional[int] = _field('Early-Bird window', COUNT)
-  eb_threshold: Optional[float] = _field('Early-Bird threshold', RATIO)
-  mask_distance: List[Optional[float]] = _field(factory=list)
-  mask_window_max: List[Optional[float]] = _field(factory=list)
-  mask_distance_to_final: List[float] = _field(factory=list)
-  final_mask_distance: Optional[float] = _field(
+  params_before: int | None = _field('params before pruning', COUNT)
+  macs_before: int | None = _field('MACs per image before pruning', COUNT)
+  params_removed: float | None = _field('params removed', FRACTION)
+  macs_removed: float | None = _field('MACs removed', FRACTION)
+  pretrain_epochs: int | None = _field('pretraining epochs', COUNT, column=True)
+  stop_rule: str | None = _field('stop rule (prune.stop_rule)')
+  stop_rule_fired: bool | None = _field('stop rule fired')
+  stopped_early: bool | None = _field('pretraining stopped before its last epoch')
+  eb_window: int | None = _field('Early-Bird window', COUNT)
+  eb_threshold: float | None = _field('Early-Bird threshold', RATIO)
+  mask_distance: list[float | None] = _field(factory=list)
+  mask_window_max: list[float | None] = _field(factory=list)
+  mask_distance_to_final: list[float] = _field(factory=list)
+  final_mask_distance: float | None = _field(
       'Hamming distance of the chosen masks (after any search) to the last pretraining '
       "epoch's masks of prune.criterion", FRACTION)
-  decided_from: Optional[str] = _field('pretraining replayed from (prune.decide_from)')
-  shrunk_epoch: Optional[int] = _field(
+  decided_from: str | None = _field('pretraining replayed from (prune.decide_from)')
+  shrunk_epoch: int | None = _field(
       'pretraining epoch whose weights were shrunk (prune.shrink_weights)', COUNT)
-  train_macs: Optional[int] = _field(
+  train_macs: int | None = _field(
       'training compute, forward MACs x training images (pretraining + fine-tuning)', COUNT)
-  criterion: Optional[str] = _field('criterion', column=True)
-  prune_ratio: Optional[float] = _field('prune ratio', RATIO, column=True)
-  selection: Optional[str] = _field('selection')
-  search: List[dict] = _field(factory=list)
-  search_best: Optional[int] = _field()
-  prune_layers: List[dict] = _field(factory=list)
-  layer_costs: List[dict] = _field(factory=list)
-  finetune_epochs: Optional[int] = _field('fine-tuning epochs', COUNT)
-  pretrain_history: List[dict] = _field(factory=list)
-  finetune_history: List[dict] = _field(factory=list)
+  criterion: str | None = _field('criterion', column=True)
+  prune_ratio: float | None = _field('prune ratio', RATIO, column=True)
+  selection: str | None = _field('selection')
+  search: list[dict] = _field(factory=list)
+  search_best: int | None = _field()
+  prune_layers: list[dict] = _field(factory=list)
+  layer_costs: list[dict] = _field(factory=list)
+  finetune_epochs: int | None = _field('fine-tuning epochs', COUNT)
+  pretrain_history: list[dict] = _field(factory=list)
+  finetune_history: list[dict] = _field(factory=list)
 
   def before_after(self):
     return [('params', self.params_before, self.params, COUNT),
@@ -244,7 +244,7 @@ class PruneResults(Results):
              self.test_accuracy, FRACTION),
             ('chosen', None, self.chosen_text(), TEXT)]
 
-  def chosen_text(self) -> Optional[str]:
+  def chosen_text(self) -> str | None:
     if self.criterion is None:
       return None
     text = f'{self.criterion} at ratio {format_value(self.prune_ratio, RATIO)}'
@@ -262,27 +262,27 @@ class PruneResults(Results):
 @dataclasses.dataclass(kw_only=True)
 class PipelineResults(Results):
   MODE: ClassVar[str] = 'pipeline'
-  LABELS: ClassVar[Dict[str, str]] = {'test_accuracy': 'test accuracy, pruned and quantized'}
-  HEADLINE: ClassVar[Tuple[str, ...]] = (
+  LABELS: ClassVar[dict[str, str]] = {'test_accuracy': 'test accuracy, pruned and quantized'}
+  HEADLINE: ClassVar[tuple[str, ...]] = (
       'test_accuracy', 'finetuned_test_accuracy', 'pretrained_test_accuracy',
       'compression_ratio', 'export_bytes', 'bits_per_weight', 'params_before', 'params',
       'macs_before', 'macs', 'epochs_run', 'wall_time_s')
-  pretrained_test_accuracy: Optional[float] = _field('test accuracy after pretraining',
+  pretrained_test_accuracy: float | None = _field('test accuracy after pretraining',
                                                      FRACTION)
-  pruned_test_accuracy: Optional[float] = _field(
+  pruned_test_accuracy: float | None = _field(
       'test accuracy right after shrinking (BN re-estimated)', FRACTION)
-  finetuned_test_accuracy: Optional[float] = _field(
+  finetuned_test_accuracy: float | None = _field(
       'test accuracy after pruning and fine-tuning', FRACTION)
-  params_before: Optional[int] = _field('params before pruning', COUNT)
-  macs_before: Optional[int] = _field('MACs per image before pruning', COUNT)
-  bits_per_weight: Optional[float] = _field('bits per weight', BITS, column=True)
-  export_path: Optional[str] = _field('export')
-  export_bytes: Optional[int] = _field('exported bytes', BYTES, column=True)
-  fp32_bytes_original: Optional[int] = _field('float32 bytes of the original model', BYTES)
-  compression_ratio: Optional[float] = _field(
+  params_before: int | None = _field('params before pruning', COUNT)
+  macs_before: int | None = _field('MACs per image before pruning', COUNT)
+  bits_per_weight: float | None = _field('bits per weight', BITS, column=True)
+  export_path: str | None = _field('export')
+  export_bytes: int | None = _field('exported bytes', BYTES, column=True)
+  fp32_bytes_original: int | None = _field('float32 bytes of the original model', BYTES)
+  compression_ratio: float | None = _field(
       'compression (original float32 / exported bytes)', TIMES, column=True)
-  pretrain_epochs: Optional[int] = _field('pretraining epochs', COUNT, column=True)
-  stages: Dict[str, Results] = _field(factory=dict)
+  pretrain_epochs: int | None = _field('pretraining epochs', COUNT, column=True)
+  stages: dict[str, Results] = _field(factory=dict)
 
   @classmethod
   def _convert(cls, kwargs):
@@ -306,11 +306,11 @@ class PipelineResults(Results):
             ('export', None, self.export_path, TEXT)]
 
 
-RECORDS: Dict[str, Type[Results]] = {cls.MODE: cls for cls in (TrainResults, QuantizeResults,
+RECORDS: dict[str, type[Results]] = {cls.MODE: cls for cls in (TrainResults, QuantizeResults,
                                                       PruneResults, PipelineResults)}
 
 
-def from_json(data: Union[dict, Results]) -> Results:
+def from_json(data: dict | Results) -> Results:
   """The record of a results.json object, by its `mode` (an unknown mode reads as Results)."""
   if isinstance(data, Results):
     return data
@@ -338,7 +338,7 @@ def _metadata(cls, name: str) -> dict:
   raise KeyError(name)
 
 
-def summary_rows(record: Results) -> List[Tuple[str, str]]:
+def summary_rows(record: Results) -> list[tuple[str, str]]:
   """(label, formatted value) of every labelled field that is set: the mode's fields first,
   the run header last."""
   rows, tail = [], []
@@ -352,10 +352,10 @@ def summary_rows(record: Results) -> List[Tuple[str, str]]:
 
 
 # Every record class, the base first (its fields lead every column list).
-_CLASSES: List[Type[Results]] = [Results, *RECORDS.values()]
+_CLASSES: list[type[Results]] = [Results, *RECORDS.values()]
 
 
-def _column_names() -> List[str]:
+def _column_names() -> list[str]:
   names, tail = [], []
   for cls in _CLASSES:
     for f in dataclasses.fields(cls):
@@ -365,8 +365,8 @@ def _column_names() -> List[str]:
 
 
 # The sweep summary's result columns (summary.md / summary.csv), in this order.
-COLUMNS: Tuple[str, ...] = tuple(_column_names())
-UNITS: Dict[str, str] = {f.name: f.metadata['unit'] for cls in _CLASSES
+COLUMNS: tuple[str, ...] = tuple(_column_names())
+UNITS: dict[str, str] = {f.name: f.metadata['unit'] for cls in _CLASSES
                          for f in dataclasses.fields(cls)}
 
 

@@ -12,7 +12,7 @@ then report.md.
 import os
 import sys
 import time
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 from qprune import records
 
@@ -29,7 +29,7 @@ def check(config, workdir: str, overridden: Iterable[str] = ()) -> None:
 
 
 def run(config, workdir: str, overridden: Iterable[str] = (),
-        initialize: Optional[Callable[[], object]] = None) -> records.Results:
+        initialize: Callable[[], object] | None = None) -> records.Results:
   """Checks, prepares the workdir and runs config.mode; returns its record (also written as
   results.json). initialize: called after the check, before the workdir is touched (joining a
   multi-process job: which process writes the run's files depends on it)."""
@@ -73,6 +73,7 @@ def enable_compilation_cache(path: str):
 def machine_description() -> str:
   """'<device kind> x<count>, <CPU model>, <cores> cores': where a result was measured."""
   import platform  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   cpu = platform.processor() or platform.machine()
   try:

@@ -16,7 +16,6 @@ import dataclasses
 import os
 import statistics
 import sys
-from typing import Dict, List, Optional
 
 from qprune import files, records
 from qprune.errors import UserError
@@ -47,7 +46,7 @@ class Measurement:
   criterion: str
   pretraining: str  # PLAIN or GATED
   ratio: float
-  seed: Optional[int]
+  seed: int | None
   params: int
   macs: int
   params_before: int
@@ -60,7 +59,7 @@ class AblationRun:
   """One fine-tuned prune run: its results, and from its config.json the seed, whether it
   pretrained with SE gates and whether it pruned a ResNet's residual stream too."""
   results: records.PruneResults
-  seed: Optional[int] = None
+  seed: int | None = None
   se_gates: bool = False
   residual: bool = False
 
@@ -71,7 +70,7 @@ class AblationRun:
                        r.test_accuracy)
 
 
-def read_runs(runs_dir: str) -> List[AblationRun]:
+def read_runs(runs_dir: str) -> list[AblationRun]:
   """Every finished decision run under `runs_dir` (fine-tuned, i.e. not a pretraining-only
   run)."""
   found = []
@@ -92,12 +91,12 @@ def read_runs(runs_dir: str) -> List[AblationRun]:
   return found
 
 
-def _stats(values: List[float]) -> dict:
+def _stats(values: list[float]) -> dict:
   return {'mean': statistics.fmean(values),
           'std': statistics.stdev(values) if len(values) > 1 else 0.0, 'values': values}
 
 
-def tabulated(ablation: dict) -> List[Measurement]:
+def tabulated(ablation: dict) -> list[Measurement]:
   """The measurements a table (`table`'s dict, as written to JSON) was made of."""
   found = []
   for row in ablation['rows']:
@@ -109,7 +108,7 @@ def tabulated(ablation: dict) -> List[Measurement]:
   return found
 
 
-def merged(kept: List[Measurement], new: List[Measurement]) -> List[Measurement]:
+def merged(kept: list[Measurement], new: list[Measurement]) -> list[Measurement]:
   """`kept` and `new`; where both hold a cell's seed, the new measurement."""
   def key(m: Measurement):
     return m.criterion, m.pretraining, m.ratio, m.seed
@@ -118,12 +117,12 @@ def merged(kept: List[Measurement], new: List[Measurement]) -> List[Measurement]
   return list(by_key.values())
 
 
-def table(measurements: List[Measurement]) -> dict:
+def table(measurements: list[Measurement]) -> dict:
   """{'rows': [...], 'verdicts': [...]} (see the module docstring). A row is one (criterion,
   pretraining, ratio); the pretraining is 'SE-gated' (prune.se_gates) or 'plain'. Each attention
   variant is judged against its base criterion on the same pretraining and, for the learned
   variants, also against the base on the plain one."""
-  cells: Dict[tuple, List[Measurement]] = {}
+  cells: dict[tuple, list[Measurement]] = {}
   for m in measurements:
     cells.setdefault((m.criterion, m.pretraining, m.ratio), []).append(m)
   rows = []
@@ -159,13 +158,13 @@ def table(measurements: List[Measurement]) -> dict:
   return {'rows': rows, 'verdicts': verdicts}
 
 
-def pct(stats: Optional[dict]) -> str:
+def pct(stats: dict | None) -> str:
   if not stats:
     return ''
   return f'{100 * stats["mean"]:.2f} ± {100 * stats["std"]:.2f}'
 
 
-def markdown(ablation: dict) -> List[str]:
+def markdown(ablation: dict) -> list[str]:
   """The table and the verdicts as markdown lines."""
   out = ['| ratio | criterion | attention | pretraining | params | after shrinking | fine-tuned '
          '| seeds |', '|---|---|---|---|---|---|---|---|']

@@ -14,17 +14,31 @@ import os
 import re
 import statistics
 import sys
-from typing import Dict, Generic, List, Optional, Type, TypeVar
+from typing import Generic, TypeVar
 
 from qprune import files, records
 from qprune.errors import UserError
 from qprune.quant.inq import DEFAULT_SCHEDULE
 from qprune.report import plots
-from qprune.report.publish import (CONFIG_JSON, PLOTS_DIR, RESULTS_JSON, export_path,  # noqa: F401
-                                   read_json, read_record)
+from qprune.report.publish import (  # noqa: F401
+  CONFIG_JSON,
+  PLOTS_DIR,
+  RESULTS_JSON,
+  export_path,
+  read_json,
+  read_record,
+)
 from reproduce.ablation import markdown as markdown_table
-from reproduce.goals import (DATASET_NOTES, DATASET_TITLES, FP_GOALS, GOALS, METHOD_TITLES,
-                             MODEL_TITLES, PIPELINE_GOALS, PRUNE_REFERENCES)
+from reproduce.goals import (
+  DATASET_NOTES,
+  DATASET_TITLES,
+  FP_GOALS,
+  GOALS,
+  METHOD_TITLES,
+  MODEL_TITLES,
+  PIPELINE_GOALS,
+  PRUNE_REFERENCES,
+)
 
 TARGET_ERRORS_JSON = 'target_errors.json'  # python -m reproduce.target_errors --out=...
 ABLATION_JSON = 'attention_ablation.json'  # python -m reproduce.sweeps.attention_ablation
@@ -46,12 +60,12 @@ class Run(Generic[R]):
   config: dict
 
 
-def _of_mode(runs: List[Run], kind: Type[R]) -> List[Run[R]]:
+def _of_mode(runs: list[Run], kind: type[R]) -> list[Run[R]]:
   """The runs whose record is a `kind` (the record class follows results.json's `mode`)."""
   return [run for run in runs if isinstance(run.results, kind)]
 
 
-def read_runs(results_dir: str) -> Dict[str, List[Run]]:
+def read_runs(results_dir: str) -> dict[str, list[Run]]:
   """{'<dataset>_<model>': [run, ...]}, the runs sorted by name."""
   groups = {}
   for group in sorted(os.listdir(results_dir)):
@@ -72,7 +86,7 @@ def read_runs(results_dir: str) -> Dict[str, List[Run]]:
   return groups
 
 
-def read_target_errors(results_dir: str) -> Dict[str, dict]:
+def read_target_errors(results_dir: str) -> dict[str, dict]:
   """{'<dataset>_<model>': target_errors.json's content} where the group has one."""
   out = {}
   for group in sorted(os.listdir(results_dir)):
@@ -82,7 +96,7 @@ def read_target_errors(results_dir: str) -> Dict[str, dict]:
   return out
 
 
-def target_error_lines(table: dict) -> List[str]:
+def target_error_lines(table: dict) -> list[str]:
   """Whole-network L1 error per k and rule: the totals `python -m reproduce.target_errors
   --out` wrote."""
   fmt = lambda v: '' if v is None else f'{v:.4g}'
@@ -103,21 +117,21 @@ def target_error_lines(table: dict) -> List[str]:
   return lines + ['']
 
 
-def _pct(x: Optional[float]) -> str:
+def _pct(x: float | None) -> str:
   return '' if x is None else f'{100 * x:.2f} %'
 
 
-def _delta(x: Optional[float]) -> str:
+def _delta(x: float | None) -> str:
   return '' if x is None else f'{100 * x:+.2f}'
 
 
-def _size(nbytes: Optional[int]) -> str:
+def _size(nbytes: int | None) -> str:
   if nbytes is None:
     return ''
   return f'{nbytes / 1e6:.2f} MB' if nbytes >= 1e6 else f'{nbytes / 1e3:.1f} kB'
 
 
-def _minutes(seconds: Optional[float]) -> str:
+def _minutes(seconds: float | None) -> str:
   return '' if seconds is None else f'{seconds / 60:.1f} min'
 
 
@@ -152,11 +166,11 @@ def recipe(run: Run) -> str:
           + (f'; float32: {", ".join(floats)}' if floats else ''))
 
 
-def _max_values(results: records.QuantizeResults) -> Optional[int]:
+def _max_values(results: records.QuantizeResults) -> int | None:
   return max((layer['distinct_values'] for layer in results.layers or []), default=None)
 
 
-def _fp_run(runs: List[Run]) -> Optional[Run[records.TrainResults]]:
+def _fp_run(runs: list[Run]) -> Run[records.TrainResults] | None:
   """The full-precision model the group's other runs start from: the one named `fp`, else the
   first trained one."""
   trained = _of_mode(runs, records.TrainResults)
@@ -183,7 +197,7 @@ def training_time(results: records.TrainResults) -> str:
   return _minutes(results.wall_time_s)
 
 
-def full_precision_lines(trained: List[Run], fp: Run) -> List[str]:
+def full_precision_lines(trained: list[Run], fp: Run) -> list[str]:
   """A table of the group's full-precision runs where it has more than one (e.g. the same
   recipe in another compute dtype), each against `fp`."""
   if len(trained) < 2:
@@ -209,11 +223,11 @@ def setting_name(run_name: str) -> str:
   return re.sub(r'_s\d+$', '', run_name)
 
 
-def goal_lines(key, runs: List[Run], fp_accuracy: float) -> List[str]:
+def goal_lines(key, runs: list[Run], fp_accuracy: float) -> list[str]:
   """One line per goal of (dataset, model): met or missed, by which setting. A setting run with
   several seeds (`setting_name`) is judged by its mean, not by its best seed."""
   lines = []
-  settings: Dict[str, List[Run[records.QuantizeResults]]] = {}
+  settings: dict[str, list[Run[records.QuantizeResults]]] = {}
   for run in _of_mode(runs, records.QuantizeResults):
     settings.setdefault(setting_name(run.name), []).append(run)
   for text, bits, max_loss, min_accuracy, max_levels in GOALS.get(key, ()):
@@ -243,10 +257,10 @@ def goal_lines(key, runs: List[Run], fp_accuracy: float) -> List[str]:
   return lines
 
 
-def smallest_lossless_lines(runs: List[Run], fp_accuracy: float, within: float) -> List[str]:
+def smallest_lossless_lines(runs: list[Run], fp_accuracy: float, within: float) -> list[str]:
   """Per target rule, the fewest average bits per weight within `within` of FP."""
   lines = []
-  by_method: Dict[str, Run[records.QuantizeResults]] = {}
+  by_method: dict[str, Run[records.QuantizeResults]] = {}
   for r in _of_mode(runs, records.QuantizeResults):
     if fp_accuracy - r.results.test_accuracy <= within + 1e-12:
       method = r.results.method
@@ -275,7 +289,7 @@ def _numeric_budget(budget: tuple) -> tuple:
   return (epochs or 0, lr or 0.0)
 
 
-def decision_studies(runs: List[Run]) -> Dict[str, dict]:
+def decision_studies(runs: list[Run]) -> dict[str, dict]:
   """{criterion: {'full': run, 'decisions': [run, ...], 'longer': {budget: [run, ...]}}} for the
   pruning decision studies in `runs`: a prune run that kept pretraining snapshots, the runs that
   decided from it (prune.decide_from) with its fine-tuning budget, and those fine-tuned with
@@ -290,8 +304,8 @@ def decision_studies(runs: List[Run]) -> Dict[str, dict]:
     decisions.sort(key=lambda r: (r.results.pretrain_epochs,
                                   r.results.stop_rule == 'early_bird', is_mask_control(r)))
     own_budget = finetune_budget(full)
-    same: List[Run] = []
-    longer: Dict[tuple, List[Run]] = {}
+    same: list[Run] = []
+    longer: dict[tuple, list[Run]] = {}
     for run in decisions:
       budget = finetune_budget(run)
       if budget == own_budget:
@@ -302,7 +316,7 @@ def decision_studies(runs: List[Run]) -> Dict[str, dict]:
   return studies
 
 
-def study_runs(study: dict) -> List[Run]:
+def study_runs(study: dict) -> list[Run]:
   """Every run of one decision study: the full-training one, then the decisions per budget."""
   return [study['full']] + study['decisions'] + [
       run for budget in study['longer'].values() for run in budget]
@@ -329,8 +343,8 @@ def decided_after(run: Run[records.PruneResults]) -> str:
   return text
 
 
-def _decision_rows(runs: List[Run[records.PruneResults]], reference: Run[records.PruneResults],
-                   unpruned: Optional[float]) -> List[str]:
+def _decision_rows(runs: list[Run[records.PruneResults]], reference: Run[records.PruneResults],
+                   unpruned: float | None) -> list[str]:
   """The decision table, each run against `reference` (the decision after all pretraining
   epochs with the same fine-tuning)."""
   out = ['| run | decided after | mask distance to final | params | MACs | right after '
@@ -354,9 +368,9 @@ def _decision_rows(runs: List[Run[records.PruneResults]], reference: Run[records
   return out + ['']
 
 
-def _decision_goal_lines(methods: List[Run[records.PruneResults]],
+def _decision_goal_lines(methods: list[Run[records.PruneResults]],
                          reference: Run[records.PruneResults], total: int,
-                         unpruned: Optional[float], fp_accuracy: Optional[float]) -> List[str]:
+                         unpruned: float | None, fp_accuracy: float | None) -> list[str]:
   """The study's goals (the project's pruning issue) for decisions with one fine-tuning budget,
   against `reference`, the decision after all `total` pretraining epochs with that budget."""
   r0 = reference.results
@@ -395,10 +409,10 @@ def _decision_goal_lines(methods: List[Run[records.PruneResults]],
   return lines
 
 
-def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[float]) -> List[str]:
+def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None) -> list[str]:
   """The tables of one decision study (one per fine-tuning budget), and their goals."""
   full: Run[records.PruneResults] = study['full']
-  decisions: List[Run[records.PruneResults]] = study['decisions']
+  decisions: list[Run[records.PruneResults]] = study['decisions']
   r0 = full.results
   unpruned = r0.pretrained_test_accuracy
   final = r0.test_accuracy
@@ -461,7 +475,7 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: Optional[floa
   return out
 
 
-def attention_ablation_lines(table: dict) -> List[str]:
+def attention_ablation_lines(table: dict) -> list[str]:
   """The attention ablation (`reproduce.ablation`'s JSON) as a RESULTS.md section."""
   c = table.get('config', {})
   units = ('conv channels and fc1 units' if c.get('model') == 'lenet5' else
@@ -486,8 +500,8 @@ def attention_ablation_lines(table: dict) -> List[str]:
           ['', f'    {table.get("command")}', ''])
 
 
-def pruned_model_lines(key, runs: List[Run[records.PruneResults]],
-                       start: Optional[Run]) -> List[str]:
+def pruned_model_lines(key, runs: list[Run[records.PruneResults]],
+                       start: Run | None) -> list[str]:
   """The table of prune runs outside the decision studies (one row per run, then mean ± std
   over the seeds of each setting: the folder name without its `_s<seed>`), and the goal
   against PRUNE_REFERENCES[key] where there is one."""
@@ -499,7 +513,7 @@ def pruned_model_lines(key, runs: List[Run[records.PruneResults]],
             'held-out training images, the best within the budget shrunk and fine-tuned.', '']
   out += ['| run | chosen candidate | params | MACs | right after shrinking | fine-tuned |',
           '|---|---|---|---|---|---|']
-  settings: Dict[str, List[Run[records.PruneResults]]] = {}
+  settings: dict[str, list[Run[records.PruneResults]]] = {}
   for run in runs:
     settings.setdefault(setting_name(run.name), []).append(run)
     r = run.results
@@ -531,7 +545,7 @@ def pruned_model_lines(key, runs: List[Run[records.PruneResults]],
   return out + ['']
 
 
-def commands_block(runs: List[Run]) -> List[str]:
+def commands_block(runs: list[Run]) -> list[str]:
   """A collapsed list of the commands that made `runs`."""
   return (['<details><summary>Commands</summary>', '', '```'] +
           [f'# {run.name}\n{run.results.command or "(not recorded)"}' for run in runs] +
@@ -655,7 +669,7 @@ def render(results_dir: str) -> str:
   return '\n'.join(out).rstrip() + '\n'
 
 
-def plot(groups: Dict[str, List[Run]], plots_dir: str):
+def plot(groups: dict[str, list[Run]], plots_dir: str):
   """Accuracy vs bits per weight per model: every run a dot, a line per target rule through its
   best run at each bit width."""
   for key, runs in groups.items():
@@ -671,7 +685,7 @@ def plot(groups: Dict[str, List[Run]], plots_dir: str):
                                 reference=100 * fp.results.test_accuracy if fp else None)
 
 
-def plot_decision_studies(groups: Dict[str, List[Run]], plots_dir: str):
+def plot_decision_studies(groups: dict[str, list[Run]], plots_dir: str):
   """Per model with a decision study: the masks' Hamming distance to the final ones per
   pretraining epoch, and fine-tuned accuracy vs MACs, a line per criterion."""
   for key, runs in groups.items():

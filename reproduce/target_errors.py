@@ -14,7 +14,7 @@ whole-network totals per k) that `python -m reproduce.results write` renders int
 import argparse
 import math
 import sys
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 from qprune import files, quant
 from qprune.artifacts import load_saved_model
@@ -31,7 +31,7 @@ def zero_free_k(k: int) -> int:
   return 2 ** (quant.bits_per_weight(k) - 1)
 
 
-def layer_errors(params, ks: Sequence[int]) -> List[Dict]:
+def layer_errors(params, ks: Sequence[int]) -> list[dict]:
   """[{'layer', 'weights', 'k', 'bits', 'inq', 'kmeans', 'optimal', 'zero_free', 'zero_free_k'}]
   (errors; inq None where no b fits; zero_free: the optimal zero-free set of zero_free_k
   exponents, the same bits as k exponents with the zero code)."""
@@ -44,17 +44,17 @@ def layer_errors(params, ks: Sequence[int]) -> List[Dict]:
   for k in ks:
     bits = inq_bits_for(k)
     inq = quant.quantize_layers(layers, quant.inq_targets(layers, bits)) if bits else {}
-    for l, name in enumerate(kmeans.names):
+    for ln, name in enumerate(kmeans.names):
       inq_error = float(quant.l1_error(layers[name], inq[name])) if bits else None
-      rows.append({'layer': name, 'weights': int(kmeans.num_weights[l]), 'k': k,
-                   'inq': inq_error, 'kmeans': float(kmeans.errors[l, k - 1]),
-                   'optimal': float(optimal.errors[l, k - 1]),
-                   'zero_free': float(zero_free.errors[l, zero_free_k(k) - 1]),
+      rows.append({'layer': name, 'weights': int(kmeans.num_weights[ln]), 'k': k,
+                   'inq': inq_error, 'kmeans': float(kmeans.errors[ln, k - 1]),
+                   'optimal': float(optimal.errors[ln, k - 1]),
+                   'zero_free': float(zero_free.errors[ln, zero_free_k(k) - 1]),
                    'bits': quant.bits_per_weight(k), 'zero_free_k': zero_free_k(k)})
   return rows
 
 
-def totals(rows: List[Dict]) -> List[Dict]:
+def totals(rows: list[dict]) -> list[dict]:
   """Whole-network sums per k."""
   out = []
   for k in sorted({r['k'] for r in rows}):
@@ -68,7 +68,7 @@ def totals(rows: List[Dict]) -> List[Dict]:
   return out
 
 
-def markdown(rows: List[Dict]) -> str:
+def markdown(rows: list[dict]) -> str:
   fmt = lambda v: '' if v is None else f'{v:.4g}'
   lines = ['| layer | weights | k | INQ rule | k-means | optimal | optimal / k-means | '
            'zero-free, same bits (exponents) |',

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List, Optional
 
 import numpy as np
 import pytest
@@ -42,7 +41,7 @@ def clean_env(**extra) -> dict:
   return env
 
 
-def binary(workdir: str, *flags: str, config: str = 'configs/mnist_lenet5.py') -> List[str]:
+def binary(workdir: str, *flags: str, config: str = 'configs/mnist_lenet5.py') -> list[str]:
   return [sys.executable, '-m', 'qprune.main', f'--config={config}', f'--workdir={workdir}',
           *RUN_FLAGS, *flags]
 
@@ -81,7 +80,7 @@ class Job:
 
   def wait(self, timeout_s: float = 400) -> list:
     out = []
-    for i, proc in enumerate(self.procs):
+    for proc in self.procs:
       try:
         output, _ = proc.communicate(timeout=max(1, self.start + timeout_s - time.time()))
       except subprocess.TimeoutExpired:
@@ -107,6 +106,7 @@ def run_local_devices(workdir: str, *flags: str, devices: int = 2,
 
 def params(workdir: str) -> list:
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune.artifacts import load_saved_model  # pylint: disable=g-import-not-at-top
   _, variables = load_saved_model(workdir)
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(variables)]
@@ -126,7 +126,7 @@ def results(workdir: str) -> dict:
 
 
 def error_lines(output: str) -> list:
-  return [l for l in output.splitlines() if l.startswith(('qprune: error:', 'qprune: interrupted:'))]
+  return [ln for ln in output.splitlines() if ln.startswith(('qprune: error:', 'qprune: interrupted:'))]
 
 
 def wait_for(path: str, timeout_s: float = 300) -> bool:
@@ -141,7 +141,7 @@ def wait_for(path: str, timeout_s: float = 300) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The one-node SLURM cluster.
 
-def _cannot_install_reason() -> Optional[str]:
+def _cannot_install_reason() -> str | None:
   """Why this machine cannot get a cluster (not root and SLURM missing, no apt-get), or None."""
   if shutil.which('slurmctld') and shutil.which('sbatch'):
     return None if os.geteuid() == 0 or subprocess.run(

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 LENET = os.path.join(REPO_ROOT, 'configs', 'mnist_lenet5.py')
@@ -94,6 +93,7 @@ def test_flag_error_messages():
 def test_version_has_one_source():
   import configparser  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
+
   import qprune  # pylint: disable=g-import-not-at-top
   setup = configparser.ConfigParser()
   setup.read(os.path.join(REPO_ROOT, 'setup.cfg'))

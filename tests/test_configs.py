@@ -4,10 +4,9 @@ import json
 import os
 
 import pytest
+from conftest import REPO_ROOT
 
 from qprune import configs
-
-from conftest import REPO_ROOT
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '**', '*.py'), recursive=True))
 

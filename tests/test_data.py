@@ -15,7 +15,7 @@ def _write_folder(root, split_sizes, shape=(8, 8, 3), labels=('cat', 'ant', 'dog
   """A tiny image-folder dataset with per-class numbered files; returns {split: (imgs, labels)}."""
   rng = np.random.default_rng(0)
   for split, n in split_sizes.items():
-    for li, label in enumerate(sorted(labels)):
+    for label in sorted(labels):
       os.makedirs(os.path.join(root, split, label), exist_ok=True)
       for i in range(n):
         img = rng.integers(0, 256, shape, np.uint8)
@@ -92,7 +92,9 @@ def test_the_cifar10_copy_is_jpeg_quality_75_with_half_resolution_colour(data_di
   sampled from both splits has the quantization tables PIL writes at quality 75 and 4:2:0
   chroma subsampling."""
   import io  # pylint: disable=g-import-not-at-top
+
   from PIL import JpegImagePlugin  # pylint: disable=g-import-not-at-top
+
   from reproduce import results as results_lib  # pylint: disable=g-import-not-at-top
   assert 'IJG quality 75 with 4:2:0' in results_lib.DATASET_NOTES['cifar10']
   path = os.path.join(data_dir, 'cifar10.tar.gz')
@@ -211,6 +213,7 @@ def test_the_sample_is_rebuilt_byte_for_byte_from_full_mnist(data_dir, cache_dir
   """tools/make_mnist_sample.py, run on the full MNIST, gives exactly the shipped file: the
   first 6,000 training and 1,000 test images, unchanged."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(
       'make_mnist_sample', os.path.join(REPO_ROOT, 'tools', 'make_mnist_sample.py'))
@@ -227,6 +230,7 @@ def test_the_main_command_trains_without_any_data(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec('tensorflow') is not None:
     pytest.skip('TensorFlow is installed here: TFDS would be tried first')

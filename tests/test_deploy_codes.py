@@ -5,13 +5,12 @@ import re
 import jax
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 from flax import traverse_util
 
 import qprune
 from qprune import deploy, quant
 from qprune.models.spec import model_spec
-
-from conftest import REPO_ROOT
 
 
 def _readme_loader():

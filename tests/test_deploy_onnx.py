@@ -7,13 +7,12 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 import qprune
 from qprune import deploy, files, prune, quant
 from qprune.models.spec import model_spec
 from qprune.modes import common
-
-from conftest import REPO_ROOT
 
 ort = pytest.importorskip('onnxruntime')  # in the test extra: always installed under CI
 
@@ -173,7 +172,9 @@ def test_export_of_a_pruned_run_uses_its_shrunk_spec(tmp_path):
 def test_verify_committed_quantized_lenet_on_the_full_test_split(data_dir, cache_dir):
   """The committed 3-bit LeNet-5 through onnxruntime: the same predictions on all 10k images."""
   import os  # pylint: disable=g-import-not-at-top
+
   from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+
   from qprune.deploy import verify  # pylint: disable=g-import-not-at-top
   result = verify.verify(os.path.join(REPO_ROOT, 'results', 'mnist_lenet5', 'optimal_k3'),
                          data_dir)

@@ -10,9 +10,17 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from multiprocess import (REPO_ROOT, binary, clean_env, error_lines,  # noqa: E402,F401
-                          largest_relative_difference, results, run_job, run_local_devices,
-                          slurm_cluster)
+from multiprocess import (  # noqa: E402,F401
+  REPO_ROOT,
+  binary,
+  clean_env,
+  error_lines,
+  largest_relative_difference,
+  results,
+  run_job,
+  run_local_devices,
+  slurm_cluster,
+)
 
 from qprune import distributed  # noqa: E402
 

@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -45,20 +45,20 @@ class Outcome:
   output: str                  # stderr (+ stdout) of the call
   expect_status: int = 2
   expect: str = ''             # regex the reported line must match
-  unchanged: Optional[bool] = None          # existing files byte-identical (None: not checked)
-  resumed_identical: Optional[bool] = None  # rerun's params == uninterrupted run's (None: n/a)
+  unchanged: bool | None = None          # existing files byte-identical (None: not checked)
+  resumed_identical: bool | None = None  # rerun's params == uninterrupted run's (None: n/a)
   wrong: str = ''              # what the run got silently wrong ('' when nothing, or unchecked)
   hung: bool = False           # it did not end within the case's time limit
 
   @property
   def line(self) -> str:
     """The line the user reads: the error/interrupt line, else the first warning, else ''."""
-    lines = [l for l in self.output.splitlines() if _PROGRAMS.match(l)]
+    lines = [ln for ln in self.output.splitlines() if _PROGRAMS.match(ln)]
     for kind in ('error', 'interrupted', 'warning'):
-      found = [l for l in lines if _PROGRAMS.match(l).group(2) == kind]
+      found = [ln for ln in lines if _PROGRAMS.match(ln).group(2) == kind]
       if found:
         return found[0]
-    nothing = [l for l in self.output.splitlines() if 'nothing to do' in l]
+    nothing = [ln for ln in self.output.splitlines() if 'nothing to do' in ln]
     return nothing[0] if nothing else ''
 
   def problems(self) -> list:
@@ -69,8 +69,8 @@ class Outcome:
       out.append(f'exit status {self.status}, expected {self.expect_status}')
     if 'Traceback' in self.output:
       out.append('a traceback was printed')
-    final = [l for l in self.output.splitlines()
-             if _PROGRAMS.match(l) and _PROGRAMS.match(l).group(2) in ('error', 'interrupted')]
+    final = [ln for ln in self.output.splitlines()
+             if _PROGRAMS.match(ln) and _PROGRAMS.match(ln).group(2) in ('error', 'interrupted')]
     if self.expect_status != 0 and len(final) != 1:
       out.append(f'{len(final)} error lines, expected 1')
     if self.expect_status == 0 and final:
@@ -114,7 +114,7 @@ def classify(outcome) -> str:
   return 'unclear'
 
 
-CASES: Dict[str, Callable] = {}
+CASES: dict[str, Callable] = {}
 SLOW = set()
 
 
@@ -179,8 +179,9 @@ class Env:
     return dest
 
   def config(self, tmp, file='mnist_lenet5.py', data_dir=None, **overrides):
-    from qprune import configs  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
+
+    from qprune import configs  # pylint: disable=g-import-not-at-top
     config = configs.sibling_config(os.path.join(REPO_ROOT, 'configs', file),
                                     file[:-3])
     config.update_from_flattened_dict({
@@ -238,6 +239,7 @@ class Env:
 
 def params(workdir):
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune.artifacts import load_saved_model  # pylint: disable=g-import-not-at-top
   _, variables = load_saved_model(workdir)
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(variables)]
@@ -715,7 +717,7 @@ def _(env, tmp):
   lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
   out = Outcome(status, output, expect_status=0, unchanged=True,
                 resumed_identical=status == 0 and same_params(env, workdir) and
-                [json.loads(l)['epoch'] for l in lines] == [1, 2])
+                [json.loads(ln)['epoch'] for ln in lines] == [1, 2])
   return out
 
 
@@ -910,9 +912,9 @@ case('data_extra_label_in_both_splits')(_data_case(
                for s in ('train', 'test')] and os.path.join(d, 'mnist'),
     r'{where}: train split has 11 label folders, mnist has 10'))
 case('data_empty_test_labels')(_data_case(
-    lambda d: [os.unlink(os.path.join(d, 'mnist', 'test', l, f))
-               for l in os.listdir(os.path.join(d, 'mnist', 'test'))
-               for f in os.listdir(os.path.join(d, 'mnist', 'test', l))] and
+    lambda d: [os.unlink(os.path.join(d, 'mnist', 'test', ln, f))
+               for ln in os.listdir(os.path.join(d, 'mnist', 'test'))
+               for f in os.listdir(os.path.join(d, 'mnist', 'test', ln))] and
     os.path.join(d, 'mnist', 'test'), r'no images found in {where}'))
 case('data_dir_missing')(_data_case(
     lambda d: shutil.rmtree(d) or d, r"dataset 'mnist' not found. Tried: {where}"))
@@ -1026,6 +1028,7 @@ def _(env, tmp):
   """A Ctrl-C that lands inside JAX tracing/compilation (outside the training loop) is deferred
   until JAX returns, then stops the run with one line."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune.modes import common  # pylint: disable=g-import-not-at-top
   workdir = os.path.join(tmp, 'w')
   real, traced = common.initial_model, []
@@ -1051,6 +1054,7 @@ def _(env, tmp):
 
 def _export(tmp):
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune import quant  # pylint: disable=g-import-not-at-top
   from qprune.models import create_model, init_variables  # pylint: disable=g-import-not-at-top
   from qprune.models.spec import model_spec  # pylint: disable=g-import-not-at-top
@@ -1076,7 +1080,7 @@ def _rewrite_header(path, edit):
 
 
 def _leaf(header, kind):
-  return next(l for l in header['leaves'] if l['kind'] == kind)
+  return next(ln for ln in header['leaves'] if ln['kind'] == kind)
 
 
 def _qpq_case(damage, expect):
@@ -1643,7 +1647,7 @@ def _(env, tmp):
   # Either one refused (in use) and the other finished, or the second found the run finished.
   ok = statuses == [0, 2] and 'is in use by pid' in refused[0] or (
       statuses == [0, 0] and 'nothing to do' in output)
-  line = next((l for l in output.splitlines() if 'in use' in l or 'nothing to do' in l), '')
+  line = next((ln for ln in output.splitlines() if 'in use' in ln or 'nothing to do' in ln), '')
   return Outcome(2 if statuses == [0, 2] else 0, line if ok else output,
                  expect_status=2 if statuses == [0, 2] else 0,
                  expect='is in use by pid|nothing to do', unchanged=ok,
@@ -1688,6 +1692,7 @@ def test_fault(env, tmp_path, name):
 
 def test_interrupt_inside_jit_is_deferred_until_jax_returns():
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune import interrupts  # pylint: disable=g-import-not-at-top
   from qprune.errors import Interrupted  # pylint: disable=g-import-not-at-top
   done = []
@@ -1723,6 +1728,7 @@ def test_a_second_process_waits_for_the_holder_to_name_itself(tmp_path):
   between names the pid (waiting for it briefly), not 'another process'."""
   import fcntl  # pylint: disable=g-import-not-at-top
   import threading  # pylint: disable=g-import-not-at-top
+
   from qprune import files  # pylint: disable=g-import-not-at-top
   fd = os.open(tmp_path / LOCK, os.O_RDWR | os.O_CREAT)
   fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

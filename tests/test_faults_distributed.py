@@ -15,13 +15,22 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from multiprocess import (REPO_ROOT, Job, binary, clean_env,  # noqa: E402
-                          free_port, params, process_env, run_job, wait_for)
+from multiprocess import (  # noqa: E402
+  REPO_ROOT,
+  Job,
+  binary,
+  clean_env,
+  free_port,
+  params,
+  process_env,
+  run_job,
+  wait_for,
+)
 from test_faults import Env, Outcome  # noqa: E402,F401  pylint: disable=unused-import
 
 EPOCHS = ('--config.epochs=2',)
@@ -29,10 +38,10 @@ EPOCHS = ('--config.epochs=2',)
 
 @dataclasses.dataclass
 class TimedOutcome(Outcome):
-  seconds: Optional[float] = None  # how long the watched process took to end
+  seconds: float | None = None  # how long the watched process took to end
 
 
-CASES: Dict[str, Callable] = {}
+CASES: dict[str, Callable] = {}
 SLOW = set()
 
 
@@ -235,5 +244,5 @@ def test_join_is_bounded_and_interruptible():
   output, _ = proc.communicate(timeout=60)
   assert time.time() - start < 30
   assert proc.returncode == 143, output
-  lines = [l for l in output.splitlines() if l.startswith('qprune: ')]
+  lines = [ln for ln in output.splitlines() if ln.startswith('qprune: ')]
   assert len(lines) == 1 and lines[0].startswith('qprune: interrupted: SIGTERM'), output

@@ -53,10 +53,11 @@ def outcome(fn, *args, expect='', expect_status=2, written=None, **kwargs) -> Ou
   return Outcome(status, output, expect_status=expect_status, expect=expect, unchanged=unchanged)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lenet():
   """(model, variables, groups, masks) of LeNet-5 (random weights; pruning by layer names)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   import qprune  # pylint: disable=g-import-not-at-top
   from qprune import prune  # pylint: disable=g-import-not-at-top
   model = qprune.create_model('lenet5', num_classes=10)
@@ -155,6 +156,7 @@ def _(env, tmp):
 @case('lib_save_quantized_params_instead_of_variables')
 def _(env, tmp):
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   import qprune  # pylint: disable=g-import-not-at-top
   from qprune import quant  # pylint: disable=g-import-not-at-top
   path = os.path.join(tmp, 'm.qpq')
@@ -183,6 +185,7 @@ def _saved_user_lenet(tmp):
   """A LeNet-5 saved as a model outside the zoo (no spec), with its model and example input."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from qprune import quant  # pylint: disable=g-import-not-at-top
   path = os.path.join(tmp, 'm.qpq')
   example = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.uint8)
@@ -232,6 +235,7 @@ def _(env, tmp):
 @case('lib_shrink_all_false_mask')
 def _(env, tmp):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from qprune import prune  # pylint: disable=g-import-not-at-top
   model, variables, groups, masks = lenet()
   bad = {**masks, 'conv1': jnp.zeros_like(masks['conv1'])}
@@ -251,6 +255,7 @@ def _(env, tmp):
 @case('lib_shrink_another_models_masks')
 def _(env, tmp):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from qprune import prune  # pylint: disable=g-import-not-at-top
   model, variables, groups, _ = lenet()
   other = {'stage1_block1/conv1': jnp.ones((16,), bool)}
@@ -268,6 +273,7 @@ def _(env, tmp):
 @case('lib_shrink_another_models_groups')
 def _(env, tmp):
   import jax  # pylint: disable=g-import-not-at-top
+
   import qprune  # pylint: disable=g-import-not-at-top
   from qprune import prune  # pylint: disable=g-import-not-at-top
   model, variables, _, _ = lenet()
@@ -281,6 +287,7 @@ def _(env, tmp):
 @case('lib_derive_groups_no_model_outside_the_zoo')
 def _(env, tmp):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from qprune import prune  # pylint: disable=g-import-not-at-top
   variables = {'params': {'Conv_0': {'kernel': jnp.zeros((3, 3, 1, 4))}}}
   return outcome(prune.derive_groups, variables, expect='pass model= and example_input=')

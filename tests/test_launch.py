@@ -79,7 +79,7 @@ def test_dry_run_prints_commands(tmp_path):
                  '--seeds', '0,1', '--set', '--config.epochs=1 --config.data_dir=../shared/data',
                  '--out', 'runs/sweep1', '--dry-run'], env, REPO_ROOT)
   assert out.returncode == 0, out.stderr
-  commands = [l for l in out.stdout.splitlines() if not l.startswith('#')]
+  commands = [ln for ln in out.stdout.splitlines() if not ln.startswith('#')]
   expected = ['mkdir -p runs/sweep1/logs'] + [
       f'{sys.executable} -m qprune.main --config=configs/{c}.py --workdir=runs/sweep1/{c}_s{s} '
       f'--config.epochs=1 --config.data_dir=../shared/data --config.seed={s} '
@@ -98,12 +98,12 @@ def test_dry_run_variants_sweep_file_and_gpus(tmp_path):
   out = _launch(['--sweep', str(sweep), '--configs', 'configs/mnist_lenet5.py', '--override', '',
                  '--override', '--config.epochs=2', '--out', 'o', '--dry-run'], env, REPO_ROOT)
   assert out.returncode == 0, out.stderr
-  lines = [l for l in out.stdout.splitlines() if l.startswith('CUDA')]
-  workdirs = [l.split('--workdir=')[1].split()[0] for l in lines]
+  lines = [ln for ln in out.stdout.splitlines() if ln.startswith('CUDA')]
+  workdirs = [ln.split('--workdir=')[1].split()[0] for ln in lines]
   assert workdirs == ['o/mnist_lenet5_s0', 'o/mnist_lenet5_epochs-2_s0',
                       'o/mnist_lenet5_learning_rate-0.02_s0',
                       'o/mnist_lenet5_width-0.5_batch_size-64_s0']
-  assert [l.split()[0] for l in lines] == ['CUDA_VISIBLE_DEVICES=0', 'CUDA_VISIBLE_DEVICES=1'] * 2
+  assert [ln.split()[0] for ln in lines] == ['CUDA_VISIBLE_DEVICES=0', 'CUDA_VISIBLE_DEVICES=1'] * 2
   # the same workdir twice is refused
   dup = _launch(['--configs', 'configs/mnist_lenet5.py,other/mnist_lenet5.py', '--out', 'o',
                  '--dry-run'], env, REPO_ROOT)
@@ -118,7 +118,7 @@ def test_dry_run_checks_every_job(tmp_path):
           '--config.epochs=1', '--override', '--config.epoch=1', '--out', 'o', '--dry-run']
   out = _launch(args, env, REPO_ROOT)
   assert out.returncode == 2, out.stdout + out.stderr
-  errors = [l for l in out.stderr.splitlines() if l.startswith('launch.sh: error: job ')]
+  errors = [ln for ln in out.stderr.splitlines() if ln.startswith('launch.sh: error: job ')]
   assert errors == [
       "launch.sh: error: job mnist_lenet5_epoch-1_s0: unknown config field 'epoch'; did you mean "
       "'epochs'? (python -m qprune.main --help lists the fields)",
@@ -186,9 +186,9 @@ def test_sequential_run_failure_and_summary(tmp_path):
   assert '| good_s0 | ok |' in md and 'not ok: bad_s0, bad_s1' in md
   # the seeds of one job aggregated: mean ± sample std over the finished ones
   assert '## Over seeds' in md
-  good_line = next(l for l in md.splitlines() if l.startswith('| good | 2/2 |'))
+  good_line = next(ln for ln in md.splitlines() if ln.startswith('| good | 2/2 |'))
   assert '0.9050 ± 0.0071' in good_line
-  assert any(l.startswith('| bad | 0/2 |') for l in md.splitlines())
+  assert any(ln.startswith('| bad | 0/2 |') for ln in md.splitlines())
   with open(out_dir / 'summary_seeds.csv') as f:
     groups = {r['group']: r for r in csv.DictReader(f)}
   assert groups['good']['n'] == '2' and abs(float(groups['good']['test_accuracy_mean']) - 0.905) < 1e-9
@@ -225,7 +225,7 @@ def test_dry_run_checks_and_prints_the_words_the_job_gets(tmp_path):
   env = _env(tmp_path, QPRUNE_PYTHON=sys.executable)
   out = _launch(['--sweep', str(sweep), '--out', 'o', '--dry-run'], env, REPO_ROOT)
   assert out.returncode == 0, out.stderr
-  (line,) = [l for l in out.stdout.splitlines() if ' -m qprune.main ' in l]
+  (line,) = [ln for ln in out.stdout.splitlines() if ' -m qprune.main ' in ln]
   words = shlex.split(line)
   assert '--config.prune.search_ratios=(0.5, 0.7)' in words
   assert '--config.prune.search_criteria=l1' in words

@@ -8,8 +8,14 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from multiprocess import (REPO_ROOT, RUN_FLAGS, clean_env,  # noqa: E402,F401
-                          largest_relative_difference, slurm_cluster, wait_for)
+from multiprocess import (  # noqa: E402,F401
+  REPO_ROOT,
+  RUN_FLAGS,
+  clean_env,
+  largest_relative_difference,
+  slurm_cluster,
+  wait_for,
+)
 
 LAUNCH = os.path.join(REPO_ROOT, 'launch.sh')
 # Two jobs that differ only in what they print: the same model when nothing goes wrong. 64 steps

@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 import qprune
 from qprune.data import sources
 from qprune.quant import in_target_set, read_targets
-
-from conftest import REPO_ROOT
 
 SMALL = ['--config.train_subset=1024', '--config.eval_subset=500', '--config.batch_size=64',
          '--config.progress=False']
@@ -86,7 +85,7 @@ def test_quantize_mode_puts_every_weight_on_its_targets(trained, data_dir, mnist
   results['export_path'] = os.path.join(out, results['export_path'])
   assert os.path.getsize(results['export_path']) == results['export_bytes']
   assert results['export_bytes'] < results['fp32_bytes'] / 8
-  assert {l['name'] for l in results['layers']} == {'conv1', 'conv2', 'fc1', 'fc2'}
+  assert {ln['name'] for ln in results['layers']} == {'conv1', 'conv2', 'fc1', 'fc2'}
   model, variables = qprune.load_quantized(results['export_path'])
   targets = read_targets(results['export_path'])
   for name, exponents in targets.items():
@@ -110,7 +109,7 @@ def test_zero_free_quantize_mode_uses_every_code(trained, data_dir, mnist_test, 
   results = json.load(open(os.path.join(out, 'results.json')))
   results['export_path'] = os.path.join(out, results['export_path'])
   assert results['bits_per_weight'] == 2  # quant.bits=2 zero-free: k=2
-  assert all(l['distinct_values'] == 4 and l['bits'] == 2 for l in results['layers'])
+  assert all(ln['distinct_values'] == 4 and ln['bits'] == 2 for ln in results['layers'])
   model, variables = qprune.load_quantized(results['export_path'])
   for name, exponents in read_targets(results['export_path']).items():
     w = variables['params'][name]['kernel']

@@ -63,7 +63,7 @@ def test_multi_block_scan():
   for n in (40, 37):
     x = jax.random.normal(jax.random.key(n), (n, 32, 32, 8))
     dy = jax.random.normal(jax.random.key(1), (n, 32, 32, 8))
-    ref = jax.vjp(lambda w: conv_ops.xla_conv2d(x, w), jnp.zeros((3, 3, 8, 8)))[1](dy)[0]
+    ref = jax.vjp(lambda w, x=x: conv_ops.xla_conv2d(x, w), jnp.zeros((3, 3, 8, 8)))[1](dy)[0]
     got = jax.jit(lambda x, dy: conv_ops.kernel_grad(x, dy, (3, 3), (1, 1), 'SAME',
                                                     jnp.float32))(x, dy)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
@@ -144,6 +144,7 @@ def test_resnet20_gradients_match():
 def test_fused_batch_norm_matches_flax(train):
   """qprune.ops.batchnorm.FusedBatchNorm == nn.BatchNorm: outputs, running stats, all gradients."""
   import flax.linen as nn
+
   from qprune.ops import batchnorm
   x = jax.random.normal(jax.random.key(0), (6, 5, 7, 4)) * 3 + 1
   t = jax.random.normal(jax.random.key(1), x.shape)

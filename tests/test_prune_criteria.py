@@ -202,7 +202,7 @@ def test_selection_is_jittable():
   scores = {'a': jnp.array([1., 2., 3.]), 'b': jnp.array([10., 10.])}
   for name in prune.SELECTIONS:
     eager = prune.select(name, scores, groups, 0.6)
-    jitted = jax.jit(lambda s: prune.select(name, s, groups, 0.6))(scores)
+    jitted = jax.jit(lambda s, name=name: prune.select(name, s, groups, 0.6))(scores)
     chex.assert_trees_all_equal(eager, jitted)
 
 

@@ -1,15 +1,14 @@
 """Vmapped candidate search == sequential loop == shrunk models; compiled once for all K."""
 
 import chex
-import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from conftest import count_compiles
 
 from qprune import prune
 from qprune.models import create_model, init_variables
-
-from conftest import count_compiles
 
 SHAPE = (32, 32, 3)
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qprune.models import count_macs, count_params, create_model, init_variables
 from qprune import prune
+from qprune.models import count_macs, count_params, create_model, init_variables
 
 SHAPES = {'lenet5': (28, 28, 1), 'vgg11': (32, 32, 3), 'resnet20': (32, 32, 3),
           'alexnet': (32, 32, 3)}

@@ -52,10 +52,10 @@ def test_never_beats_brute_force_and_is_a_lloyd_fixed_point_on_random_data():
   layers = [weights_with_log2(rng.normal(-4, 2, size=9), seed=i) for i in range(6)]
   clusters = kmeans.cluster_all(layers, k_max=4)
   optimal = 0
-  for l, w in enumerate(layers):
+  for ln, w in enumerate(layers):
     x = np.log2(np.abs(np.asarray(w, np.float64)))
     for k in range(1, 5):
-      centers = np.asarray(clusters.centers[l, k - 1, :k], np.float64)
+      centers = np.asarray(clusters.centers[ln, k - 1, :k], np.float64)
       best = brute_force_kmeans(x, k)
       assert sse(x, centers) >= best - 1e-5
       optimal += np.isclose(sse(x, centers), best, rtol=1e-5)
@@ -107,11 +107,11 @@ def test_candidate_errors_match_direct_quantization():
   layers = {'a': jnp.asarray(rng.normal(0, 0.1, (6, 7)), jnp.float32),
             'b': jnp.asarray(rng.normal(0, 0.5, (20,)), jnp.float32)}
   table = kmeans.candidate_table(layers, k_max=3)
-  for l, name in enumerate(table.names):
+  for ln, name in enumerate(table.names):
     for k in range(1, 4):
-      direct = targets.l1_error(layers[name], targets.quantize(layers[name], table.sets[l][k - 1]))
-      np.testing.assert_allclose(table.errors[l, k - 1], direct, rtol=1e-6)
-      assert table.bits[l, k - 1] == targets.bits_per_weight(len(table.sets[l][k - 1]))
+      direct = targets.l1_error(layers[name], targets.quantize(layers[name], table.sets[ln][k - 1]))
+      np.testing.assert_allclose(table.errors[ln, k - 1], direct, rtol=1e-6)
+      assert table.bits[ln, k - 1] == targets.bits_per_weight(len(table.sets[ln][k - 1]))
 
 
 def make_table(errors, bits, num_weights):

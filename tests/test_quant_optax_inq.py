@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import REPO_ROOT, count_compiles
 
 from qprune import quant
-
-from conftest import REPO_ROOT, count_compiles
 
 STEPS = 5                     # updates per stage: 1 snap + 4 train steps
 SCHEDULE = quant.DEFAULT_SCHEDULE

@@ -44,12 +44,12 @@ def test_equals_brute_force(objective, jit, zero, rng):
       exponents, valid = optimal.optimal_sets(arrays, k_max=k_max, span=span,
                                               objective=objective, zero=zero)
   sets = quant.exponent_sets(exponents, valid)
-  for l, w in enumerate(arrays):
+  for ln, w in enumerate(arrays):
     for k in range(1, k_max + 1):
-      chosen = sets[l][k - 1]
+      chosen = sets[ln][k - 1]
       assert 1 <= len(chosen) <= k and list(chosen) == sorted(set(chosen))
       best = _brute_force(w, k, span, objective, zero)
-      assert _error(w, chosen, objective, zero) <= best * (1 + 1e-5) + 1e-9, (l, k, chosen)
+      assert _error(w, chosen, objective, zero) <= best * (1 + 1e-5) + 1e-9, (ln, k, chosen)
 
 
 def test_hand_computed_example():
@@ -107,8 +107,8 @@ def test_never_worse_than_kmeans_or_inq_rule(rng):
   km = quant.candidate_table(layers, k_max=5)
   assert np.all(opt.errors <= km.errors * (1 + 1e-5) + 1e-7)
   inq = quant.inq_targets(layers, bits=4)  # 4 exponents
-  for l, (name, w) in enumerate(layers.items()):
-    assert opt.errors[l, 3] <= _error(w, inq[name], 'l1') * (1 + 1e-5)
+  for ln, (name, w) in enumerate(layers.items()):
+    assert opt.errors[ln, 3] <= _error(w, inq[name], 'l1') * (1 + 1e-5)
 
 
 def test_all_zero_layer_and_adaptive_k():

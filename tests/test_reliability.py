@@ -9,10 +9,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 import qprune
-
-from conftest import REPO_ROOT
 
 ARGS = ['--config.train_subset=1024', '--config.eval_subset=200', '--config.batch_size=32',
         '--config.epochs=3', '--config.progress=False']
@@ -67,7 +66,7 @@ def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(
   for a, b in zip(_params(straight), _params(killed)):
     np.testing.assert_array_equal(a, b)
   lines = open(os.path.join(killed, 'metrics.jsonl')).read().splitlines()
-  assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
+  assert [json.loads(ln)['epoch'] for ln in lines] == [1, 2, 3]
 
 
 @pytest.mark.real_data

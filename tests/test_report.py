@@ -7,12 +7,11 @@ import types
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import count_compiles
 
 from qprune import quant, records, report
 from qprune.models import create_model, init_variables
 from qprune.report import collect as collect_lib
-
-from conftest import count_compiles
 
 SHAPE = (28, 28, 1)
 

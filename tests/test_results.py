@@ -6,11 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from qprune.report import publish as publish_lib
 from reproduce import results as results_lib
-
-from conftest import REPO_ROOT
 
 RESULTS_DIR = os.path.join(REPO_ROOT, 'results')
 

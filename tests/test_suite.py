@@ -8,11 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-
-from reproduce.benchmarks import suite
-from qprune.data import make_folders
-
 from conftest import REPO_ROOT
+
+from qprune.data import make_folders
+from reproduce.benchmarks import suite
 
 
 def _synthetic_cifar10(folder, rng, train=600, test=100):

@@ -4,10 +4,10 @@ import os
 import subprocess
 import sys
 
+from conftest import REPO_ROOT
+
 from reproduce import sweeps
 from reproduce.sweeps import attention_ablation, cifar10_resnet20, prune_decision
-
-from conftest import REPO_ROOT
 
 
 def _workdirs(steps):

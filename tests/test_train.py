@@ -1,5 +1,5 @@
-import json
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -10,12 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, count_compiles
 
 from qprune import models
 from qprune.data import pipeline
 from qprune.train import loop, optim
-
-from conftest import REPO_ROOT, count_compiles
 
 
 def _lenet(seed=0):
@@ -62,7 +61,7 @@ def test_sigterm_mid_epoch_then_resume_gives_identical_params(mnist_small, tmp_p
   assert _leaves_equal(straight.state.params, resumed.state.params)
   assert _leaves_equal(straight.state.batch_stats, resumed.state.batch_stats)
   lines = (tmp_path / 'b' / 'metrics.jsonl').read_text().splitlines()
-  assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
+  assert [json.loads(ln)['epoch'] for ln in lines] == [1, 2, 3]
   assert [h['train_loss'] for h in resumed.history] == [h['train_loss'] for h in straight.history]
 
 
@@ -231,7 +230,8 @@ def test_prune_mode_compiles_once_per_model_shape(mnist_small, tmp_path):
   step and the evaluation once per model shape (the unpruned and the shrunk one), not per epoch,
   and the search once for all its candidates."""
   from qprune import configs  # pylint: disable=g-import-not-at-top
-  from qprune.modes import common, prune as prune_mode  # pylint: disable=g-import-not-at-top
+  from qprune.modes import common  # pylint: disable=g-import-not-at-top
+  from qprune.modes import prune as prune_mode
   from qprune.train import parallel  # pylint: disable=g-import-not-at-top
   config = configs.sibling_config(os.path.join(REPO_ROOT, 'configs', 'x.py'), 'mnist_lenet5_prune')
   config.mode, config.progress = 'prune', False

@@ -27,7 +27,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -35,13 +35,13 @@ COLLECT = os.path.join(REPO, 'qprune', 'report', 'collect.py')
 POLL_S = 5.0
 
 
-def read_jobs(path: str) -> List[Tuple[str, List[str]]]:
+def read_jobs(path: str) -> list[tuple[str, list[str]]]:
   with open(path) as f:
     rows = [line.rstrip('\n').split('\t') for line in f if line.strip()]
   return [(row[0], row[1:]) for row in rows]
 
 
-def batch_script(jobs: Sequence[Tuple[str, List[str]]], out: str, python: str,
+def batch_script(jobs: Sequence[tuple[str, list[str]]], out: str, python: str,
                  workdir: str) -> str:
   """The sbatch script: one array task per job (task i runs job i)."""
   logs = os.path.join(os.path.abspath(out), 'logs')
@@ -82,11 +82,11 @@ def batch_script(jobs: Sequence[Tuple[str, List[str]]], out: str, python: str,
   return '\n'.join(lines) + '\n'
 
 
-def collect_command(out: str, collect_python: str, plots: bool) -> List[str]:
+def collect_command(out: str, collect_python: str, plots: bool) -> list[str]:
   return [collect_python, COLLECT, out] + (['--plots'] if plots else [])
 
 
-def submit(argv: List[str]) -> str:
+def submit(argv: list[str]) -> str:
   """Runs sbatch --parsable ...; returns the job id."""
   try:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -108,7 +108,7 @@ def held(job_id: str) -> int:
   return len([line for line in done.stdout.splitlines() if line.strip()])
 
 
-def failed_jobs(jobs, out: str) -> List[str]:
+def failed_jobs(jobs, out: str) -> list[str]:
   failed = []
   for name, _ in jobs:
     try:
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
   logs = os.path.join(os.path.abspath(out), 'logs')
   script_path = os.path.join(out, 'slurm_batch.sh')
   array_submit = ['sbatch', '--parsable', *extra, script_path]
-  def collect_submit(job_id: str) -> List[str]:
+  def collect_submit(job_id: str) -> list[str]:
     return ['sbatch', '--parsable', f'--dependency=afterany:{job_id}', '--job-name=qprune-collect',
             f'--output={logs}/collect.log', f'--chdir={os.getcwd()}', '--ntasks=1',
             '--wrap', shlex.join(collect)]

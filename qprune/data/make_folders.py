@@ -28,12 +28,11 @@ import os
 import shutil
 import sys
 import tarfile
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 SPLITS = ('train', 'test')
-Arrays = Dict[str, Tuple[np.ndarray, np.ndarray]]
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 class MakeFoldersError(Exception):
@@ -53,11 +52,11 @@ def arrays_from_npz(path: str) -> Arrays:
     raise MakeFoldersError(f'cannot read {path}: {e}') from e
 
 
-def arrays_from_tfds(name: str, data_dir: Optional[str] = None) -> Arrays:
+def arrays_from_tfds(name: str, data_dir: str | None = None) -> Arrays:
   """Both splits of a TFDS dataset as uint8 arrays (downloads; TensorFlow needed)."""
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise MakeFoldersError(f'--from_tfds needs tensorflow-datasets and TensorFlow ({e}); '
                            "install them from the qprune checkout: pip install -e '.[tfds]'") from e

@@ -4,7 +4,6 @@ Nothing here runs per example in Python: a batch is gathered from the device-res
 index inside the jitted train step, and augmentation is a jitted function of a PRNG key.
 """
 import dataclasses
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,15 +29,15 @@ class Data:
   test: Split
 
 
-def take_prefix(images: np.ndarray, labels: np.ndarray, n: Optional[int]):
+def take_prefix(images: np.ndarray, labels: np.ndarray, n: int | None):
   """The first n examples (n = None or 0: all)."""
   if n is not None and n < 0:
     raise ValueError(f'subset size must be >= 0, got {n}')
   return (images[:n], labels[:n]) if n else (images, labels)
 
 
-def load_data(name: str, data_dir: Optional[str] = None, *, train_subset: Optional[int] = None,
-              eval_subset: Optional[int] = None, cache_dir: Optional[str] = None, sharding=None,
+def load_data(name: str, data_dir: str | None = None, *, train_subset: int | None = None,
+              eval_subset: int | None = None, cache_dir: str | None = None, sharding=None,
               allow_download: bool = True) -> Data:
   """Loads both splits onto the device(s) (replicated under `sharding` if given)."""
   arrays = sources.load_arrays(name, data_dir, cache_dir, allow_download)

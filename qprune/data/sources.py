@@ -26,7 +26,6 @@ import shutil
 import tarfile
 import zipfile
 import zlib
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -41,9 +40,9 @@ _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 class DatasetInfo:
   name: str
   num_classes: int
-  shape: Tuple[int, int, int]
-  mean: Tuple[float, ...]  # per channel, fraction of 255
-  std: Tuple[float, ...]
+  shape: tuple[int, int, int]
+  mean: tuple[float, ...]  # per channel, fraction of 255
+  std: tuple[float, ...]
 
 
 DATASETS = {
@@ -74,7 +73,7 @@ def default_cache_dir() -> str:
                         os.path.join(os.path.expanduser('~'), '.cache', 'qprune'))
 
 
-Arrays = Dict[str, Tuple[np.ndarray, np.ndarray]]
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 # ---------------------------------------------------------------- decoding
@@ -104,7 +103,7 @@ def _decode(data: bytes, shape, name: str = 'image') -> np.ndarray:
   return array
 
 
-def _decode_all(entries: List[Tuple[str, int, bytes]], shape, what: str):
+def _decode_all(entries: list[tuple[str, int, bytes]], shape, what: str):
   """entries: (path, label_index, encoded bytes) -> sorted uint8 images, int32 labels."""
   if not entries:
     raise DataNotFoundError(f'no images found in {what}')
@@ -120,12 +119,12 @@ def _decode_all(entries: List[Tuple[str, int, bytes]], shape, what: str):
   return np.stack(images), labels
 
 
-def _label_names(names) -> List[str]:
+def _label_names(names) -> list[str]:
   # Same label order as tfds.ImageFolder: sorted folder names.
   return sorted(names)
 
 
-def check_label_folders(labels: Dict[str, List[str]], where: str) -> List[str]:
+def check_label_folders(labels: dict[str, list[str]], where: str) -> list[str]:
   """The label names shared by every split; DataError if the splits' label folders differ
   (labels are numbered by sorted folder name, so a renamed folder would shift every label)."""
   train = labels[SPLITS[0]]
@@ -219,7 +218,7 @@ def _check_classes(arrays: Arrays, info: DatasetInfo, where: str):
                        f'{info.name} has {info.num_classes}')
 
 
-def read_tfds(name: str, data_dir: Optional[str], download: bool) -> Arrays:
+def read_tfds(name: str, data_dir: str | None, download: bool) -> Arrays:
   """tfds.load: downloads on a machine with internet, or reads a TFDS-prepared data_dir."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   out = {}
@@ -254,7 +253,7 @@ def _crc32(array: np.ndarray) -> int:
   return zlib.crc32(np.ascontiguousarray(array).tobytes())
 
 
-def check_arrays(arrays: Arrays, info: DatasetInfo) -> Optional[str]:
+def check_arrays(arrays: Arrays, info: DatasetInfo) -> str | None:
   """Why `arrays` cannot be this dataset (shapes, dtypes, label range), or None if they can."""
   for split in SPLITS:
     if split not in arrays:
@@ -269,7 +268,7 @@ def check_arrays(arrays: Arrays, info: DatasetInfo) -> Optional[str]:
   return None
 
 
-def _load_cache(path: str, info: DatasetInfo) -> Tuple[Optional[Arrays], Optional[str]]:
+def _load_cache(path: str, info: DatasetInfo) -> tuple[Arrays | None, str | None]:
   """(arrays, None) from a good cache; (None, None) when there is none; (None, why) if damaged."""
   if not os.path.exists(path):
     return None, None
@@ -332,7 +331,7 @@ def _save_cache(path: str, arrays: Arrays):
 
 # ---------------------------------------------------------------- entry point
 
-def local_candidates(name: str, data_dir: str) -> List[str]:
+def local_candidates(name: str, data_dir: str) -> list[str]:
   return [os.path.join(data_dir, name), os.path.join(data_dir, f'{name}.tar.gz')]
 
 
@@ -341,7 +340,7 @@ SAMPLE_FILES = {'mnist': os.path.join(os.path.dirname(os.path.abspath(__file__))
                                       'mnist_sample.npz')}
 
 
-def bundled_sample(name: str) -> Optional[Arrays]:
+def bundled_sample(name: str) -> Arrays | None:
   """The small real sample of `name` shipped inside the package (MNIST only), or None."""
   path = SAMPLE_FILES.get(name)
   if path is None or not os.path.isfile(path):
@@ -359,7 +358,7 @@ def bundled_sample(name: str) -> Optional[Arrays]:
   return arrays
 
 
-def _tfds_available(name: str) -> Tuple[bool, str]:
+def _tfds_available(name: str) -> tuple[bool, str]:
   """(whether tfds.load can provide `name` without a data_dir, why not): it needs TensorFlow,
   and a prepared copy in TFDS's folder or a reachable download server (probed for 3 s, so a
   machine without network does not wait minutes for TFDS's retries)."""
@@ -378,8 +377,8 @@ def _tfds_available(name: str) -> Tuple[bool, str]:
   return True, ''
 
 
-def load_arrays(name: str, data_dir: Optional[str] = None,
-                cache_dir: Optional[str] = None, allow_download: bool = True) -> Arrays:
+def load_arrays(name: str, data_dir: str | None = None,
+                cache_dir: str | None = None, allow_download: bool = True) -> Arrays:
   """Both splits of `name` as uint8 NHWC images and int32 labels.
 
   With `data_dir`: `<data_dir>/<name>/` (image folders), `<data_dir>/<name>.tar.gz`, or a

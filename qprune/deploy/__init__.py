@@ -11,14 +11,32 @@
   load_run(workdir)                                        the deployable model of a finished run
 CLI: `python -m qprune.export --workdir=W --format=onnx|codes [--out=PATH]`.
 """
-from qprune.deploy.codes import (FORMAT as CODES_FORMAT, CodesFormatError, decode_codes,
-                                 load_codes, qpq_file_to_codes, qpq_to_codes, save_codes)
-from qprune.deploy.onnx_export import (OnnxNotInstalledError, UnsupportedModelError, to_onnx,
-                                       to_onnx_model)
+from qprune.deploy.codes import FORMAT as CODES_FORMAT
+from qprune.deploy.codes import (
+                                 CodesFormatError,
+                                 decode_codes,
+                                 load_codes,
+                                 qpq_file_to_codes,
+                                 qpq_to_codes,
+                                 save_codes,
+)
+from qprune.deploy.onnx_export import (
+                                 OnnxNotInstalledError,
+                                 UnsupportedModelError,
+                                 to_onnx,
+                                 to_onnx_model,
+)
 from qprune.deploy.onnx_jaxpr import UnsupportedPrimitiveError, jaxpr_to_onnx
 from qprune.deploy.runs import ExportError, RunModel, find_qpq, load_run
-from qprune.deploy.shift import (NotPowerOfTwoError, power_of_two_codes, shift, shift_apply,
-                                 shift_conv, shift_dense, shift_fallbacks)
+from qprune.deploy.shift import (
+                                 NotPowerOfTwoError,
+                                 power_of_two_codes,
+                                 shift,
+                                 shift_apply,
+                                 shift_conv,
+                                 shift_dense,
+                                 shift_fallbacks,
+)
 
 __all__ = ['to_onnx', 'to_onnx_model', 'save_codes', 'load_codes', 'decode_codes',
            'qpq_to_codes', 'qpq_file_to_codes', 'CODES_FORMAT', 'shift', 'shift_conv',

@@ -18,15 +18,15 @@ is 0), so both files decode to the same bits.
 """
 import io
 import json
-from typing import Mapping, Tuple
+from collections.abc import Mapping
 
 import numpy as np
 from flax import traverse_util
 
 from qprune import files
+from qprune.errors import UserError
 from qprune.quant import export as qpq
 from qprune.quant import targets as targets_lib
-from qprune.errors import UserError
 
 FORMAT = 'qprune-codes-v1'
 
@@ -48,7 +48,7 @@ def _codes_entries(path: str, codes: np.ndarray, exponents, shape, zero: bool = 
           f'{path}.exponents': np.asarray(sorted(int(e) for e in exponents), np.int32)}
 
 
-def qpq_to_codes(data: bytes) -> Tuple[dict, dict]:
+def qpq_to_codes(data: bytes) -> tuple[dict, dict]:
   """(spec, npz entries) from the bytes of a `.qpq` export (same codes, unpacked)."""
   header, payload = qpq._parse_header(data)  # pylint: disable=protected-access
   entries = {}
@@ -88,7 +88,7 @@ def qpq_file_to_codes(qpq_path: str, out_path: str) -> int:
   return files.write_bytes_atomic(out_path, _npz_bytes(spec, entries))
 
 
-def decode_codes(path: str) -> Tuple[dict, dict]:
+def decode_codes(path: str) -> tuple[dict, dict]:
   """(spec, {path: float32 array}) from a code export; the weights are exact powers of two."""
   try:
     z = np.load(path, allow_pickle=False)
@@ -116,6 +116,7 @@ def decode_codes(path: str) -> Tuple[dict, dict]:
 def load_codes(path: str):
   """(model, variables) from a code export, like `qprune.load_quantized` for `.qpq` files."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from qprune.models.spec import model_from_spec  # pylint: disable=g-import-not-at-top
   spec, flat = decode_codes(path)
   variables = traverse_util.unflatten_dict({tuple(k.split('/')): jnp.asarray(v)

@@ -26,7 +26,8 @@ model's export matches its float32 evaluation, not its bfloat16 one).
 BatchNorm folding changes float rounding (W·mul is rounded once), so logits differ from qprune's
 by float32 rounding only (~1e-6 relative); tests require <= 1e-4.
 """
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,14 +42,14 @@ class UnsupportedModelError(UserError):
   """The model is not one of the zoo architectures the ONNX exporter knows."""
 
 
-def same_pads(size: int, kernel: int, stride: int) -> Tuple[int, int]:
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
   """(low, high) padding of XLA's 'SAME' along one axis: the odd pixel goes at the end."""
   out = -(-size // stride)
   total = max((out - 1) * stride + kernel - size, 0)
   return total // 2, total - total // 2
 
 
-def _out_size(size: int, kernel: int, stride: int, pads: Tuple[int, int]) -> int:
+def _out_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int:
   return (size + pads[0] + pads[1] - kernel) // stride + 1
 
 
@@ -57,8 +58,8 @@ class _Builder:
 
   def __init__(self):
     self.onnx = _onnx()
-    self.nodes: List[Any] = []
-    self.initializers: List[Any] = []
+    self.nodes: list[Any] = []
+    self.initializers: list[Any] = []
     self._names = set()
 
   def name(self, base: str) -> str:
@@ -88,7 +89,7 @@ class _Tensor:
     self.name, self.channels, self.height, self.width = name, channels, height, width
 
 
-def _bn_affine(bn_params, bn_stats) -> Tuple[np.ndarray, np.ndarray]:
+def _bn_affine(bn_params, bn_stats) -> tuple[np.ndarray, np.ndarray]:
   """(mul, shift) of inference BatchNorm, computed like qprune.ops.batchnorm (float32)."""
   scale = np.asarray(bn_params['scale'], np.float32)
   var = np.asarray(bn_stats['var'], np.float32)
@@ -115,7 +116,7 @@ class _ZooGraph:
       node = node[part]
     return node
 
-  def conv_bn(self, x: _Tensor, conv: str, bn: Optional[str], strides=(1, 1),
+  def conv_bn(self, x: _Tensor, conv: str, bn: str | None, strides=(1, 1),
               padding: str = 'SAME', relu: bool = False) -> _Tensor:
     kernel = np.asarray(self._module(conv, self.params)['kernel'], np.float32)
     kh, kw, cin, cout = kernel.shape
@@ -155,7 +156,7 @@ class _ZooGraph:
     return _Tensor(y, x.channels, _out_size(x.height, window, stride, ph),
                    _out_size(x.width, window, stride, pw))
 
-  def flatten_nhwc_dense(self, x: _Tensor, dense: str, relu: bool) -> Tuple[str, int]:
+  def flatten_nhwc_dense(self, x: _Tensor, dense: str, relu: bool) -> tuple[str, int]:
     """Flatten (NCHW) + Gemm whose kernel rows, stored in NHWC order, are permuted to NCHW."""
     module = self._module(dense, self.params)
     kernel = np.asarray(module['kernel'], np.float32)
@@ -167,7 +168,7 @@ class _ZooGraph:
     flat = self.b.node('Flatten', [x.name], 'flatten', axis=1)
     return self._gemm(flat, dense, kernel, module, relu), kernel.shape[1]
 
-  def dense(self, x: str, dense: str, relu: bool) -> Tuple[str, int]:
+  def dense(self, x: str, dense: str, relu: bool) -> tuple[str, int]:
     module = self._module(dense, self.params)
     kernel = np.asarray(module['kernel'], np.float32)
     return self._gemm(x, dense, kernel, module, relu), kernel.shape[1]
@@ -349,7 +350,7 @@ def to_onnx_model(model, variables: Mapping, input_shape, *, fold_bn: bool = Tru
   return proto
 
 
-def to_onnx(model, variables: Mapping, input_shape, path: Optional[str] = None,
+def to_onnx(model, variables: Mapping, input_shape, path: str | None = None,
             **kwargs) -> bytes:
   """Serialized ONNX model (see `to_onnx_model`); also written atomically to `path` if given."""
   data = to_onnx_model(model, variables, input_shape, **kwargs).SerializeToString()

@@ -23,7 +23,7 @@ is fixed to the example's) and returns the model's output. A primitive outside t
 `UnsupportedModelError` naming it.
 """
 import string
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import numpy as np
 
@@ -61,8 +61,8 @@ class _Graph:
 
   def __init__(self):
     self.onnx = _onnx()
-    self.nodes: List = []
-    self.initializers: List = []
+    self.nodes: list = []
+    self.initializers: list = []
     self.counter = 0
 
   def fresh(self, base: str) -> str:
@@ -112,9 +112,9 @@ class _Emitter:
   def __init__(self, graph: _Graph):
     self.g = graph
 
-  def walk(self, jaxpr, inputs: List[str], consts) -> List[str]:
+  def walk(self, jaxpr, inputs: list[str], consts) -> list[str]:
     from jax.extend import core as jex_core  # pylint: disable=g-import-not-at-top
-    env: Dict = {}
+    env: dict = {}
 
     def read(v):
       if isinstance(v, jex_core.Literal):
@@ -131,7 +131,7 @@ class _Emitter:
         env[v] = name
     return [read(v) for v in jaxpr.outvars]
 
-  def eqn(self, eqn, ins) -> List[str]:
+  def eqn(self, eqn, ins) -> list[str]:
     name = eqn.primitive.name
     g = self.g
     if name in _CALL_PRIMITIVES:

@@ -1,6 +1,6 @@
 """Which model a finished run hands to deployment: its quantized export if any, else its model."""
 import os
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from qprune import files
 from qprune.errors import UserError
@@ -14,10 +14,10 @@ class RunModel(NamedTuple):
   model: Any  # a flax.linen.Module
   variables: dict
   spec: dict
-  qpq_path: Optional[str]  # the .qpq export the model was read from (quantized runs), else None
+  qpq_path: str | None  # the .qpq export the model was read from (quantized runs), else None
 
 
-def find_qpq(workdir: str) -> Optional[str]:
+def find_qpq(workdir: str) -> str | None:
   """The quantized export of a finished quantize/pipeline run in `workdir`, or None."""
   for folder in (workdir, os.path.join(workdir, 'quantize')):
     results = files.read_json(os.path.join(folder, 'results.json'))
@@ -48,8 +48,8 @@ def load_run(workdir: str) -> RunModel:
     with open(path, 'rb') as f:
       spec, _ = qpq.decode_variables(f.read())
     return RunModel(model, variables, spec, path)
-  from qprune.models.spec import model_from_spec  # pylint: disable=g-import-not-at-top
   from qprune.artifacts import ModelNotFoundError, load_saved_model  # pylint: disable=g-import-not-at-top
+  from qprune.models.spec import model_from_spec  # pylint: disable=g-import-not-at-top
   try:
     spec, variables = load_saved_model(workdir)
   except ModelNotFoundError as e:

@@ -22,7 +22,7 @@ Exactness, stated precisely:
 
 Layouts are the zoo's: x NHWC, conv kernels (kh, kw, in, out), dense kernels (in, out).
 """
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -38,7 +38,7 @@ class NotPowerOfTwoError(UserError):
   """A weight is neither 0 nor ±2^e: the layer is not (fully) power-of-two quantized."""
 
 
-def power_of_two_codes(w) -> Tuple[np.ndarray, np.ndarray]:
+def power_of_two_codes(w) -> tuple[np.ndarray, np.ndarray]:
   """(sign int8 in {-1, 0, 1}, exponent int32) with w == sign·2^exponent exactly (0 where w == 0).
 
   Raises NotPowerOfTwoError if any weight is not 0 or ±2^e.
@@ -94,7 +94,7 @@ def shift_dense(x, sign, exponent, bias=None, *, multiply: bool = False) -> jax.
   return y if bias is None else y + jnp.asarray(bias, jnp.float32)
 
 
-def _pads(size: int, kernel: int, stride: int, padding: str) -> Tuple[int, int]:
+def _pads(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
   if padding == 'VALID':
     return 0, 0
   if padding != 'SAME':

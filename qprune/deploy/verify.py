@@ -16,6 +16,7 @@ import numpy as np
 def verify(workdir: str, data_dir: str, batch_size: int = 500) -> dict:
   """{'workdir', 'model', 'images', 'max_abs_logit_diff', 'qprune_accuracy', 'onnx_accuracy'}."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune.data import pipeline  # pylint: disable=g-import-not-at-top
   from qprune.deploy.onnx_export import _onnx, to_onnx  # pylint: disable=g-import-not-at-top
   from qprune.deploy.runs import load_run  # pylint: disable=g-import-not-at-top

@@ -3,7 +3,8 @@
 `create_model(name, num_classes, ...)` returns a Flax module; `init_variables` its variables.
 """
 import functools
-from typing import Any, Callable, Dict, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,17 +13,23 @@ import numpy as np
 from qprune.errors import UserError
 from qprune.models.alexnet import AlexNet
 from qprune.models.base import ZooModel, channel_overrides
-from qprune.models.counting import (count_macs, count_params, layer_cost_rows, layer_costs,
-                                    layer_macs)
+from qprune.models.counting import (
+  count_macs,
+  count_params,
+  layer_cost_rows,
+  layer_costs,
+  layer_macs,
+)
 from qprune.models.lenet import LeNet5
 from qprune.models.resnet import ResNetCifar
 from qprune.models.vgg import VGG
+
 
 class ModelArgumentError(UserError):
   """A bad argument to create_model (the message names it)."""
 
 
-MODELS: Dict[str, Callable[..., ZooModel]] = {
+MODELS: dict[str, Callable[..., ZooModel]] = {
     'lenet5': LeNet5,
     'alexnet': AlexNet,
     'vgg11': functools.partial(VGG, depth=11),

@@ -1,5 +1,6 @@
 """What every model of the zoo shares: input normalization, dtype, width multiplier, channel overrides."""
-from typing import Any, Mapping, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ class ZooModel(nn.Module):
   mean: Sequence[float] = (0.5,)
   std: Sequence[float] = (0.5,)
   conv_impl: str = 'auto'
-  channels: Tuple[Tuple[str, int], ...] = ()
+  channels: tuple[tuple[str, int], ...] = ()
 
   def ch(self, name: str, default: int) -> int:
     """Output width of layer `name`: the override if any, else `default` scaled by `width`."""
@@ -55,5 +56,5 @@ class ZooModel(nn.Module):
     return x.astype(jnp.float32)
 
 
-def channel_overrides(mapping: Mapping[str, int]) -> Tuple[Tuple[str, int], ...]:
+def channel_overrides(mapping: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
   return tuple(sorted((str(k), int(v)) for k, v in mapping.items()))

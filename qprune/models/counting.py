@@ -12,7 +12,8 @@ A layer called twice counts twice. Other layers (attention einsums, custom matmu
 counted.
 """
 import inspect
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -77,7 +78,7 @@ def _kernel_size(module) -> int:
 
 
 def layer_macs(model: Any, variables=None,
-               input_shape: Union[Sequence[int], jax.ShapeDtypeStruct, None] = None, *,
+               input_shape: Sequence[int] | jax.ShapeDtypeStruct | None = None, *,
                example_input=None) -> dict:
   """Inference multiply-accumulates per example of every conv and dense layer.
 
@@ -114,7 +115,7 @@ def layer_macs(model: Any, variables=None,
 
 
 def count_macs(model: Any, variables=None,
-               input_shape: Union[Sequence[int], jax.ShapeDtypeStruct, None] = None, *,
+               input_shape: Sequence[int] | jax.ShapeDtypeStruct | None = None, *,
                example_input=None) -> int:
   """Total inference MACs per example (conv + dense). input_shape is (H, W, C) of a uint8 image,
   or pass example_input (array / ShapeDtypeStruct with a batch axis); see `layer_macs`.

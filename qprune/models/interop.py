@@ -28,12 +28,12 @@ import contextvars
 import dataclasses
 import functools
 import threading
-
-import numpy as np
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from flax import nnx
 
 from qprune.errors import UserError
@@ -54,7 +54,7 @@ def is_nnx(x) -> bool:
   return isinstance(x, nnx.Module)
 
 
-def _collection(variable) -> Optional[str]:
+def _collection(variable) -> str | None:
   if isinstance(variable, nnx.Param):
     return PARAMS
   if isinstance(variable, nnx.BatchStat):
@@ -62,7 +62,7 @@ def _collection(variable) -> Optional[str]:
   return None
 
 
-def _str_path(path) -> Tuple[str, ...]:
+def _str_path(path) -> tuple[str, ...]:
   return tuple(str(p) for p in path)
 
 
@@ -76,10 +76,10 @@ class NnxModel:
   batch_stats get their values from `variables`, the others keep theirs).
   """
   graphdef: Any
-  leaves: Tuple[Tuple[tuple, Optional[str]], ...]
-  templates: Tuple[Any, ...]
+  leaves: tuple[tuple[tuple, str | None], ...]
+  templates: tuple[Any, ...]
   class_name: str = 'NnxModel'
-  overrides: Tuple[Tuple[str, Tuple[Tuple[str, int], ...]], ...] = ()  # set_widths' fields
+  overrides: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # set_widths' fields
 
   def _key(self):
     kept = tuple(id(t.get_value()) for t, (_, col) in zip(self.templates, self.leaves)
@@ -140,14 +140,14 @@ class NnxModel:
 
   def variables(self) -> dict:
     """The split's own variables ({'params', 'batch_stats'})."""
-    out: Dict[str, dict] = {PARAMS: {}, BATCH_STATS: {}}
+    out: dict[str, dict] = {PARAMS: {}, BATCH_STATS: {}}
     for (path, col), template in zip(self.leaves, self.templates):
       if col is not None:
         _set(out[col], _str_path(path), template.get_value())
     return {col: tree for col, tree in out.items() if tree or col == PARAMS}
 
 
-def _flatten(tree, prefix=()) -> Dict[Tuple[str, ...], Any]:
+def _flatten(tree, prefix=()) -> dict[tuple[str, ...], Any]:
   out = {}
   if isinstance(tree, dict) or (hasattr(tree, 'items') and not hasattr(tree, 'shape')):
     for k, v in tree.items():
@@ -157,7 +157,7 @@ def _flatten(tree, prefix=()) -> Dict[Tuple[str, ...], Any]:
   return out
 
 
-def _set(tree: dict, path: Tuple[str, ...], value):
+def _set(tree: dict, path: tuple[str, ...], value):
   for p in path[:-1]:
     tree = tree.setdefault(p, {})
   tree[path[-1]] = value
@@ -171,7 +171,7 @@ def _state_dict(state) -> dict:
   return out
 
 
-def split(module: nnx.Module) -> Tuple[NnxModel, dict]:
+def split(module: nnx.Module) -> tuple[NnxModel, dict]:
   """(Linen-like model, variables) of an NNX module; the module is not changed."""
   if not is_nnx(module):
     raise NotAModelError(f'expected an nnx.Module, got {type(module).__name__}')
@@ -276,11 +276,11 @@ def as_model(model, variables=None):
 
 _PATHS: contextvars.ContextVar = contextvars.ContextVar('qprune_nnx_paths', default=None)
 _STACK: list = []
-_ORIGINAL: Dict[type, Callable] = {}
+_ORIGINAL: dict[type, Callable] = {}
 _LOCK = threading.RLock()
 
 
-def _module_paths(module) -> Dict[int, Tuple[str, ...]]:
+def _module_paths(module) -> dict[int, tuple[str, ...]]:
   return {id(node): _str_path(path) for path, node in nnx.iter_graph(module)
           if isinstance(node, nnx.Module)}
 
@@ -290,7 +290,7 @@ class NnxContext:
   """What an interceptor is told about an NNX layer call (cf. Linen's InterceptorContext)."""
   module: Any
   method_name: str
-  path: Tuple[str, ...]
+  path: tuple[str, ...]
 
 
 def layer_path(context) -> str:
@@ -371,7 +371,7 @@ def set_widths(module, overrides=None):
       kernel = np.shape(_value(node.kernel))
       groups = int(fields.get('feature_group_count', getattr(node, 'feature_group_count', 1)))
       if hasattr(node, 'feature_group_count'):
-        setattr(node, 'feature_group_count', groups)
+        node.feature_group_count = groups
       node.out_features = int(kernel[-1])
       node.in_features = int(kernel[-2]) * groups
     elif isinstance(node, nnx.Linear):
@@ -389,9 +389,9 @@ def set_widths(module, overrides=None):
   return module
 
 
-def width_fields(module) -> Dict[str, Dict[str, int]]:
+def width_fields(module) -> dict[str, dict[str, int]]:
   """{path: fields} that `set_widths` needs to rebuild this module's widths from its arrays."""
-  out: Dict[str, Dict[str, int]] = {}
+  out: dict[str, dict[str, int]] = {}
   for path, node in nnx.iter_graph(module):
     key = '/'.join(str(p) for p in path)
     groups = int(getattr(node, 'feature_group_count', 1) or 1)

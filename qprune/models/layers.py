@@ -5,7 +5,8 @@ would be redundant). It owns a `kernel` param of shape (kh, kw, in, out), exactl
 `flax.linen.Conv`, so checkpoints and per-layer paths look the same; the convolution itself is
 computed by `qprune.ops.conv2d`, which picks a CPU-fast kernel-gradient path when it pays off.
 """
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -72,6 +73,7 @@ def check_image_range(images) -> None:
   of `model.init` is no image data). Only outside jit, where the values are at hand (inside jit
   nothing is checked: the data pipelines feed uint8)."""
   import warnings  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   if isinstance(images, jax.core.Tracer) or not jnp.issubdtype(images.dtype, jnp.floating):

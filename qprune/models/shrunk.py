@@ -2,7 +2,7 @@
 of a model outside the zoo (`qprune.prune.shrink` builds it; `quant.load_quantized(path,
 model=...)` rebuilds it from a file's overrides)."""
 import dataclasses
-from typing import Dict, Mapping, Tuple
+from collections.abc import Mapping
 
 import flax.linen as nn
 
@@ -24,7 +24,7 @@ class ShrunkModel:
   `ShrunkModel.from_dict(YourModel(...), saved)`.
   """
   model: object
-  overrides: Tuple[Tuple[str, Tuple[Tuple[str, int], ...]], ...]
+  overrides: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
 
   def _intercept(self, next_fun, args, kwargs, context):
     fields = self._table().get('/'.join(context.module.path))
@@ -47,7 +47,7 @@ class ShrunkModel:
     with nn.intercept_methods(self._intercept):
       return self.model.init(rngs, *args, **kwargs)
 
-  def overrides_dict(self) -> Dict[str, Dict[str, int]]:
+  def overrides_dict(self) -> dict[str, dict[str, int]]:
     """JSON-able {layer path: {field: value}}."""
     return {path: dict(fields) for path, fields in self.overrides}
 

@@ -1,5 +1,6 @@
 """A model's JSON-able description, stored beside checkpoints and exports so they can be rebuilt."""
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 

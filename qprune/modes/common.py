@@ -10,13 +10,11 @@ import atexit
 import errno
 import os
 import shutil
-from typing import Optional
 
 import jax
 
 from qprune import configs, distributed, files
-from qprune.artifacts import (MODEL_DIR, MODEL_JSON, load_saved_model,  # noqa: F401 (re-exported)
-                              save_model)
+from qprune.artifacts import MODEL_DIR, MODEL_JSON, load_saved_model, save_model  # noqa: F401 (re-exported)
 from qprune.data import pipeline, sources
 from qprune.errors import UserError
 from qprune.models import count_macs, count_params, init_variables
@@ -31,7 +29,7 @@ class RunError(UserError):
   """A run cannot start (bad init_from, a workdir of another run, ...)."""
 
 
-def data_dir(config) -> Optional[str]:
+def data_dir(config) -> str | None:
   return config.data_dir or os.environ.get('QPRUNE_DATA_DIR') or None
 
 
@@ -177,7 +175,7 @@ def check_sources(config, workdir: str) -> None:
                      f'overwrite=True would empty first; use another --workdir')
 
 
-def _reuse_error(config, workdir: str, previous: Optional[dict]) -> Optional[str]:
+def _reuse_error(config, workdir: str, previous: dict | None) -> str | None:
   """Why the workdir cannot take this config (it holds a run of another one), or None."""
   wanted = configs.semantic_dict(config)
   if previous is None or previous == wanted or config.overwrite or not _has_outputs(workdir):
@@ -209,9 +207,10 @@ def preflight(config, workdir: str) -> None:
 
 def layer_names(spec, config):
   """(every module path of the model, its quantizable layers) from shapes alone."""
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from qprune import quant  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+  from qprune import quant  # pylint: disable=g-import-not-at-top
   model = build(spec, config)
   images = jax.ShapeDtypeStruct((1, *spec['input_shape']), jnp.uint8)
   shapes = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.PRNGKey(0),
@@ -254,7 +253,7 @@ def stamp(record, config, mode: str):
   return record
 
 
-def prepare_workdir(config, workdir: str) -> Optional[dict]:
+def prepare_workdir(config, workdir: str) -> dict | None:
   """Creates and locks the workdir; returns the results of an identical finished run, if any.
 
   In a multi-process job process 0 alone prepares it; the others take its outcome (the same
@@ -262,7 +261,7 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
   """
   if distributed.process_count() == 1:
     return _prepare_workdir(config, workdir)
-  outcome: Optional[dict] = None
+  outcome: dict | None = None
   if distributed.is_primary():
     try:
       outcome = {'finished': _prepare_workdir(config, workdir)}
@@ -274,7 +273,7 @@ def prepare_workdir(config, workdir: str) -> Optional[dict]:
   return outcome['finished']
 
 
-def _prepare_workdir(config, workdir: str) -> Optional[dict]:
+def _prepare_workdir(config, workdir: str) -> dict | None:
   """prepare_workdir on one process.
 
   Refuses a workdir holding a run of a different config unless config.overwrite is set (a

@@ -11,7 +11,6 @@ from qprune.modes import common
 from qprune.modes.prune import prune_model
 from qprune.modes.quantize import quantize_model
 
-
 # What the pipeline reads from each finished stage's results.json (a damaged one is named).
 STAGE_KEYS = {'prune': ('test_accuracy', 'params', 'macs', 'params_before', 'macs_before',
                         'epochs_run'),

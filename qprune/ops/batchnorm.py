@@ -19,7 +19,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
 IMPLS = ('fused', 'flax')
 BN_SWITCH = 'QPRUNE_BATCHNORM'  # 'fused' or 'flax' forces one on every backend
 

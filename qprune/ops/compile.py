@@ -18,16 +18,16 @@ Set QPRUNE_XLA_CPU_DEFAULTS=1 to compare against XLA's defaults.
 import functools
 import os
 
-from absl import logging
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 CPU_COMPILER_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE',
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _options_for(backend: str):
   if backend != 'cpu' or os.environ.get('QPRUNE_XLA_CPU_DEFAULTS') == '1':
     return None

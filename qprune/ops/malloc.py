@@ -18,7 +18,7 @@ when asked (`-v 1` / `--verbosity=1` on the command line, or QPRUNE_VERBOSE=1).
 """
 import os
 import sys
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 TUNABLE = 'glibc.malloc.hugetlb'
 SWITCH = 'QPRUNE_HUGEPAGES'
@@ -28,7 +28,7 @@ _MIN_GLIBC = (2, 35)
 _DETECT = object()
 
 
-def glibc_version() -> Optional[tuple]:
+def glibc_version() -> tuple | None:
   """(major, minor) of the running glibc, or None if this is not glibc."""
   try:
     name, version = os.confstr('CS_GNU_LIBC_VERSION').split()
@@ -42,7 +42,7 @@ def glibc_version() -> Optional[tuple]:
     return None
 
 
-def thp_mode(path: str = _THP_MODE_FILE) -> Optional[str]:
+def thp_mode(path: str = _THP_MODE_FILE) -> str | None:
   """The kernel's transparent huge page mode: 'always', 'madvise', 'never', or None if unknown."""
   try:
     with open(path) as f:
@@ -54,7 +54,7 @@ def thp_mode(path: str = _THP_MODE_FILE) -> Optional[str]:
 
 
 def hugepage_env(environ: Mapping[str, str], *, platform: str = sys.platform,
-                 glibc=_DETECT, thp=_DETECT) -> Optional[dict]:
+                 glibc=_DETECT, thp=_DETECT) -> dict | None:
   """The environment to re-execute with so that malloc uses huge pages, or None if no re-exec
   is needed or possible. `glibc` ((major, minor) or None) and `thp` (a mode or None) default to
   this machine's `glibc_version()` and `thp_mode()`."""
@@ -115,7 +115,7 @@ def reexec_with_hugepages() -> None:
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def anon_huge_mib() -> Optional[float]:
+def anon_huge_mib() -> float | None:
   """MiB of this process's anonymous memory backed by transparent huge pages (Linux), or None."""
   try:
     with open('/proc/self/smaps_rollup') as f:

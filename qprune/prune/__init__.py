@@ -13,28 +13,92 @@ Typical use (see each module's docstring for shapes and math):
                  bn_images, eval_images, eval_labels, max_macs=...)  # SearchResult
   small_model, small_variables = shrink(model, variables, groups, found.best_masks)
 """
-from qprune.prune.attention import (SE_CRITERIA, WithSqueezeExcite, attach_se, detach_se,
-                                    gate_variables, learned_attention_scores, mean_excitation,
-                                    with_gates)
-from qprune.prune.criteria import (AGGREGATES, CRITERIA, attention_scores, bn_gamma_scores,
-                                   channel_attention, l1_gamma_penalty, l1_scores, random_scores,
-                                   register_criterion, score, taylor_scores)
-from qprune.prune.decision import (STOP_RULES, EarlyBirdRule, EarlyBirdState, early_bird_step,
-                                   mask_distance)
-from qprune.prune.groups import (RESIDUAL, ChannelGroup, IgnoredLayersError, Slot, derive_groups,
-                                 group_sizes, ignore_layers)
-from qprune.prune.masks import (MaskError, apply_masks, apply_with_gates, check_masks, full_masks,
-                                kept_counts, stack_masks)
-from qprune.prune.search import (Candidate, SearchResult, batched, candidate_grid, candidate_masks,
-                                 choose_best, evaluate_candidates, evaluate_masks,
-                                 evaluate_masks_jit, race, reestimate_bn_stats, search,
-                                 SEARCH_METHODS)
-from qprune.prune.selection import (SELECTIONS, SelectionError, make_masks, register_selection,
-                                   select)
-from qprune.prune.shrink import (ShrunkModel, mask_cost, model_cost, shrink, shrink_report,
-                                 shrunk_widths)
-from qprune.prune.trace import (NoPrunableChannelsError, PruningTraceWarning, TraceError,
-                                TraceResult, trace_model, traced_groups)
+from qprune.prune.attention import (
+                                    SE_CRITERIA,
+                                    WithSqueezeExcite,
+                                    attach_se,
+                                    detach_se,
+                                    gate_variables,
+                                    learned_attention_scores,
+                                    mean_excitation,
+                                    with_gates,
+)
+from qprune.prune.criteria import (
+                                    AGGREGATES,
+                                    CRITERIA,
+                                    attention_scores,
+                                    bn_gamma_scores,
+                                    channel_attention,
+                                    l1_gamma_penalty,
+                                    l1_scores,
+                                    random_scores,
+                                    register_criterion,
+                                    score,
+                                    taylor_scores,
+)
+from qprune.prune.decision import (
+                                    STOP_RULES,
+                                    EarlyBirdRule,
+                                    EarlyBirdState,
+                                    early_bird_step,
+                                    mask_distance,
+)
+from qprune.prune.groups import (
+                                    RESIDUAL,
+                                    ChannelGroup,
+                                    IgnoredLayersError,
+                                    Slot,
+                                    derive_groups,
+                                    group_sizes,
+                                    ignore_layers,
+)
+from qprune.prune.masks import (
+                                    MaskError,
+                                    apply_masks,
+                                    apply_with_gates,
+                                    check_masks,
+                                    full_masks,
+                                    kept_counts,
+                                    stack_masks,
+)
+from qprune.prune.search import (
+                                    SEARCH_METHODS,
+                                    Candidate,
+                                    SearchResult,
+                                    batched,
+                                    candidate_grid,
+                                    candidate_masks,
+                                    choose_best,
+                                    evaluate_candidates,
+                                    evaluate_masks,
+                                    evaluate_masks_jit,
+                                    race,
+                                    reestimate_bn_stats,
+                                    search,
+)
+from qprune.prune.selection import (
+                                    SELECTIONS,
+                                    SelectionError,
+                                    make_masks,
+                                    register_selection,
+                                    select,
+)
+from qprune.prune.shrink import (
+                                    ShrunkModel,
+                                    mask_cost,
+                                    model_cost,
+                                    shrink,
+                                    shrink_report,
+                                    shrunk_widths,
+)
+from qprune.prune.trace import (
+                                    NoPrunableChannelsError,
+                                    PruningTraceWarning,
+                                    TraceError,
+                                    TraceResult,
+                                    trace_model,
+                                    traced_groups,
+)
 from qprune.prune.tracker import EarlyBirdTracker, TrackerError, tracker_step
 
 __all__ = [

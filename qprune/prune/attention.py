@@ -21,7 +21,6 @@ activity statistics, and it lost to plain L1. This module learns it instead:
   (downstream BatchNorm statistics are re-estimated and fine-tuning adapts to the missing scale).
 """
 import functools
-from typing import Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -63,7 +62,7 @@ class WithSqueezeExcite(nn.Module):
   over the batch), read by `mean_excitation`.
   """
   model: nn.Module
-  points: Tuple[Tuple[str, int], ...]
+  points: tuple[tuple[str, int], ...]
   reduction: int = 4
 
   @nn.compact
@@ -89,7 +88,7 @@ class WithSqueezeExcite(nn.Module):
       return self.model(x, train=train)
 
 
-def _point_widths(variables, groups: Groups) -> Tuple[Tuple[str, int], ...]:
+def _point_widths(variables, groups: Groups) -> tuple[tuple[str, int], ...]:
   """(path, output channels) of every gate point, read from its parameters' shapes."""
   flat = traverse_util.flatten_dict(variables['params'], sep='/')
   widths = []
@@ -147,7 +146,7 @@ def _mean_block_excitation(wrapper, variables, names, images):
 
 
 def mean_excitation(wrapper: WithSqueezeExcite, variables, groups: Groups,
-                    images) -> Dict[str, jax.Array]:
+                    images) -> dict[str, jax.Array]:
   """{group: f32[C]}: each channel's SE excitation averaged over `images` (uint8 [B, N, ...],
   B batches) and over the group's gated members (prefix-aligned, like the scores)."""
   names = tuple(_sown_name(path) for path, _ in wrapper.points)
@@ -160,8 +159,8 @@ def mean_excitation(wrapper: WithSqueezeExcite, variables, groups: Groups,
 
 
 def learned_attention_scores(variables, groups: Groups, *, base: str = 'l1',
-                             excitation: Optional[Dict[str, jax.Array]] = None, model=None,
-                             batches=None, rng=None, aggregate: Optional[str] = None,
+                             excitation: dict[str, jax.Array] | None = None, model=None,
+                             batches=None, rng=None, aggregate: str | None = None,
                              **_) -> criteria.Scores:
   """score_c = base_c / max(base) * mean_excitation_c (see the module docstring).
 

@@ -30,7 +30,7 @@ no members to aggregate.
              `attention_scores`.
 """
 import functools
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +41,8 @@ from qprune.ops import compile as compile_lib
 from qprune.prune.group_types import Groups
 from qprune.prune.masks import apply_with_gates
 
-Scores = Dict[str, jax.Array]
-CRITERIA: Dict[str, Callable[..., Scores]] = {}
+Scores = dict[str, jax.Array]
+CRITERIA: dict[str, Callable[..., Scores]] = {}
 
 
 def register_criterion(name: str):
@@ -128,7 +128,7 @@ def group_l1_parts(params, group):
 
 
 @register_criterion('l1')
-def l1_scores(variables, groups: Groups, *, aggregate: Optional[str] = None, **_) -> Scores:
+def l1_scores(variables, groups: Groups, *, aggregate: str | None = None, **_) -> Scores:
   """s_c = sum_producers sum_{kh, kw, in} |W[kh, kw, in, c]| (dense: sum_in |W[in, c]|).
 
   aggregate='sum'|'mean'|'max': DepGraph's group L1 instead: every coupled slice (producer
@@ -143,7 +143,7 @@ def l1_scores(variables, groups: Groups, *, aggregate: Optional[str] = None, **_
 
 
 @register_criterion('bn_gamma')
-def bn_gamma_scores(variables, groups: Groups, *, aggregate: Optional[str] = None,
+def bn_gamma_scores(variables, groups: Groups, *, aggregate: str | None = None,
                     **_) -> Scores:
   """s_c = sum over the group's BatchNorms of |gamma_c|; `l1` for groups without BN.
 
@@ -170,7 +170,7 @@ def l1_gamma_penalty(params, lam: float):
 
 
 @register_criterion('random')
-def random_scores(variables, groups: Groups, *, rng: Optional[jax.Array] = None, **_) -> Scores:
+def random_scores(variables, groups: Groups, *, rng: jax.Array | None = None, **_) -> Scores:
   """Uniform [0, 1) per channel; rng defaults to PRNGKey(0)."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
   keys = jax.random.split(rng, len(groups))
@@ -241,7 +241,7 @@ def channel_attention(squeezed, temperature: float = 1.0, eps: float = 1e-8):
 @register_criterion('attention')
 def attention_scores(variables, groups: Groups, *, model=None, batches=None,
                      base: str = 'l1', temperature: float = 1.0, rng=None,
-                     aggregate: Optional[str] = None, **_) -> Scores:
+                     aggregate: str | None = None, **_) -> Scores:
   """Channel attention on top of a base criterion (SE-style, Hu et al. 2018).
 
   For every group (a layer's channels), on a few training batches:

@@ -7,7 +7,7 @@ Everything is pure: the caller threads `EarlyBirdState` through the epochs.
 """
 import dataclasses
 import itertools
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,9 +36,9 @@ class EarlyBirdRule:
 
 
 class EarlyBirdState(NamedTuple):
-  masks: Tuple = ()                 # last `window` masks, oldest first (host numpy)
-  distances: Tuple[float, ...] = ()  # per step: distance to the previous mask (nan for the first)
-  stable_at: Optional[int] = None    # 1-based step at which the rule first fired
+  masks: tuple = ()                 # last `window` masks, oldest first (host numpy)
+  distances: tuple[float, ...] = ()  # per step: distance to the previous mask (nan for the first)
+  stable_at: int | None = None    # 1-based step at which the rule first fired
 
 
 def _host(masks):

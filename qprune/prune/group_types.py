@@ -4,7 +4,7 @@ They live apart from the code that derives groups (`qprune.prune.groups` by the 
 `qprune.prune.trace` from the data flow) so that both import the records and neither the other.
 """
 import dataclasses
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 from qprune.errors import UserError
 
@@ -58,12 +58,12 @@ class ChannelGroup:
   """
   name: str
   size: int
-  producers: Tuple[Slot, ...]
-  norms: Tuple[Slot, ...]
-  consumers: Tuple[Slot, ...]
-  widths: Tuple[Tuple[str, int], ...]
-  depthwise: Tuple[str, ...] = ()
-  channel_norms: Tuple[Tuple[str, str, int, int], ...] = ()
+  producers: tuple[Slot, ...]
+  norms: tuple[Slot, ...]
+  consumers: tuple[Slot, ...]
+  widths: tuple[tuple[str, int], ...]
+  depthwise: tuple[str, ...] = ()
+  channel_norms: tuple[tuple[str, str, int, int], ...] = ()
 
   @property
   def block(self) -> int:
@@ -72,16 +72,16 @@ class ChannelGroup:
     return math.lcm(1, *(n[2] for n in self.channel_norms))
 
   @property
-  def gates(self) -> Tuple[Slot, ...]:
+  def gates(self) -> tuple[Slot, ...]:
     return self.norms if self.norms else self.producers
 
   @property
-  def prefix_lengths(self) -> Tuple[int, ...]:
+  def prefix_lengths(self) -> tuple[int, ...]:
     """Every prefix that some layer sees; each must keep >= 1 channel."""
     return tuple(sorted({s.length for s in self.producers}))
 
 
-Groups = Tuple[ChannelGroup, ...]
+Groups = tuple[ChannelGroup, ...]
 
 
 class IgnoredLayersError(UserError):

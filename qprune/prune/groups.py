@@ -25,14 +25,20 @@ what the shrunk model's positional pad does. (Per-stage groups cannot be pruned 
 channel kept in stage s but dropped in s+1 would still flow through the shortcut.)
 """
 import re
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 from flax import traverse_util
 
 from qprune.models import interop
 from qprune.prune import trace
-from qprune.prune.group_types import (RESIDUAL, ChannelGroup, Groups, IgnoredLayersError, Slot,
-                                      ignore_layers)
+from qprune.prune.group_types import (
+  RESIDUAL,
+  ChannelGroup,
+  Groups,
+  IgnoredLayersError,
+  Slot,
+  ignore_layers,
+)
 
 __all__ = ['RESIDUAL', 'ChannelGroup', 'Groups', 'Slot', 'derive_groups', 'ignore_layers',
            'IgnoredLayersError',
@@ -83,7 +89,7 @@ def _blocks(params):
   pattern = re.compile(r'^stage(\d+)_block(\d+)$')
   names = {n.split('/')[0] for n in params}
   found = sorted((int(m.group(1)), int(m.group(2)), n) for n in names if (m := pattern.match(n)))
-  stages: Dict[int, list] = {}
+  stages: dict[int, list] = {}
   for s, _, name in found:
     stages.setdefault(s, []).append(name)
   return stages
@@ -126,14 +132,14 @@ def _residual_group(params, stages) -> ChannelGroup:
 def _module_tree(params):
   """Nested params -> {'a/b': {'kernel': ..., ...}} for every module that owns leaves."""
   flat = traverse_util.flatten_dict(params)
-  modules: Dict[str, dict] = {}
+  modules: dict[str, dict] = {}
   for path, leaf in flat.items():
     modules.setdefault('/'.join(path[:-1]), {})[path[-1]] = leaf
   return modules
 
 
-def derive_groups(variables, *, model=None, example_input=None, residual: Optional[bool] = None,
-                  dense: Optional[bool] = None, ignored_layers: Sequence[str] = ()) -> Groups:
+def derive_groups(variables, *, model=None, example_input=None, residual: bool | None = None,
+                  dense: bool | None = None, ignored_layers: Sequence[str] = ()) -> Groups:
   """Channel groups of a model.
 
   variables: the model's variables ({'params', 'batch_stats'}; bare params are accepted), or a
@@ -176,5 +182,5 @@ def derive_groups(variables, *, model=None, example_input=None, residual: Option
   return ignore_layers(groups, ignored_layers)
 
 
-def group_sizes(groups: Groups) -> Dict[str, int]:
+def group_sizes(groups: Groups) -> dict[str, int]:
   return {g.name: g.size for g in groups}

@@ -10,20 +10,21 @@
   cheap (XLA folds K into the batch dimension instead of running grouped convolutions). Gates = 1
   with gradients gives the first-order Taylor score; the recorded activations feed `attention`.
 """
-from typing import Any, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from qprune.errors import UserError
 from qprune.models import interop
 from qprune.models.counting import call_model
 from qprune.models.layers import BATCH_NORM_TYPES
-from qprune.errors import UserError
 from qprune.prune.group_types import ChannelGroup, Groups, Slot
 
-Masks = Dict[str, jax.Array]
+Masks = dict[str, jax.Array]
 
 
 def full_masks(groups: Groups) -> Masks:
@@ -49,7 +50,7 @@ def axis_slots(groups: Groups, flat, *, stats: bool = True):
   flat: {collection: {'a/b/kernel': leaf}}. A leaf axis may be indexed by several slots (a
   consumer after a concatenation reads several groups at different offsets).
   """
-  out: Dict[tuple, list] = {}
+  out: dict[tuple, list] = {}
   for g in groups:
     for slots, axes in ((g.producers, PRODUCER_AXES), (g.norms, NORM_AXES),
                         (g.consumers, CONSUMER_AXES)):
@@ -173,9 +174,9 @@ def apply_masks(variables, groups: Groups, masks: Mapping[str, jax.Array]):
   return out
 
 
-def gate_points(groups: Groups) -> Dict[str, tuple]:
+def gate_points(groups: Groups) -> dict[str, tuple]:
   """{module path: ((group name, slot), ...)} of every gated activation."""
-  points: Dict[str, tuple] = {}
+  points: dict[str, tuple] = {}
   for g in groups:
     for slot in g.gates:
       points[slot.path] = points.get(slot.path, ()) + ((g.name, slot),)
@@ -203,8 +204,8 @@ def coupled_points(groups: Groups):
   reads gated inputs in masked evaluation. The consumer gates matter where a group's activation
   is not gated everywhere: a producer without a norm added to a normalized stream, a stream only
   normalized by LayerNorms (they are stop-gradient, so Taylor scores stay the gate gradients)."""
-  norms: Dict[str, tuple] = {}
-  consumers: Dict[str, tuple] = {}
+  norms: dict[str, tuple] = {}
+  consumers: dict[str, tuple] = {}
   for g in groups:
     for slot in g.consumers:
       consumers[slot.path] = consumers.get(slot.path, ()) + ((g.name, slot),)
@@ -263,7 +264,7 @@ def _positions_factor(entries, gates, size, dtype):
 
 def apply_with_gates(model: Any, variables, images, groups: Any,
                      gates: Any = None, *, train: bool = False,
-                     bn_stats: Optional[dict] = None, activations: Optional[dict] = None):
+                     bn_stats: dict | None = None, activations: dict | None = None):
   """Logits of `model` with group activations multiplied by `gates` ({group: f32[C]}).
 
   images: uint8 [N, H, W, C_img]. Returns float32 logits [N, classes].
@@ -317,13 +318,13 @@ def apply_with_gates(model: Any, variables, images, groups: Any,
   return logits
 
 
-def kept_indices(mask, length: Optional[int] = None) -> np.ndarray:
+def kept_indices(mask, length: int | None = None) -> np.ndarray:
   """Host-side sorted indices of kept channels in mask[:length]."""
   mask = np.asarray(mask, bool)
   return np.flatnonzero(mask if length is None else mask[:length])
 
 
-def kept_counts(groups: Groups, masks) -> Dict[str, int]:
+def kept_counts(groups: Groups, masks) -> dict[str, int]:
   return {g.name: int(np.asarray(masks[g.name], bool).sum()) for g in groups}
 
 

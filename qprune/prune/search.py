@@ -28,7 +28,8 @@ no test drops the candidate that is best on the whole split.
 """
 import dataclasses
 import functools
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -134,7 +135,7 @@ def _significantly_worse(leader: np.ndarray, other: np.ndarray, z: float) -> boo
 
 
 def race(model, groups: Groups, variables, masks: Sequence, bn_images, eval_images, eval_labels,
-         eval_valid=None, *, among: Optional[Sequence[int]] = None, z: float = RACE_Z):
+         eval_valid=None, *, among: Sequence[int] | None = None, z: float = RACE_Z):
   """Successive elimination over the candidates `among` (default all); see the module docstring.
 
   masks: K candidates' {group: bool[C]}. Returns (metrics, best): metrics[k] = {'accuracy',
@@ -176,7 +177,7 @@ def race(model, groups: Groups, variables, masks: Sequence, bn_images, eval_imag
                not _significantly_worse(reference, np.concatenate(correct[k]), z)]
     if len(alive) == 1:
       break
-  metrics: List[Optional[dict]] = [None] * len(masks)
+  metrics: list[dict | None] = [None] * len(masks)
   for k, parts in correct.items():
     n = sum(c.size for c in parts)
     metrics[k] = {'accuracy': sum(int(c.sum()) for c in parts) / max(n, 1),
@@ -196,7 +197,7 @@ class Candidate:
 
 
 def candidate_grid(criteria: Sequence[str], ratios: Sequence[float],
-                   selections: Sequence[str]) -> List[Candidate]:
+                   selections: Sequence[str]) -> list[Candidate]:
   return [Candidate(c, float(r), s) for c in criteria for s in selections for r in ratios]
 
 
@@ -212,14 +213,14 @@ def candidate_masks(variables, groups: Groups, candidates: Sequence[Candidate], 
           for c in candidates]
 
 
-def within_budget(row: dict, max_params: Optional[int] = None,
-                  max_macs: Optional[int] = None) -> bool:
+def within_budget(row: dict, max_params: int | None = None,
+                  max_macs: int | None = None) -> bool:
   return ((max_params is None or row['params'] <= max_params) and
           (max_macs is None or row['macs'] <= max_macs))
 
 
-def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
-                max_macs: Optional[int] = None) -> int:
+def choose_best(rows: Sequence[dict], *, max_params: int | None = None,
+                max_macs: int | None = None) -> int:
   """Index of the best row: highest accuracy (then lowest loss) among rows within the budget.
 
   rows: dicts with 'accuracy', 'loss', 'params', 'macs'. If no row fits, the cheapest row (by
@@ -231,7 +232,7 @@ def choose_best(rows: Sequence[dict], *, max_params: Optional[int] = None,
   return max(feasible, key=lambda i: (rows[i]['accuracy'], -rows[i]['loss']))
 
 
-def _cheapest(rows: Sequence[dict], max_params: Optional[int]) -> int:
+def _cheapest(rows: Sequence[dict], max_params: int | None) -> int:
   """The fallback when no row meets the budget: fewest params if they are budgeted, else MACs."""
   key = 'params' if max_params is not None else 'macs'
   return min(range(len(rows)), key=lambda i: rows[i][key])
@@ -241,11 +242,11 @@ class SearchResult(NamedTuple):
   """What `search` found: `rows[best]` is the chosen candidate, `masks[k]` candidate k's masks
   (numpy); unpacks as `best, rows, masks`."""
   best: int
-  rows: List[dict]
-  masks: List[Dict]
+  rows: list[dict]
+  masks: list[dict]
 
   @property
-  def best_masks(self) -> Dict:
+  def best_masks(self) -> dict:
     return self.masks[self.best]
 
 

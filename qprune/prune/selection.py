@@ -15,7 +15,7 @@ stream's stages), the best channel of the shortest prefix is kept, which keeps >
 every prefix. Ties break towards the lower channel index (stable sort). Pure jnp; jittable.
 """
 import dataclasses
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,10 +23,10 @@ import numpy as np
 from qprune.errors import UserError
 from qprune.models import interop
 from qprune.prune.criteria import score
-from qprune.prune.masks import check_groups
 from qprune.prune.group_types import Groups
+from qprune.prune.masks import check_groups
 
-SELECTIONS: Dict[str, Callable] = {}
+SELECTIONS: dict[str, Callable] = {}
 
 
 class SelectionError(UserError):
@@ -42,7 +42,7 @@ def register_selection(name: str):
 
 
 def select(name: str, scores, groups: Groups, ratio: float, *, ratios=None, round_to: int = 1,
-           max_ratio: Optional[float] = None, **kwargs):
+           max_ratio: float | None = None, **kwargs):
   """Masks from scores. Per-layer controls (Torch-Pruning's), for every selection:
 
   ratios: {group name or producer path: ratio} for those groups (the rest use `ratio`; under
@@ -91,7 +91,7 @@ def _per_block(group):
                              channel_norms=())
 
 
-def _own_ratios(groups: Groups, ratios) -> Dict[str, float]:
+def _own_ratios(groups: Groups, ratios) -> dict[str, float]:
   """{group name: ratio} of the groups named (by group or producer path) in `ratios`."""
   out, used = {}, set()
   for g in groups:
@@ -171,7 +171,7 @@ def select_global(scores, groups: Groups, ratio: float, normalize: str = 'rms'):
 
 def make_masks(variables, groups: Groups, criterion: str, ratio: float, selection: str = 'uniform',
                *, criterion_kwargs=None, selection_kwargs=None, ratios=None, round_to: int = 1,
-               max_ratio: Optional[float] = None, **data):
+               max_ratio: float | None = None, **data):
   """score -> select in one call. data: model=, batches=, rng= for data-driven criteria.
 
   variables: Flax variables (or bare params), or an nnx.Module (then it is also the `model`).

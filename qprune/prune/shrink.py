@@ -12,23 +12,21 @@ the residual group the stage-s width is the number of kept channels in mask[:C_s
 `qprune.prune.groups`). For any other Flax model, a `ShrunkModel`: the same module run with the
 producers' `features` overridden (see its docstring for the contract and how to save it).
 """
-from typing import Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from qprune.models import count_macs, count_params
+from qprune.models import count_macs, count_params, interop
 from qprune.models.base import ZooModel, channel_overrides
 from qprune.models.shrunk import ShrunkModel
 from qprune.models.shrunk import freeze_overrides as _freeze
 from qprune.prune.group_types import Groups
-from qprune.models import interop
 from qprune.prune.masks import axis_slots, check_groups, check_masks, kept_indices
 
 
-def shrunk_widths(groups: Groups, masks) -> Dict[str, int]:
+def shrunk_widths(groups: Groups, masks) -> dict[str, int]:
   """{channels-override key: kept width}, e.g. {'conv1': 12, 'stage2': 24}."""
   return {key: int(len(kept_indices(masks[g.name], length)))
           for g in groups for key, length in g.widths}
@@ -53,12 +51,12 @@ def slice_variables(variables, groups: Groups, masks):
   return {col: traverse_util.unflatten_dict(tree, sep='/') for col, tree in flat.items()}
 
 
-def width_overrides(variables, groups: Groups, masks) -> Dict[str, Dict[str, int]]:
+def width_overrides(variables, groups: Groups, masks) -> dict[str, dict[str, int]]:
   """{producer path: {'features': kept width}} (+ feature_group_count for depthwise convs;
   {'num_groups': kept groups} for a GroupNorm sized by its number of groups)."""
   params = traverse_util.flatten_dict(variables['params'], sep='/')
-  out: Dict[str, Dict[str, int]] = {}
-  kept_width: Dict[str, int] = {}
+  out: dict[str, dict[str, int]] = {}
+  kept_width: dict[str, int] = {}
   for g in groups:
     for path, kind, _, width in g.channel_norms:
       if kind == 'group':
@@ -66,7 +64,7 @@ def width_overrides(variables, groups: Groups, masks) -> Dict[str, Dict[str, int
         kept_width[path] = kept_width.get(path, width) - int(
             slot.length - np.asarray(masks[g.name], bool)[:slot.length].sum())
   for g in groups:
-    for path, kind, block, width in g.channel_norms:
+    for path, kind, block, _ in g.channel_norms:
       if kind == 'group':
         out[path] = {'num_groups': kept_width[path] // block, 'group_size': block}
   for g in groups:
@@ -137,14 +135,14 @@ def shrink(model, variables, groups: Groups = None, masks=None):
 
 
 @interop.accepts_module
-def model_cost(model, variables, input_shape) -> Dict[str, int]:
+def model_cost(model, variables, input_shape) -> dict[str, int]:
   """{'params', 'macs'} of a model: params counted on `variables['params']`, MACs traced."""
   return {'params': count_params(variables['params']),
           'macs': count_macs(model, variables, input_shape)}
 
 
 @interop.accepts_module
-def mask_cost(model, variables, groups: Groups, masks, input_shape) -> Dict[str, int]:
+def mask_cost(model, variables, groups: Groups, masks, input_shape) -> dict[str, int]:
   """{'params', 'macs'} of the shrunk model, from shapes only (no arrays are sliced).
 
   input_shape: (H, W, C) of a uint8 image, or an example input with a batch axis."""
@@ -154,7 +152,7 @@ def mask_cost(model, variables, groups: Groups, masks, input_shape) -> Dict[str,
 
 
 @interop.accepts_module
-def shrink_report(model, variables, groups: Groups, masks, input_shape) -> Dict[str, float]:
+def shrink_report(model, variables, groups: Groups, masks, input_shape) -> dict[str, float]:
   """params/MACs before and after (counts), and the kept fractions."""
   before = model_cost(model, variables, input_shape)
   after = mask_cost(model, variables, groups, masks, input_shape)

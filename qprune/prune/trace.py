@@ -39,7 +39,7 @@ import itertools
 import math
 import re
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -125,7 +125,7 @@ CONST, OPAQUE, SILENT = _Const(), _Opaque(), _Silent()
 class _Ann:
   """Channel structure of a tensor: axis `axis` is `repeat` tiles of the concatenated segments."""
   axis: int
-  segs: Tuple[Tuple[int, int], ...]  # (space id, length)
+  segs: tuple[tuple[int, int], ...]  # (space id, length)
   repeat: int = 1
 
   @property
@@ -143,7 +143,7 @@ class _Member:
   period: int = 0
   order: int = 0
   depthwise: bool = False
-  norm: Optional[Tuple[str, int, int]] = None  # channel norms: (kind, block, layer width)
+  norm: tuple[str, int, int] | None = None  # channel norms: (kind, block, layer width)
 
 
 @dataclasses.dataclass
@@ -151,7 +151,7 @@ class _Call:
   path: str
   module: nn.Module
   kind: str  # conv | dense | norm | cnorm
-  params: Dict[str, tuple]
+  params: dict[str, tuple]
   input_state: object = None
 
 
@@ -159,12 +159,12 @@ class _Spaces:
   """Union-find over channel spaces, aligned at channel 0 (a smaller member uses a prefix)."""
 
   def __init__(self):
-    self.parent: List[int] = []
-    self.size: List[int] = []
-    self.members: Dict[int, List[_Member]] = {}
-    self.blocked: Dict[int, List[str]] = {}
+    self.parent: list[int] = []
+    self.size: list[int] = []
+    self.members: dict[int, list[_Member]] = {}
+    self.blocked: dict[int, list[str]] = {}
     self.counter = itertools.count()
-    self.by_slot: Dict[tuple, int] = {}
+    self.by_slot: dict[tuple, int] = {}
 
   def new(self, size: int) -> int:
     self.parent.append(len(self.parent))
@@ -210,7 +210,7 @@ def _where(eqn) -> str:
 class _Tracer:
   """Abstract interpretation of the jaxpr (see the module docstring)."""
 
-  def __init__(self, calls: List[_Call]):
+  def __init__(self, calls: list[_Call]):
     self.calls = calls
     self.spaces = _Spaces()
 
@@ -413,7 +413,7 @@ class _Tracer:
         return state
       block, kind = 1, 'rms' if isinstance(module, layers.RMS_NORM_TYPES) else 'layer'
     offset = 0
-    for space, length in state.segs:
+    for _, length in state.segs:
       if offset % block or length % block:
         self.block(state, f'{call.path}: {name} groups of {block} channels straddle the inputs '
                    'of a concatenation')
@@ -578,13 +578,13 @@ class _Tracer:
     return OPAQUE
 
 
-def _flat_variables(variables) -> Dict[str, jax.ShapeDtypeStruct]:
+def _flat_variables(variables) -> dict[str, jax.ShapeDtypeStruct]:
   return {'/'.join(map(str, k)): v for k, v in traverse_util.flatten_dict(
       jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)),
                              dict(variables))).items()}
 
 
-def _kind(module) -> Optional[str]:
+def _kind(module) -> str | None:
   if isinstance(module, CONV_TYPES):
     return 'conv'
   if isinstance(module, DENSE_TYPES):
@@ -599,15 +599,15 @@ def _kind(module) -> Optional[str]:
 @dataclasses.dataclass(frozen=True)
 class TraceResult:
   """What the trace found: the groups, and what could not be pruned and why."""
-  groups: Tuple[ChannelGroup, ...]
-  skipped: Tuple[Tuple[str, Tuple[str, ...]], ...]  # (group name, reasons)
-  layers: Tuple[Tuple[str, str], ...]              # (path, kind) of every known layer called
+  groups: tuple[ChannelGroup, ...]
+  skipped: tuple[tuple[str, tuple[str, ...]], ...]  # (group name, reasons)
+  layers: tuple[tuple[str, str], ...]              # (path, kind) of every known layer called
 
 
 def trace_model(model: nn.Module, variables, example_input) -> TraceResult:
   """Trace `model` and derive its channel groups (see the module docstring)."""
   flat = _flat_variables(variables)
-  calls: List[_Call] = []
+  calls: list[_Call] = []
 
   def intercept(next_fun, args, kwargs, context):
     module = context.module
@@ -701,7 +701,7 @@ def _groups(spaces: _Spaces, model):
 
 
 def _unique_names(groups):
-  seen: Dict[str, int] = {}
+  seen: dict[str, int] = {}
   out = []
   for g in groups:
     name = g.name
@@ -742,7 +742,7 @@ _SCOPED = re.compile(r'^(?P<op>[\w.]+) \(in (?P<scope>[^)]*)\): (?P<text>.*)$')
 _PATHED = re.compile(r'^(?P<scope>[^\s:]+): (?P<text>.*)$')
 
 
-def _where_and_what(reason: str) -> Tuple[str, str]:
+def _where_and_what(reason: str) -> tuple[str, str]:
   """('scope', 'op: text') of a block reason, so that reasons can be merged per layer."""
   m = _SCOPED.match(reason)
   if m:
@@ -756,7 +756,7 @@ def _where_and_what(reason: str) -> Tuple[str, str]:
 def skipped_summary(skipped, max_lines: int = 6) -> list:
   """A few lines for everything left unpruned: one per layer (or op) the trace could not follow,
   naming the first op there and the channels it left unpruned (each said once)."""
-  by_scope: Dict[str, dict] = {}
+  by_scope: dict[str, dict] = {}
   for name, reasons in skipped:
     for reason in reasons:
       if reason in _SILENT_REASONS:
@@ -797,7 +797,7 @@ def model_name(model) -> str:
 
 def traced_groups(model: nn.Module, variables, example_input, *, residual: bool = True,
                   dense: bool = True, warn: bool = True,
-                  ignored_layers: Sequence[str] = ()) -> Tuple[ChannelGroup, ...]:
+                  ignored_layers: Sequence[str] = ()) -> tuple[ChannelGroup, ...]:
   """Channel groups of any Flax model, traced (see module docstring).
 
   residual=False drops residual-stream groups (several non-depthwise producers); dense=False

@@ -13,13 +13,13 @@ pairwise within `threshold` normalized Hamming distance). The channel groups are
 first variables seen (`derive_groups`) unless given. The pure core, `tracker_step`, threads an
 `EarlyBirdState` explicitly for users who prefer no mutable object.
 """
-from typing import Mapping, Optional, Tuple
+from collections.abc import Mapping
 
+from qprune.errors import UserError
 from qprune.models import interop
 from qprune.prune.decision import EarlyBirdRule, EarlyBirdState, early_bird_step
 from qprune.prune.groups import Groups, derive_groups
 from qprune.prune.selection import make_masks
-from qprune.errors import UserError
 
 
 class TrackerError(UserError):
@@ -41,7 +41,7 @@ def as_variables(params_or_variables) -> dict:
 
 def tracker_step(state: EarlyBirdState, variables, groups: Groups, criterion: str, ratio: float,
                  selection: str = 'uniform', rule: EarlyBirdRule = EarlyBirdRule(),
-                 **data) -> Tuple[EarlyBirdState, dict, dict]:
+                 **data) -> tuple[EarlyBirdState, dict, dict]:
   """(new state, info, masks): this epoch's masks and the Early-Bird rule's verdict.
 
   info is `early_bird_step`'s ({'distance', 'window_max', 'stable', 'step'}) plus 'stable_at'.
@@ -63,7 +63,7 @@ class EarlyBirdTracker:
   """
 
   def __init__(self, criterion: str = 'l1', ratio: float = 0.5, selection: str = 'uniform', *,
-               window: int = 5, threshold: float = 0.1, groups: Optional[Groups] = None,
+               window: int = 5, threshold: float = 0.1, groups: Groups | None = None,
                residual: bool = False, model=None, example_input=None):
     if window < 2:
       raise TrackerError(f'window must be >= 2 masks, got {window}')
@@ -76,7 +76,7 @@ class EarlyBirdTracker:
     self.groups, self.residual = groups, residual
     self.model, self.example_input = model, example_input
     self.state = EarlyBirdState()
-    self.masks: Optional[dict] = None
+    self.masks: dict | None = None
     self.history = []
 
   def update(self, params_or_variables, **data) -> bool:
@@ -111,11 +111,11 @@ class EarlyBirdTracker:
     return self.state.stable_at is not None
 
   @property
-  def stable_at(self) -> Optional[int]:
+  def stable_at(self) -> int | None:
     """1-based update at which the decision first became stable (the Early-Bird epoch)."""
     return self.state.stable_at
 
   @property
-  def distances(self) -> Tuple[float, ...]:
+  def distances(self) -> tuple[float, ...]:
     """Per update: mask distance to the previous update's masks (nan for the first)."""
     return self.state.distances

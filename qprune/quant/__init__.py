@@ -9,20 +9,46 @@ export. Pure functions over Flax param pytrees.
 Zero-free sets {±2^e} (no zero code, every code of ceil(log2(2k)) bits used): pass zero=False to
 optimal_targets, quantize, run_inq, layer_report and save_quantized alike.
 """
-from qprune.quant.export import (FORMAT_VERSION, float32_nbytes, load_quantized, read_targets,
-                                 save_quantized)
+from qprune.quant.export import (
+                                 FORMAT_VERSION,
+                                 float32_nbytes,
+                                 load_quantized,
+                                 read_targets,
+                                 save_quantized,
+)
 from qprune.quant.inq import DEFAULT_SCHEDULE, freeze_mask, no_frozen, run_inq, snap, zero_frozen
-from qprune.quant.kmeans import (CandidateTable, candidate_table, cluster_all, exponent_sets,
-                                 initial_centers, kmeans_targets, select_by_bit_budget,
-                                 select_by_tolerance, select_fixed_k, select_targets)
+from qprune.quant.kmeans import (
+                                 CandidateTable,
+                                 candidate_table,
+                                 cluster_all,
+                                 exponent_sets,
+                                 initial_centers,
+                                 kmeans_targets,
+                                 select_by_bit_budget,
+                                 select_by_tolerance,
+                                 select_fixed_k,
+                                 select_targets,
+)
+from qprune.quant.optax_inq import InqOptaxError, InqState, inq_done, inq_optax, inq_params
 from qprune.quant.optimal import OBJECTIVES, optimal_sets, optimal_table, optimal_targets
 from qprune.quant.report import average_bits, format_table, layer_report
 from qprune.quant.rules import TARGET_RULES, choose_targets
-from qprune.quant.targets import (Targets, bits_per_weight, default_path_filter, in_target_set,
-                                  inq_exponents, inq_targets, l1_error, layer_name, quantizable_layers,
-                                  quantize, quantize_layers, quantize_params, relative_l1_error,
-                                  replace_layers)
-from qprune.quant.optax_inq import InqOptaxError, InqState, inq_done, inq_optax, inq_params
+from qprune.quant.targets import (
+                                 Targets,
+                                 bits_per_weight,
+                                 default_path_filter,
+                                 in_target_set,
+                                 inq_exponents,
+                                 inq_targets,
+                                 l1_error,
+                                 layer_name,
+                                 quantizable_layers,
+                                 quantize,
+                                 quantize_layers,
+                                 quantize_params,
+                                 relative_l1_error,
+                                 replace_layers,
+)
 
 __all__ = [
     # target sets per layer

@@ -28,7 +28,7 @@ import json
 import lzma
 import struct
 import zlib
-from typing import Mapping, Tuple
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,7 @@ from qprune.models.counting import _takes_train, example_struct
 from qprune.models.shrunk import ShrunkModel
 from qprune.models.spec import model_from_spec
 from qprune.quant import targets as targets_lib
+
 
 class ExportFormatError(UserError):
   """A file is not a readable quantized export (truncated, corrupt, a bad header)."""
@@ -104,7 +105,7 @@ def xz_codes(codes: np.ndarray) -> bytes:
 
 
 def _quantized_leaf(path: str, w, exponents, entropy_coding: bool,
-                    zero: bool) -> Tuple[dict, bytes]:
+                    zero: bool) -> tuple[dict, bytes]:
   exponents = tuple(sorted(int(e) for e in exponents))
   q = np.asarray(targets_lib.quantize(w, np.asarray(exponents, np.int32), zero=zero))
   bits = targets_lib.bits_per_weight(len(exponents), zero)
@@ -121,7 +122,7 @@ def _quantized_leaf(path: str, w, exponents, entropy_coding: bool,
   return meta, data
 
 
-def _float_leaf(path: str, x) -> Tuple[dict, bytes]:
+def _float_leaf(path: str, x) -> tuple[dict, bytes]:
   data = np.ascontiguousarray(np.asarray(x, np.float32)).astype('<f4').tobytes()
   return {'path': path, 'kind': 'float32', 'shape': list(np.shape(x))}, data
 
@@ -231,7 +232,7 @@ def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Map
 # ---------------------------------------------------------------------------------------------
 # Load.
 
-def _parse_header(data: bytes) -> Tuple[dict, memoryview]:
+def _parse_header(data: bytes) -> tuple[dict, memoryview]:
   """(header, payload) after checking magic, version, lengths and checksum; ValueError if bad."""
   if len(data) < _PREAMBLE.size:
     raise ExportFormatError(f'quantized export truncated: {len(data)} bytes, shorter than its preamble')
@@ -352,7 +353,7 @@ def leaf_codes(meta: dict, data) -> np.ndarray:
   return codes
 
 
-def decode_variables(data: bytes) -> Tuple[dict, dict]:
+def decode_variables(data: bytes) -> tuple[dict, dict]:
   """(spec, variables as nested dicts of numpy float32) from export bytes."""
   header, payload = _parse_header(data)
   flat = {meta['path']: _decode_leaf(meta, payload) for meta in header['leaves']}

@@ -9,7 +9,7 @@ first step (e.g. from the pretrained weights), so frozen values stay valid throu
 Masks are bool pytrees shaped like `params`: True = frozen. Leaves that are not quantized are
 all False (they train normally and are never snapped).
 """
-from typing import Callable, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ from qprune.models import interop
 from qprune.ops.masking import zero_frozen  # noqa: F401 (re-exported: qprune.quant.zero_frozen)
 from qprune.quant import targets as targets_lib
 
-DEFAULT_SCHEDULE: Tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
+DEFAULT_SCHEDULE: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
 RetrainFn = Callable[[object, object], object]  # (params, freeze_mask) -> params
 
 

@@ -34,7 +34,8 @@ L1 norm, so one tolerance fits every layer) is <= tol; or a global average bit b
 spent greedily on the upgrade with the largest L1 error reduction per extra bit.
 """
 import functools
-from typing import Mapping, NamedTuple, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -363,8 +364,8 @@ class CandidateTable(NamedTuple):
   names: layer names; sets[l][k-1]: exponent tuple; bits [L, K]; errors [L, K] (Σ|W−Ŵ|);
   l1_norms [L] (Σ|W|); num_weights [L].
   """
-  names: Tuple[str, ...]
-  sets: Tuple[Tuple[Tuple[int, ...], ...], ...]
+  names: tuple[str, ...]
+  sets: tuple[tuple[tuple[int, ...], ...], ...]
   bits: np.ndarray
   errors: np.ndarray
   l1_norms: np.ndarray
@@ -408,14 +409,14 @@ def candidate_table(layers: Mapping[str, jax.Array], k_max: int = 8, **kmeans_op
 def select_fixed_k(table: CandidateTable, k: int) -> dict:
   """Every layer uses its k-cluster set (k clipped to 1..K)."""
   index = min(max(int(k), 1), table.bits.shape[1]) - 1
-  return {name: table.sets[l][index] for l, name in enumerate(table.names)}
+  return {name: table.sets[ln][index] for ln, name in enumerate(table.names)}
 
 
 def select_by_tolerance(table: CandidateTable, tolerance: float) -> dict:
   """Per layer the smallest k with Σ|W−Ŵ|/Σ|W| <= tolerance (the largest k if none is)."""
   ok = table.relative_errors <= tolerance
   index = np.where(ok.any(axis=1), ok.argmax(axis=1), ok.shape[1] - 1)
-  return {name: table.sets[l][index[l]] for l, name in enumerate(table.names)}
+  return {name: table.sets[ln][index[ln]] for ln, name in enumerate(table.names)}
 
 
 def select_by_bit_budget(table: CandidateTable, bits_per_weight: float) -> dict:
@@ -432,20 +433,20 @@ def select_by_bit_budget(table: CandidateTable, bits_per_weight: float) -> dict:
   spent = float(np.sum(n * table.bits[:, 0]))
   while True:
     best = None
-    for l in range(len(choice)):  # over layers and candidates, not weights
-      b0, e0 = table.bits[l, choice[l]], table.errors[l, choice[l]]
+    for ln in range(len(choice)):  # over layers and candidates, not weights
+      b0, e0 = table.bits[ln, choice[ln]], table.errors[ln, choice[ln]]
       for c in range(table.bits.shape[1]):
-        extra = (table.bits[l, c] - b0) * n[l]
-        gain = e0 - table.errors[l, c]
+        extra = (table.bits[ln, c] - b0) * n[ln]
+        gain = e0 - table.errors[ln, c]
         if extra > 0 and gain > 0 and spent + extra <= budget:
           ratio = gain / extra
           if best is None or ratio > best[0]:
-            best = (ratio, l, c, extra)
+            best = (ratio, ln, c, extra)
     if best is None:
       break
-    _, l, c, extra = best
-    choice[l], spent = c, spent + extra
-  return {name: table.sets[l][choice[l]] for l, name in enumerate(table.names)}
+    _, ln, c, extra = best
+    choice[ln], spent = c, spent + extra
+  return {name: table.sets[ln][choice[ln]] for ln, name in enumerate(table.names)}
 
 
 def check_choice(*, k=None, tolerance=None, bits_per_weight=None, k_max=None) -> None:

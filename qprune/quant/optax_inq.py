@@ -30,17 +30,18 @@ State (`InqState`) is a pytree of arrays only: the step counter, the stage count
 inner optimizer's state. So it jits with one compilation for the whole schedule (the stage
 boundary is a `lax.cond` on traced counters) and checkpoints like any optax state.
 """
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from qprune.errors import UserError
 from qprune.models import interop
 from qprune.quant import inq as inq_lib
 from qprune.quant import targets as targets_lib
-from qprune.errors import UserError
 
 
 class InqOptaxError(UserError):

@@ -1,5 +1,5 @@
 """Per-layer quantization report: what results.json's `layers` list and the printed table hold."""
-from typing import List, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ from qprune.quant import targets as targets_lib
 
 def layer_report(params, targets: targets_lib.Targets,
                  path_filter: targets_lib.PathFilter = targets_lib.default_path_filter,
-                 zero: bool = True) -> List[dict]:
+                 zero: bool = True) -> list[dict]:
   """[{name, num_weights, exponents, bits, distinct_values, l1_error}] per targeted layer.
 
   The layer is quantized with its set (`quantize`; a no-op for already-snapped weights), so

@@ -10,7 +10,7 @@
 it); 'kmeans' clusters log2|w| per layer; 'optimal' is the exactly least-error set (a dynamic
 program over integer exponents; `objective` 'l1' or 'l2').
 """
-from typing import Callable, Dict, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 from qprune.quant.kmeans import kmeans_targets
 from qprune.quant.optimal import optimal_targets
@@ -25,8 +25,8 @@ def _inq(layers, *, bits: int = 4, zero: bool = True, **unused) -> Targets:
 
 
 def _clustered(fn):
-  def rule(layers, *, k: int = 3, k_max: int = 8, tolerance: Optional[float] = None,
-           bits_budget: Optional[float] = None, objective: str = 'l1', zero: bool = True,
+  def rule(layers, *, k: int = 3, k_max: int = 8, tolerance: float | None = None,
+           bits_budget: float | None = None, objective: str = 'l1', zero: bool = True,
            **unused) -> Targets:
     del unused
     if tolerance:
@@ -47,7 +47,7 @@ def _clustered(fn):
   return rule
 
 
-TARGET_RULES: Dict[str, Callable[..., Targets]] = {
+TARGET_RULES: dict[str, Callable[..., Targets]] = {
     'kmeans': _clustered(kmeans_targets),
     'optimal': _clustered(optimal_targets),
     'inq': _inq,

@@ -23,7 +23,7 @@ smallest magnitude and every |w| below its threshold maps to it (an exact 0 to +
 `{±2^a}`). A very small `e_1` plays the part of zero where the layer has many tiny weights.
 """
 import math
-from typing import Callable, Mapping, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,24 +33,24 @@ from flax import traverse_util
 from qprune.errors import UserError
 from qprune.models import interop
 
-Targets = Mapping[str, Tuple[int, ...]]
+Targets = Mapping[str, tuple[int, ...]]
 
 
 class TargetsError(UserError):
   """Bad target sets or layers: empty, non-integer exponents, layers the model lacks."""
-PathFilter = Callable[[Tuple[str, ...], jax.Array], bool]
+PathFilter = Callable[[tuple[str, ...], jax.Array], bool]
 
 # float32 normal range: exponents outside it are not representable exactly (or at all).
 MIN_EXPONENT, MAX_EXPONENT = -126, 127
 _KERNEL = 'kernel'
 
 
-def default_path_filter(path: Tuple[str, ...], leaf) -> bool:
+def default_path_filter(path: tuple[str, ...], leaf) -> bool:
   """Every conv kernel (kh, kw, in, out) and dense kernel (in, out); biases and BatchNorm stay float."""
   return path[-1] == _KERNEL and np.ndim(leaf) >= 2
 
 
-def layer_name(path: Tuple[str, ...]) -> str:
+def layer_name(path: tuple[str, ...]) -> str:
   """'/'-joined module path of a leaf; a trailing 'kernel' is dropped ('stage1_block1/conv1')."""
   return '/'.join(path[:-1] if path[-1] == _KERNEL and len(path) > 1 else path)
 
@@ -122,7 +122,7 @@ def replace_layers(params, layers: Mapping[str, jax.Array],
 # ---------------------------------------------------------------------------------------------
 # Target sets.
 
-def inq_exponents(max_abs: float, bits: int) -> Tuple[int, ...]:
+def inq_exponents(max_abs: float, bits: int) -> tuple[int, ...]:
   """INQ's rule: n1 = floor(log2(4·max|W|/3)), n2 = n1 + 1 − 2^(b−1)/2, exponents n2..n1.
 
   b bits give 2^(b−2) exponents, i.e. 2^(b−1) + 1 codes, which fit exactly in b bits (b >= 2).

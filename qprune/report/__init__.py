@@ -11,8 +11,12 @@ the batch collector launch.sh uses, and publishing a finished run.
 """
 from qprune.report.collect import write_summary
 from qprune.report.markdown import REPORT_MD, render, write_report, write_sensitivity
-from qprune.report.plots import (mask_distance_plot, sweep_plots, weight_histogram,
-                                 weight_histogram_grid)
+from qprune.report.plots import (
+                                 mask_distance_plot,
+                                 sweep_plots,
+                                 weight_histogram,
+                                 weight_histogram_grid,
+)
 from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity
 
 __all__ = ['write_report', 'render', 'write_sensitivity', 'quant_sensitivity',

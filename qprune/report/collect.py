@@ -14,7 +14,6 @@ import csv
 import io
 import os
 import sys
-from typing import Dict, List, Optional
 
 if __name__ == '__main__' and sys.path and (
     os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))):
@@ -37,7 +36,7 @@ RESULT_COLUMNS = tuple((name, name) for name in records.COLUMNS)
 ALWAYS = ('job', 'status')
 
 
-def _read_results(path: str) -> Optional[dict]:
+def _read_results(path: str) -> dict | None:
   """A run's results.json, or None where it is missing or damaged (that run is not finished)."""
   try:
     results = files.read_json(path, required=())
@@ -46,7 +45,7 @@ def _read_results(path: str) -> Optional[dict]:
   return results
 
 
-def read_jobs(out: str) -> Optional[List[Dict[str, str]]]:
+def read_jobs(out: str) -> list[dict[str, str]] | None:
   """launch.sh's job list, or None when OUT has none."""
   path = os.path.join(out, JOBS_TSV)
   if not os.path.exists(path):
@@ -62,7 +61,7 @@ def read_jobs(out: str) -> Optional[List[Dict[str, str]]]:
   return jobs
 
 
-def _status(out: str, name: str, results: Optional[dict]) -> str:
+def _status(out: str, name: str, results: dict | None) -> str:
   try:
     with open(os.path.join(out, LOGS_DIR, f'{name}.rc')) as f:
       rc = int(f.read().strip() or 1)
@@ -73,11 +72,11 @@ def _status(out: str, name: str, results: Optional[dict]) -> str:
   return 'ok' if results is not None else 'not finished'
 
 
-def collect(out: str) -> List[dict]:
+def collect(out: str) -> list[dict]:
   """One row per job: job, status, config, seed, overrides and the RESULT_COLUMNS, plus the
   full results dict under '_results' (None when missing)."""
   jobs = read_jobs(out)
-  rows: List[dict] = []
+  rows: list[dict] = []
   if jobs is not None:
     for job in jobs:
       workdir = job['workdir'] or os.path.join(out, job['name'])
@@ -101,7 +100,7 @@ def collect(out: str) -> List[dict]:
   return rows
 
 
-def columns_of(rows: List[dict]) -> List[str]:
+def columns_of(rows: list[dict]) -> list[str]:
   """ALWAYS columns, then every other column some row fills (in a fixed order)."""
   candidates = ['config', 'seed', 'overrides'] + [c for c, _ in RESULT_COLUMNS]
   return list(ALWAYS) + [c for c in candidates
@@ -120,14 +119,14 @@ def _cell(value, column: str) -> str:
   return str(value).replace('|', '\\|')
 
 
-def to_markdown(rows: List[dict], columns: List[str]) -> str:
+def to_markdown(rows: list[dict], columns: list[str]) -> str:
   lines = ['| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' for _ in columns) + '|']
   for r in rows:
     lines.append('| ' + ' | '.join(_cell(r.get(c), c) for c in columns) + ' |')
   return '\n'.join(lines) + '\n'
 
 
-def to_csv(rows: List[dict], columns: List[str]) -> str:
+def to_csv(rows: list[dict], columns: list[str]) -> str:
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator='\n')
   writer.writerow(columns)
@@ -136,7 +135,7 @@ def to_csv(rows: List[dict], columns: List[str]) -> str:
   return buffer.getvalue()
 
 
-def write_summary(out: str, plots: bool = False) -> List[dict]:
+def write_summary(out: str, plots: bool = False) -> list[dict]:
   """Writes OUT/summary.md and OUT/summary.csv (and with plots=True OUT/plots/*.png)."""
   rows = collect(out)
   columns = columns_of(rows)
@@ -182,13 +181,13 @@ def seed_group(row: dict) -> str:
   return re.sub(r'_s\d+$', '', row['job'])
 
 
-def aggregate_seeds(rows: List[dict]) -> List[dict]:
+def aggregate_seeds(rows: list[dict]) -> list[dict]:
   """One row per group of jobs that differ only in the seed (in first-job order), when some group
   has two or more jobs: group, n (finished jobs), jobs, and for each numeric result column the
   mean and sample standard deviation over the finished jobs (`<column>_mean`, `<column>_std`;
   std None for n < 2). [] when every job is alone in its group."""
   import statistics  # pylint: disable=g-import-not-at-top
-  groups: Dict[str, List[dict]] = {}
+  groups: dict[str, list[dict]] = {}
   for row in rows:
     groups.setdefault(seed_group(row), []).append(row)
   if all(len(members) < 2 for members in groups.values()):
@@ -207,7 +206,7 @@ def aggregate_seeds(rows: List[dict]) -> List[dict]:
   return out
 
 
-def seeds_markdown(groups: List[dict]) -> str:
+def seeds_markdown(groups: list[dict]) -> str:
   """The groups as a markdown table of `mean ± std` cells (n: finished jobs of the group)."""
   columns = [c for c, _ in RESULT_COLUMNS if any(f'{c}_mean' in g for g in groups)]
   lines = ['| group | n | ' + ' | '.join(columns) + ' |',
@@ -222,7 +221,7 @@ def seeds_markdown(groups: List[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def write_seed_summary(out: str, rows: List[dict]) -> str:
+def write_seed_summary(out: str, rows: list[dict]) -> str:
   """Writes OUT/summary_seeds.csv (one row per group: group, n, jobs, <column>_mean,
   <column>_std) when jobs repeat over seeds; returns the summary.md section ('' otherwise)."""
   groups = aggregate_seeds(rows)

@@ -17,7 +17,8 @@
 Plots go to `workdir/plots/`; the markdown links them relatively. All writes are atomic.
 """
 import os
-from typing import Any, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +48,8 @@ def fmt(value: Any) -> str:
   return str(value).replace('|', '\\|').replace('\n', ' ')
 
 
-def table(rows: Sequence[Mapping], columns: Sequence[str], headers: Optional[Sequence[str]] = None
-          ) -> List[str]:
+def table(rows: Sequence[Mapping], columns: Sequence[str], headers: Sequence[str] | None = None
+          ) -> list[str]:
   """Markdown table lines of `rows` (dicts) restricted to `columns`."""
   headers = list(headers or columns)
   lines = ['| ' + ' | '.join(h.replace('|', '\\|') for h in headers) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
@@ -79,7 +80,7 @@ class _Context:
     return os.path.join(self.plots, self.prefix + name)
 
 
-def summary_section(record: records.Results, ctx: _Context) -> List[str]:
+def summary_section(record: records.Results, ctx: _Context) -> list[str]:
   """The console's before → after block, then every labelled field of the record."""
   block = record.summary_lines()[1:]
   lines = ['```', *[line.strip() for line in block], '```', ''] if block else []
@@ -104,7 +105,7 @@ def _thin(rows: Sequence, keep: int = 30) -> list:
   return picked if picked[-1] is rows[-1] else picked + [rows[-1]]
 
 
-def training_stages(record: records.Results) -> List[tuple]:
+def training_stages(record: records.Results) -> list[tuple]:
   """[(stage name, per-epoch rows)] of every training stage of a run, in order."""
   if isinstance(record, records.TrainResults):
     return [('train', record.history)]
@@ -117,7 +118,7 @@ def training_stages(record: records.Results) -> List[tuple]:
   return []
 
 
-def curves_section(record: records.Results, ctx: _Context) -> List[str]:
+def curves_section(record: records.Results, ctx: _Context) -> list[str]:
   """Per-stage epoch tables (thinned to ~30 rows) and one plot of all stages' curves."""
   stages = [(name, rows) for name, rows in training_stages(record) if rows]
   if not stages:
@@ -135,7 +136,7 @@ def curves_section(record: records.Results, ctx: _Context) -> List[str]:
   return lines + [_image(path, ctx.workdir, 'accuracy and loss per epoch'), '']
 
 
-def model_section(layer_rows: Optional[Sequence[Mapping]], ctx: _Context) -> List[str]:
+def model_section(layer_rows: Sequence[Mapping] | None, ctx: _Context) -> list[str]:
   """Per-layer params and MACs of the run's saved model (conv and dense layers)."""
   if not layer_rows:
     return []
@@ -152,8 +153,8 @@ def targets_from_layers(layers: Sequence[Mapping]) -> dict:
 
 
 def quant_section(record: records.Results, ctx: _Context,
-                  layer_weights: Optional[Mapping] = None,
-                  targets: Optional[Mapping] = None) -> List[str]:
+                  layer_weights: Mapping | None = None,
+                  targets: Mapping | None = None) -> list[str]:
   """Per-layer quantization table and, given the weights, one log2 histogram per layer."""
   if not isinstance(record, records.QuantizeResults) or not record.layers:
     return []
@@ -191,7 +192,7 @@ def quant_section(record: records.Results, ctx: _Context,
   return lines
 
 
-def prune_section(record: records.Results, ctx: _Context) -> List[str]:
+def prune_section(record: records.Results, ctx: _Context) -> list[str]:
   """Channels kept per group, params/MACs before and after, the search, the mask distance."""
   if not isinstance(record, records.PruneResults):
     return []
@@ -273,7 +274,7 @@ def _run_config(workdir: str) -> dict:
   return config if isinstance(config, dict) else {}
 
 
-def search_explanation(record: records.PruneResults, config: Mapping) -> List[str]:
+def search_explanation(record: records.PruneResults, config: Mapping) -> list[str]:
   """What the candidate search chose, among what, under which budget, and why (one paragraph);
   a single candidate says it was the configured one."""
   rows, best = record.search, record.search_best
@@ -316,7 +317,7 @@ def search_explanation(record: records.PruneResults, config: Mapping) -> List[st
   return [text, '']
 
 
-def sensitivity_lines(rows: Sequence[Mapping], ctx: _Context, kind: str) -> List[str]:
+def sensitivity_lines(rows: Sequence[Mapping], ctx: _Context, kind: str) -> list[str]:
   """Table + plot of `quant_sensitivity` (kind='quant') or `prune_sensitivity` rows."""
   if not rows:
     return []
@@ -337,7 +338,7 @@ def sensitivity_lines(rows: Sequence[Mapping], ctx: _Context, kind: str) -> List
 
 
 def run_sections(record: records.Results, ctx: _Context, layer_weights=None, targets=None,
-                 layer_rows=None) -> List[str]:
+                 layer_rows=None) -> list[str]:
   """Every section of one (non-pipeline) record."""
   lines = summary_section(record, ctx)
   lines += quant_section(record, ctx, layer_weights, targets)
@@ -349,8 +350,8 @@ def run_sections(record: records.Results, ctx: _Context, layer_weights=None, tar
   return lines
 
 
-def render(workdir: str, results, layer_weights: Optional[Mapping] = None,
-           targets: Optional[Mapping] = None, layer_rows: Optional[Sequence] = None) -> str:
+def render(workdir: str, results, layer_weights: Mapping | None = None,
+           targets: Mapping | None = None, layer_rows: Sequence | None = None) -> str:
   """The report's markdown text (writes the plots as a side effect).
 
   results: the run's record or its results.json dict. layer_rows: per-layer params/MACs of the
@@ -375,7 +376,7 @@ def render(workdir: str, results, layer_weights: Optional[Mapping] = None,
   return '\n'.join(lines).rstrip() + '\n'
 
 
-def saved_model_layer_rows(workdir: str) -> Optional[list]:
+def saved_model_layer_rows(workdir: str) -> list | None:
   """[{name, params, macs}] of the model saved in `workdir`, None when it has none."""
   from qprune import artifacts  # pylint: disable=g-import-not-at-top
   from qprune.models import layer_costs  # pylint: disable=g-import-not-at-top
@@ -404,8 +405,9 @@ def write_report(workdir: str, results, variables=None, targets=None) -> str:
     from qprune.artifacts import load_saved_model  # pylint: disable=g-import-not-at-top
     variables = load_saved_model(variables)[1]
   if variables is not None:
-    from qprune.quant import quantizable_layers  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
+
+    from qprune.quant import quantizable_layers  # pylint: disable=g-import-not-at-top
     params = variables.get('params', variables) if isinstance(variables, Mapping) else variables
     layer_weights = jax.device_get(quantizable_layers(params))
   text = render(workdir, results, layer_weights, targets, saved_model_layer_rows(workdir))

@@ -11,7 +11,7 @@ import io
 import math
 import os
 import re
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -113,10 +113,10 @@ def _legend_beside(ax, **kwargs):
             **kwargs)
 
 
-def mask_distance_plot(distances: Sequence[Optional[float]], path: str,
-                       threshold: Optional[float] = None,
-                       window_max: Optional[Sequence[Optional[float]]] = None,
-                       stop_epoch: Optional[int] = None) -> str:
+def mask_distance_plot(distances: Sequence[float | None], path: str,
+                       threshold: float | None = None,
+                       window_max: Sequence[float | None] | None = None,
+                       stop_epoch: int | None = None) -> str:
   """Early-Bird: mask distance to the previous pretraining epoch, and the quantity the stop rule
   tests (the largest pairwise distance among the last `window` epochs' masks) against its
   threshold; the epoch the rule fired is marked. The first distance exists from epoch 2 on: a
@@ -223,7 +223,7 @@ def stage_curves_figure(stages: Sequence[tuple], title: str = 'Training curves')
 
 
 def sensitivity_plot(rows: Sequence[Mapping], path: str, *, x_key: str, x_label: str,
-                     title: str, baseline: Optional[float] = None) -> str:
+                     title: str, baseline: float | None = None) -> str:
   """Accuracy vs `x_key` (k or ratio), one line per layer / group (`rows[i]['layer']`)."""
   fig = _figure(7.0, 4.2)
   ax = fig.add_subplot()
@@ -306,7 +306,7 @@ def _book_figure():
   return _figure(6.0, 4.0, constrained=False)
 
 
-def _save_book_figure(fig, ax, path: str, legend_fontsize: Optional[int] = None) -> str:
+def _save_book_figure(fig, ax, path: str, legend_fontsize: int | None = None) -> str:
   ax.legend(**({'fontsize': legend_fontsize} if legend_fontsize else {}))
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -314,7 +314,7 @@ def _save_book_figure(fig, ax, path: str, legend_fontsize: Optional[int] = None)
 
 
 def accuracy_vs_bits_plot(methods: Mapping[str, Sequence[tuple]], path: str, *, title: str,
-                          reference: Optional[float] = None) -> str:
+                          reference: float | None = None) -> str:
   """Test accuracy (%) vs bits per weight: per label (a target rule) every run a faint dot and a
   line through its best run at each bit width; `reference` (full precision) a dashed line."""
   fig = _book_figure()
@@ -353,7 +353,7 @@ def mask_settling_plot(curves: Mapping[str, tuple], path: str, *, title: str) ->
 
 
 def labelled_points_plot(points: Sequence[Mapping], path: str, *, xlabel: str, ylabel: str,
-                         title: str, reference: Optional[tuple] = None) -> str:
+                         title: str, reference: tuple | None = None) -> str:
   """A scatter of points drawn in order, each {'x', 'y', 'color', 'marker', 'size', 'label'
   (legend, or None), 'text' (written beside it, or None)}; `reference` (value, label): a dashed
   horizontal line."""

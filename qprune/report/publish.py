@@ -21,7 +21,6 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import List, Optional
 
 from qprune import files, records
 from qprune.errors import UserError
@@ -52,7 +51,7 @@ def read_record(path: str) -> records.Results:
     raise PublishError(f'{path}: {e}') from None
 
 
-def export_path(record: records.Results) -> Optional[str]:
+def export_path(record: records.Results) -> str | None:
   """The run's bit-packed export (quantize and pipeline runs); None where the run saved
   model.json + model/ instead."""
   if isinstance(record, (records.QuantizeResults, records.PipelineResults)):
@@ -103,8 +102,8 @@ def check_destination(workdir: str, dest: str):
                        f'was changed; move it away or choose another --to')
 
 
-def publish(workdir: str, dest: str, *, command: Optional[str] = None,
-            machine: Optional[str] = None, root: Optional[str] = None) -> List[str]:
+def publish(workdir: str, dest: str, *, command: str | None = None,
+            machine: str | None = None, root: str | None = None) -> list[str]:
   """Copies the finished run in `workdir` to `dest`; returns the names written.
 
   `dest` may be missing, empty, or published before (then replaced, keeping the `command` /
@@ -226,7 +225,7 @@ def run_name(config: dict) -> str:
   return name
 
 
-def publish_sweep(sweep_dir: str, group_dir: str, root: Optional[str] = None) -> List[str]:
+def publish_sweep(sweep_dir: str, group_dir: str, root: str | None = None) -> list[str]:
   """Publishes every finished run under `sweep_dir` (e.g. a launch.sh --out folder) as
   `group_dir/<run_name>`; returns the names. Every destination is checked before the first
   run is published. `root` as for `publish`."""

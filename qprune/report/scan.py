@@ -8,8 +8,8 @@ pruning: when only one channel group is pruned (L1, uniform) at a ratio, BN re-e
 training images. Both evaluate all variants with one compiled function (see sensitivity.py).
 Writes sensitivity_quant.md, sensitivity_prune.md and their plots.
 """
-from absl import app, flags
 import numpy as np
+from absl import app, flags
 
 from qprune.artifacts import load_saved_model
 from qprune.data import pipeline
@@ -17,7 +17,6 @@ from qprune.models.spec import model_from_spec
 from qprune.prune import batched
 from qprune.report.markdown import write_sensitivity
 from qprune.report.sensitivity import prune_sensitivity, quant_sensitivity
-
 
 
 def define_flags():
@@ -37,14 +36,14 @@ def main(argv):
     ks = tuple(int(k) for k in flags.FLAGS.ks)
     ratios = tuple(float(r) for r in flags.FLAGS.ratios)
   except ValueError as e:
-    raise app.UsageError(f'--ks takes integers and --ratios numbers: {e}')
+    raise app.UsageError(f'--ks takes integers and --ratios numbers: {e}') from None
   try:
     spec, variables = load_saved_model(flags.FLAGS.workdir)
     model = model_from_spec(spec)
     data = pipeline.load_data(spec['dataset'], flags.FLAGS.data_dir, train_subset=400,
                               eval_subset=flags.FLAGS.eval_subset)
   except ValueError as e:  # every UserError is one
-    raise app.UsageError(str(e))
+    raise app.UsageError(str(e)) from None
   quant_rows = quant_sensitivity(model, variables, data.test, ks)
   prune_rows = prune_sensitivity(model, variables, data.test, ratios,
                                  bn_images=batched(data.train.images, 100))

@@ -21,7 +21,7 @@ Both return JSON-able rows (one per (layer, k) / (group, ratio)) with `baseline_
 `accuracy_drop`; `qprune.report.write_sensitivity(rows, workdir, kind)` writes table + plot,
 and rows stored in results under `quant_sensitivity` / `prune_sensitivity` show up in report.md.
 """
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,6 @@ from qprune.quant import kmeans as kmeans_lib
 from qprune.quant import targets as targets_lib
 from qprune.train import evaluation
 
-
 # ---------------------------------------------------------------------------------------------
 # Shared: evaluation data.
 
@@ -44,7 +43,7 @@ def padded_batches(images, labels, batch_size: int):
       np.asarray(images), np.asarray(labels), batch_size))
 
 
-def _rows_with_baseline(rows: List[dict], baseline: float) -> List[dict]:
+def _rows_with_baseline(rows: list[dict], baseline: float) -> list[dict]:
   for r in rows:
     r['baseline_accuracy'] = baseline
     r['accuracy_drop'] = baseline - r['accuracy']
@@ -90,9 +89,9 @@ def eval_quant_variants(model, names, variables, quantized, layer_ids, k_ids, im
 
 
 def quant_sensitivity(model, variables, split, ks: Sequence[int] = (1, 2, 3, 4), *,
-                      batch_size: int = 500, vmap_size: Optional[int] = None,
-                      k_max: Optional[int] = None,
-                      path_filter=targets_lib.default_path_filter) -> List[dict]:
+                      batch_size: int = 500, vmap_size: int | None = None,
+                      k_max: int | None = None,
+                      path_filter=targets_lib.default_path_filter) -> list[dict]:
   """Rows {layer, k, exponents, bits, num_weights, accuracy, loss, baseline_accuracy,
   accuracy_drop}, one per (quantizable layer, k), layers in params order (see module doc).
 
@@ -154,7 +153,7 @@ def single_group_masks(groups, scores, ratios: Sequence[float], selection: str =
 def prune_sensitivity(model, variables, split, ratios: Sequence[float] = (0.25, 0.5, 0.75), *,
                       groups=None, criterion: str = 'l1', selection: str = 'uniform',
                       bn_images=None, batch_size: int = 500, chunk: int = 16,
-                      **criterion_data) -> List[dict]:
+                      **criterion_data) -> list[dict]:
   """Rows {layer (group name), ratio, kept, total, params, macs, accuracy, loss,
   baseline_accuracy, accuracy_drop}, one per (group, ratio), groups in model order.
 

@@ -7,7 +7,7 @@ A checkpoint holds a pytree ('state': arrays) and JSON metadata ('meta': epoch, 
 import errno
 import os
 import shutil
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -37,7 +37,7 @@ class CheckpointStore:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=False))
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, tree, meta: dict):
@@ -50,7 +50,7 @@ class CheckpointStore:
     except Exception as e:  # pylint: disable=broad-except
       raise as_os_error(e, self.directory) from e
 
-  def restore_latest(self, like) -> Optional[Tuple[Any, dict]]:
+  def restore_latest(self, like) -> tuple[Any, dict] | None:
     """(tree, meta) of the newest checkpoint, shaped like `like`; None when there is none."""
     step = self.latest_step()
     if step is None:

@@ -8,7 +8,7 @@ invalid, so every example counts exactly once whatever the split size, and the b
 the compiled function) does not depend on it. `batch_sums` scans the batches with `lax.map`
 (memory bounded by one batch) and works jitted, un-jitted and under `vmap`.
 """
-from typing import Callable, Dict, Tuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 
-def pad_to_batches(images, labels, batch_size: int) -> Tuple:
+def pad_to_batches(images, labels, batch_size: int) -> tuple:
   """(images [B, bs, ...], labels [B, bs], valid bool [B, bs]) with bs = min(batch_size, N): the
   split zero-padded to a multiple of bs, `valid` marking the real examples.
 
@@ -34,7 +34,7 @@ def pad_to_batches(images, labels, batch_size: int) -> Tuple:
           valid.reshape(-1, bs))
 
 
-def batch_sums(logits_fn: Callable, images, labels, valid=None) -> Dict[str, jax.Array]:
+def batch_sums(logits_fn: Callable, images, labels, valid=None) -> dict[str, jax.Array]:
   """{'loss': summed cross-entropy, 'correct': count, 'count': valid examples} of
   `logits_fn(images[b])` over the batches b of images [B, bs, ...] / labels [B, bs] (valid: bool
   [B, bs], default all)."""
@@ -52,7 +52,7 @@ def batch_sums(logits_fn: Callable, images, labels, valid=None) -> Dict[str, jax
   return {'loss': losses.sum(), 'correct': correct.sum(), 'count': jnp.sum(valid)}
 
 
-def accuracy_and_loss(sums: Dict) -> Dict:
+def accuracy_and_loss(sums: dict) -> dict:
   """{'accuracy', 'loss' (mean)} from `batch_sums`' sums (works on arrays of them too)."""
   count = jnp.maximum(sums['count'], 1)
   return {'accuracy': sums['correct'] / count, 'loss': sums['loss'] / count}

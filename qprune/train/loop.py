@@ -18,14 +18,15 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from qprune import distributed, files, interrupts
-from qprune.errors import Interrupted, UserError
 from qprune.data import pipeline
+from qprune.errors import Interrupted, UserError
 from qprune.train import checkpoint, optim, parallel, progress, steps
 from qprune.train.parallel import BatchSizeError
 from qprune.train.state import TrainState, create_state
@@ -121,9 +122,9 @@ def evaluate(model, variables, split: pipeline.Split, batch_size: int, mesh=None
   return {'accuracy': float(sums['correct']) / count, 'loss': float(sums['loss']) / count}
 
 
-def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir: Optional[str], *,
+def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir: str | None, *,
         hooks: steps.StepHooks = steps.StepHooks(), aux: Any = None,
-        on_epoch_end: Optional[Callable] = None, mesh=None, label: str = '') -> FitResult:
+        on_epoch_end: Callable | None = None, mesh=None, label: str = '') -> FitResult:
   """Trains and returns the final state; resumes from `<stage_dir>/checkpoints` if present.
 
   label names the stage in progress and epoch lines (e.g. 'pretrain', 'inq 2/4 (75% frozen)').

@@ -10,7 +10,6 @@ import optax
 
 from qprune.ops.masking import zero_frozen
 
-
 LR_SCHEDULES = ('cosine', 'step', 'constant')
 
 

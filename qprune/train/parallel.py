@@ -6,7 +6,8 @@ all-reduce. BatchNorm statistics are computed over the global batch, so N device
 """
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from qprune.errors import UserError
 

@@ -12,7 +12,6 @@ loss synchronizes with the device, so it happens at most once per `min_interval_
 import datetime
 import sys
 import time
-from typing import Optional
 
 import jax
 from tqdm import tqdm
@@ -41,7 +40,7 @@ class EpochProgress:
     self.start_index = start_index
     self.start = self.last_print = self.last_loss = time.time()
     self.compiling = first_compile and enabled
-    self.bar: Optional[tqdm] = None
+    self.bar: tqdm | None = None
     if enabled and self.tty:
       self.bar = tqdm(total=per_epoch, initial=start_index, desc=self.desc, leave=False,
                       mininterval=min_interval_s, file=self.stream)

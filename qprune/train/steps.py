@@ -14,7 +14,8 @@ augments it on device, and takes one optimizer step. Everything that changes bet
   aux['freeze_mask'] (bool pytree)        elements that get no update (INQ), via optim.freezable
 """
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +28,9 @@ from qprune.train.state import TrainState
 
 @dataclasses.dataclass(frozen=True)
 class StepHooks:
-  forward_params: Optional[Callable[[Any, Any], Any]] = None
-  extra_loss: Optional[Callable[[Any, Any], jax.Array]] = None
-  task_loss: Optional[Callable[[jax.Array, jax.Array, jax.Array, Any], jax.Array]] = None
+  forward_params: Callable[[Any, Any], Any] | None = None
+  extra_loss: Callable[[Any, Any], jax.Array] | None = None
+  task_loss: Callable[[jax.Array, jax.Array, jax.Array, Any], jax.Array] | None = None
 
 
 def cross_entropy(logits, labels):

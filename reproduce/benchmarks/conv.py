@@ -15,9 +15,9 @@ With --json the last line is a JSON object {"rows": [...]}.
 import json
 import time
 
-from absl import app, flags
 import jax
 import numpy as np
+from absl import app, flags
 
 from qprune.ops import compile as compile_lib
 from qprune.ops import conv as conv_ops

@@ -24,7 +24,7 @@ import json
 import os
 import statistics
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -51,7 +51,7 @@ INPUT_SHAPES = {'lenet5': (28, 28, 1)}
 DEFAULT_SHAPE = (32, 32, 3)
 
 
-def _median_interleaved(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
+def _median_interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
   """{name: median seconds}; every fn is warmed up twice, then the fns alternate per repeat."""
   for fn in fns.values():
     fn()
@@ -75,6 +75,7 @@ def _jax_runner(model, variables, images) -> Callable[[], None]:
 
 def _onnx_runner(model, variables, images, input_shape, threads: int = 0) -> Callable[[], None]:
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+
   from qprune import deploy  # pylint: disable=g-import-not-at-top
   options = ort.SessionOptions()
   options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -104,8 +105,8 @@ def model_pair(name: str, ratio: float, criterion: str, residual: bool, workdir=
 
 
 def bench_model(name: str, *, ratio: float, criterion: str, residual: bool, batch: int,
-                repeats: int, throughput_repeats: int, backends: List[str], threads: int = 0,
-                workdir=None) -> List[dict]:
+                repeats: int, throughput_repeats: int, backends: list[str], threads: int = 0,
+                workdir=None) -> list[dict]:
   """Rows {model, measure, batch, backend, full_ms, pruned_ms, *_images_per_s, speedup, ...}."""
   shape, pair = model_pair(name, ratio, criterion, residual, workdir)
   counts = {k: {'params': count_params(v['params']), 'macs': count_macs(m, v, shape)}
@@ -131,7 +132,7 @@ def bench_model(name: str, *, ratio: float, criterion: str, residual: bool, batc
   return rows
 
 
-def format_table(rows: List[dict]) -> str:
+def format_table(rows: list[dict]) -> str:
   head = ('| model | measure | batch | backend | full | pruned | speed-up | MACs ratio |\n'
           '| --- | --- | --- | --- | --- | --- | --- | --- |')
   lines = [head]

@@ -142,13 +142,13 @@ def exact_quality(layers, clusters, k_max):
   exact_sets = {}
   for k in range(1, k_max + 1):
     equal, gaps = [], []
-    for l, x in enumerate(values):
+    for ln, x in enumerate(values):
       best = exact_kmeans(x, k)
       if best is None:
         continue
-      exact_sets[l, k] = exponent_set(best)
-      live = centers[l, k - 1, :k][sizes[l, k - 1, :k] > 0]
-      equal.append(ours[l][k - 1] == exact_sets[l, k])
+      exact_sets[ln, k] = exponent_set(best)
+      live = centers[ln, k - 1, :k][sizes[ln, k - 1, :k] > 0]
+      equal.append(ours[ln][k - 1] == exact_sets[ln, k])
       exact_sse = sse(x, best)
       gaps.append(sse(x, live) / exact_sse - 1.0 if exact_sse > 0 else 0.0)
     per_k.append({'k': k, 'layers_checked': len(equal),

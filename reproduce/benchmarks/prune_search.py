@@ -45,6 +45,7 @@ from qprune.artifacts import load_saved_model
 from qprune.models import create_model, init_variables
 from qprune.models.spec import model_from_spec
 
+
 def define_flags() -> None:
   """The command-line flags, defined only when run as a script: the suite imports this module's
   helpers and has flags of the same names (data_dir)."""

@@ -71,7 +71,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, Optional
 
 from absl import app, flags
 
@@ -99,7 +98,7 @@ _GRACE_S = 10  # what the throughput section's soft budget keeps back from its h
 ZOO_ORDER = ('resnet20', 'lenet5', 'alexnet', 'vgg11', 'resnet32', 'vgg16', 'vgg19', 'resnet56',
              'resnet110')  # the headline model first, ResNet-110 (the longest compile) last
 
-FULL: Dict[str, dict] = {
+FULL: dict[str, dict] = {
     'kmeans': {'model': 'resnet56', 'k_max': 8, 'repeats': 21},
     'search': {'width': 1.0, 'num_images': 10000, 'candidates': 32, 'batch_size': 100,
                'bn_batches': 2, 'bn_batch_size': 64, 'repeats': 3},
@@ -112,7 +111,7 @@ FULL: Dict[str, dict] = {
     'throughput': {'models': ZOO_ORDER, 'batch_size': 256, 'steps': 20,
                    'dtypes': ('float32', 'bfloat16'), 'alt_conv': ('resnet20',)},
 }
-TINY: Dict[str, dict] = {
+TINY: dict[str, dict] = {
     'kmeans': {'model': 'resnet20', 'k_max': 3, 'repeats': 3},
     'search': {'width': 0.25, 'num_images': 100, 'candidates': 4, 'batch_size': 50,
                'bn_batches': 1, 'bn_batch_size': 32, 'repeats': 1},
@@ -142,7 +141,7 @@ class _Section:
   """What a section process has written so far: rewritten after every finished item, so a
   section killed at its hard limit still reports what it measured."""
 
-  def __init__(self, path: str, budget_s: Optional[float]):
+  def __init__(self, path: str, budget_s: float | None):
     self.path, self.budget_s, self.start = path, budget_s, time.perf_counter()
     self.data: dict = {}
 
@@ -175,9 +174,10 @@ def _dtype(name):
   return train_step.DTYPES[name]
 
 
-def _kmeans(size: dict, ctx: _Section, data_dir: Optional[str]):
+def _kmeans(size: dict, ctx: _Section, data_dir: str | None):
   del data_dir
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from reproduce.benchmarks import kmeans as kmeans_bench  # pylint: disable=g-import-not-at-top
   layers = kmeans_bench.kaiming_layers(size['model'])
   arrays = [jnp.asarray(a) for a in layers.values()]
@@ -190,12 +190,13 @@ def _kmeans(size: dict, ctx: _Section, data_dir: Optional[str]):
                     'first_call_and_repeats_s': time.perf_counter() - start})
 
 
-def _search(size: dict, ctx: _Section, data_dir: Optional[str]):
+def _search(size: dict, ctx: _Section, data_dir: str | None):
   del data_dir
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune import prune  # pylint: disable=g-import-not-at-top
-  from reproduce.benchmarks import prune_search as ps  # pylint: disable=g-import-not-at-top
   from qprune.models import create_model, init_variables  # pylint: disable=g-import-not-at-top
+  from reproduce.benchmarks import prune_search as ps  # pylint: disable=g-import-not-at-top
   model = create_model('resnet20', 10, width=size['width'])
   variables = init_variables(model, jax.random.PRNGKey(0), ps.SHAPE)
   groups = prune.derive_groups(variables, residual=True)
@@ -226,8 +227,9 @@ def _search(size: dict, ctx: _Section, data_dir: Optional[str]):
   ctx.save(results=out)
 
 
-def _epoch(size: dict, ctx: _Section, data_dir: Optional[str]):
+def _epoch(size: dict, ctx: _Section, data_dir: str | None):
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune.data import pipeline  # pylint: disable=g-import-not-at-top
   from qprune.train import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
@@ -262,6 +264,7 @@ def _epoch(size: dict, ctx: _Section, data_dir: Optional[str]):
 def _epoch_row(data, mesh, size: dict, batch_size: int, dtype: str) -> dict:
   """fit() for size['epochs'] epochs at one (batch, dtype): first and warm epoch times."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from qprune import models  # pylint: disable=g-import-not-at-top
   from qprune.train import loop  # pylint: disable=g-import-not-at-top
   info = data.info
@@ -298,11 +301,11 @@ def _alt_conv_times(name, batch_size, n_steps, conv_impl, dtype):
   return [runner.step() for _ in range(n_steps)]
 
 
-def _throughput(size: dict, ctx: _Section, data_dir: Optional[str]):
+def _throughput(size: dict, ctx: _Section, data_dir: str | None):
   del data_dir
+  from qprune import models  # pylint: disable=g-import-not-at-top
   from qprune.ops import compile as compile_lib  # pylint: disable=g-import-not-at-top
   from qprune.ops import conv  # pylint: disable=g-import-not-at-top
-  from qprune import models  # pylint: disable=g-import-not-at-top
   auto = conv.resolve_impl('auto')
   alt = 'xla' if auto == 'fast' else 'fast'
   batch_size, n_steps = size['batch_size'], size['steps']
@@ -371,7 +374,7 @@ def _run_section_here(name: str):
 
 # ---------------------------------------------------------------- the parent
 
-def find_cifar10(data_dir: Optional[str]):
+def find_cifar10(data_dir: str | None):
   """(data_dir, None) when it holds CIFAR-10 as qprune reads it offline, else (None, why)."""
   from qprune.data import sources  # pylint: disable=g-import-not-at-top  (numpy only, no JAX)
   if not data_dir:
@@ -474,7 +477,7 @@ def _pipeline_section(limit_s, tmp, env, data_dir, tiny) -> dict:
           'results': {'process_wall_s': wall, **{k: results.get(k) for k in keys}}}
 
 
-def run_suite(out_dir: str, data_dir: Optional[str], sections, budget_s: float,
+def run_suite(out_dir: str, data_dir: str | None, sections, budget_s: float,
               tiny: bool) -> dict:
   """Runs the sections, writes suite.json and suite.md into out_dir; returns the JSON's object."""
   start = time.perf_counter()

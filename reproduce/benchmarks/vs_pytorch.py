@@ -36,10 +36,10 @@ import os
 import statistics
 import time
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from qprune import models
 from qprune.data import pipeline

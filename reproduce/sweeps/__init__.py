@@ -15,7 +15,8 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 PYTHON = 'python'  # argv[0] of a step: replaced by $QPRUNE_PYTHON or this interpreter
 
@@ -24,17 +25,17 @@ PYTHON = 'python'  # argv[0] of a step: replaced by $QPRUNE_PYTHON or this inter
 class Step:
   """One command of a study: `argv` (argv[0] 'python' is the interpreter), where its output goes
   (`log`; None: the console), and the file that marks it finished (`done`; None: always run)."""
-  argv: Tuple[str, ...]
-  log: Optional[str] = None
-  done: Optional[str] = None
-  env: Tuple[Tuple[str, str], ...] = ()
+  argv: tuple[str, ...]
+  log: str | None = None
+  done: str | None = None
+  env: tuple[tuple[str, str], ...] = ()
 
   def shown(self) -> str:
     command = shlex.join(self.argv)
     return command + (f' > {shlex.quote(self.log)} 2>&1' if self.log else '')
 
 
-def qprune_run(config: str, workdir: str, overrides: Sequence[str], log: Optional[str] = None,
+def qprune_run(config: str, workdir: str, overrides: Sequence[str], log: str | None = None,
                skip_finished: bool = False) -> Step:
   """`python -m qprune.main --config=CONFIG --workdir=WORKDIR OVERRIDES...`; with
   `skip_finished`, skipped once WORKDIR/results.json exists."""
@@ -60,7 +61,7 @@ def repo_root() -> str:
 
 
 def run_steps(steps: Iterable[Step], dry_run: bool = False,
-              python: Optional[str] = None) -> int:
+              python: str | None = None) -> int:
   """Runs `steps` in order from the checkout's root; the first failure's exit status (0: all
   ran). A step's log folder is created; its output replaces the log of an earlier try."""
   python = python or os.environ.get('QPRUNE_PYTHON') or sys.executable
@@ -73,7 +74,7 @@ def run_steps(steps: Iterable[Step], dry_run: bool = False,
       continue
     print(f'== {step.shown()}', file=sys.stderr, flush=True)
     argv = [python if i == 0 and arg == PYTHON else arg for i, arg in enumerate(step.argv)]
-    env: Dict[str, str] = {**os.environ, 'QPRUNE_PYTHON': python, **dict(step.env)}
+    env: dict[str, str] = {**os.environ, 'QPRUNE_PYTHON': python, **dict(step.env)}
     if step.log:
       os.makedirs(os.path.dirname(os.path.abspath(step.log)), exist_ok=True)
       with open(step.log, 'w') as log:

@@ -28,7 +28,7 @@ ratio and seed there), so --seeds=3,4 later adds seeds. Run from the checkout's 
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from reproduce.sweeps import PYTHON, Step, qprune_run, run_steps, write_book
 
@@ -37,7 +37,7 @@ CONFIGS = {'mnist': 'configs/experiments/mnist_lenet5_prune_ablation.py',
            'cifar': 'configs/experiments/cifar10_resnet20_prune_ablation.py'}
 RATIOS = {'mnist': ('0.6', '0.8'), 'cifar': ('0.5', '0.7')}
 # (plain, learned, gated) criteria per dataset.
-CRITERIA: Dict[str, Dict[str, Sequence[str]]] = {
+CRITERIA: dict[str, dict[str, Sequence[str]]] = {
     'mnist': {'plain': ('random', 'l1', 'bn_gamma', 'taylor', 'attention', 'attention_bn_gamma',
                         'attention_taylor'),
               'learned': ('se_l1', 'se_bn_gamma', 'se_taylor'),
@@ -55,13 +55,13 @@ def command(kind: str) -> str:
 
 
 def plan(data: str, out: str, kind: str, seeds: Sequence[int] = (0, 1, 2),
-         criteria: Optional[Dict[str, Sequence[str]]] = None) -> List[Step]:
+         criteria: dict[str, Sequence[str]] | None = None) -> list[Step]:
   dataset = 'cifar' if kind.endswith('cifar') else 'mnist'
   config, ratios = CONFIGS[dataset], RATIOS[dataset]
   criteria = {**CRITERIA[dataset], **(criteria or {})}
   extra = list(TINY) if kind.startswith('tiny') else []
   group = None if kind.startswith('tiny') else GROUPS[dataset]
-  steps: List[Step] = []
+  steps: list[Step] = []
 
   def run(workdir: str, *overrides: str):  # skipped once finished; its log in OUT/logs
     name = os.path.relpath(workdir, out).replace(os.sep, '_')
@@ -99,7 +99,7 @@ def plan(data: str, out: str, kind: str, seeds: Sequence[int] = (0, 1, 2),
   return steps
 
 
-def _names(text: str) -> List[str]:
+def _names(text: str) -> list[str]:
   return [v for v in text.replace(' ', ',').split(',') if v]
 
 

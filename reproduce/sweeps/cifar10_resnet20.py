@@ -18,7 +18,6 @@ import argparse
 import os
 import shlex
 import sys
-from typing import List
 
 from reproduce.sweeps import Step, publish, publish_sweep, qprune_run, run_steps, write_book
 
@@ -26,9 +25,9 @@ KINDS = ('gpu', 'cpu', 'tiny')
 SWEEP = 'configs/sweeps/cifar10_resnet20_quant.txt'
 
 
-def plan(data: str, out: str, kind: str) -> List[Step]:
-  extra: List[str] = []        # every run
-  quant_extra: List[str] = []  # the quantized variants only
+def plan(data: str, out: str, kind: str) -> list[Step]:
+  extra: list[str] = []        # every run
+  quant_extra: list[str] = []  # the quantized variants only
   fp_config = 'configs/cifar10_resnet20_cpu.py'
   if kind == 'gpu':
     fp_config = 'configs/cifar10_resnet20_gpu.py'

@@ -29,7 +29,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from reproduce.sweeps import Step, publish, qprune_run, run_steps, write_book
 
@@ -46,35 +46,37 @@ EXTRA = {
 }
 
 
-def decision_epochs(epochs: int) -> List[int]:
+def decision_epochs(epochs: int) -> list[int]:
   """10 %, 20 % and 50 % of the pretraining epochs (at least 1), deduplicated, ascending."""
   return sorted({max(1, epochs * pct // 100) for pct in (10, 20, 50)})
 
 
 def plan(data: str, out: str, kind: str, epochs: int, criteria: Sequence[str] = ('l1', 'bn_gamma'),
          control_epochs: Sequence[int] = (),
-         long_finetune: Optional[Tuple[int, float]] = None) -> List[Step]:
+         long_finetune: tuple[int, float] | None = None) -> list[Step]:
   """The study's steps; `epochs`: the config's pretraining epochs with the kind's overrides."""
   extra = list(EXTRA[kind])
   group = 'results/cifar10_resnet20' + ('' if kind == 'cpu' else f'_{kind}')
-  steps: List[Step] = []
+  steps: list[Step] = []
   for criterion in criteria:
     crit = [f'--config.prune.criterion={criterion}']
     if criterion == 'bn_gamma':
       crit.append('--config.prune.slimming_lambda=1e-5')
     source = os.path.join(out, criterion, 'full')
-    names: List[str] = []
+    names: list[str] = []
 
-    def run(name: str, *overrides: str):
-      names.append(name)
-      steps.append(qprune_run(CONFIG, os.path.join(out, criterion, name),
-                              [f'--config.data_dir={data}', *extra, *crit, *overrides],
-                              log=os.path.join(out, 'logs', f'{criterion}_{name}.log')))
+    # The two closures run within this iteration only, so the loop variables they read are
+    # this criterion's (B023 does not apply).
+    def run(name: str, *overrides: str):  # noqa: B023
+      names.append(name)  # noqa: B023
+      steps.append(qprune_run(CONFIG, os.path.join(out, criterion, name),  # noqa: B023
+                              [f'--config.data_dir={data}', *extra, *crit, *overrides],  # noqa: B023
+                              log=os.path.join(out, 'logs', f'{criterion}_{name}.log')))  # noqa: B023
 
-    def decide(name: str, epoch: Optional[int], *overrides: str):
+    def decide(name: str, epoch: int | None, *overrides: str):
       rule = (['--config.prune.stop_rule=early_bird'] if epoch is None else
               ['--config.prune.stop_rule=fixed', f'--config.prune.pretrain_epochs={epoch}'])
-      run(name, f'--config.prune.decide_from={source}', *rule, *overrides)
+      run(name, f'--config.prune.decide_from={source}', *rule, *overrides)  # noqa: B023
 
     run('full')
     for e in decision_epochs(epochs):
@@ -106,7 +108,7 @@ def config_epochs(kind: str) -> int:
   return int(json.loads(printed.stdout)['epochs'])
 
 
-def _ints(text: str) -> List[int]:
+def _ints(text: str) -> list[int]:
   return [int(v) for v in text.split(',') if v.strip()]
 
 

@@ -93,7 +93,9 @@ start_munge() {
   fi
   chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
   chmod 400 /etc/munge/munge.key
-  su -s /bin/sh munge -c /usr/sbin/munged || { say "munged did not start"; exit 4; }
+  # 9>&-: the daemons must not inherit the start lock's descriptor, or they hold the lock for
+  # as long as they run and every later start waits on it forever.
+  su -s /bin/sh munge -c /usr/sbin/munged 9>&- || { say "munged did not start"; exit 4; }
   cp /run/munge/munged.pid "$STATE/munged.pid" 2>/dev/null  # (munged cannot write into $STATE)
   echo munged >> "$STATE/started"
 }
@@ -103,7 +105,7 @@ start_daemon() {  # name
   if [[ -f "$STATE/$name.pid" ]] && kill -0 "$(cat "$STATE/$name.pid")" 2>/dev/null; then
     return 0
   fi
-  "/usr/sbin/$name" || { tail -n 20 "$LOG/$name.log" >&2; say "$name did not start"; exit 4; }
+  "/usr/sbin/$name" 9>&- || { tail -n 20 "$LOG/$name.log" >&2; say "$name did not start"; exit 4; }
   echo "$name" >> "$STATE/started"
 }
 

@@ -257,7 +257,8 @@ def check_config_file(path: str) -> None:
   if not os.path.exists(path) and ':' in path:
     path, arg = path.split(':', 1)
   if not path:
-    raise ConfigError('--config is empty: pass a config file, e.g. --config=configs/mnist_lenet5.py')
+    raise ConfigError('--config is empty: pass a config file, '
+                      'e.g. --config=configs/mnist_lenet5.py')
   if not os.path.isfile(path):
     what = 'a folder' if os.path.isdir(path) else 'not found'
     raise ConfigError(f'config file {path}: {what} (pass an existing configs/*.py file)')

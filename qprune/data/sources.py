@@ -398,8 +398,8 @@ def load_arrays(name: str, data_dir: str | None = None,
       arrays, damage = _load_cache(cache, info)
       if arrays is None:
         if damage:
-          errors.warn(f'dataset cache {cache} is damaged or outdated ({damage}); rebuilding it from '
-                      f'{candidate}')
+          errors.warn(f'dataset cache {cache} is damaged or outdated ({damage}); '
+                      f'rebuilding it from {candidate}')
         reader = read_tarball if os.path.isfile(candidate) else read_image_folder
         arrays = reader(candidate, info)
         _save_cache(cache, arrays)

@@ -247,7 +247,9 @@ def _lloyd(sorted_x, prefix, count, k, init, mean, max_iter: int, tol: float):
 
 
 def _rounded_unique_exponents(centers, sizes, k):
-  """Round live, non-empty centers; sort, de-duplicate, compact to the front. ([K] int, [K] bool)."""
+  """Round live, non-empty centers; sort, de-duplicate, compact to the front.
+
+  Returns ([K] int, [K] bool)."""
   k_max = centers.shape[0]
   big = targets_lib.MAX_EXPONENT + 1
   live = (jnp.arange(k_max) < k) & (sizes > 0)

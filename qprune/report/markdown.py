@@ -52,7 +52,8 @@ def table(rows: Sequence[Mapping], columns: Sequence[str], headers: Sequence[str
           ) -> list[str]:
   """Markdown table lines of `rows` (dicts) restricted to `columns`."""
   headers = list(headers or columns)
-  lines = ['| ' + ' | '.join(h.replace('|', '\\|') for h in headers) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
+  lines = ['| ' + ' | '.join(h.replace('|', '\\|') for h in headers) + ' |',
+           '|' + '|'.join('---' for _ in headers) + '|']
   for r in rows:
     lines.append('| ' + ' | '.join(fmt(r.get(c)) for c in columns) + ' |')
   return lines + ['']

@@ -403,7 +403,11 @@ class _Tracer:
         return state
       num_groups = getattr(module, 'num_groups', None)
       group_size = getattr(module, 'group_size', None)
-      groups = int(num_groups) if num_groups else width // int(group_size)
+      if num_groups:
+        groups = int(num_groups)
+      else:
+        assert group_size is not None, 'a GroupNorm sets num_groups or group_size'
+        groups = width // int(group_size)
       block, kind = width // groups, 'group'
     else:
       reduction = tuple(np.atleast_1d(getattr(module, 'reduction_axes', -1)))

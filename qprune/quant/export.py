@@ -185,7 +185,7 @@ def user_spec(variables_or_module, model=None, example_input=None) -> dict:
   return {USER_MODEL: info}
 
 
-def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping = None,
+def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping | None = None,
                    path_filter: targets_lib.PathFilter = targets_lib.default_path_filter, *,
                    entropy_coding: bool = False, zero: bool = True, model=None,
                    example_input=None) -> int:

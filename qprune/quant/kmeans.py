@@ -480,6 +480,7 @@ def select_targets(table: CandidateTable, *, k: int | None = None,
     return select_fixed_k(table, k)
   if tolerance is not None:
     return select_by_tolerance(table, tolerance)
+  assert bits_per_weight is not None  # check_choice: exactly one of the three is set
   return select_by_bit_budget(table, bits_per_weight)
 
 

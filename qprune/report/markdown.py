@@ -285,7 +285,9 @@ def search_explanation(record: records.PruneResults, config: Mapping) -> list[st
   if len(rows) == 1:
     return [f'No search: the configured candidate, {chosen.get("description")} '
             '(prune.criterion, prune.ratio, prune.selection; prune.search_* try others).', '']
-  prune = config.get('prune') if isinstance(config.get('prune'), Mapping) else {}
+  prune = config.get('prune')
+  if not isinstance(prune, Mapping):
+    prune = {}
   limits = [(key, prune.get(f'max_{key}'), getattr(record, f'{key}_before'))
             for key in ('params', 'macs')]
   limits = [(key, fraction, int(fraction * before)) for key, fraction, before in limits

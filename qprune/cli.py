@@ -110,8 +110,10 @@ def usage_text() -> str:
 
   lines = ['qprune: train, quantize, prune or run the whole pipeline on a CNN from a config.', '',
            'Usage:',
-           '  python -m qprune.main --config=configs/FILE.py --workdir=DIR [--config.FIELD=VALUE ...]',
-           '  python -m qprune.main --config=configs/FILE.py [--config.FIELD=VALUE ...] --print_config',
+           '  python -m qprune.main --config=configs/FILE.py --workdir=DIR '
+           '[--config.FIELD=VALUE ...]',
+           '  python -m qprune.main --config=configs/FILE.py [--config.FIELD=VALUE ...] '
+           '--print_config',
            '  python -m qprune.main --config=... --workdir=DIR [...] --only_check_args',
            '',
            'Rerunning with the same workdir resumes an unfinished run and leaves a finished one',
@@ -150,9 +152,9 @@ def usage_text() -> str:
             '                        init_from, layers); exit 0 (it would start) or 2',
             '  -v 1, --verbosity=1   also report start-up details (the huge-page malloc re-exec)',
             '  --helpfull            every absl flag',
-            '', wrapped("Environment: QPRUNE_DATA_DIR (used when data_dir is ''), QPRUNE_CACHE_DIR "
-                        '(decoded data), QPRUNE_HUGEPAGES=0 (no huge-page malloc), QPRUNE_VERBOSE=1.',
-                        '')]
+            '', wrapped("Environment: QPRUNE_DATA_DIR (used when data_dir is ''), "
+                        'QPRUNE_CACHE_DIR (decoded data), '
+                        'QPRUNE_HUGEPAGES=0 (no huge-page malloc), QPRUNE_VERBOSE=1.', '')]
   return '\n'.join(lines)
 
 

@@ -234,6 +234,7 @@ def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
   (config files are loaded by path, not as an importable package)."""
   path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
   spec = importlib.util.spec_from_file_location(f'qprune_config_{name}', path)
+  assert spec is not None and spec.loader is not None  # a .py path: a source file loader
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -257,7 +258,8 @@ def check_config_file(path: str) -> None:
   if not os.path.exists(path) and ':' in path:
     path, arg = path.split(':', 1)
   if not path:
-    raise ConfigError('--config is empty: pass a config file, e.g. --config=configs/mnist_lenet5.py')
+    raise ConfigError('--config is empty: pass a config file, '
+                      'e.g. --config=configs/mnist_lenet5.py')
   if not os.path.isfile(path):
     what = 'a folder' if os.path.isdir(path) else 'not found'
     raise ConfigError(f'config file {path}: {what} (pass an existing configs/*.py file)')

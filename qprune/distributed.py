@@ -160,7 +160,7 @@ def job_settings(env=None) -> JobSettings | None:
     raise DistributedSettingsError(f'JAX_PROCESS_ID={index} but JAX_NUM_PROCESSES={count}: ids '
                                    f'run from 0 to {count - 1}')
   explicit = coordinator is not None or index is not None or (count or 1) > 1
-  if explicit and None not in (coordinator, count, index):
+  if explicit and coordinator is not None and count is not None and index is not None:
     return JobSettings(coordinator, count, index, 'variables') if count > 1 else None
   found = detected_cluster(env)  # fills in what the variables leave out
   if found is not None:
@@ -335,6 +335,7 @@ def _check_port_free(settings: JobSettings):
   process 0, or another program), say so now instead of timing out."""
   import errno  # pylint: disable=g-import-not-at-top
   import socket  # pylint: disable=g-import-not-at-top
+  assert settings.coordinator is not None, "cluster 'variables' names the coordinator"
   port = int(settings.coordinator.rpartition(':')[2])
   for family, address in ((socket.AF_INET6, '::'), (socket.AF_INET, '0.0.0.0')):
     try:
@@ -399,6 +400,7 @@ def share(value, name: str = 'value'):
     return value
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
   client = jax_distributed.global_state.client
+  assert client is not None, 'more than one process: jax.distributed is initialized'
   _SHARED['count'] += 1
   key = f'qprune/share/{name}/{_SHARED["count"]}'
   if is_primary():
@@ -552,7 +554,9 @@ def _child_main(args) -> int:
   import faulthandler  # pylint: disable=g-import-not-at-top
   enable = faulthandler.enable
   # absl enables faulthandler on sys.stderr: its dump of a C++ abort goes with the C++ log.
-  faulthandler.enable = lambda *a, **k: enable(file=sys.__stderr__, all_threads=False)
+  # (`or sys.stderr`: what faulthandler itself falls back to when the file is None.)
+  faulthandler.enable = lambda *a, **k: enable(file=sys.__stderr__ or sys.stderr,
+                                               all_threads=False)
   try:
     runpy.run_module('qprune.main', run_name='__main__', alter_sys=True)
   except SystemExit as e:

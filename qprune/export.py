@@ -84,7 +84,7 @@ def _run_files(run: str) -> set:
   return names
 
 
-def export(workdir: str, fmt: str, out: str = None, fold_bn: bool = True) -> dict:
+def export(workdir: str, fmt: str, out: str | None = None, fold_bn: bool = True) -> dict:
   """Writes the export; returns {'format', 'out', 'bytes', 'source'} (a UserError if it cannot:
   no finished run, damaged run files, an --out that is one of a run's own files)."""
   from qprune import deploy  # pylint: disable=g-import-not-at-top
@@ -116,7 +116,7 @@ def main(argv):
   sys.exit(run(f.workdir, f.format, f.out, f.fold_bn))
 
 
-def run(workdir: str, fmt: str, out: str = None, fold_bn: bool = True) -> int:
+def run(workdir: str, fmt: str, out: str | None = None, fold_bn: bool = True) -> int:
   """The binary's answer: the JSON line and 0, or one 'qprune.export: error:' line and 2 for bad
   input (any UserError: a damaged .qpq, model.json or model/, no finished run, a bad --out; an
   OSError such as a full disk). Anything else keeps its traceback (a bug)."""

@@ -316,7 +316,8 @@ def from_json(data: dict | Results) -> Results:
     return data
   if not isinstance(data, dict):
     raise TypeError(f'results: expected a JSON object, got {type(data).__name__}')
-  return RECORDS.get(data.get('mode'), Results).from_json(data)
+  mode = data.get('mode')
+  return (RECORDS.get(mode, Results) if isinstance(mode, str) else Results).from_json(data)
 
 
 def result_field(results: Any, key: str):

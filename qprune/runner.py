@@ -51,7 +51,8 @@ def run(config, workdir: str, overridden: Iterable[str] = (),
   record = common.stamp(MODES[config.mode](config, workdir, mesh), config, config.mode)
   record.wall_time_s, record.devices = time.time() - start, int(mesh.devices.size)
   record.machine, record.command = machine_description(), command_line()
-  record.warnings = [*record.warnings, *errors.collected_warnings()]  # data, search, ... one line each
+  # data, search, ... one line each
+  record.warnings = [*record.warnings, *errors.collected_warnings()]
   if parallel.is_primary():  # one writer on a multi-host job's shared workdir
     files.write_json_atomic(os.path.join(workdir, common.RESULTS_JSON), record.to_json())
     write_report(config, workdir, record)

@@ -4,12 +4,13 @@ r"""The attention ablation table: pruning criteria with and without channel atte
       [--merge] [--command="the command that made the runs"]
 
 Reads every finished prune run under OUT (as `python -m reproduce.sweeps.attention_ablation` lays
-them out: OUT/seed<S>/<criterion>_r<ratio>/results.json; the pretraining-only runs are skipped; each run's seed read from its config.json),
-and prints / writes per (criterion, ratio) the mean ± std over seeds of the test accuracy right
-after shrinking (BN re-estimated) and after fine-tuning, and per attention variant its verdict
-against its base criterion. With --merge the seeds and cells already tabulated in --out are kept
-(a run under OUT replaces the same criterion, pretraining, ratio and seed), so a table can grow
-seed by seed, and over machines whose workdirs are gone. Standard library only.
+them out: OUT/seed<S>/<criterion>_r<ratio>/results.json; the pretraining-only runs are skipped; each
+run's seed read from its config.json), and prints / writes per (criterion, ratio) the mean ± std
+over seeds of the test accuracy right after shrinking (BN re-estimated) and after fine-tuning, and
+per attention variant its verdict against its base criterion. With --merge the seeds and cells
+already tabulated in --out are kept (a run under OUT replaces the same criterion, pretraining, ratio
+and seed), so a table can grow seed by seed, and over machines whose workdirs are gone. Standard
+library only.
 """
 import argparse
 import dataclasses

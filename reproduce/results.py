@@ -161,7 +161,8 @@ def recipe(run: Run) -> str:
   return (f'{q.get("retrain_epochs")} ep/step, lr {q.get("learning_rate")}'
           + (f', wd {decay:g}' if decay is not None else '')
           + f', final {q.get("final_epochs", 0)} ep' + steps
-          + (f'; distilled (weight {q["distill_weight"]:g}, T {q.get("distill_temperature", 1.0):g})'
+          + (f'; distilled (weight {q["distill_weight"]:g}, '
+             f'T {q.get("distill_temperature", 1.0):g})'
              if q.get('distill_weight') else '')
           + (f'; float32: {", ".join(floats)}' if floats else ''))
 
@@ -565,7 +566,8 @@ def render(results_dir: str) -> str:
          '0 or ±2^e with INQ\'s incremental schedule (Zhou et al. 2017) from the same '
          'full-precision model; "bits/weight" is the average code width '
          'ceil(log2(2n + 1)) for n exponents per layer (ceil(log2(2n)) for the zero-free sets '
-         '{±2^e} of `quant.zero_code=False`, which have no zero code); compression is FP32 bytes over the '
+         '{±2^e} of `quant.zero_code=False`, which have no zero code); '
+         'compression is FP32 bytes over the '
          'export\'s bytes on disk.', '']
   for key, runs in groups.items():
     first = runs[0].results

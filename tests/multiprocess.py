@@ -126,7 +126,8 @@ def results(workdir: str) -> dict:
 
 
 def error_lines(output: str) -> list:
-  return [ln for ln in output.splitlines() if ln.startswith(('qprune: error:', 'qprune: interrupted:'))]
+  return [ln for ln in output.splitlines()
+          if ln.startswith(('qprune: error:', 'qprune: interrupted:'))]
 
 
 def wait_for(path: str, timeout_s: float = 300) -> bool:

@@ -11,7 +11,8 @@ from conftest import REPO_ROOT
 @pytest.mark.slow
 def test_inference_benchmark_tiny_runs_and_reports_rows():
   proc = subprocess.run(
-      [sys.executable, '-m', 'reproduce.benchmarks.inference', '--tiny', '--models=lenet5', '--json'],
+      [sys.executable, '-m', 'reproduce.benchmarks.inference', '--tiny', '--models=lenet5',
+       '--json'],
       cwd=REPO_ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True,
       timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]

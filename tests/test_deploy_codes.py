@@ -1,4 +1,5 @@
-"""The open integer-code .npz: docs/deployment.md's numpy-only loader rebuilds load_quantized's weights exactly."""
+"""The open integer-code .npz: docs/deployment.md's numpy-only loader rebuilds load_quantized's
+weights exactly."""
 import os
 import re
 

@@ -1,4 +1,5 @@
-"""ONNX export: onnxruntime logits equal qprune's (full, shrunk and quantized models) and the CLI."""
+"""ONNX export: onnxruntime logits equal qprune's (full, shrunk and quantized models) and the
+CLI."""
 import json
 import os
 import subprocess

@@ -1355,7 +1355,8 @@ def _(env, tmp):
 def _(env, tmp):
   """The config file's own Early-Bird window is fine under stop_rule=fixed; one set on the
   command line is refused (it would do nothing)."""
-  status, output = _check_args('mnist_lenet5_prune.py', f'{tmp}/w', '--config.prune.stop_rule=fixed',
+  status, output = _check_args('mnist_lenet5_prune.py', f'{tmp}/w',
+                               '--config.prune.stop_rule=fixed',
                                '--config.prune.pretrain_epochs=1', '--config.prune.eb_window=4')
   return Outcome(status, output, expect=r'prune\.eb_window=4.*fixed', unchanged=True)
 

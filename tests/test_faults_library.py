@@ -178,7 +178,8 @@ def _(env, tmp):
   status, output, _ = call(quant.save_quantized, path, lenet()[1], _targets(), None)
   if status:
     return Outcome(status, output, expect='pass the model')
-  return outcome(qprune.load_quantized, path, expect='holds a model outside the zoo.*pass the model')
+  return outcome(qprune.load_quantized, path,
+                 expect='holds a model outside the zoo.*pass the model')
 
 
 def _saved_user_lenet(tmp):

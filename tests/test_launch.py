@@ -27,8 +27,11 @@ if [[ "$config" == *bad* ]]; then echo "boom" >&2; exit 3; fi
 mkdir -p "$workdir"
 start=$(date +%s.%N)
 sleep "${FAKE_SLEEP:-0}"
-printf '{"mode": "train", "model": "lenet5", "dataset": "mnist", "test_accuracy": 0.9%s, "params": 100, "macs": 2000, "epochs_run": 1, "wall_time_s": 0.5, "gpu": "%s", "start": %s, "end": %s}\n' \
-  "$seed" "${CUDA_VISIBLE_DEVICES:-}" "$start" "$(date +%s.%N)" > "$workdir/results.json"
+fmt='{"mode": "train", "model": "lenet5", "dataset": "mnist", "test_accuracy": 0.9%s, '
+fmt+='"params": 100, "macs": 2000, "epochs_run": 1, "wall_time_s": 0.5, '
+fmt+='"gpu": "%s", "start": %s, "end": %s}\n'
+printf "$fmt" "$seed" "${CUDA_VISIBLE_DEVICES:-}" "$start" "$(date +%s.%N)" \
+  > "$workdir/results.json"
 '''
 
 FAKE_SMI = '''#!/usr/bin/env bash
@@ -191,7 +194,8 @@ def test_sequential_run_failure_and_summary(tmp_path):
   assert any(ln.startswith('| bad | 0/2 |') for ln in md.splitlines())
   with open(out_dir / 'summary_seeds.csv') as f:
     groups = {r['group']: r for r in csv.DictReader(f)}
-  assert groups['good']['n'] == '2' and abs(float(groups['good']['test_accuracy_mean']) - 0.905) < 1e-9
+  assert groups['good']['n'] == '2'
+  assert abs(float(groups['good']['test_accuracy_mean']) - 0.905) < 1e-9
   assert abs(float(groups['good']['test_accuracy_std']) - 0.00707107) < 1e-6
   assert groups['bad']['n'] == '0' and groups['bad']['test_accuracy_mean'] == ''
   assert (out_dir / 'plots' / 'accuracy_vs_macs.png').exists()

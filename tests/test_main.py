@@ -19,8 +19,9 @@ SMALL = ['--config.train_subset=1024', '--config.eval_subset=500', '--config.bat
 
 
 def run_main(config, workdir, *overrides, check=True):
-  cmd = [sys.executable, '-m', 'qprune.main', f'--config={os.path.join(REPO_ROOT, "configs", config)}',
-         f'--workdir={workdir}', *overrides]
+  cmd = [sys.executable, '-m', 'qprune.main',
+         f'--config={os.path.join(REPO_ROOT, "configs", config)}', f'--workdir={workdir}',
+         *overrides]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
   if check and proc.returncode:
     raise AssertionError(f'{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}')
@@ -58,7 +59,8 @@ def test_train_writes_results_and_a_loadable_model(trained, mnist_test):
   assert len(open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()) == 2
   model, variables = qprune.load_model(workdir)
   assert _accuracy(model, variables, *mnist_test) == pytest.approx(results['test_accuracy'])
-  assert json.loads(proc.stdout.strip().splitlines()[-1])['test_accuracy'] == results['test_accuracy']
+  last_line = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert last_line['test_accuracy'] == results['test_accuracy']
 
 
 @pytest.mark.real_data
@@ -104,8 +106,8 @@ def test_zero_free_quantize_mode_uses_every_code(trained, data_dir, mnist_test, 
   workdir, _ = trained
   out = str(tmp_path / 'quant')
   run_main('mnist_lenet5_quant.py', out, f'--config.data_dir={data_dir}',
-           f'--config.init_from={workdir}', '--config.quant.bits=2', '--config.quant.zero_code=False',
-           '--config.quant.schedule=(0.5, 1.0)', *SMALL)
+           f'--config.init_from={workdir}', '--config.quant.bits=2',
+           '--config.quant.zero_code=False', '--config.quant.schedule=(0.5, 1.0)', *SMALL)
   results = json.load(open(os.path.join(out, 'results.json')))
   results['export_path'] = os.path.join(out, results['export_path'])
   assert results['bits_per_weight'] == 2  # quant.bits=2 zero-free: k=2

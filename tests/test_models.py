@@ -11,7 +11,8 @@ CIFAR = (32, 32, 3)
 
 
 def _abstract_variables(model, shape):
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), jnp.uint8)))
+  return jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape), jnp.uint8)))
 
 
 @pytest.mark.parametrize('name,shape,params,macs', [

@@ -127,6 +127,7 @@ def test_tracker_and_search_take_a_module():
   assert tracker.update(module)  # same weights: the same masks twice
   images = (jax.random.uniform(jax.random.PRNGKey(2), (2, 4, 8, 8, 3)) * 255)
   labels = jnp.zeros((2, 4), jnp.int32)
-  found = prune.search(module, tracker.groups, prune.candidate_grid(['l1'], [0.25, 0.5], ['uniform']), X,
+  found = prune.search(module, tracker.groups,
+                       prune.candidate_grid(['l1'], [0.25, 0.5], ['uniform']), X,
                        images, images, labels)
   assert len(found.rows) == 2 and set(found.best_masks) == {g.name for g in tracker.groups}

@@ -82,7 +82,8 @@ def test_main_binary_reexecutes_once():
                        env={**_BASE_ENV, malloc.VERBOSE: '1'}, capture_output=True, text=True,
                        check=False)
   assert '--workdir' in out.stdout, out.stderr[-2000:]  # the help was printed after the re-exec
-  assert out.stderr.count('huge-page malloc: re-executing with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ') == 1
+  assert out.stderr.count(
+      'huge-page malloc: re-executing with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ') == 1
 
 
 @pytest.mark.parametrize('argv, environ, expected', [

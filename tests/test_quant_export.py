@@ -1,4 +1,5 @@
-"""Export file: bit packing, save -> load bit-identical weights and predictions, bad files rejected."""
+"""Export file: bit packing, save -> load bit-identical weights and predictions, bad files
+rejected."""
 import os
 import struct
 

@@ -64,7 +64,8 @@ def make_retrain(steps=5):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 12)), jnp.float32)
 
   def loss(p):
-    return jnp.mean((x @ p['fc']['kernel'] + p['fc']['bias']) ** 2) + jnp.sum(p['conv1']['kernel'] ** 2)
+    return (jnp.mean((x @ p['fc']['kernel'] + p['fc']['bias']) ** 2)
+            + jnp.sum(p['conv1']['kernel'] ** 2))
 
   def retrain(params, mask):
     tx = freezable(optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.5, momentum=0.9)))

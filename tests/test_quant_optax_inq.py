@@ -1,4 +1,5 @@
-"""quant.inq_optax: INQ inside a plain optax loop equals quant.run_inq, compiles once, checkpoints."""
+"""quant.inq_optax: INQ inside a plain optax loop equals quant.run_inq, compiles once,
+checkpoints."""
 import os
 import re
 

@@ -77,8 +77,8 @@ class QuantizerTest(chex.TestCase):
     chex.assert_trees_all_equal(targets.quantize(w, jnp.arange(-20, 5)), w)
 
   def test_empty_set_maps_everything_to_zero(self):
-    chex.assert_trees_all_equal(targets.quantize(jnp.array([1.0, -3.0]), jnp.zeros((0,), jnp.int32)),
-                                jnp.zeros(2))
+    chex.assert_trees_all_equal(
+        targets.quantize(jnp.array([1.0, -3.0]), jnp.zeros((0,), jnp.int32)), jnp.zeros(2))
 
 
 def test_l1_error_hand_case():

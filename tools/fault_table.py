@@ -56,7 +56,8 @@ def _short(module) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--fast', action='store_true', help='skip the slow (end-to-end) cases')
-  parser.add_argument('--only', default='', help='run only cases whose name matches this regular expression')
+  parser.add_argument('--only', default='',
+                      help='run only cases whose name matches this regular expression')
   parser.add_argument('--module', default='', help="only this suite: 'main' (test_faults.py), "
                       "'distributed', 'library', ...")
   args = parser.parse_args(argv)
@@ -69,7 +70,9 @@ def main(argv=None) -> int:
     env = env_class(os.path.join(root, f'env-{_short(module)}'))
     os.makedirs(env.root, exist_ok=True)
     slow = getattr(module, 'SLOW', set())
-    for name in [n for n in module.CASES if re.search(args.only, n) and not (args.fast and n in slow)]:
+    names = [n for n in module.CASES
+             if re.search(args.only, n) and not (args.fast and n in slow)]
+    for name in names:
       tmp = os.path.join(root, _short(module), name)
       os.makedirs(tmp)
       try:

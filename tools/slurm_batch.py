@@ -1,4 +1,5 @@
-r"""launch.sh's SLURM engine: a batch of qprune jobs as ONE sbatch job array (standard library only).
+r"""launch.sh's SLURM engine: a batch of qprune jobs as ONE sbatch job array (standard library
+only).
 
   python tools/slurm_batch.py --out OUT --jobs JOBS_FILE [--sbatch "ARGS"] [--wait] [--dry-run]
       [--python PY] [--collect-python PY] [--plots]

@@ -2,8 +2,8 @@
 after full training? (the Early-Bird setting, You et al. 2020, arXiv:1909.11957)
 
 One mask setting (prune.criterion at 30 % of the channels of every group, the residual stream
-included: about half of the MACs removed, results.json `macs_removed`), one pretraining run from scratch with
-stop_rule=full and a snapshot after every epoch; decision runs replay it with
+included: about half of the MACs removed, results.json `macs_removed`), one pretraining run from
+scratch with stop_rule=full and a snapshot after every epoch; decision runs replay it with
 prune.decide_from and differ only in when the masks are taken (stop_rule=fixed at E epochs, or
 the Early-Bird rule). Every decision is shrunk, its BatchNorm statistics re-estimated, and
 fine-tuned with the same budget. `python -m reproduce.sweeps.prune_decision` runs the

@@ -184,8 +184,9 @@ def read_tarball(path: str, info: DatasetInfo) -> Arrays:
         parts = member.name.strip('/').split('/')
         if len(parts) < 3 or parts[-3] not in raw:
           continue
-        raw[parts[-3]].append((f'{path}:{member.name}', parts[-2],
-                               tar.extractfile(member).read()))
+        member_file = tar.extractfile(member)
+        assert member_file is not None, 'a regular file (isfile above) has data'
+        raw[parts[-3]].append((f'{path}:{member.name}', parts[-2], member_file.read()))
       # Read to the end of the stream: gzip checks its CRC only there, and tarfile stops at the
       # archive's end marker, so damage that still inflates would otherwise pass unnoticed.
       while tar.fileobj.read(1 << 20):
@@ -345,11 +346,12 @@ def bundled_sample(name: str) -> Arrays | None:
   path = SAMPLE_FILES.get(name)
   if path is None or not os.path.isfile(path):
     return None
+  problem: str | None
   try:
     with np.load(path, allow_pickle=False) as f:
       arrays = {split: (f[f'{split}_images'], f[f'{split}_labels']) for split in SPLITS}
   except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-    arrays, problem = None, f'{type(e).__name__}: {str(e)[:120]}'
+    problem = f'{type(e).__name__}: {str(e)[:120]}'  # never empty: raised below
   else:
     problem = check_arrays(arrays, dataset_info(name))
   if problem:
@@ -398,8 +400,8 @@ def load_arrays(name: str, data_dir: str | None = None,
       arrays, damage = _load_cache(cache, info)
       if arrays is None:
         if damage:
-          errors.warn(f'dataset cache {cache} is damaged or outdated ({damage}); rebuilding it from '
-                      f'{candidate}')
+          errors.warn(f'dataset cache {cache} is damaged or outdated ({damage}); '
+                      f'rebuilding it from {candidate}')
         reader = read_tarball if os.path.isfile(candidate) else read_image_folder
         arrays = reader(candidate, info)
         _save_cache(cache, arrays)

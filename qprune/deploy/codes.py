@@ -1,4 +1,5 @@
-"""An open integer-code export of a power-of-two model: a plain numpy `.npz`, readable without qprune.
+"""An open integer-code export of a power-of-two model: a plain numpy `.npz`, readable without
+qprune.
 
 Entries (keys are the '/'-joined variable paths, e.g. 'params/conv1/kernel'):
 
@@ -74,8 +75,9 @@ def _npz_bytes(spec: Mapping, entries: Mapping) -> bytes:
 def save_codes(path: str, variables, targets: targets_lib.Targets, spec: Mapping,
                path_filter: targets_lib.PathFilter = targets_lib.default_path_filter,
                zero: bool = True) -> int:
-  """Writes the `.npz` code export of `variables` (kernels quantized to `targets` by `quant.quantize`,
-  exactly as `quant.save_quantized` does; zero=False: zero-free sets); returns its size in bytes."""
+  """Writes the `.npz` code export of `variables` (kernels quantized to `targets` by
+  `quant.quantize`, exactly as `quant.save_quantized` does; zero=False: zero-free sets); returns its
+  size in bytes."""
   spec_out, entries = qpq_to_codes(qpq.encode_variables(variables, targets, spec, path_filter,
                                                         zero=zero))
   return files.write_bytes_atomic(path, _npz_bytes(spec_out, entries))

@@ -128,17 +128,18 @@ class _ZooGraph:
     else:
       ph, pw = (0, 0), (0, 0)
     inputs = [x.name]
-    mul = shift = None
-    if bn is not None:
-      mul, shift = _bn_affine(self._module(bn, self.params), self._module(bn, self.stats))
-    if bn is not None and self.fold_bn:
+    affine = (None if bn is None
+              else _bn_affine(self._module(bn, self.params), self._module(bn, self.stats)))
+    if affine is not None and self.fold_bn:
+      mul, shift = affine
       w = (w * mul[:, None, None, None]).astype(np.float32)
       inputs += [self.b.const(f'{conv}/weight', w), self.b.const(f'{conv}/bias', shift)]
     else:
       inputs += [self.b.const(f'{conv}/weight', w)]
     y = self.b.node('Conv', inputs, conv, kernel_shape=[kh, kw], strides=list(strides),
                     pads=[ph[0], pw[0], ph[1], pw[1]])
-    if bn is not None and not self.fold_bn:
+    if bn is not None and affine is not None and not self.fold_bn:
+      mul, shift = affine
       y = self.b.node('Mul', [y, self.b.const(f'{bn}/mul', mul.reshape(-1, 1, 1))], f'{bn}/mul')
       y = self.b.node('Add', [y, self.b.const(f'{bn}/shift', shift.reshape(-1, 1, 1))], bn)
     if relu:

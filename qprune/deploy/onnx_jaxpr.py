@@ -145,8 +145,9 @@ class _Emitter:
           return self.walk(sub, ins, ())
     if name in _IDENTITY:
       return [g.node('Identity', [ins[0]])]
-    if name in _UNARY and _UNARY[name]:
-      return [g.node(_UNARY[name], [ins[0]])]
+    unary = _UNARY.get(name)
+    if unary:
+      return [g.node(unary, [ins[0]])]
     if name in _BINARY:
       return [g.node(_BINARY[name], ins)]
     handler = getattr(self, f'op_{name}', None)

@@ -1,4 +1,5 @@
-"""What every model of the zoo shares: input normalization, dtype, width multiplier, channel overrides."""
+"""What every model of the zoo shares: input normalization, dtype, width multiplier, channel
+overrides."""
 from collections.abc import Mapping, Sequence
 from typing import Any
 

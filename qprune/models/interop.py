@@ -109,8 +109,9 @@ class NnxModel:
         continue
       key = _str_path(path)
       if key not in flat[col]:
+        known = sorted('/'.join(_str_path(p)) for p, c in self.leaves if c == col)
         raise NotAModelError(f"variables['{col}'] has no {'/'.join(key)!r}; the model's "
-                             f"leaves are {sorted('/'.join(_str_path(p)) for p, c in self.leaves if c == col)[:8]}")
+                             f'leaves are {known[:8]}')
       pairs.append((path, template.replace(flat[col][key])))
     state = nnx.from_flat_state(pairs)
     module = nnx.merge(self.graphdef, state)

@@ -14,7 +14,8 @@ def model_spec(name: str, num_classes: int, input_shape, *, width: float = 1.0,
                mean=(0.5,), std=(0.5,), channels: Mapping[str, int] | None = None,
                dataset: str = '') -> dict:
   """Everything needed to rebuild a model: plain JSON types only."""
-  return {'name': name, 'num_classes': int(num_classes), 'input_shape': [int(d) for d in input_shape],
+  return {'name': name, 'num_classes': int(num_classes),
+          'input_shape': [int(d) for d in input_shape],
           'width': float(width), 'mean': [float(m) for m in mean], 'std': [float(s) for s in std],
           'channels': {str(k): int(v) for k, v in (channels or {}).items()}, 'dataset': dataset}
 

@@ -43,6 +43,9 @@ def run(config, workdir: str, mesh) -> records.PipelineResults:
   assert isinstance(quantized, records.QuantizeResults)
   spec, variables = common.load_saved_model(os.path.join(workdir, 'quantize'))
   common.save_model(workdir, spec, variables)
+  # Set by a finished stage (STAGE_KEYS: its results.json has them).
+  assert quantized.export_path is not None and quantized.export_bytes is not None
+  assert pruned.epochs_run is not None and quantized.epochs_run is not None
   return records.PipelineResults(
       test_accuracy=quantized.test_accuracy,
       pretrained_test_accuracy=pruned.pretrained_test_accuracy,

@@ -7,10 +7,12 @@ param_dtype=float32)`, but its train-mode op is `batch_norm_train`, a `jax.custo
   forward:  mean and mean of squares of x in one reduction pass (float32), then
             y = x * (scale * rstd) + (bias - mean * scale * rstd), one elementwise pass;
   backward: sum(dy) and sum(dy * x) in one reduction pass, then
-            dx = k * (dy - sum(dy)/M - (x - mean) * rstd^2 * sum(dy * (x - mean))/M), k = scale*rstd.
+            dx = k * (dy - sum(dy)/M - (x - mean) * rstd^2 * sum(dy * (x - mean))/M),
+            k = scale*rstd.
 Residuals are x and three per-channel vectors. Autodiff of flax's BatchNorm materializes x - mean,
-keeps more full-size temporaries and more passes; on the 2-core CPU this op makes the whole ResNet-20
-train step 1.3-1.4x faster (measured in one process against flax's BatchNorm, batch 256, f32).
+keeps more full-size temporaries and more passes; on the 2-core CPU this op makes the whole
+ResNet-20 train step 1.3-1.4x faster (measured in one process against flax's BatchNorm, batch 256,
+f32).
 Statistics are returned without gradient (they only feed the running averages, as in flax).
 """
 from typing import Any
@@ -68,9 +70,10 @@ def _bn(x, scale, bias, eps):
 
 batch_norm_train = jax.custom_vjp(_bn, nondiff_argnums=(3,))
 batch_norm_train.defvjp(_fwd, _bwd)
-batch_norm_train.__doc__ = """(x [..., C], scale [C], bias [C], eps) -> (y, (batch mean, batch var)).
+batch_norm_train.__doc__ = (
+    """(x [..., C], scale [C], bias [C], eps) -> (y, (batch mean, batch var)).
 
-Normalizes over all axes but the last with the biased batch variance, like flax's BatchNorm."""
+Normalizes over all axes but the last with the biased batch variance, like flax's BatchNorm.""")
 
 
 class FusedBatchNorm(nn.Module):

@@ -1,11 +1,12 @@
 """2-D convolution entry point used by every conv layer of the zoo.
 
-`conv2d(x, kernel, strides, padding, impl)` with x: [N, H, W, C_in] and kernel: [kh, kw, C_in, C_out]
-returns [N, H', W', C_out]. `impl='xla'` is `lax.conv_general_dilated`; `impl='fast'` is the same
-forward conv and input gradient, with a kernel gradient rewritten as matmuls that XLA's CPU backend
-runs several times faster than its own conv-backprop-filter (and, for tiny output maps, an im2col
-matmul conv, see below); `impl='auto'` picks 'fast' on the CPU backend only (see `resolve_impl`).
-Both are meant to be compiled with `qprune.ops.compile.jit` on CPU (multi-threaded XLA kernels).
+`conv2d(x, kernel, strides, padding, impl)` with x: [N, H, W, C_in] and kernel: [kh, kw, C_in,
+C_out] returns [N, H', W', C_out]. `impl='xla'` is `lax.conv_general_dilated`; `impl='fast'` is the
+same forward conv and input gradient, with a kernel gradient rewritten as matmuls that XLA's CPU
+backend runs several times faster than its own conv-backprop-filter (and, for tiny output maps, an
+im2col matmul conv, see below); `impl='auto'` picks 'fast' on the CPU backend only (see
+`resolve_impl`). Both are meant to be compiled with `qprune.ops.compile.jit` on CPU (multi-threaded
+XLA kernels).
 
 Why the kernel gradient is slow on XLA CPU, and what replaces it:
   dW[i, j, c, o] = sum_{n, h, w} xpad[n, s*h + i, s*w + j, c] * dy[n, h, w, o]
@@ -14,8 +15,9 @@ lowers it to an Eigen spatial convolution with an H'xW' "kernel", which runs at 
 Materializing the full im2col patch matrix does not help either: it is [M, kh*kw*C_in] (tens of MB),
 so building it is memory bound, and buffers above glibc's 32 MB mmap threshold are page-faulted in
 fresh on every step. The fast path therefore
-  1. transposes x once to channel-major, batch-blocked [N/B, C_in, B, Hp, Wp] so that every kernel tap
-     (i, j) is a strided slice whose [C_in, B*H'*W'] matrix has the contraction as its minor dim;
+  1. transposes x once to channel-major, batch-blocked [N/B, C_in, B, Hp, Wp] so that every kernel
+     tap (i, j) is a strided slice whose [C_in, B*H'*W'] matrix has the contraction as its minor
+     dim;
   2. scans over the N/B batch blocks (each block's operands stay in cache, a few MB), and per block
      does kh*kw matmuls [C_in, m] @ [m, C_out] (m = B*H'*W') against dy's NHWC block [m, C_out] --
      or, for few input channels, one matmul on the stacked [kh*kw*C_in, m] patches;

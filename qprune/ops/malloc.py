@@ -31,7 +31,7 @@ _DETECT = object()
 def glibc_version() -> tuple | None:
   """(major, minor) of the running glibc, or None if this is not glibc."""
   try:
-    name, version = os.confstr('CS_GNU_LIBC_VERSION').split()
+    name, version = (os.confstr('CS_GNU_LIBC_VERSION') or '').split()
   except (AttributeError, ValueError, OSError):
     return None
   if name != 'glibc':

@@ -89,7 +89,7 @@ def _concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_groups(groups: Groups, variables, argname: str = 'groups') -> None:
+def check_groups(groups: Groups | None, variables, argname: str = 'groups') -> None:
   """MaskError unless every group member is a layer of `variables` with room for its slot
   (catches another model's groups before anything is sliced)."""
   if not isinstance(groups, (tuple, list)) or not all(isinstance(g, ChannelGroup)

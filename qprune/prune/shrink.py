@@ -108,13 +108,14 @@ def shrunk_model(model, groups: Groups, masks, variables=None):
   return ShrunkModel(model, _freeze(overrides))
 
 
-def check_shrinkable(variables, groups: Groups, masks) -> None:
+def check_shrinkable(variables, groups: Groups | None, masks) -> None:
   """MaskError (a UserError naming the argument) unless groups and masks fit these variables."""
   check_groups(groups, variables)
+  assert groups is not None  # check_groups raised MaskError otherwise
   check_masks(groups, masks, boolean=True)
 
 
-def shrink(model, variables, groups: Groups = None, masks=None):
+def shrink(model, variables, groups: Groups | None = None, masks=None):
   """(smaller model, its variables); `small.apply(v, x)` == the masked full model's output.
 
   An nnx.Module in place of (model, variables), `shrink(module, groups, masks)`, gives a new,
@@ -130,6 +131,7 @@ def shrink(model, variables, groups: Groups = None, masks=None):
                               width_overrides(plain, groups, masks))
   variables = interop.as_variables(variables, 'variables')
   check_shrinkable(variables, groups, masks)
+  assert groups is not None  # check_shrinkable raised MaskError otherwise
   return (shrunk_model(model, groups, masks, variables),
           slice_variables(variables, groups, masks))
 

@@ -83,7 +83,8 @@ _UNARY = {'neg', 'exp', 'exp2', 'log', 'log1p', 'expm1', 'tanh', 'logistic', 'sq
           'cbrt', 'abs', 'sign', 'floor', 'ceil', 'round', 'erf', 'erfc', 'erf_inv', 'sin', 'cos',
           'tan', 'is_finite', 'not', 'integer_pow', 'square', 'convert_element_type', 'copy',
           'copy_p', 'reduce_precision', 'real', 'imag', 'conj', 'asin', 'acos',
-          'atan', 'sinh', 'cosh', 'asinh', 'acosh', 'atanh', 'lgamma', 'digamma', 'population_count'}
+          'atan', 'sinh', 'cosh', 'asinh', 'acosh', 'atanh', 'lgamma', 'digamma',
+          'population_count'}
 _NARY = {'add', 'sub', 'mul', 'div', 'max', 'min', 'pow', 'rem', 'atan2', 'and', 'or', 'xor',
          'eq', 'ne', 'lt', 'le', 'gt', 'ge', 'add_any', 'nextafter', 'select_n', 'clamp',
          'shift_left', 'shift_right_logical', 'shift_right_arithmetic'}
@@ -402,7 +403,11 @@ class _Tracer:
         return state
       num_groups = getattr(module, 'num_groups', None)
       group_size = getattr(module, 'group_size', None)
-      groups = int(num_groups) if num_groups else width // int(group_size)
+      if num_groups:
+        groups = int(num_groups)
+      else:
+        assert group_size is not None, 'a GroupNorm sets num_groups or group_size'
+        groups = width // int(group_size)
       block, kind = width // groups, 'group'
     else:
       reduction = tuple(np.atleast_1d(getattr(module, 'reduction_axes', -1)))

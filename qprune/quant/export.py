@@ -1,4 +1,5 @@
-"""A small file for a power-of-two quantized model: bit-packed codes + exponent tables + float leaves.
+"""A small file for a power-of-two quantized model: bit-packed codes + exponent tables + float
+leaves.
 
 Layout (all integers little-endian):
 
@@ -184,7 +185,7 @@ def user_spec(variables_or_module, model=None, example_input=None) -> dict:
   return {USER_MODEL: info}
 
 
-def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping = None,
+def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Mapping | None = None,
                    path_filter: targets_lib.PathFilter = targets_lib.default_path_filter, *,
                    entropy_coding: bool = False, zero: bool = True, model=None,
                    example_input=None) -> int:
@@ -235,16 +236,18 @@ def save_quantized(path: str, variables, targets: targets_lib.Targets, spec: Map
 def _parse_header(data: bytes) -> tuple[dict, memoryview]:
   """(header, payload) after checking magic, version, lengths and checksum; ValueError if bad."""
   if len(data) < _PREAMBLE.size:
-    raise ExportFormatError(f'quantized export truncated: {len(data)} bytes, shorter than its preamble')
+    raise ExportFormatError(f'quantized export truncated: {len(data)} bytes, '
+                            'shorter than its preamble')
   magic, version, header_nbytes = _PREAMBLE.unpack_from(data)
   if magic != MAGIC:
     raise ExportFormatError(f'not a qprune quantized export (bad magic {magic!r})')
   if version not in READABLE_VERSIONS:
-    raise ExportFormatError(f'unsupported quantized export version {version}; this qprune reads versions '
-                     f'{", ".join(map(str, READABLE_VERSIONS))}')
+    raise ExportFormatError(f'unsupported quantized export version {version}; '
+                            f'this qprune reads versions {", ".join(map(str, READABLE_VERSIONS))}')
   start = _PREAMBLE.size + header_nbytes
   if len(data) < start:
-    raise ExportFormatError(f'quantized export truncated inside its header ({len(data)} of >= {start} bytes)')
+    raise ExportFormatError('quantized export truncated inside its header '
+                            f'({len(data)} of >= {start} bytes)')
   try:
     header = json.loads(zlib.decompress(data[_PREAMBLE.size:start]))
   except (zlib.error, ValueError) as e:
@@ -252,8 +255,9 @@ def _parse_header(data: bytes) -> tuple[dict, memoryview]:
   payload = memoryview(data)[start:]
   _check_header(header, version)
   if len(payload) != header['payload_nbytes']:
-    raise ExportFormatError(f'quantized export truncated or padded: payload is {len(payload)} bytes, '
-                     f'header says {header["payload_nbytes"]}')
+    raise ExportFormatError('quantized export truncated or padded: '
+                            f'payload is {len(payload)} bytes, '
+                            f'header says {header["payload_nbytes"]}')
   if zlib.crc32(payload) != header['payload_crc32']:
     raise ExportFormatError('quantized export payload is corrupt (CRC32 mismatch)')
   return header, payload
@@ -341,7 +345,8 @@ def leaf_codes(meta: dict, data) -> np.ndarray:
     try:
       codes = np.frombuffer(lzma.decompress(data), np.uint8)
     except lzma.LZMAError as e:
-      raise ExportFormatError(f'quantized export leaf {meta["path"]}: corrupt xz codes ({e})') from e
+      raise ExportFormatError(
+          f'quantized export leaf {meta["path"]}: corrupt xz codes ({e})') from e
     if codes.size != count:
       raise ExportFormatError(f'quantized export leaf {meta["path"]}: {codes.size} codes for shape '
                        f'{meta["shape"]}')

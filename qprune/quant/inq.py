@@ -2,9 +2,9 @@
 
 At step s with fraction f_s (default 0.5, 0.75, 0.875, 1.0), each targeted layer's
 `ceil(f_s · n)` weights are frozen: the previously frozen ones plus the largest-|w| of the rest.
-Frozen weights are snapped to their layer's target set (`targets.quantize`) and must then get no update at
-all; the other weights are retrained by the caller to compensate. Target sets are fixed before the
-first step (e.g. from the pretrained weights), so frozen values stay valid throughout.
+Frozen weights are snapped to their layer's target set (`targets.quantize`) and must then get no
+update at all; the other weights are retrained by the caller to compensate. Target sets are fixed
+before the first step (e.g. from the pretrained weights), so frozen values stay valid throughout.
 
 Masks are bool pytrees shaped like `params`: True = frozen. Leaves that are not quantized are
 all False (they train normally and are never snapped).
@@ -98,9 +98,9 @@ def run_inq(params, targets: targets_lib.Targets, retrain_fn: RetrainFn,
 
   For each fraction: grow the freeze mask, snap frozen weights, then (unless everything targeted is
   frozen, fraction >= 1) call `retrain_fn(params, mask)`, which must leave frozen entries unchanged
-  (e.g. with `qprune.train.optim.freezable(tx)` and `freeze_mask=mask`). A last snap with the final mask makes every
-  targeted weight exactly representable even if the schedule does not end at 1.0 — only for the
-  frozen ones; end the schedule at 1.0 to quantize every weight.
+  (e.g. with `qprune.train.optim.freezable(tx)` and `freeze_mask=mask`). A last snap with the final
+  mask makes every targeted weight exactly representable even if the schedule does not end at 1.0 —
+  only for the frozen ones; end the schedule at 1.0 to quantize every weight.
   """
   if interop.is_nnx(params):  # a module in, a module out; retrain_fn(module, mask) -> module
     model, variables = interop.split(params)

@@ -247,7 +247,9 @@ def _lloyd(sorted_x, prefix, count, k, init, mean, max_iter: int, tol: float):
 
 
 def _rounded_unique_exponents(centers, sizes, k):
-  """Round live, non-empty centers; sort, de-duplicate, compact to the front. ([K] int, [K] bool)."""
+  """Round live, non-empty centers; sort, de-duplicate, compact to the front.
+
+  Returns ([K] int, [K] bool)."""
   k_max = centers.shape[0]
   big = targets_lib.MAX_EXPONENT + 1
   live = (jnp.arange(k_max) < k) & (sizes > 0)
@@ -478,6 +480,7 @@ def select_targets(table: CandidateTable, *, k: int | None = None,
     return select_fixed_k(table, k)
   if tolerance is not None:
     return select_by_tolerance(table, tolerance)
+  assert bits_per_weight is not None  # check_choice: exactly one of the three is set
   return select_by_bit_budget(table, bits_per_weight)
 
 

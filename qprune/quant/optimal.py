@@ -47,7 +47,8 @@ def _candidate_exponents(max_abs, span: int):
   return jnp.clip(e, targets_lib.MIN_EXPONENT, targets_lib.MAX_EXPONENT)
 
 
-def _prefix_at(sorted_abs, prefix_n, prefix_s, prefix_q, points) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _prefix_at(sorted_abs, prefix_n, prefix_s, prefix_q,
+               points) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(count, Σ|w|, Σw²) of the magnitudes below each of `points` (any shape)."""
   index = jnp.searchsorted(sorted_abs, points.reshape(-1), side='left')
   take = lambda p: p[index].reshape(points.shape)

@@ -10,8 +10,8 @@ with `(m_{j-1} + m_j)/2 <= |w|` (j = 0 if none): every threshold lies halfway be
 magnitudes, ties go to the larger magnitude, the smallest nonzero target `m_1` has lower
 threshold `m_1/2` (its neighbour is the zero target), and anything at or above the last threshold
 maps to the largest target — including `|w| >= 3·m_n/2`, which INQ's rule leaves out (with INQ's
-bound `max|W| < 3·2^n1/2`, so this clipping only matters for clustered sets). In short: nearest target,
-ties upward, clipped at the largest.
+bound `max|W| < 3·2^n1/2`, so this clipping only matters for clustered sets). In short: nearest
+target, ties upward, clipped at the largest.
 
 Error (L1): `E = Σ |W − Ŵ|` over a layer (or summed over layers).
 Bits per weight: `ceil(log2(2n + 1))`: n exponents, two signs, one zero code.
@@ -46,7 +46,8 @@ _KERNEL = 'kernel'
 
 
 def default_path_filter(path: tuple[str, ...], leaf) -> bool:
-  """Every conv kernel (kh, kw, in, out) and dense kernel (in, out); biases and BatchNorm stay float."""
+  """Every conv kernel (kh, kw, in, out) and dense kernel (in, out); biases and BatchNorm stay
+  float."""
   return path[-1] == _KERNEL and np.ndim(leaf) >= 2
 
 
@@ -100,8 +101,8 @@ def check_targets(targets, layers=None, argname: str = 'targets') -> None:
 def check_layers(layers, argname: str = 'layers') -> None:
   """TargetsError unless `layers` is a non-empty {name: weights} mapping."""
   if not isinstance(layers, Mapping):
-    raise TargetsError(f'{argname}: expected {{layer: weights}} (quant.quantizable_layers(params)), '
-                       f'got {type(layers).__name__}')
+    raise TargetsError(f'{argname}: expected {{layer: weights}} '
+                       f'(quant.quantizable_layers(params)), got {type(layers).__name__}')
   if not layers:
     raise TargetsError(f'{argname} is empty: pass quant.quantizable_layers(params), the layers to '
                        'quantize')

@@ -52,7 +52,8 @@ def table(rows: Sequence[Mapping], columns: Sequence[str], headers: Sequence[str
           ) -> list[str]:
   """Markdown table lines of `rows` (dicts) restricted to `columns`."""
   headers = list(headers or columns)
-  lines = ['| ' + ' | '.join(h.replace('|', '\\|') for h in headers) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
+  lines = ['| ' + ' | '.join(h.replace('|', '\\|') for h in headers) + ' |',
+           '|' + '|'.join('---' for _ in headers) + '|']
   for r in rows:
     lines.append('| ' + ' | '.join(fmt(r.get(c)) for c in columns) + ' |')
   return lines + ['']
@@ -284,7 +285,9 @@ def search_explanation(record: records.PruneResults, config: Mapping) -> list[st
   if len(rows) == 1:
     return [f'No search: the configured candidate, {chosen.get("description")} '
             '(prune.criterion, prune.ratio, prune.selection; prune.search_* try others).', '']
-  prune = config.get('prune') if isinstance(config.get('prune'), Mapping) else {}
+  prune = config.get('prune')
+  if not isinstance(prune, Mapping):
+    prune = {}
   limits = [(key, prune.get(f'max_{key}'), getattr(record, f'{key}_before'))
             for key in ('params', 'macs')]
   limits = [(key, fraction, int(fraction * before)) for key, fraction, before in limits

@@ -36,7 +36,9 @@ def save_figure(fig, path: str) -> str:
 
 
 def slug(name: str) -> str:
-  """A file-name-safe version of a layer / stage name ('stage1_block1/conv1' -> 'stage1_block1-conv1')."""
+  """A file-name-safe version of a layer / stage name.
+
+  'stage1_block1/conv1' -> 'stage1_block1-conv1'."""
   return re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-') or 'x'
 
 

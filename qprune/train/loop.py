@@ -145,7 +145,8 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
   # metrics.jsonl: written by process 0 only (one writer on a multi-host job's shared workdir).
   metrics_path = (os.path.join(stage_dir, 'metrics.jsonl')
                   if stage_dir and parallel.is_primary() else None)
-  board = tensorboard_writer(stage_dir) if options.tensorboard and metrics_path else None
+  board = (tensorboard_writer(stage_dir)
+           if options.tensorboard and stage_dir and metrics_path else None)
 
   epoch, index, history = 0, 0, []
   # Placed like the step's own output, or the first step compiles a second variant.

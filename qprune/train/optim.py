@@ -15,7 +15,8 @@ LR_SCHEDULES = ('cosine', 'step', 'constant')
 
 def lr_schedule(kind: str, base_lr: float, total_steps: int, warmup_steps: int = 0,
                 boundaries=(0.5, 0.75), decay: float = 0.1) -> optax.Schedule:
-  """'cosine' (to 0, optional linear warmup), 'step' (x decay at fractions of training) or 'constant'."""
+  """'cosine' (to 0, optional linear warmup), 'step' (x decay at fractions of training) or
+  'constant'."""
   total_steps = max(int(total_steps), 1)
   if kind == 'cosine':
     if warmup_steps:

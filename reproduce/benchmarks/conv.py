@@ -97,7 +97,8 @@ def main(argv):
     flop, t = bench_shape(n, h, w, cin, cout, k, s, pad, FLAGS.reps)
     gf = {f'{op}_{impl}': flop / t[(impl, op)] / 1e9 for (impl, op) in t}
     row = dict(model=group, shape=name, batch=n, H=h, W=w, cin=cin, cout=cout, k=k, stride=s,
-               padding=pad, gflop=flop / 1e9, **{f'gflops_{k_}': round(v, 2) for k_, v in gf.items()},
+               padding=pad, gflop=flop / 1e9,
+               **{f'gflops_{k_}': round(v, 2) for k_, v in gf.items()},
                wgrad_speedup=round(gf['wgrad_fast'] / gf['wgrad_xla'], 2))
     rows.append(row)
     print(f'{group:9s} {name:14s} {n:4d} | {gf["fwd_xla"]:8.1f} {gf["fwd_fast"]:6.1f} | '

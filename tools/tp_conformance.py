@@ -1,6 +1,6 @@
 """Peer conformance: qprune's traced channel groups against Torch-Pruning's DependencyGraph.
 
-  pip install -e '.[bench]' torch-pruning     # torch (CPU wheels) and Torch-Pruning (Fang et al. 2023)
+  pip install -e '.[bench]'   # torch (CPU wheels) and torch-pruning (Fang et al. 2023)
   python tools/tp_conformance.py [--json]
 
 One network is written twice, in Flax Linen and in PyTorch, with the same layer names: a stem, an

@@ -179,12 +179,13 @@ def _fp_run(runs: list[Run]) -> Run[records.TrainResults] | None:
 
 
 def training_recipe(run: Run) -> str:
-  """'batch 128, lr 0.1 cosine, wd 0.0005' from a train run's config.json."""
+  """'batch 128, lr 0.1 cosine, wd 0.0005[, label smoothing 0.1]' from a train run's config.json."""
   c = run.config
   parts = [f'batch {c["batch_size"]}' if 'batch_size' in c else '',
            f'lr {c["learning_rate"]:g} {c.get("lr_schedule", "")}'.rstrip()
            if 'learning_rate' in c else '',
-           f'wd {c["weight_decay"]:g}' if 'weight_decay' in c else '']
+           f'wd {c["weight_decay"]:g}' if 'weight_decay' in c else '',
+           f'label smoothing {c["label_smoothing"]:g}' if c.get('label_smoothing') else '']
   return ', '.join(part for part in parts if part)
 
 

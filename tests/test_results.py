@@ -3,6 +3,7 @@ re-measures to its recorded accuracy, no machine-local paths."""
 import json
 import os
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -558,3 +559,13 @@ def test_goal_configs_are_the_published_goal_runs(config_file, run):
   stored = {k: v for k, v in configs.with_new_defaults(stored).items()
             if k not in configs.NON_SEMANTIC_FIELDS}
   assert configs.semantic_dict(config) == stored
+
+
+def test_training_recipe_names_label_smoothing_only_where_it_was_used():
+  from reproduce import results as book
+  base = {'batch_size': 128, 'learning_rate': 0.1, 'lr_schedule': 'cosine', 'weight_decay': 5e-4}
+  plain = types.SimpleNamespace(config=dict(base, label_smoothing=0.0))
+  smoothed = types.SimpleNamespace(config=dict(base, label_smoothing=0.1))
+  assert book.training_recipe(plain) == 'batch 128, lr 0.1 cosine, wd 0.0005'
+  assert book.training_recipe(smoothed) == ('batch 128, lr 0.1 cosine, wd 0.0005, '
+                                            'label smoothing 0.1')

@@ -114,18 +114,25 @@ def classify(outcome) -> str:
   return 'unclear'
 
 
-CASES: dict[str, Callable] = {}
-SLOW = set()
+def case_registry():
+  """(CASES, SLOW, case) for one fault module: `@case(name, slow=False)` registers a function
+  `(env, tmp) -> Outcome` under `name` in CASES (tools/fault_table.py reads every module's)."""
+  cases: dict[str, Callable] = {}
+  slow_cases: set = set()
+
+  def case(name, slow=False):
+    def register(fn):
+      assert name not in cases, name
+      cases[name] = fn
+      if slow:
+        slow_cases.add(name)
+      return fn
+    return register
+
+  return cases, slow_cases, case
 
 
-def case(name, slow=False):
-  def register(fn):
-    assert name not in CASES, name
-    CASES[name] = fn
-    if slow:
-      SLOW.add(name)
-    return fn
-  return register
+CASES, SLOW, case = case_registry()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -31,7 +30,7 @@ from multiprocess import (  # noqa: E402
   run_job,
   wait_for,
 )
-from test_faults import Env, Outcome  # noqa: E402,F401  pylint: disable=unused-import
+from test_faults import Env, Outcome, case_registry  # noqa: E402,F401  pylint: disable=unused-import
 
 EPOCHS = ('--config.epochs=2',)
 
@@ -41,18 +40,7 @@ class TimedOutcome(Outcome):
   seconds: float | None = None  # how long the watched process took to end
 
 
-CASES: dict[str, Callable] = {}
-SLOW = set()
-
-
-def case(name, slow=False):
-  def register(fn):
-    assert name not in CASES, name
-    CASES[name] = fn
-    if slow:
-      SLOW.add(name)
-    return fn
-  return register
+CASES, SLOW, case = case_registry()
 
 
 ALONE_JOIN_TIMEOUT_S = 8  # for a process that is alone by design (no peer to wait for)

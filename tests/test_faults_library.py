@@ -16,17 +16,9 @@ import warnings
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_faults import Outcome  # noqa: E402  pylint: disable=wrong-import-position
+from test_faults import Outcome, case_registry  # noqa: E402  pylint: disable=wrong-import-position
 
-CASES = {}
-
-
-def case(name):
-  def register(fn):
-    assert name not in CASES, name
-    CASES[name] = fn
-    return fn
-  return register
+CASES, _, case = case_registry()
 
 
 def call(fn, *args, **kwargs) -> tuple:

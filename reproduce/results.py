@@ -554,6 +554,64 @@ def commands_block(runs: list[Run]) -> list[str]:
           ['```', '', '</details>', ''])
 
 
+def starting_model(run: Run, runs: list[Run], default: Run | None) -> Run | None:
+  """The full-precision run of the group that a quantized run starts from: the train run named
+  like the last part of its `init_from` (results/<group>/<name>), else `default` (older runs
+  recorded the workdir they started from, not the published folder)."""
+  name = os.path.basename(str(run.config.get('init_from') or '').rstrip('/'))
+  return next((r for r in _of_mode(runs, records.TrainResults) if r.name == name), default)
+
+
+def quantized_by_start(runs: list[Run], fp: Run | None) -> list[tuple[Run | None, list[Run]]]:
+  """[(starting model, its quantized runs)], the group's `fp` first: each run is compared with
+  the model it was quantized from, and the goals are judged per starting model."""
+  starts: dict[str | None, Run | None] = {fp.path if fp else None: fp}
+  members: dict[str | None, list[Run]] = {fp.path if fp else None: []}
+  for run in _of_mode(runs, records.QuantizeResults):
+    start = starting_model(run, runs, fp)
+    path = start.path if start else None
+    starts[path] = start
+    members.setdefault(path, []).append(run)
+  return [(starts[path], group) for path, group in members.items() if group]
+
+
+def quantization_lines(key: str, goal_key: tuple, quantized: list[Run],
+                       start: Run | None, is_default: bool) -> list[str]:
+  """The quantization table of the runs that start from `start`, their goals and the fewest bits
+  within 0.2 % of it; the group's default starting model's section also gets the plot."""
+  fp_accuracy = start.results.test_accuracy if start is not None else None
+  heading = '### Power-of-two quantization'
+  if not is_default and start is not None:
+    heading += (f' from `{start.name}` ({_pct(fp_accuracy)}, {start.results.epochs_run} '
+                f'epochs; Δ and goals against it)')
+  out: list[str] = []
+  quantized.sort(key=lambda r: (r.results.method, r.results.bits_per_weight, r.name))
+  out += [heading, '',
+          '| run | targets | recipe | bits/weight | values (max/layer) | export | '
+          'compression | test accuracy | Δ vs FP | time |',
+          '|---|---|---|---|---|---|---|---|---|---|']
+  for q_run in quantized:
+    q = q_run.results
+    # From the bytes, not compression_ratio: runs older than that field do not record it.
+    compression = q.fp32_bytes / q.export_bytes if q.export_bytes else None
+    delta = q.test_accuracy - fp_accuracy if fp_accuracy is not None else None
+    out.append(f'| [{q_run.name}](results/{q_run.path}) | {target_rule(q_run)} | '
+               f'{recipe(q_run)} | {q.bits_per_weight:.2f} | {_max_values(q)} | '
+               f'{_size(q.export_bytes)} | '
+               f'{"" if compression is None else f"{compression:.1f}x"} | '
+               f'{_pct(q.test_accuracy)} | {_delta(delta)} | '
+               f'{_minutes(q.wall_time_s)} |')
+  out.append('')
+  if fp_accuracy is not None:
+    out += ['Goals:', ''] + goal_lines(goal_key, quantized, fp_accuracy) + ['']
+    out += ['Fewest bits per weight within 0.2 % of FP, per target rule:', '']
+    out += smallest_lossless_lines(quantized, fp_accuracy, 0.002) + ['']
+  if is_default:
+    out += [f'![accuracy vs bits](results/{PLOTS_DIR}/{key}_accuracy_vs_bits.png)', '']
+  out += commands_block(quantized)
+  return out
+
+
 def render(results_dir: str) -> str:
   """RESULTS.md's text: a pure function of the folders under `results_dir`."""
   groups = read_runs(results_dir)
@@ -595,31 +653,8 @@ def render(results_dir: str) -> str:
         out += [f'- Goal {text}: **{"met" if reached else "missed"}** (best '
                 f'{_pct(best.results.test_accuracy)}, `{best.name}`, after '
                 f'{best.results.epochs_run} epochs)', '']
-    quantized = _of_mode(runs, records.QuantizeResults)
-    if quantized:
-      quantized.sort(key=lambda r: (r.results.method, r.results.bits_per_weight, r.name))
-      out += ['### Power-of-two quantization', '',
-              '| run | targets | recipe | bits/weight | values (max/layer) | export | '
-              'compression | test accuracy | Δ vs FP | time |',
-              '|---|---|---|---|---|---|---|---|---|---|']
-      for q_run in quantized:
-        q = q_run.results
-        # From the bytes, not compression_ratio: runs older than that field do not record it.
-        compression = q.fp32_bytes / q.export_bytes if q.export_bytes else None
-        delta = q.test_accuracy - fp_accuracy if fp_accuracy is not None else None
-        out.append(f'| [{q_run.name}](results/{q_run.path}) | {target_rule(q_run)} | '
-                   f'{recipe(q_run)} | {q.bits_per_weight:.2f} | {_max_values(q)} | '
-                   f'{_size(q.export_bytes)} | '
-                   f'{"" if compression is None else f"{compression:.1f}x"} | '
-                   f'{_pct(q.test_accuracy)} | {_delta(delta)} | '
-                   f'{_minutes(q.wall_time_s)} |')
-      out.append('')
-      if fp_accuracy is not None:
-        out += ['Goals:', ''] + goal_lines((dataset, model), runs, fp_accuracy) + ['']
-        out += ['Fewest bits per weight within 0.2 % of FP, per target rule:', '']
-        out += smallest_lossless_lines(runs, fp_accuracy, 0.002) + ['']
-      out += [f'![accuracy vs bits](results/{PLOTS_DIR}/{key}_accuracy_vs_bits.png)', '']
-      out += commands_block(quantized)
+    for start, quantized in quantized_by_start(runs, fp):
+      out += quantization_lines(key, (dataset, model), quantized, start, start is fp)
     pipelines = _of_mode(runs, records.PipelineResults)
     if pipelines:
       out += ['### Pipeline: prune, fine-tune, quantize, export (one command)', '',
@@ -676,13 +711,14 @@ def plot(groups: dict[str, list[Run]], plots_dir: str):
   """Accuracy vs bits per weight per model: every run a dot, a line per target rule through its
   best run at each bit width."""
   for key, runs in groups.items():
-    quantized = _of_mode(runs, records.QuantizeResults)
+    fp = _fp_run(runs)
+    # The runs quantized from the group's `fp` only: a line per rule mixes no starting models.
+    quantized = next((group for start, group in quantized_by_start(runs, fp) if start is fp), [])
     if not quantized:
       continue
     methods = {METHOD_TITLES[method]: points for method in ('inq', 'kmeans', 'optimal')
                if (points := [(r.results.bits_per_weight, 100 * r.results.test_accuracy)
                               for r in quantized if r.results.method == method])}
-    fp = _fp_run(runs)
     plots.accuracy_vs_bits_plot(methods, os.path.join(plots_dir, f'{key}_accuracy_vs_bits.png'),
                                 title=key,
                                 reference=100 * fp.results.test_accuracy if fp else None)

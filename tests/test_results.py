@@ -458,6 +458,34 @@ def test_float_layers_and_zero_free_sets_in_the_quantization_table(tmp_path):
   assert '- optimal: 2.00 bits/weight (99.31 %, `zf`)' in text
 
 
+def test_quantized_runs_are_judged_against_the_model_they_start_from(tmp_path):
+  """Runs quantized from a second full-precision model of the group get their own table, their
+  Δ and goals against that model, not the group's `fp`; older runs that recorded a workdir
+  (not a published folder) as `init_from` stay with `fp`."""
+  group = tmp_path / 'cifar10_resnet20'
+  def train(name, accuracy, epochs):
+    _write_run(group / name, {'mode': 'train', 'dataset': 'cifar10', 'model': 'resnet20',
+                              'test_accuracy': accuracy, 'params': 9, 'macs': 9,
+                              'epochs_run': epochs}, {'mode': 'train'})
+  def quantize(name, accuracy, start):
+    _write_run(group / name, {'mode': 'quantize', 'dataset': 'cifar10', 'model': 'resnet20',
+                              'test_accuracy': accuracy, 'method': 'optimal',
+                              'bits_per_weight': 3.0, 'export_bytes': 9, 'fp32_bytes': 99},
+               {'quant': {'method': 'optimal', 'k': 3}, 'init_from': start})
+  train('fp', 0.8651, 30)
+  train('fp40', 0.9000, 40)
+  quantize('old', 0.8640, 'workdirs/cifar/fp')
+  quantize('new', 0.8980, 'results/cifar10_resnet20/fp40')
+  text = results_lib.render(str(tmp_path))
+  first, second = text.split('### Power-of-two quantization from `fp40` (90.00 %, 40 epochs')
+  assert '[old]' in first and '[new]' not in first and '| 86.40 % | -0.11 |' in first
+  assert '[new]' in second and '[old]' not in second and '| 89.80 % | -0.20 |' in second
+  assert 'within 0.3 % of FP: **met**, best 86.40 % (-0.11 vs FP) by `old`' in first
+  assert 'within 0.3 % of FP: **met**, best 89.80 % (-0.20 vs FP) by `new`' in second
+  quantize('lossy', 0.8900, 'results/cifar10_resnet20/fp40')
+  assert 'best 89.80 % (-0.20 vs FP) by `new`' in results_lib.render(str(tmp_path))
+
+
 def test_attention_ablation_table_by_hand(tmp_path):
   """Two seeds: se_l1 beats l1 on its own (SE-gated) pretraining and on the plain one by more than
   either's spread; the training-free attention is within noise of l1."""

@@ -47,7 +47,8 @@ NON_SEMANTIC_FIELDS = ('progress', 'overwrite', 'data_dir', 'cache_dir', 'conv_i
 UNSET_FIELDS = ('data_dir', 'cache_dir', 'compilation_cache_dir', 'init_from', 'train_subset',
                 'eval_subset', 'prune.max_ratio', 'prune.search_criteria', 'prune.search_ratios',
                 'prune.search_selections', 'prune.max_params', 'prune.max_macs',
-                'prune.decide_from', 'quant.bits', 'quant.tolerance', 'quant.bits_budget')
+                'prune.decide_from', 'prune.train_budget', 'prune.budget_of', 'quant.bits',
+                'quant.tolerance', 'quant.bits_budget')
 # How a command line unsets one of them: --config.FIELD='' (or None/null; the older 0 and ()).
 UNSET_SPELLINGS = ('', "''", '""', 'None', 'none', 'null')
 # prune.aggregate: 'none' (each producer's own score; '' is its older spelling) or a group rule.
@@ -107,6 +108,8 @@ FIELD_HELP = {
     'prune.snapshots': 'keep the model after every pretraining epoch (for decide_from)',
     'prune.decide_from': "a prune run with snapshots whose pretraining is replayed",
     'prune.shrink_weights': "'decision' or 'final' (decide_from: the last epoch's weights)",
+    'prune.train_budget': "fine-tune to this fraction of budget_of's training compute",
+    'prune.budget_of': 'a finished prune run whose training MACs set the budget',
 }
 
 
@@ -194,6 +197,13 @@ def prune_config() -> ml_collections.ConfigDict:
   # an early decision's masks but gives them the full training, separating what the early mask
   # costs from what the shorter training costs.
   p.shrink_weights = 'decision'
+  # Early-Bird's protocol (You et al. 2020: find the masks early, then train the pruned network):
+  # `train_budget` fine-tunes for as many whole epochs as fit in that fraction of the training
+  # compute (forward MACs x images, pretraining plus fine-tuning: results.json `train_macs`) of
+  # the finished prune run `budget_of`, e.g. the decision after full pretraining; it replaces
+  # finetune_epochs, so runs deciding at different epochs are compared at equal compute.
+  p.train_budget = placeholder(float)
+  p.budget_of = placeholder(str)
   return p
 
 
@@ -477,6 +487,9 @@ def inapplicable(config) -> list:
              "init_from's trained model without pretraining; stop_rule='fixed' with "
              'pretrain_epochs trains first)')
       out += [(k, why, False) for k in ('epochs', 'prune.eb_window', 'prune.eb_threshold')]
+    if r.train_budget:
+      out.append(('prune.finetune_epochs', f'with prune.train_budget={r.train_budget!r} (the '
+                  'budget sets the fine-tuning epochs)', False))
     if not r.se_gates:
       out.append(('prune.se_reduction', 'without prune.se_gates=True (the SE gates\' reduction)',
                   True))
@@ -540,6 +553,12 @@ def _validate_prune(config, p):
          'with decide_from and stop_rule=fixed must be >= 1 (a decision from a snapshot)')
   _check(p, r.shrink_weights in SHRINK_WEIGHTS, 'prune.shrink_weights', r.shrink_weights,
          f'must be one of {", ".join(SHRINK_WEIGHTS)}')
+  _check(p, r.train_budget is None or r.train_budget > 0, 'prune.train_budget', r.train_budget,
+         "must be > 0 (a fraction of prune.budget_of's training compute), or None")
+  _check(p, bool(r.train_budget) == bool(r.budget_of), 'prune.budget_of' if r.train_budget
+         else 'prune.train_budget', r.budget_of if r.train_budget else r.train_budget,
+         'prune.train_budget and prune.budget_of go together: the fraction, and the finished '
+         'prune run whose training compute it is a fraction of')
   _check(p, r.shrink_weights != 'final' or r.decide_from, 'prune.shrink_weights',
          r.shrink_weights, "'final' needs prune.decide_from (the recorded run whose last "
          'pretraining snapshot is shrunk)')

@@ -98,6 +98,10 @@ def test_bad_quantization_fields(field, value, message):
      'a decision from a snapshot'),
     ({'shrink_weights': 'last'}, "prune.shrink_weights='last': must be one of decision, final"),
     ({'shrink_weights': 'final'}, "'final' needs prune.decide_from"),
+    ({'train_budget': 0.5}, "prune.budget_of=None: prune.train_budget and prune.budget_of go "
+     'together'),
+    ({'budget_of': '/a/run'}, "prune.train_budget=None: prune.train_budget and prune.budget_of"),
+    ({'train_budget': -1.0, 'budget_of': '/a/run'}, 'prune.train_budget=-1.0: must be > 0'),
 ])
 def test_bad_pruning_study_fields(fields, message):
   config = configs.base_config()
@@ -109,6 +113,7 @@ def test_bad_pruning_study_fields(fields, message):
   config.prune.se_gates, config.prune.criterion = True, 'se_bn_gamma'
   config.prune.search_criteria, config.prune.decide_from, config.prune.se_reduction = (), '', 4
   config.prune.search_method, config.prune.shrink_weights = 'race', 'decision'
+  config.prune.train_budget, config.prune.budget_of = 0.5, '/a/run'
   configs.validate(config)
 
 
@@ -186,6 +191,11 @@ def test_quant_bits_is_the_code_width_of_every_method():
     ('prune', {'init_from': '/run', 'prune.eb_window': 3}, ('prune.eb_window',),
      'prune.eb_window=3: does not apply with init_from'),
     ('prune', {'prune.se_reduction': 8}, (), 'prune.se_reduction=8: does not apply without'),
+    ('prune', {'prune.train_budget': 0.5, 'prune.budget_of': '/run', 'prune.finetune_epochs': 9},
+     ('prune.finetune_epochs',), 'prune.finetune_epochs=9: does not apply with '
+     'prune.train_budget=0.5'),
+    ('prune', {'prune.train_budget': 0.5, 'prune.budget_of': '/run', 'prune.finetune_epochs': 9},
+     (), None),  # a config file's fine-tuning epochs, replaced by a command line's budget: fine
     ('quantize', {'quant.distill_temperature': 2.0}, (), 'quant.distill_temperature=2.0'),
     ('quantize', {'quant.distill_temperature': 2.0, 'quant.distill_weight': 0.5}, (), None),
 ])

@@ -280,6 +280,23 @@ def test_decisions_replay_a_recorded_pretraining(data_dir, tmp_path):
   proc = run_main('mnist_lenet5_prune.py', str(tmp_path / 'bad'), *single,
                   '--config.prune.ratio=0.3', f'--config.prune.decide_from={full}', check=False)
   assert proc.returncode == 2 and 'differs in: prune.ratio' in proc.stderr
+  # Early-Bird's protocol: the epoch-1 decision trained to the full decision's compute.
+  budgeted = str(tmp_path / 'budgeted')
+  unset = [a for a in single if not a.startswith('--config.prune.finetune_epochs')]
+  epoch1 = [*unset, '--config.prune.stop_rule=fixed', '--config.prune.pretrain_epochs=1',
+            f'--config.prune.decide_from={full}', f'--config.prune.budget_of={full}']
+  run_main('mnist_lenet5_prune.py', budgeted, *epoch1, '--config.prune.train_budget=1.0')
+  b = json.load(open(os.path.join(budgeted, 'results.json')))
+  epoch_macs = images * b['macs']
+  assert b['finetune_epochs'] == (f['train_macs'] - images * f['macs_before']) // epoch_macs > 2
+  assert f['train_macs'] - epoch_macs < b['train_macs'] <= f['train_macs']
+  proc = run_main('mnist_lenet5_prune.py', str(tmp_path / 'small'), *epoch1,
+                  '--config.prune.train_budget=0.1', check=False)
+  assert proc.returncode == 2 and 'leaves no fine-tuning epoch' in proc.stderr
+  proc = run_main('mnist_lenet5_prune.py', str(tmp_path / 'nobudget'), *unset,
+                  '--config.prune.train_budget=1.0', f'--config.prune.budget_of={tmp_path}',
+                  check=False)
+  assert proc.returncode == 2 and 'is not a finished prune run' in proc.stderr
 
 
 @pytest.mark.slow

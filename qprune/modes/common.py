@@ -202,6 +202,10 @@ def preflight(config, workdir: str) -> None:
   decide_from = config.mode in ('prune', 'pipeline') and config.prune.decide_from
   if decide_from and not os.path.isdir(decide_from):
     raise RunError(f'prune.decide_from={decide_from!r} does not exist')
+  budget_of = config.mode in ('prune', 'pipeline') and config.prune.budget_of
+  if budget_of and not os.path.isdir(budget_of):
+    raise RunError(f'prune.budget_of={budget_of!r} does not exist: point it to the workdir or '
+                   'published folder of a finished prune run')
   check_layers(config, spec)
 
 

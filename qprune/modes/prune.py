@@ -32,7 +32,7 @@ SNAPSHOTS = 'epochs'  # pretrain/epochs/<E>/: the model after pretraining epoch 
 DECISION_FIELDS = ('stop_rule', 'pretrain_epochs', 'snapshots', 'decide_from', 'search_criteria',
                    'search_ratios', 'search_selections', 'search_method', 'max_params', 'max_macs',
                    'bn_batches', 'shrink_weights',
-                   'finetune_epochs', 'finetune_learning_rate')
+                   'finetune_epochs', 'finetune_learning_rate', 'train_budget', 'budget_of')
 # What only the recorded masks depend on, not the trajectory: free to differ too when the stop
 # rule is fixed (then the decision epoch does not depend on the masks), e.g. to score several
 # criteria on one pretraining; the distance to the recorded final masks is then undefined.
@@ -181,6 +181,32 @@ def load_snapshot(pconfig, source: str, epoch: int):
   return variables
 
 
+def budget_macs(pconfig) -> int | None:
+  """prune.train_budget x the training MACs prune.budget_of recorded (None without a budget);
+  RunError where budget_of is not a finished prune run."""
+  if not pconfig.train_budget:
+    return None
+  recorded = files.read_json(os.path.join(pconfig.budget_of, common.RESULTS_JSON)) or {}
+  if recorded.get('mode') not in ('prune', 'pipeline') or not recorded.get('train_macs'):
+    raise common.RunError(f'prune.budget_of={pconfig.budget_of!r} is not a finished prune run '
+                          f'(its {common.RESULTS_JSON} records no train_macs): point it to the '
+                          'workdir or published folder of one')
+  return int(pconfig.train_budget * recorded['train_macs'])
+
+
+def budget_epochs(budget: int, spent: int, epoch_macs: int, pconfig, decided_at: int) -> int:
+  """The whole fine-tuning epochs of `epoch_macs` each that fit in `budget` after `spent`;
+  RunError where not one does."""
+  epochs = (budget - spent) // epoch_macs
+  if epochs < 1:
+    raise common.RunError(
+        f'prune.train_budget={pconfig.train_budget} of {pconfig.budget_of!r} '
+        f'({budget / 1e12:.2f} TMAC) leaves no fine-tuning epoch ({epoch_macs / 1e12:.2f} TMAC '
+        f'each) after {decided_at} pretraining epochs ({spent / 1e12:.2f} TMAC): raise the '
+        'budget or decide earlier')
+  return int(epochs)
+
+
 def decides_from_init(config) -> bool:
   """Whether the masks come straight from init_from's trained model: a stop rule that watches
   pretraining (early_bird, full) has nothing to watch there; stop_rule=fixed trains its
@@ -282,6 +308,7 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   bn_images, _ = _batches(data.train, pconfig.bn_batches)
   rng = jax.random.PRNGKey(config.seed)
   before = prune.model_cost(model, variables, spec['input_shape'])
+  budget = budget_macs(pconfig)  # (a bad budget_of fails before any training)
 
   if (pconfig.stop_rule == 'early_bird' and pconfig.eb_window > config.epochs and
       not decides_from_init(config)):
@@ -322,7 +349,13 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   small_spec = dict(spec, channels={**spec['channels'], **prune.shrunk_widths(groups, masks)})
   costs = layer_cost_rows(model, variables, small_model, small_variables, spec['input_shape'])
   pruned = loop.evaluate(small_model, small_variables, data.test, config.eval_batch_size, mesh)
-  options = common.train_options(config, epochs=pconfig.finetune_epochs,
+  # Training compute to the pruned model, in forward MACs x training images seen.
+  images = data.train.size
+  spent = shrunk_epoch * images * before['macs']
+  epoch_macs = images * prune.model_cost(small_model, small_variables, spec['input_shape'])['macs']
+  finetune_epochs = (pconfig.finetune_epochs if budget is None else
+                     budget_epochs(budget, spent, epoch_macs, pconfig, shrunk_epoch))
+  options = common.train_options(config, epochs=finetune_epochs,
                                  learning_rate=pconfig.finetune_learning_rate)
   finetuned = loop.fit(common.build(small_spec, config), small_variables, data, options,
                        os.path.join(workdir, 'finetune'), mesh=mesh, label='finetune')
@@ -331,10 +364,7 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   counts = common.model_counts(small_spec, variables, config)
   sizes = prune.group_sizes(groups)
   fired = bool(history and history[-1].get('mask_stable')) and pconfig.stop_rule == 'early_bird'
-  # Training compute to the pruned model, in forward MACs x training images seen.
-  images = data.train.size
-  train_macs = (shrunk_epoch * images * before['macs'] +
-                finetuned.epochs_run * images * counts['macs'])
+  train_macs = spent + finetuned.epochs_run * epoch_macs
   return PruneResults(
       test_accuracy=finetuned.test_accuracy,
       pretrained_test_accuracy=pretrained,

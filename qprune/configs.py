@@ -479,7 +479,9 @@ def inapplicable(config) -> list:
     if r.stop_rule != 'fixed':
       out.append(('prune.pretrain_epochs', f'with prune.stop_rule={r.stop_rule!r} (the epochs '
                   "of stop_rule='fixed')", True))
-    if r.stop_rule != 'early_bird':
+    # (a run that keeps snapshots records the rule's verdict per epoch for the decisions
+    # replayed from it: its window is theirs)
+    if r.stop_rule != 'early_bird' and not r.snapshots:
       out += [(f'prune.{k}', f"with prune.stop_rule={r.stop_rule!r} (the Early-Bird rule's)",
                False) for k in ('eb_window', 'eb_threshold')]
     if config.init_from and r.stop_rule != 'fixed':

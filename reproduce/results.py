@@ -291,37 +291,53 @@ def _numeric_budget(budget: tuple) -> tuple:
   return (epochs or 0, lr or 0.0)
 
 
+def train_budget(run: Run) -> float | None:
+  """prune.train_budget of a decision run (Early-Bird's protocol), or None."""
+  return run.config.get('prune', {}).get('train_budget') or None
+
+
 def decision_studies(runs: list[Run]) -> dict[str, dict]:
-  """{criterion: {'full': run, 'decisions': [run, ...], 'longer': {budget: [run, ...]}}} for the
-  pruning decision studies in `runs`: a prune run that kept pretraining snapshots, the runs that
-  decided from it (prune.decide_from) with its fine-tuning budget, and those fine-tuned with
-  another budget (`finetune_budget`), each list sorted by pretraining epochs."""
+  """{label: {'full': run, 'decisions': [run, ...], 'longer': {budget: [run, ...]},
+  'budgeted': [run, ...]}} for the pruning decision studies in `runs`: a prune run that kept
+  pretraining snapshots, the runs that decided from it (prune.decide_from: the same criterion
+  and seed) with its fine-tuning budget, those fine-tuned with another budget
+  (`finetune_budget`), and those trained to a fraction of a run's training compute
+  (prune.train_budget), each list sorted by pretraining epochs. The label is the criterion, with
+  its seed where that is not 0."""
   prunes = _of_mode(runs, records.PruneResults)
-  fulls = {r.results.criterion: r for r in prunes
+
+  def study_key(run: Run) -> tuple:
+    return (run.results.criterion, run.config.get('seed') or 0)
+
+  fulls = {study_key(r): r for r in prunes
            if r.config.get('prune', {}).get('snapshots') and not r.results.decided_from}
   studies = {}
-  for criterion, full in fulls.items():
-    decisions = [r for r in prunes
-                 if r.results.decided_from and r.results.criterion == criterion]
-    decisions.sort(key=lambda r: (r.results.pretrain_epochs,
+  for key, full in fulls.items():
+    decisions = [r for r in prunes if r.results.decided_from and study_key(r) == key]
+    decisions.sort(key=lambda r: (train_budget(r) or 0.0, r.results.pretrain_epochs,
                                   r.results.stop_rule == 'early_bird', is_mask_control(r)))
     own_budget = finetune_budget(full)
     same: list[Run] = []
     longer: dict[tuple, list[Run]] = {}
+    budgeted: list[Run] = []
     for run in decisions:
       budget = finetune_budget(run)
-      if budget == own_budget:
+      if train_budget(run):
+        budgeted.append(run)
+      elif budget == own_budget:
         same.append(run)
       else:
         longer.setdefault(budget, []).append(run)
-    studies[criterion] = {'full': full, 'decisions': same, 'longer': longer}
+    criterion, seed = key
+    label = criterion if not seed else f'{criterion}, seed {seed}'
+    studies[label] = {'full': full, 'decisions': same, 'longer': longer, 'budgeted': budgeted}
   return studies
 
 
 def study_runs(study: dict) -> list[Run]:
   """Every run of one decision study: the full-training one, then the decisions per budget."""
   return [study['full']] + study['decisions'] + [
-      run for budget in study['longer'].values() for run in budget]
+      run for budget in study['longer'].values() for run in budget] + study.get('budgeted', [])
 
 
 def is_mask_control(run: Run[records.PruneResults]) -> bool:
@@ -474,7 +490,57 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None)
       out += [f'Against `{full.name}` ({_pct(final)}, {r0.train_macs / 1e12:.1f} TMAC: the '
               'decision after full pretraining with the first table\'s fine-tuning), at less '
               'compute:', ''] + compared + ['']
+  if study.get('budgeted'):
+    out += early_bird_protocol_lines(study, total)
   return out
+
+
+def early_bird_protocol_lines(study: dict, total: int) -> list[str]:
+  """Early-Bird's protocol (You et al. 2020): decisions trained to a fraction of the full
+  decision's training compute (prune.train_budget), each against that decision; the goal of
+  one at <= 20 % of the schedule, at <= 0.5x its compute, within 0.3 point of it; the lowest
+  budget at which an early decision matches it."""
+  full: Run[records.PruneResults] = study['full']
+  r0 = full.results
+  runs: list[Run[records.PruneResults]] = study['budgeted']
+  lrs = sorted({str(run.config.get('prune', {}).get('finetune_learning_rate')) for run in runs})
+  out = [f"Early-Bird's protocol (You et al. 2020): each decision's pruned network trained "
+         f'(lr {", ".join(lrs)}, the schedule\'s warm-up and decay) for as many whole epochs as '
+         f'fit in a fraction of `{full.name}`\'s training compute ({_pct(r0.test_accuracy)}, '
+         f'{r0.train_macs / 1e12:.1f} TMAC: the decision after all {total} epochs, fine-tuned '
+         f"{records.plural(r0.finetune_epochs or 0, 'epoch')}).", '',
+         '| budget | ' + _decision_rows([], full, None)[0][2:],
+         '|---' + _decision_rows([], full, None)[1]]
+  for run in runs:
+    row = _decision_rows([run], full, r0.pretrained_test_accuracy)[2]
+    out.append(f'| {train_budget(run):g}x | {row[2:]}')
+  out.append('')
+  early = [run for run in runs if run.results.pretrain_epochs <= 0.2 * total and
+           not is_mask_control(run)]
+
+  def ratio(run: Run) -> float:
+    return run.results.train_macs / r0.train_macs
+
+  def matches(run: Run) -> bool:
+    return run.results.test_accuracy - r0.test_accuracy >= -0.003 - 1e-12
+
+  cheap = [run for run in early if ratio(run) <= 0.5 + 1e-12]
+  best = max(cheap, key=lambda run: run.results.test_accuracy, default=None)
+  if best is None:
+    goal = '**not measured**'
+  else:
+    goal = (f'**{"met" if matches(best) else "missed"}** (`{best.name}`: '
+            f'{_pct(best.results.test_accuracy)}, '
+            f'{_delta(best.results.test_accuracy - r0.test_accuracy)} at {ratio(best):.2f}x)')
+  out += ['Goals:', '',
+          f'- a decision at ≤ 20 % of the schedule, at ≤ 0.5x the training compute of '
+          f'`{full.name}`, within 0.3 % of it (or above): {goal}']
+  matching = sorted((run for run in early if matches(run)), key=ratio)
+  out.append('- the least compute at which an early decision matches it: ' +
+             (f'{ratio(matching[0]):.2f}x (`{matching[0].name}`, budget '
+              f'{train_budget(matching[0]):g}x)' if matching else
+              '**none** of the budgets run'))
+  return out + ['']
 
 
 def attention_ablation_lines(table: dict) -> list[str]:

@@ -188,6 +188,8 @@ def test_quant_bits_is_the_code_width_of_every_method():
      (), None),  # the config file's Early-Bird window, unused under 'fixed': fine
     ('prune', {'prune.stop_rule': 'fixed', 'prune.pretrain_epochs': 1, 'prune.eb_window': 3},
      ('prune.eb_window',), 'prune.eb_window=3: does not apply'),
+    ('prune', {'prune.stop_rule': 'full', 'prune.snapshots': True, 'prune.eb_window': 5},
+     ('prune.eb_window',), None),  # recorded for the Early-Bird decisions replayed from it
     ('prune', {'init_from': '/run', 'prune.eb_window': 3}, ('prune.eb_window',),
      'prune.eb_window=3: does not apply with init_from'),
     ('prune', {'prune.se_reduction': 8}, (), 'prune.se_reduction=8: does not apply without'),

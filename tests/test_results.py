@@ -287,12 +287,13 @@ def test_full_precision_runs_table_and_the_cifar10_data_note(tmp_path):
 
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',
                fired=False, distance=0.0, train_macs=100, shrunk_epoch=None, finetune_epochs=2,
-               finetune_lr=0.01):
+               finetune_lr=0.01, train_budget=None, seed=0):
   folder = root / 'cifar10_resnet20' / name
   folder.mkdir(parents=True)
   (folder / 'config.json').write_text(json.dumps({
-      'mode': 'prune', 'epochs': 10,
-      'prune': {'snapshots': decided_from is None, 'finetune_learning_rate': finetune_lr}}))
+      'mode': 'prune', 'epochs': 10, 'seed': seed,
+      'prune': {'snapshots': decided_from is None, 'finetune_learning_rate': finetune_lr,
+                'train_budget': train_budget}}))
   (folder / 'results.json').write_text(json.dumps({
       'mode': 'prune', 'dataset': 'cifar10', 'model': 'resnet20', 'criterion': 'l1',
       'prune_ratio': 0.3, 'selection': 'uniform', 'macs_removed': 0.45, 'params': 10,
@@ -370,6 +371,49 @@ def test_decision_study_longer_finetuning_is_its_own_table(tmp_path):
       in longer
   assert '- `prune_l1_epoch2_ft6`: 82.80 % (+2.80) at 0.45x the compute' in longer
   assert 'prune_l1_full_ft6`: 83.00 %' not in longer  # more compute than prune_l1_full
+  results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
+
+
+def test_early_bird_protocol_table_and_goals(tmp_path):
+  """Decisions trained to a fraction of the full decision's compute (prune.train_budget) get
+  their own table against it; the goal takes an early decision within 0.5x; the least compute
+  that matches is named; a second seed's study is its own."""
+  _study_run(tmp_path, 'prune_l1_full', epochs=10, accuracy=0.80, stop_rule='full',
+             train_macs=400)
+  budget = {'decided_from': 'w', 'finetune_lr': 0.1}
+  _study_run(tmp_path, 'prune_l1_epoch1_b0.35', epochs=1, accuracy=0.798, train_macs=138,
+             train_budget=0.35, finetune_epochs=6, **budget)
+  _study_run(tmp_path, 'prune_l1_epoch2_b0.5', epochs=2, accuracy=0.799, train_macs=196,
+             train_budget=0.5, finetune_epochs=8, **budget)
+  _study_run(tmp_path, 'prune_l1_epoch5_b0.5', epochs=5, accuracy=0.81, train_macs=198,
+             train_budget=0.5, finetune_epochs=4, **budget)
+  _study_run(tmp_path, 'prune_l1_epoch2_b1', epochs=2, accuracy=0.806, train_macs=398,
+             train_budget=1.0, finetune_epochs=18, **budget)
+  text = results_lib.render(str(tmp_path))
+  table = text.split("Early-Bird's protocol (You et al. 2020)")[1]
+  assert "lr 0.1" in table and "`prune_l1_full`'s training compute (80.00 %, 0.0 TMAC" in table
+  rows = [line for line in table.splitlines() if line.startswith('| 0') or
+          line.startswith('| 1')]
+  assert [row.split('[')[1].split(']')[0] for row in rows] == [
+      'prune_l1_epoch1_b0.35', 'prune_l1_epoch2_b0.5', 'prune_l1_epoch5_b0.5',
+      'prune_l1_epoch2_b1']
+  assert rows[1].startswith('| 0.5x | [prune_l1_epoch2_b0.5]') and '(0.49x)' in rows[1]
+  # epoch 5 is 50 % of the schedule: better, but not an early decision
+  assert ('- a decision at ≤ 20 % of the schedule, at ≤ 0.5x the training compute of '
+          '`prune_l1_full`, within 0.3 % of it (or above): **met** (`prune_l1_epoch2_b0.5`: '
+          '79.90 %, -0.10 at 0.49x)') in table
+  assert ('- the least compute at which an early decision matches it: 0.34x '
+          '(`prune_l1_epoch1_b0.35`, budget 0.35x)') in table
+  # the first table holds no budgeted run
+  assert '_b0' not in text.split("Early-Bird's protocol")[0].split('```')[0]
+  _study_run(tmp_path, 'prune_l1_full_s1', epochs=10, accuracy=0.80, stop_rule='full',
+             train_macs=400, seed=1)
+  _study_run(tmp_path, 'prune_l1_epoch2_b0.5_s1', epochs=2, accuracy=0.79, train_macs=196,
+             train_budget=0.5, finetune_epochs=8, seed=1, **budget)
+  text = results_lib.render(str(tmp_path))
+  second = text.split('#### Criterion `l1, seed 1`')[1]
+  assert '**missed** (`prune_l1_epoch2_b0.5_s1`: 79.00 %, -1.00 at 0.49x)' in second
+  assert '- the least compute at which an early decision matches it: **none**' in second
   results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
 
 

@@ -64,6 +64,32 @@ def test_decision_study_plans_each_decision_from_one_pretraining():
   assert not _published(tiny) and 'reproduce.results' not in tiny[-1].argv
 
 
+def test_early_bird_protocol_plan_trains_early_decisions_to_budgets_of_the_reference():
+  """cpu40: one pretraining per criterion and seed whose decision after all epochs is the
+  reference; decisions at 10 % and 20 % (and by the rule) trained to fractions of its compute,
+  each published as it finishes (a long study is read as it goes), the book after each
+  criterion."""
+  steps = prune_decision.protocol_plan('D', 'O', 40, ['l1', 'bn_gamma'], seed=1)
+  names = [w.split('/')[-1] for w in _workdirs(steps) if w.startswith('O/l1/seed1/')]
+  assert names == ['full', 'epoch4_b0.5', 'epoch8_b0.5', 'early_bird_b0.5', 'epoch4_b0.35',
+                   'epoch8_b0.35', 'epoch4_b1', 'epoch8_b1']
+  full = steps[0].argv
+  assert {'--config.epochs=40', '--config.compute_dtype=bfloat16', '--config.seed=1',
+          '--config.prune.finetune_epochs=10'} <= set(full)
+  epoch8 = next(s for s in steps if '--workdir=O/l1/seed1/epoch8_b0.35' in s.argv).argv
+  assert {'--config.prune.train_budget=0.35', '--config.prune.budget_of=O/l1/seed1/full',
+          '--config.prune.decide_from=O/l1/seed1/full', '--config.prune.pretrain_epochs=8',
+          '--config.prune.finetune_learning_rate=0.1'} <= set(epoch8)
+  assert not any(a.startswith('--config.prune.finetune_epochs') for a in epoch8)
+  assert steps[0].done == 'O/l1/seed1/full/results.json'  # reruns skip finished runs
+  assert _published(steps[:2]) == ['results/cifar10_resnet20_cpu40/prune_l1_full_s1']
+  books = [i for i, s in enumerate(steps) if 'reproduce.results' in s.argv]
+  assert len(books) == 2 and '--workdir=O/bn_gamma/seed1/full' in steps[books[0] + 1].argv
+  assert '--config.prune.slimming_lambda=1e-5' in steps[books[0] + 1].argv
+  assert _published(prune_decision.protocol_plan('D', 'O', 40, ['l1']))[0].endswith(
+      'prune_l1_full')
+
+
 def test_attention_ablation_tabulates_after_each_ratio_and_skips_finished_runs():
   steps = attention_ablation.plan('D', 'O', 'cifar', seeds=[0])
   assert _workdirs(steps)[:2] == ['O/seed0/pretrain', 'O/seed0/pretrain_se']

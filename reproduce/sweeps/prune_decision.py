@@ -1,7 +1,8 @@
 r"""The CIFAR-10 ResNet-20 pruning decision study in one command.
 
-  python -m reproduce.sweeps.prune_decision DATA_DIR OUT [gpu|cpu|tiny] [--criteria=l1,bn_gamma]
-      [--control_epochs=2,4] [--long_finetune=EPOCHS,LR] [--dry_run]
+  python -m reproduce.sweeps.prune_decision DATA_DIR OUT [gpu|cpu|cpu40|tiny]
+      [--criteria=l1,bn_gamma] [--control_epochs=2,4] [--long_finetune=EPOCHS,LR] [--seed=N]
+      [--dry_run]
 
 Per criterion, one pretraining run that records the masks and a snapshot of every epoch
 (stop_rule=full), then decisions taken from it at 10 %, 20 % and 50 % of the pretraining epochs
@@ -13,6 +14,14 @@ results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or results/cifar10_
   cpu   configs/experiments/cifar10_resnet20_prune_decision.py: 10 pretraining epochs,
         2 fine-tuning epochs (about 1 hour per criterion on 2 cores)
   gpu   the paper's schedule: 160 pretraining epochs, Early-Bird window 5, 40 fine-tuning epochs
+  cpu40 Early-Bird's own protocol (You et al. 2020: find the masks early, then train the pruned
+        network) at the 40-epoch CPU recipe (configs/cifar10_resnet20_cpu40.py: bfloat16, label
+        smoothing 0.1): the decision after all 40 epochs fine-tuned 10 epochs at lr 0.01 is the
+        reference; decisions at 10 % and 20 % of the schedule (epochs 4 and 8) and by the
+        Early-Bird rule train the pruned network at lr 0.1 to 0.35x, 0.5x and 1.0x of the
+        reference's training compute (prune.train_budget). Each run is published as it
+        finishes, under results/cifar10_resnet20_cpu40/ (about 7-8 hours per criterion and
+        seed on 2 cores)
   tiny  a smoke test of the whole command on 1,024 images (minutes on a CPU; not published)
   --criteria        default l1,bn_gamma (bn_gamma pretrains with the Network Slimming penalty on
                     BatchNorm gamma, lambda 1e-5 as Liu et al. 2017 use for ResNets)
@@ -20,6 +29,8 @@ results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or results/cifar10_
                     (prune.shrink_weights=final), named epoch<E>_final_weights
   --long_finetune   EPOCHS,LR: the decisions after all pretraining epochs, at 20 % and by the
                     Early-Bird rule again, fine-tuned for EPOCHS at LR (named <decision>_ft<EPOCHS>)
+  --seed            cpu40: the whole study (its own pretraining) with this seed; run names end
+                    in _s<N> for N > 0
 
 DATA_DIR holds cifar10/ or cifar10.tar.gz. Run from the checkout's root; reruns resume every run
 and skip finished ones.
@@ -33,13 +44,15 @@ from collections.abc import Sequence
 
 from reproduce.sweeps import Step, publish, qprune_run, run_steps, write_book
 
-KINDS = ('gpu', 'cpu', 'tiny')
+KINDS = ('gpu', 'cpu', 'cpu40', 'tiny')
 CONFIG = 'configs/experiments/cifar10_resnet20_prune_decision.py'
 EXTRA = {
     'cpu': (),
     'gpu': ('--config.epochs=160', '--config.weight_decay=1e-4', '--config.prune.eb_window=5',
             '--config.prune.finetune_epochs=40', '--config.batch_size=256',
             '--config.learning_rate=0.2'),
+    'cpu40': ('--config.epochs=40', '--config.compute_dtype=bfloat16',
+              '--config.label_smoothing=0.1', '--config.prune.eb_window=5'),
     'tiny': ('--config.epochs=4', '--config.train_subset=1024', '--config.eval_subset=256',
              '--config.batch_size=64', '--config.prune.holdout=300',
              '--config.prune.finetune_epochs=1'),
@@ -100,6 +113,53 @@ def plan(data: str, out: str, kind: str, epochs: int, criteria: Sequence[str] = 
   return steps if kind == 'tiny' else steps + [write_book()]
 
 
+# cpu40: the reference's fine-tuning, the early decisions' learning rate and budgets (fractions
+# of the reference's training compute), most telling first: a long study is read as it goes.
+PROTOCOL_FINETUNE = ('--config.prune.finetune_epochs=10',
+                     '--config.prune.finetune_learning_rate=0.01')
+PROTOCOL_LR = 0.1
+PROTOCOL_BUDGETS = (0.5, 0.35, 1.0)
+
+
+def protocol_plan(data: str, out: str, epochs: int, criteria: Sequence[str] = ('l1', 'bn_gamma'),
+                  seed: int = 0) -> list[Step]:
+  """cpu40: Early-Bird's protocol. Per criterion, the pretraining run with its decision after
+  all `epochs` (the reference), then decisions at 10 % and 20 % of them and by the Early-Bird
+  rule, each trained to PROTOCOL_BUDGETS of the reference's training compute; every run is
+  published as soon as it finishes and the book rewritten after each criterion."""
+  group = 'results/cifar10_resnet20_cpu40'
+  suffix = f'_s{seed}' if seed else ''
+  steps: list[Step] = []
+  for criterion in criteria:
+    common = [f'--config.data_dir={data}', *EXTRA['cpu40'], f'--config.seed={seed}',
+              f'--config.prune.criterion={criterion}']
+    if criterion == 'bn_gamma':
+      common.append('--config.prune.slimming_lambda=1e-5')
+    root = os.path.join(out, criterion, f'seed{seed}')
+    reference = os.path.join(root, 'full')
+
+    def run(name: str, *overrides: str):  # noqa: B023 (used within this iteration only)
+      workdir = os.path.join(root, name)  # noqa: B023
+      steps.append(qprune_run(CONFIG, workdir, [*common, *overrides],  # noqa: B023
+                              log=os.path.join(out, 'logs', f'{criterion}_s{seed}_{name}.log'),  # noqa: B023
+                              skip_finished=True))
+      steps.append(publish(workdir, f'{group}/prune_{criterion}_{name}{suffix}'))  # noqa: B023
+
+    run('full', *PROTOCOL_FINETUNE)
+    early = sorted({max(1, epochs * pct // 100) for pct in (10, 20)})
+    for budget in PROTOCOL_BUDGETS:
+      trained = (f'--config.prune.train_budget={budget:g}', f'--config.prune.budget_of={reference}',
+                 f'--config.prune.finetune_learning_rate={PROTOCOL_LR:g}',
+                 f'--config.prune.decide_from={reference}')
+      for e in early:
+        run(f'epoch{e}_b{budget:g}', *trained, '--config.prune.stop_rule=fixed',
+            f'--config.prune.pretrain_epochs={e}')
+      if budget == PROTOCOL_BUDGETS[0]:
+        run(f'early_bird_b{budget:g}', *trained, '--config.prune.stop_rule=early_bird')
+    steps.append(write_book())
+  return steps
+
+
 def config_epochs(kind: str) -> int:
   """The config's pretraining epochs with the kind's overrides, as the binary resolves them."""
   python = os.environ.get('QPRUNE_PYTHON') or sys.executable
@@ -121,6 +181,7 @@ def main(argv=None) -> int:
   parser.add_argument('--criteria', default='l1,bn_gamma')
   parser.add_argument('--control_epochs', type=_ints, default=[])
   parser.add_argument('--long_finetune', help='EPOCHS,LR, e.g. 6,0.1')
+  parser.add_argument('--seed', type=int, default=0, help='cpu40: the study\'s seed')
   parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
   long_finetune = None
@@ -130,8 +191,17 @@ def main(argv=None) -> int:
       long_finetune = (int(ft_epochs), float(ft_lr))
     except ValueError:
       parser.error(f'--long_finetune={args.long_finetune}: give EPOCHS,LR, e.g. 6,0.1')
-  steps = plan(args.data, args.out, args.kind, config_epochs(args.kind),
-               [c for c in args.criteria.split(',') if c], args.control_epochs, long_finetune)
+  criteria = [c for c in args.criteria.split(',') if c]
+  if args.kind == 'cpu40':
+    if args.control_epochs or long_finetune:
+      parser.error('--control_epochs and --long_finetune do not apply to cpu40 (its decisions '
+                   'are trained to budgets of the reference\'s compute)')
+    steps = protocol_plan(args.data, args.out, config_epochs(args.kind), criteria, args.seed)
+  else:
+    if args.seed:
+      parser.error('--seed applies to cpu40 only (the other kinds use the config\'s seed)')
+    steps = plan(args.data, args.out, args.kind, config_epochs(args.kind), criteria,
+                 args.control_epochs, long_finetune)
   rc = run_steps(steps, dry_run=args.dry_run)
   if rc == 0 and args.kind == 'tiny' and not args.dry_run:
     print(f'tiny run finished: {args.out} (not published)')

@@ -437,7 +437,7 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None)
   finetune_lr = full.config.get('prune', {}).get('finetune_learning_rate')
   total = full.config.get('epochs') or r0.pretrain_epochs
   out = [f'#### Criterion `{criterion}`: ratio {r0.prune_ratio} ({r0.selection}), '
-         f'{_pct(r0.macs_removed)} of the MACs removed', '',
+         f'{_pct(r0.macs_removed)} of the MACs removed, {total} pretraining epochs', '',
          f'The unpruned network after all {r0.pretrain_epochs} pretraining epochs: '
          f'{_pct(unpruned)}. Every decision is fine-tuned for '
          f"{records.plural(r0.finetune_epochs or 0, 'epoch')} at lr {finetune_lr}. "
@@ -678,6 +678,39 @@ def quantization_lines(key: str, goal_key: tuple, quantized: list[Run],
   return out
 
 
+_CLAIM = re.compile(r'^- (?:Goal )?(?P<claim>.+?):? '
+                    r'\*\*(?P<verdict>met|missed|not measured|none)\*\*')
+
+
+def claims(lines: list[str], scale: str) -> list[tuple[str, str, str]]:
+  """(scale, claim, verdict) of every goal line ('- [Goal ]CLAIM: **VERDICT** ...') in
+  `lines`; a decision study's later tables (longer fine-tuning, Early-Bird's protocol) get
+  their heading added to the scale."""
+  out, sub = [], ''
+  for line in lines:
+    if line.startswith('Longer fine-tuning: '):
+      sub = '; ' + line[len('Longer fine-tuning: the same decisions '):].split(',')[0]
+    elif line.startswith("Early-Bird's protocol"):
+      sub = "; Early-Bird's protocol (trained to a budget)"
+    match = _CLAIM.match(line)
+    if match:
+      out.append((scale + sub, match['claim'], match['verdict']))
+  return out
+
+
+def claims_lines(summary: list[tuple[str, str, str, str]]) -> list[str]:
+  """RESULTS.md's opening table: every goal, at the scale it was measured at."""
+  if not summary:
+    return []
+  out = ['## Claims by scale', '',
+         'Every goal of the sections below, with the model, schedule and compute it was '
+         'measured at (a claim holds at that scale; the sections have the runs).', '',
+         '| model | scale | claim | verdict |', '|---|---|---|---|']
+  out += [f'| {model} | {scale} | {claim} | **{verdict}** |'
+          for model, scale, claim, verdict in summary]
+  return out + ['']
+
+
 def render(results_dir: str) -> str:
   """RESULTS.md's text: a pure function of the folders under `results_dir`."""
   groups = read_runs(results_dir)
@@ -694,9 +727,16 @@ def render(results_dir: str) -> str:
          '{±2^e} of `quant.zero_code=False`, which have no zero code); '
          'compression is FP32 bytes over the '
          'export\'s bytes on disk.', '']
+  intro = len(out)
+  summary: list[tuple[str, str, str, str]] = []
   for key, runs in groups.items():
     first = runs[0].results
     dataset, model = first.dataset, first.model
+    title = f'{MODEL_TITLES.get(model, model)} / {DATASET_TITLES.get(dataset, dataset)}'
+
+    def note(lines: list[str], scale: str) -> list[str]:
+      summary.extend((title, *claim) for claim in claims(lines, scale))  # noqa: B023
+      return lines
     out += [f'## {MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)} '
             f'([`results/{key}`](results/{key}))', '']
     if dataset in DATASET_NOTES:
@@ -716,11 +756,19 @@ def render(results_dir: str) -> str:
         text, goal = FP_GOALS[(dataset, model)]
         best = max(trained, key=lambda run: run.results.test_accuracy)
         reached = best.results.test_accuracy >= goal - 1e-12
-        out += [f'- Goal {text}: **{"met" if reached else "missed"}** (best '
-                f'{_pct(best.results.test_accuracy)}, `{best.name}`, after '
-                f'{best.results.epochs_run} epochs)', '']
+        out += note([f'- Goal {text}: **{"met" if reached else "missed"}** (best '
+                     f'{_pct(best.results.test_accuracy)}, `{best.name}`, after '
+                     f'{best.results.epochs_run} epochs)', ''],
+                    f'`{best.name}`: {best.results.epochs_run} epochs, '
+                    f'{training_time(best.results)}')
     for start, quantized in quantized_by_start(runs, fp):
-      out += quantization_lines(key, (dataset, model), quantized, start, start is fp)
+      scale = ('' if start is None else
+               f'from `{start.name}` ({start.results.epochs_run} epochs, '
+               f'{_pct(start.results.test_accuracy)}); runs of '
+               f'{_minutes(statistics.median(q.results.wall_time_s or 0 for q in quantized))} '
+               'median')
+      out += note(quantization_lines(key, (dataset, model), quantized, start, start is fp),
+                  scale)
     pipelines = _of_mode(runs, records.PipelineResults)
     if pipelines:
       out += ['### Pipeline: prune, fine-tune, quantize, export (one command)', '',
@@ -741,8 +789,8 @@ def render(results_dir: str) -> str:
       for text, min_ratio, min_accuracy in PIPELINE_GOALS.get((dataset, model), ()):
         met = [m for m in pipelines if m.results.compression_ratio >= min_ratio and
                m.results.test_accuracy >= min_accuracy]
-        out.append(f'- Goal {text}: **{"met" if met else "missed"}**' +
-                   (f' by `{met[0].name}`' if met else ''))
+        out += note([f'- Goal {text}: **{"met" if met else "missed"}**' +
+                     (f' by `{met[0].name}`' if met else '')], 'the pipeline runs')
       out += [''] + commands_block(pipelines)
     studies = decision_studies(runs)
     if studies:
@@ -754,7 +802,12 @@ def render(results_dir: str) -> str:
               'a smaller dense model, its BatchNorm statistics re-estimated, and fine-tuned '
               'with the same budget.', '']
       for criterion, study in studies.items():
-        out += decision_study_lines(criterion, study, fp_accuracy)
+        full_run: Run[records.PruneResults] = study['full']
+        total = full_run.config.get('epochs') or full_run.results.pretrain_epochs
+        scale = (f'`{criterion}` decision study: {total} pretraining epochs, '
+                 f'{(full_run.results.train_macs or 0) / 1e12:.0f} TMAC to the full-training '
+                 'decision')
+        out += note(decision_study_lines(criterion, study, fp_accuracy), scale)
       out += [f'![mask distance per epoch](results/{PLOTS_DIR}/{key}_prune_mask_distance.png)',
               f'![accuracy vs MACs](results/{PLOTS_DIR}/{key}_prune_accuracy_vs_macs.png)', '']
       out += commands_block([run for study in studies.values() for run in study_runs(study)])
@@ -763,13 +816,15 @@ def render(results_dir: str) -> str:
     if pruned:
       start_name = PRUNE_REFERENCES.get((dataset, model), (None,))[0]
       start = next((run for run in runs if run.name == start_name), None)
-      out += pruned_model_lines((dataset, model), pruned, start)
+      out += note(pruned_model_lines((dataset, model), pruned, start),
+                  'pruned from ' + (f'`{start.name}`' if start else 'their own pretraining'))
       out += commands_block(([start] if start else []) + pruned)
     ablation_path = os.path.join(results_dir, key, ABLATION_JSON)
     if os.path.isfile(ablation_path):
       out += attention_ablation_lines(read_json(ablation_path))
     if key in errors:
       out += target_error_lines(errors[key])
+  out[intro:intro] = claims_lines(summary)
   return '\n'.join(out).rstrip() + '\n'
 
 

@@ -489,6 +489,16 @@ def inapplicable(config) -> list:
              "init_from's trained model without pretraining; stop_rule='fixed' with "
              'pretrain_epochs trains first)')
       out += [(k, why, False) for k in ('epochs', 'prune.eb_window', 'prune.eb_threshold')]
+    chosen = r.search_criteria or (r.criterion,)
+    if all(c in criteria.DATA_FREE for c in chosen):
+      out.append(('prune.score_batches', f'with criteria {", ".join(chosen)} (computed from the '
+                  'weights alone; score_batches feeds taylor, attention and se_*)', False))
+    sizes = [len(r.search_criteria or (r.criterion,)), len(r.search_ratios or (r.ratio,)),
+             len(r.search_selections or (r.selection,))]
+    if math.prod(sizes) == 1:
+      out.append(('prune.search_method', 'with a single candidate (no search_criteria, '
+                  'search_ratios or search_selections with more than one value: nothing to '
+                  'search)', False))
     if r.train_budget:
       out.append(('prune.finetune_epochs', f'with prune.train_budget={r.train_budget!r} (the '
                   'budget sets the fine-tuning epochs)', False))

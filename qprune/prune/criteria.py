@@ -43,6 +43,8 @@ from qprune.prune.masks import apply_with_gates
 
 Scores = dict[str, jax.Array]
 CRITERIA: dict[str, Callable[..., Scores]] = {}
+# The criteria computed from the weights alone: they read no training batches.
+DATA_FREE = ('l1', 'bn_gamma', 'random')
 
 
 def register_criterion(name: str):

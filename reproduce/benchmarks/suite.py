@@ -123,7 +123,7 @@ TINY: dict[str, dict] = {
         '--config.model=lenet5', '--config.width=0.25', '--config.train_subset=600',
         '--config.eval_subset=100', '--config.batch_size=50', '--config.eval_batch_size=100',
         '--config.epochs=1', '--config.prune.stop_rule=full', '--config.prune.holdout=200',
-        '--config.prune.bn_batches=1', '--config.prune.score_batches=1',
+        '--config.prune.bn_batches=1',
         "--config.prune.search_criteria=('l1',)", '--config.prune.search_ratios=(0.5,)',
         "--config.prune.search_selections=('uniform',)", '--config.prune.finetune_epochs=1',
         '--config.quant.schedule=(0.5, 1.0)', '--config.quant.retrain_epochs=1')},

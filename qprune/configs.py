@@ -409,6 +409,8 @@ def validate(config, overridden=()) -> None:
   _check(p, config.weight_decay >= 0, 'weight_decay', config.weight_decay, 'must be >= 0')
   _check(p, 0 <= config.label_smoothing < 1, 'label_smoothing', config.label_smoothing,
          'must be in [0, 1)')
+  _check(p, 0 <= config.ema_decay < 1, 'ema_decay', config.ema_decay,
+         'must be in [0, 1) (0: no moving average; e.g. 0.999)')
   _check(p, 0 <= config.warmup_epochs <= max(config.epochs, 0), 'warmup_epochs',
          config.warmup_epochs, f'must be in [0, epochs] ({config.epochs})')
   _check(p, config.lr_schedule in SCHEDULES, 'lr_schedule', config.lr_schedule,
@@ -453,6 +455,10 @@ def inapplicable(config) -> list:
     if mode not in modes:
       out += [(f'{section}.{k}', f"to mode={mode!r} ({section}.* is read by mode "
                f"{' and '.join(modes)})", True) for k in config[section].keys()]
+  if mode in ('quantize', 'pipeline'):
+    # (INQ's frozen weights are powers of two; an average of them and their float neighbours
+    # would not be)
+    out.append(('ema_decay', f'to mode={mode!r} (INQ retraining keeps no moving average)', True))
   if mode == 'quantize':
     out += [('epochs', "to mode='quantize' (it retrains quant.retrain_epochs per schedule step "
              'and quant.final_epochs after it: set those)', False),

@@ -193,6 +193,8 @@ def test_quant_bits_is_the_code_width_of_every_method():
     ('prune', {'init_from': '/run', 'prune.eb_window': 3}, ('prune.eb_window',),
      'prune.eb_window=3: does not apply with init_from'),
     ('prune', {'prune.se_reduction': 8}, (), 'prune.se_reduction=8: does not apply without'),
+    ('quantize', {'ema_decay': 0.999}, (), "ema_decay=0.999: does not apply to mode='quantize'"),
+    ('prune', {'ema_decay': 0.999}, ('ema_decay',), None),
     ('prune', {'prune.score_batches': 4}, ('prune.score_batches',),
      'prune.score_batches=4: does not apply with criteria l1'),
     ('prune', {'prune.score_batches': 4, 'prune.search_criteria': ('l1', 'taylor')},
@@ -240,3 +242,11 @@ def test_a_command_line_unsets_every_optional_field_with_an_empty_value():
   config.prune.search_ratios, config.prune.search_criteria = ('',), (None,)  # ml_collections' ''
   configs.validate(config)
   assert config.prune.search_ratios is None and config.prune.search_criteria is None
+
+
+@pytest.mark.parametrize('value', [-0.1, 1.0])
+def test_ema_decay_is_a_fraction_below_one(value):
+  config = configs.base_config()
+  config.ema_decay = value
+  with pytest.raises(configs.ConfigError, match=r'ema_decay=.*: must be in \[0, 1\)'):
+    configs.validate(config)

@@ -305,3 +305,55 @@ def test_label_smoothing_changes_the_update_not_the_reported_loss(mnist_small):
   (plain_params, plain_loss), (smooth_params, smooth_loss) = results
   assert plain_loss == pytest.approx(smooth_loss, rel=1e-6)  # the same forward pass, plain CE
   assert not _leaves_equal(plain_params, smooth_params)
+
+
+def test_moving_average_follows_the_trained_weights(mnist_small):
+  """ema_decay: after each step the average is decay_t x itself + (1 - decay_t) x the new
+  variables, decay_t = min(decay, (1 + t) / (10 + t)); without it the state carries none."""
+  from qprune.train import steps
+  from qprune.train.state import create_state
+  model, variables = _lenet()
+  data = _subset(mnist_small, 256)
+  tx = optim.freezable(optim.sgd(optim.lr_schedule('constant', 0.1, 1), 0.9, 0.0))
+  step = steps.make_train_step(model, tx, 64, pipeline.AUGMENTATIONS['none'], donate=False,
+                               ema_decay=0.99)
+  state = create_state(variables, tx, ema=True)
+  averages = [state.ema]
+  for index in range(2):
+    state, _ = step(state, data.train.images, data.train.labels, jnp.arange(256),
+                    jnp.int32(index), jax.random.PRNGKey(0), {}, steps.zero_metrics())
+    averages.append(state.ema)
+  # Step t = 1 (the second) used decay_t = 2 / 11, below 0.99: the warm-up term decides.
+  live = state.live_variables
+  expected = jax.tree_util.tree_map(lambda a, v: (2 / 11) * a + (9 / 11) * v, averages[1], live)
+  for got, want in zip(jax.tree_util.tree_leaves(averages[2]),
+                       jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert state.variables is state.ema and not _leaves_equal(state.ema, live)
+  assert create_state(variables, tx).ema is None
+
+
+@pytest.mark.real_data
+def test_moving_average_is_evaluated_saved_and_resumed(mnist_small, tmp_path):
+  """fit with ema_decay: the reported accuracy is the average's, the state hands the average on,
+  and a run preempted mid-epoch resumes to the same average."""
+  data = _subset(mnist_small, 512)
+  model, variables = _lenet()
+  options = loop.TrainOptions(epochs=3, batch_size=64, learning_rate=0.05, progress=False,
+                              ema_decay=0.9)
+  straight = loop.fit(model, variables, data, options, str(tmp_path / 'a'))
+  assert straight.state.variables is straight.state.ema
+  assert straight.test_accuracy == pytest.approx(
+      loop.evaluate(model, straight.state.ema, data.test, 1000)['accuracy'])
+  assert not _leaves_equal(straight.state.ema, straight.state.live_variables)
+
+  def preempt_after_first_epoch(epoch, state, history):
+    if epoch == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return False, {}
+
+  with pytest.raises(SystemExit, match='SIGTERM'):
+    loop.fit(model, variables, data, options, str(tmp_path / 'b'),
+             on_epoch_end=preempt_after_first_epoch)
+  resumed = loop.fit(model, variables, data, options, str(tmp_path / 'b'))
+  assert _leaves_equal(straight.state.ema, resumed.state.ema)

@@ -50,6 +50,9 @@ class TrainOptions:
   # Label smoothing (Szegedy et al. 2016): the training loss fits (1 - s) one-hot + s uniform;
   # the reported train loss stays the plain cross-entropy.
   label_smoothing: float = 0.0
+  # An exponential moving average of the weights and BatchNorm statistics (0: none), evaluated,
+  # saved and handed on in place of the trained ones (Polyak & Juditsky 1992; e.g. 0.999).
+  ema_decay: float = 0.0
   augment: str = 'none'
   seed: int = 0
   eval_every: int = 1
@@ -106,7 +109,8 @@ def _train_step(model, options: TrainOptions, train_size: int, hooks: steps.Step
   tx = make_optimizer(options, train_size)
   return tx, steps.make_train_step(model, tx, options.batch_size,
                                    pipeline.AUGMENTATIONS[options.augment], hooks, batch_sharding,
-                                   label_smoothing=options.label_smoothing)
+                                   label_smoothing=options.label_smoothing,
+                                   ema_decay=options.ema_decay)
 
 
 def evaluate(model, variables, split: pipeline.Split, batch_size: int, mesh=None) -> dict:
@@ -138,7 +142,8 @@ def fit(model, variables, data: pipeline.Data, options: TrainOptions, stage_dir:
                                parallel.batch_sharded(mesh))
   new_step = _train_step.cache_info().misses > misses  # its first call compiles
   # A copy: the train step donates its state, and the caller keeps using `variables`.
-  state = parallel.replicate(create_state(variables, tx), mesh, copy=True)
+  state = parallel.replicate(create_state(variables, tx, ema=options.ema_decay > 0), mesh,
+                            copy=True)
   aux = parallel.replicate(aux, mesh) if aux is not None else {}
   key = jax.random.PRNGKey(options.seed)
   store = checkpoint.CheckpointStore(os.path.join(stage_dir, 'checkpoints')) if stage_dir else None

@@ -48,9 +48,19 @@ def zero_metrics():
           'count': jnp.zeros((), jnp.int32)}
 
 
+def ema_update(average, variables, step, decay: float):
+  """One step of the moving average: decay_t x average + (1 - decay_t) x variables, with
+  decay_t = min(decay, (1 + t) / (10 + t)) so the first steps do not stay near the start (as
+  TensorFlow's ExponentialMovingAverage with num_updates)."""
+  t = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree_util.tree_map(lambda a, v: (d * a + (1.0 - d) * v).astype(a.dtype), average,
+                                variables)
+
+
 def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHooks = StepHooks(),
                     batch_sharding=None, donate: bool = True, xla_defaults: bool = False,
-                    label_smoothing: float = 0.0):
+                    label_smoothing: float = 0.0, ema_decay: float = 0.0):
   """Returns jitted `step(state, images, labels, perm, index, key, aux, metrics)`.
 
   images uint8 [N, H, W, C] and labels int32 [N] are the whole split; the batch is
@@ -58,6 +68,7 @@ def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHo
   fold_in(key, state.step), so a run resumed from a checkpoint sees the same randomness.
   metrics accumulates loss sum, correct count and example count on device (no host sync).
   xla_defaults=True compiles without qprune's CPU compiler options (see `qprune.ops.compile`).
+  ema_decay > 0: state.ema follows the trained variables after every step (`ema_update`).
   """
 
   def step(state: TrainState, images, labels, perm, index, key, aux, metrics):
@@ -87,9 +98,14 @@ def make_train_step(model, tx, batch_size: int, augment: Callable, hooks: StepHo
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    freeze_mask=(aux or {}).get('freeze_mask'))
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema_decay:
+      ema = ema_update(ema, {'params': params, 'batch_stats': batch_stats}, state.step,
+                       ema_decay)
     new_state = state.replace(  # type: ignore[attr-defined]  # flax struct.dataclass
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+        ema=ema)
     metrics = {'loss': metrics['loss'] + loss * batch_size,
                'correct': metrics['correct'] + jnp.sum(jnp.argmax(logits, -1) == y),
                'count': metrics['count'] + batch_size}

@@ -185,7 +185,8 @@ def training_recipe(run: Run) -> str:
            f'lr {c["learning_rate"]:g} {c.get("lr_schedule", "")}'.rstrip()
            if 'learning_rate' in c else '',
            f'wd {c["weight_decay"]:g}' if 'weight_decay' in c else '',
-           f'label smoothing {c["label_smoothing"]:g}' if c.get('label_smoothing') else '']
+           f'label smoothing {c["label_smoothing"]:g}' if c.get('label_smoothing') else '',
+           f'weight average {c["ema_decay"]:g}' if c.get('ema_decay') else '']
   return ', '.join(part for part in parts if part)
 
 

@@ -7,7 +7,7 @@ import sys
 from conftest import REPO_ROOT
 
 from reproduce import sweeps
-from reproduce.sweeps import attention_ablation, cifar10_resnet20, prune_decision
+from reproduce.sweeps import attention_ablation, cifar10_resnet20, prune_decision, recipe_ablation
 
 
 def _workdirs(steps):
@@ -88,6 +88,22 @@ def test_early_bird_protocol_plan_trains_early_decisions_to_budgets_of_the_refer
   assert '--config.prune.slimming_lambda=1e-5' in steps[books[0] + 1].argv
   assert _published(prune_decision.protocol_plan('D', 'O', 40, ['l1']))[0].endswith(
       'prune_l1_full')
+
+
+def test_recipe_ablation_changes_one_thing_per_run_and_each_passes_the_binary_check(tmp_path):
+  """Each run is the 40-epoch recipe with one change, published as it finishes; every planned
+  command passes the binary's own check (--only_check_args: config, inapplicable fields)."""
+  steps = recipe_ablation.plan('D', 'O', 'cpu40')
+  runs = [s for s in steps if 'qprune.main' in s.argv]
+  assert [w.split('/')[-1] for w in _workdirs(steps)] == list(recipe_ablation.CHANGES)
+  for run, (name, change) in zip(runs, recipe_ablation.CHANGES.items()):
+    assert run.argv[3] == f'--config={recipe_ablation.CONFIG}' and run.argv[-len(change):] == change
+    checked = subprocess.run([sys.executable, *run.argv[1:4], f'--workdir={tmp_path / name}',
+                              *run.argv[5:], '--only_check_args'],
+                             capture_output=True, text=True, cwd=REPO_ROOT)
+    assert checked.returncode == 0, checked.stderr
+  assert _published(steps)[1] == 'results/cifar10_resnet20/fp_cpu40_ema'
+  assert not _published(recipe_ablation.plan('D', 'O', 'tiny'))
 
 
 def test_attention_ablation_tabulates_after_each_ratio_and_skips_finished_runs():

@@ -357,3 +357,10 @@ def test_moving_average_is_evaluated_saved_and_resumed(mnist_small, tmp_path):
              on_epoch_end=preempt_after_first_epoch)
   resumed = loop.fit(model, variables, data, options, str(tmp_path / 'b'))
   assert _leaves_equal(straight.state.ema, resumed.state.ema)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+  schedule = optim.lr_schedule('linear', 0.2, 100, warmup_steps=10)
+  values = [float(schedule(t)) for t in (0, 5, 10, 55, 100)]
+  np.testing.assert_allclose(values, [0.0, 0.1, 0.2, 0.1, 0.0], atol=1e-7)
+  np.testing.assert_allclose(float(optim.lr_schedule('linear', 0.2, 100)(50)), 0.1, atol=1e-7)

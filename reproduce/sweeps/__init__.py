@@ -3,6 +3,7 @@
   python -m reproduce.sweeps.cifar10_resnet20 DATA OUT [gpu|cpu|tiny]
   python -m reproduce.sweeps.prune_decision DATA OUT [gpu|cpu|tiny] [--criteria=l1,bn_gamma]
   python -m reproduce.sweeps.attention_ablation DATA OUT [mnist|cifar|tiny|tiny_cifar]
+  python -m reproduce.sweeps.recipe_ablation DATA OUT [cpu40|tiny] [--changes=ema,linear]
 
 Every driver's `plan(...)` is a pure function from its arguments to `Step`s (the tests check
 them); `run_steps` runs them one after another: a step whose `done` file exists is skipped (a

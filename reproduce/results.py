@@ -190,10 +190,19 @@ def training_recipe(run: Run) -> str:
   return ', '.join(part for part in parts if part)
 
 
-def training_time(results: records.TrainResults) -> str:
+def epochs_seconds(results: records.Results) -> float:
+  """The seconds of every training epoch a run recorded (its history, INQ steps, final epochs,
+  pretraining and fine-tuning), however many processes ran them."""
+  histories = [getattr(results, name, None) or [] for name in
+               ('history', 'final_history', 'pretrain_history', 'finetune_history')]
+  histories += [step.history for step in getattr(results, 'inq_steps', None) or []]
+  return sum(h.get('epoch_time_s', 0.0) for history in histories for h in history)
+
+
+def training_time(results: records.Results) -> str:
   """The run's wall time; where its epochs alone took longer (the run was resumed, and
   wall_time_s is its last process's), both, so the table does not under-state it."""
-  epochs_s = sum(h.get('epoch_time_s', 0.0) for h in results.history)
+  epochs_s = epochs_seconds(results)
   if results.wall_time_s is not None and epochs_s > results.wall_time_s:
     return (f'{_minutes(results.wall_time_s)} in its last process (resumed; its epochs '
             f'{_minutes(epochs_s)})')
@@ -667,7 +676,7 @@ def quantization_lines(key: str, goal_key: tuple, quantized: list[Run],
                f'{_size(q.export_bytes)} | '
                f'{"" if compression is None else f"{compression:.1f}x"} | '
                f'{_pct(q.test_accuracy)} | {_delta(delta)} | '
-               f'{_minutes(q.wall_time_s)} |')
+               f'{training_time(q)} |')
   out.append('')
   if fp_accuracy is not None:
     out += ['Goals:', ''] + goal_lines(goal_key, quantized, fp_accuracy) + ['']

@@ -533,6 +533,14 @@ def test_quantized_runs_are_judged_against_the_model_they_start_from(tmp_path):
   claims = text.split('## Claims by scale')[1].split('## ResNet-20')[0]
   assert ('| ResNet-20 / CIFAR-10 | from `fp40` (40 epochs, 90.00 %); runs of 0.0 min median | '
           '3 bits within 0.3 % of FP | **met** |') in claims
+  # A resumed quantization: wall_time_s is its last process's; its INQ and final epochs count.
+  results_json = group / 'new' / 'results.json'
+  resumed = json.loads(results_json.read_text())
+  resumed.update(wall_time_s=60.0, inq_steps=[{'step': 1, 'history': [{'epoch_time_s': 300.0}]}],
+                 final_history=[{'epoch_time_s': 240.0}])
+  results_json.write_text(json.dumps(resumed))
+  assert ('| 89.80 % | -0.20 | 1.0 min in its last process (resumed; its epochs 9.0 min) |'
+          in results_lib.render(str(tmp_path)))
   quantize('lossy', 0.8900, 'results/cifar10_resnet20/fp40')
   assert 'best 89.80 % (-0.20 vs FP) by `new`' in results_lib.render(str(tmp_path))
 

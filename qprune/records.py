@@ -16,7 +16,7 @@ This module imports only the standard library (the collector runs without JAX).
 """
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 # Units: how a value is shown (`format_value`).
 TEXT, COUNT, FRACTION, BYTES, SECONDS, RATIO, TIMES, BITS, LIST = (
@@ -318,6 +318,17 @@ def from_json(data: dict | Results) -> Results:
     raise TypeError(f'results: expected a JSON object, got {type(data).__name__}')
   mode = data.get('mode')
   return (RECORDS.get(mode, Results) if isinstance(mode, str) else Results).from_json(data)
+
+
+T = TypeVar('T')
+
+
+def recorded(value: T | None) -> T:
+  """`value`, a field that every run of its mode records (the mode has written it since its
+  first version: a run's test_accuracy, params and macs, a quantized run's bits_per_weight, a
+  prune run's pretrain_epochs, ...), without the None of a field a results.json may lack."""
+  assert value is not None, 'results.json lacks a field that its mode always records'
+  return value
 
 
 def result_field(results: Any, key: str):

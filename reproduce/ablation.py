@@ -43,14 +43,15 @@ GATED, PLAIN = 'SE-gated', 'plain'
 @dataclasses.dataclass(frozen=True)
 class Measurement:
   """One fine-tuned decision: its cell (criterion, pretraining, ratio), its seed, its sizes and
-  its accuracies right after shrinking and after fine-tuning. The unit the table averages."""
+  its accuracies right after shrinking and after fine-tuning. The unit the table averages. The
+  table only carries `macs` and `params_before` (None where the run did not record them)."""
   criterion: str
   pretraining: str  # PLAIN or GATED
   ratio: float
   seed: int | None
   params: int
-  macs: int
-  params_before: int
+  macs: int | None
+  params_before: int | None
   pruned_test_accuracy: float
   test_accuracy: float
 
@@ -65,10 +66,12 @@ class AblationRun:
   residual: bool = False
 
   def measurement(self) -> Measurement:
-    r = self.results
-    return Measurement(r.criterion, GATED if self.se_gates else PLAIN, r.prune_ratio, self.seed,
-                       r.params, r.macs, r.params_before, r.pruned_test_accuracy,
-                       r.test_accuracy)
+    # The cell, the params shown and the accuracies averaged: every prune run records them.
+    r, recorded = self.results, records.recorded
+    return Measurement(recorded(r.criterion), GATED if self.se_gates else PLAIN,
+                       recorded(r.prune_ratio), self.seed, recorded(r.params), r.macs,
+                       r.params_before, recorded(r.pruned_test_accuracy),
+                       recorded(r.test_accuracy))
 
 
 def read_runs(runs_dir: str) -> list[AblationRun]:
@@ -78,7 +81,9 @@ def read_runs(runs_dir: str) -> list[AblationRun]:
   for root, _, names in sorted(os.walk(runs_dir)):
     if 'results.json' not in names:
       continue
-    results = records.from_json(files.read_json(os.path.join(root, 'results.json')))
+    data = files.read_json(os.path.join(root, 'results.json'))
+    assert data is not None  # os.walk has just listed it
+    results = records.from_json(data)
     if not isinstance(results, records.PruneResults) or not results.finetune_epochs:
       continue
     run = AblationRun(results)

@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 from qprune import files, records
 from qprune.errors import UserError
 from qprune.quant.inq import DEFAULT_SCHEDULE
+from qprune.records import recorded
 from qprune.report import plots
 from qprune.report.publish import (  # noqa: F401
   CONFIG_JSON,
@@ -244,13 +245,13 @@ def goal_lines(key, runs: list[Run], fp_accuracy: float) -> list[str]:
     settings.setdefault(setting_name(run.name), []).append(run)
   for text, bits, max_loss, min_accuracy, max_levels in GOALS.get(key, ()):
     eligible = {name: members for name, members in settings.items()
-                if all(r.results.bits_per_weight <= bits + 1e-9 and
+                if all(recorded(r.results.bits_per_weight) <= bits + 1e-9 and
                        (max_levels is None or (_max_values(r.results) or 0) <= max_levels)
                        for r in members)}
     if not eligible:
       lines.append(f'- {text}: **not measured**')
       continue
-    mean = {name: statistics.fmean(r.results.test_accuracy for r in members)
+    mean = {name: statistics.fmean(recorded(r.results.test_accuracy) for r in members)
             for name, members in eligible.items()}
     best = max(eligible, key=lambda name: mean[name])
     members, accuracy = eligible[best], mean[best]
@@ -259,7 +260,7 @@ def goal_lines(key, runs: list[Run], fp_accuracy: float) -> list[str]:
     if len(members) == 1:
       measured = f'best {_pct(accuracy)} ({_delta(accuracy - fp_accuracy)} vs FP) by `{best}`'
     else:
-      std = statistics.stdev(r.results.test_accuracy for r in members)
+      std = statistics.stdev(recorded(r.results.test_accuracy) for r in members)
       each = ' / '.join(_pct(r.results.test_accuracy) for r in members)
       measured = (f'{100 * accuracy:.2f} ± {100 * std:.2f} % mean over '
                   f'{records.plural(len(members), "seed")} ({_delta(accuracy - fp_accuracy)} vs '
@@ -272,12 +273,12 @@ def goal_lines(key, runs: list[Run], fp_accuracy: float) -> list[str]:
 def smallest_lossless_lines(runs: list[Run], fp_accuracy: float, within: float) -> list[str]:
   """Per target rule, the fewest average bits per weight within `within` of FP."""
   lines = []
-  by_method: dict[str, Run[records.QuantizeResults]] = {}
+  by_method: dict[str | None, Run[records.QuantizeResults]] = {}
   for r in _of_mode(runs, records.QuantizeResults):
-    if fp_accuracy - r.results.test_accuracy <= within + 1e-12:
+    if fp_accuracy - recorded(r.results.test_accuracy) <= within + 1e-12:
       method = r.results.method
-      if method not in by_method or (r.results.bits_per_weight <
-                                     by_method[method].results.bits_per_weight):
+      if method not in by_method or (recorded(r.results.bits_per_weight) <
+                                     recorded(by_method[method].results.bits_per_weight)):
         by_method[method] = r
   for method in ('inq', 'kmeans', 'optimal'):
     best = by_method.get(method)
@@ -363,7 +364,7 @@ def decided_after(run: Run[records.PruneResults]) -> str:
   total = run.config.get('epochs')
   text = f'{r.pretrain_epochs} of {total} epochs' if total else f'{r.pretrain_epochs} epochs'
   if total:
-    text += f' ({100 * r.pretrain_epochs / total:.0f} %)'
+    text += f' ({100 * recorded(r.pretrain_epochs) / total:.0f} %)'
   if r.stop_rule == 'early_bird':
     text += ', Early-Bird rule' + ('' if r.stop_rule_fired else ' (did not fire)')
   if is_mask_control(run):
@@ -387,11 +388,12 @@ def _decision_rows(runs: list[Run[records.PruneResults]], reference: Run[records
     compute_text = '' if compute is None else f'{compute / 1e12:.1f} TMAC'
     if compute and full_compute:
       compute_text += f' ({compute / full_compute:.2f}x)'
-    vs_unpruned = None if unpruned is None else r.test_accuracy - unpruned
+    accuracy = recorded(r.test_accuracy)
+    vs_unpruned = None if unpruned is None else accuracy - unpruned
     out.append(f'| [{run.name}](results/{run.path}) | {decided_after(run)} | '
                f'{"" if distance is None else format(distance, ".3f")} | '
                f'{r.params:,} | {r.macs:,} | {_pct(r.pruned_test_accuracy)} | '
-               f'{_pct(r.test_accuracy)} | {_delta(r.test_accuracy - final)} | '
+               f'{_pct(accuracy)} | {_delta(accuracy - recorded(final))} | '
                f'{_delta(vs_unpruned)} | {compute_text} |')
   return out + ['']
 
@@ -403,8 +405,8 @@ def _decision_goal_lines(methods: list[Run[records.PruneResults]],
   against `reference`, the decision after all `total` pretraining epochs with that budget."""
   r0 = reference.results
   final, full_compute = r0.test_accuracy, r0.train_macs
-  early = [d for d in methods if d.results.pretrain_epochs <= 0.2 * total]
-  best = max(early, key=lambda d: d.results.test_accuracy, default=None)
+  early = [d for d in methods if recorded(d.results.pretrain_epochs) <= 0.2 * total]
+  best = max(early, key=lambda d: recorded(d.results.test_accuracy), default=None)
   removed = r0.macs_removed or 0.0
   lines = [f'- ≥ 40 % of the MACs removed: **{"met" if removed >= 0.4 else "missed"}** '
            f'({_pct(removed)})']
@@ -412,17 +414,18 @@ def _decision_goal_lines(methods: list[Run[records.PruneResults]],
     lines.append('- a decision at ≤ 20 % of pretraining: **not measured**')
   else:
     b = best.results
-    gap = b.test_accuracy - final
+    accuracy = recorded(b.test_accuracy)
+    gap = accuracy - recorded(final)
     lines.append(f'- decision at ≤ 20 % of pretraining within 0.3 % of the full-training '
                  f'decision: **{"met" if gap >= -0.003 - 1e-12 else "missed"}** (`{best.name}`: '
                  f'{_delta(gap)})')
     if unpruned is not None:
       lines.append(f'- ... and within 1.0 % of the unpruned network after the same pretraining: '
-                   f'**{"met" if b.test_accuracy - unpruned >= -0.01 - 1e-12 else "missed"}** '
-                   f'({_delta(b.test_accuracy - unpruned)})')
+                   f'**{"met" if accuracy - unpruned >= -0.01 - 1e-12 else "missed"}** '
+                   f'({_delta(accuracy - unpruned)})')
     if fp_accuracy is not None:
       lines.append(f'- ... against the full-precision model of this table ({_pct(fp_accuracy)}): '
-                   f'{_delta(b.test_accuracy - fp_accuracy)}')
+                   f'{_delta(accuracy - fp_accuracy)}')
     if b.train_macs and full_compute:
       ratio = b.train_macs / full_compute
       lines.append(f'- compute to the pruned model ≤ 1/3 of prune-after-full-training: '
@@ -430,10 +433,11 @@ def _decision_goal_lines(methods: list[Run[records.PruneResults]],
   rule = [d for d in methods if d.results.stop_rule == 'early_bird']
   if rule:
     d = rule[0].results
-    ok = (d.stop_rule_fired and d.pretrain_epochs <= 0.2 * total and
-          d.test_accuracy - final >= -0.003 - 1e-12)
+    gap = recorded(d.test_accuracy) - recorded(final)
+    ok = (d.stop_rule_fired and recorded(d.pretrain_epochs) <= 0.2 * total and
+          gap >= -0.003 - 1e-12)
     lines.append(f'- the stop rule finds such an epoch by itself: **{"met" if ok else "missed"}** '
-                 f'(epoch {d.pretrain_epochs}, {_delta(d.test_accuracy - final)})')
+                 f'(epoch {d.pretrain_epochs}, {_delta(gap)})')
   return lines
 
 
@@ -443,9 +447,9 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None)
   decisions: list[Run[records.PruneResults]] = study['decisions']
   r0 = full.results
   unpruned = r0.pretrained_test_accuracy
-  final = r0.test_accuracy
+  final = recorded(r0.test_accuracy)
   finetune_lr = full.config.get('prune', {}).get('finetune_learning_rate')
-  total = full.config.get('epochs') or r0.pretrain_epochs
+  total = full.config.get('epochs') or recorded(r0.pretrain_epochs)
   out = [f'#### Criterion `{criterion}`: ratio {r0.prune_ratio} ({r0.selection}), '
          f'{_pct(r0.macs_removed)} of the MACs removed, {total} pretraining epochs', '',
          f'The unpruned network after all {r0.pretrain_epochs} pretraining epochs: '
@@ -458,6 +462,7 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None)
   controls = []
   for control in (d for d in decisions if is_mask_control(d)):
     c = control.results
+    accuracy = recorded(c.test_accuracy)
     # The decision with the same masks: the same decision epoch (a fixed epoch, or the epoch the
     # Early-Bird rule fired at), preferring the control's own stop rule.
     twins = [d for d in methods if d.results.pretrain_epochs == c.pretrain_epochs]
@@ -465,12 +470,12 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None)
                 twins[0] if twins else None)
     text = (f'- `{control.name}`: the epoch-{c.pretrain_epochs} masks on the '
             f'epoch-{c.shrunk_epoch} weights reach {_pct(c.test_accuracy)} '
-            f'({_delta(c.test_accuracy - final)} vs the full-training decision)')
+            f'({_delta(accuracy - final)} vs the full-training decision)')
     if twin is not None:
-      t = twin.results
-      text += (f'; of `{twin.name}`\'s {_delta(t.test_accuracy - final)}, the mask accounts '
-               f'for {_delta(c.test_accuracy - final)} and the shorter training for '
-               f'{_delta(t.test_accuracy - c.test_accuracy)}')
+      twin_accuracy = recorded(twin.results.test_accuracy)
+      text += (f'; of `{twin.name}`\'s {_delta(twin_accuracy - final)}, the mask accounts '
+               f'for {_delta(accuracy - final)} and the shorter training for '
+               f'{_delta(twin_accuracy - accuracy)}')
     controls.append(text)
   if controls:
     lines += ['', 'Controls (`prune.shrink_weights=final`: a decision\'s masks cut the weights '
@@ -497,6 +502,7 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None)
         [run for run in runs if not is_mask_control(run)], reference, total, unpruned,
         fp_accuracy) + ['']
     if compared:
+      assert r0.train_macs is not None  # set: `cheaper` is empty without it
       out += [f'Against `{full.name}` ({_pct(final)}, {r0.train_macs / 1e12:.1f} TMAC: the '
               'decision after full pretraining with the first table\'s fine-tuning), at less '
               'compute:', ''] + compared + ['']
@@ -514,6 +520,7 @@ def early_bird_protocol_lines(study: dict, total: int) -> list[str]:
   r0 = full.results
   runs: list[Run[records.PruneResults]] = study['budgeted']
   lrs = sorted({str(run.config.get('prune', {}).get('finetune_learning_rate')) for run in runs})
+  assert r0.train_macs is not None  # the budgets are fractions of it (prune.budget_of)
   out = [f"Early-Bird's protocol (You et al. 2020): each decision's pruned network trained "
          f'(lr {", ".join(lrs)}, the schedule\'s warm-up and decay) for as many whole epochs as '
          f'fit in a fraction of `{full.name}`\'s training compute ({_pct(r0.test_accuracy)}, '
@@ -525,7 +532,7 @@ def early_bird_protocol_lines(study: dict, total: int) -> list[str]:
     row = _decision_rows([run], full, r0.pretrained_test_accuracy)[2]
     out.append(f'| {train_budget(run):g}x | {row[2:]}')
   out.append('')
-  early = [run for run in runs if run.results.pretrain_epochs <= 0.2 * total and
+  early = [run for run in runs if recorded(run.results.pretrain_epochs) <= 0.2 * total and
            not is_mask_control(run)]
 
   def ratio(run: Run) -> float:
@@ -535,13 +542,14 @@ def early_bird_protocol_lines(study: dict, total: int) -> list[str]:
     return run.results.test_accuracy - r0.test_accuracy >= -0.003 - 1e-12
 
   cheap = [run for run in early if ratio(run) <= 0.5 + 1e-12]
-  best = max(cheap, key=lambda run: run.results.test_accuracy, default=None)
+  best = max(cheap, key=lambda run: recorded(run.results.test_accuracy), default=None)
   if best is None:
     goal = '**not measured**'
   else:
     goal = (f'**{"met" if matches(best) else "missed"}** (`{best.name}`: '
             f'{_pct(best.results.test_accuracy)}, '
-            f'{_delta(best.results.test_accuracy - r0.test_accuracy)} at {ratio(best):.2f}x)')
+            f'{_delta(recorded(best.results.test_accuracy) - recorded(r0.test_accuracy))} at '
+            f'{ratio(best):.2f}x)')
   out += ['Goals:', '',
           f'- a decision at ≤ 20 % of the schedule, at ≤ 0.5x the training compute of '
           f'`{full.name}`, within 0.3 % of it (or above): {goal}']
@@ -601,10 +609,10 @@ def pruned_model_lines(key, runs: list[Run[records.PruneResults]],
   out.append('')
   summaries = {}
   for name, members in settings.items():
-    accuracies = [m.results.test_accuracy for m in members]
+    accuracies = [recorded(m.results.test_accuracy) for m in members]
     mean = statistics.fmean(accuracies)
     std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-    summaries[name] = (mean, max(m.results.params for m in members), len(members))
+    summaries[name] = (mean, max(recorded(m.results.params) for m in members), len(members))
     out.append(f'- `{name}`: fine-tuned {100 * mean:.2f} ± {100 * std:.2f} % over '
                f'{records.plural(len(members), "seed")}')
   if reference:
@@ -764,8 +772,8 @@ def render(results_dir: str) -> str:
       out += full_precision_lines(trained, fp)
       if (dataset, model) in FP_GOALS:
         text, goal = FP_GOALS[(dataset, model)]
-        best = max(trained, key=lambda run: run.results.test_accuracy)
-        reached = best.results.test_accuracy >= goal - 1e-12
+        best = max(trained, key=lambda run: recorded(run.results.test_accuracy))
+        reached = recorded(best.results.test_accuracy) >= goal - 1e-12
         out += note([f'- Goal {text}: **{"met" if reached else "missed"}** (best '
                      f'{_pct(best.results.test_accuracy)}, `{best.name}`, after '
                      f'{best.results.epochs_run} epochs)', ''],
@@ -787,7 +795,7 @@ def render(results_dir: str) -> str:
               '|---|---|---|---|---|---|---|---|---|---|---|']
       for p_run in pipelines:
         p = p_run.results
-        delta = p.test_accuracy - fp_accuracy if fp_accuracy is not None else None
+        delta = recorded(p.test_accuracy) - fp_accuracy if fp_accuracy is not None else None
         out.append(f'| [{p_run.name}](results/{p_run.path}) | '
                    f'{p.params_before:,} → {p.params:,} | '
                    f'{p.macs_before:,} → {p.macs:,} | {p.pretrain_epochs} | '
@@ -797,8 +805,8 @@ def render(results_dir: str) -> str:
                    f'{_minutes(p.wall_time_s)} |')
       out.append('')
       for text, min_ratio, min_accuracy in PIPELINE_GOALS.get((dataset, model), ()):
-        met = [m for m in pipelines if m.results.compression_ratio >= min_ratio and
-               m.results.test_accuracy >= min_accuracy]
+        met = [m for m in pipelines if recorded(m.results.compression_ratio) >= min_ratio and
+               recorded(m.results.test_accuracy) >= min_accuracy]
         out += note([f'- Goal {text}: **{"met" if met else "missed"}**' +
                      (f' by `{met[0].name}`' if met else '')], 'the pipeline runs')
       out += [''] + commands_block(pipelines)
@@ -852,7 +860,7 @@ def plot(groups: dict[str, list[Run]], plots_dir: str):
                               for r in quantized if r.results.method == method])}
     plots.accuracy_vs_bits_plot(methods, os.path.join(plots_dir, f'{key}_accuracy_vs_bits.png'),
                                 title=key,
-                                reference=100 * fp.results.test_accuracy if fp else None)
+                                reference=100 * recorded(fp.results.test_accuracy) if fp else None)
 
 
 def plot_decision_studies(groups: dict[str, list[Run]], plots_dir: str):
@@ -877,12 +885,12 @@ def plot_decision_studies(groups: dict[str, list[Run]], plots_dir: str):
         text = f'{criterion} @{r.pretrain_epochs}' + (
             f' (weights @{r.shrunk_epoch})' if is_mask_control(run) else '') + (
             f' ft{r.finetune_epochs}' if longer else '')
-        points.append({'x': r.macs / 1e6, 'y': 100 * r.test_accuracy, 'size': 18,
-                       'color': color, 'marker': '^' if longer else 'o',
+        points.append({'x': recorded(r.macs) / 1e6, 'y': 100 * recorded(r.test_accuracy),
+                       'size': 18, 'color': color, 'marker': '^' if longer else 'o',
                        'label': criterion if number == 0 else None, 'text': text})
       unpruned: records.PruneResults = study['full'].results
       if unpruned.pretrained_test_accuracy is not None:
-        points.append({'x': unpruned.macs_before / 1e6,
+        points.append({'x': recorded(unpruned.macs_before) / 1e6,
                        'y': 100 * unpruned.pretrained_test_accuracy, 'size': 24, 'color': color,
                        'marker': 's', 'label': f'{criterion}: unpruned, same pretraining'})
     fp = _fp_run(runs)
@@ -890,7 +898,8 @@ def plot_decision_studies(groups: dict[str, list[Run]], plots_dir: str):
         points, os.path.join(plots_dir, f'{key}_prune_accuracy_vs_macs.png'),
         xlabel='MACs per image (millions)', ylabel='test accuracy after fine-tuning (%)',
         title=f'{key}: pruned models (criterion @ decision epoch)',
-        reference=(100 * fp.results.test_accuracy, f'full precision ({fp.name})') if fp else None)
+        reference=((100 * recorded(fp.results.test_accuracy), f'full precision ({fp.name})')
+                   if fp else None))
 
 
 def main(argv=None) -> int:

@@ -363,9 +363,9 @@ def _model_row(name: str, size: dict, alt: str) -> dict:
 SECTIONS = {'kmeans': _kmeans, 'search': _search, 'epoch': _epoch, 'throughput': _throughput}
 
 
-def _run_section_here(name: str):
-  """Section mode (--section): measure, writing --partial as it goes."""
-  ctx = _Section(_PARTIAL.value, _SECTION_BUDGET.value)
+def _run_section_here(name: str, partial: str):
+  """Section mode (--section): measure, writing `partial` (--partial) as it goes."""
+  ctx = _Section(partial, _SECTION_BUDGET.value)
   ctx.save(environment=_environment())
   sizes = TINY if _TINY.value else FULL
   SECTIONS[name](sizes[name], ctx, _DATA_DIR.value or None)
@@ -469,6 +469,7 @@ def _pipeline_section(limit_s, tmp, env, data_dir, tiny) -> dict:
   if rc != 0:
     return {**record, 'status': 'failed', 'reason': f'exit status {rc}: {stderr}'}
   results = files.read_json(os.path.join(workdir, 'results.json'), required=())
+  assert results is not None  # exit status 0: a finished run, which wrote its results.json
   keys = ('model', 'test_accuracy', 'pretrained_test_accuracy', 'pruned_test_accuracy',
           'finetuned_test_accuracy', 'compression_ratio', 'bits_per_weight', 'params_before',
           'params', 'macs_before', 'macs', 'pretrain_epochs', 'epochs_run', 'wall_time_s',
@@ -502,12 +503,13 @@ def run_suite(out_dir: str, data_dir: str | None, sections, budget_s: float,
       elif left < 20:
         record = {'status': 'skipped', 'reason': f'the suite\'s {budget_s:.0f} s budget is spent'}
       else:
-        limit = left if limits[name] is None else min(limits[name], left)
+        cap = limits[name]
+        limit = left if cap is None else min(cap, left)
         print(f'suite: {name} (hard limit {limit:.0f} s)', flush=True)
         if name == 'pipeline':
           record = _pipeline_section(limit, tmp, env, data, tiny)
         else:
-          soft = limit - _GRACE_S if limits[name] is None else limit * 0.8
+          soft = limit - _GRACE_S if cap is None else limit * 0.8
           record = _measured_section(name, limit, soft, tmp, env, data, tiny)
         record['limit_s'] = limit
       record['wall_s'] = time.perf_counter() - section_start
@@ -638,7 +640,7 @@ def main(argv):
   if _SECTION.value:
     if _SECTION.value not in SECTIONS or not _PARTIAL.value:
       raise app.UsageError(f'--section is one of {sorted(SECTIONS)}, with --partial')
-    _run_section_here(_SECTION.value)
+    _run_section_here(_SECTION.value, _PARTIAL.value)
     return
   if not _OUT.value:
     raise app.UsageError('--out=DIR is required (suite.json and suite.md go there)')

@@ -32,6 +32,14 @@ def _leaves_equal(a, b):
                                                     jax.tree_util.tree_leaves(b)))
 
 
+def preempt_after_first_epoch(epoch, state, history):
+  """An on_epoch_end that sends this process SIGTERM after epoch 1 (noticed at the next step,
+  mid-epoch 2)."""
+  if epoch == 1:
+    os.kill(os.getpid(), signal.SIGTERM)
+  return False, {}
+
+
 @pytest.mark.real_data
 def test_lenet_learns_real_mnist(mnist_small):
   model, variables = _lenet()
@@ -48,11 +56,6 @@ def test_sigterm_mid_epoch_then_resume_gives_identical_params(mnist_small, tmp_p
   model, variables = _lenet()
   options = loop.TrainOptions(epochs=3, batch_size=64, learning_rate=0.05, progress=False)
   straight = loop.fit(model, variables, data, options, str(tmp_path / 'a'))
-
-  def preempt_after_first_epoch(epoch, state, history):
-    if epoch == 1:
-      os.kill(os.getpid(), signal.SIGTERM)  # noticed at the next step, mid-epoch 2
-    return False, {}
 
   with pytest.raises(SystemExit, match='SIGTERM'):
     loop.fit(model, variables, data, options, str(tmp_path / 'b'),
@@ -346,11 +349,6 @@ def test_moving_average_is_evaluated_saved_and_resumed(mnist_small, tmp_path):
   assert straight.test_accuracy == pytest.approx(
       loop.evaluate(model, straight.state.ema, data.test, 1000)['accuracy'])
   assert not _leaves_equal(straight.state.ema, straight.state.live_variables)
-
-  def preempt_after_first_epoch(epoch, state, history):
-    if epoch == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return False, {}
 
   with pytest.raises(SystemExit, match='SIGTERM'):
     loop.fit(model, variables, data, options, str(tmp_path / 'b'),

@@ -499,7 +499,7 @@ def inapplicable(config) -> list:
     if all(c in criteria.DATA_FREE for c in chosen):
       out.append(('prune.score_batches', f'with criteria {", ".join(chosen)} (computed from the '
                   'weights alone; score_batches feeds taylor, attention and se_*)', False))
-    sizes = [len(r.search_criteria or (r.criterion,)), len(r.search_ratios or (r.ratio,)),
+    sizes = [len(chosen), len(r.search_ratios or (r.ratio,)),
              len(r.search_selections or (r.selection,))]
     if math.prod(sizes) == 1:
       out.append(('prune.search_method', 'with a single candidate (no search_criteria, '

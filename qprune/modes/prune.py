@@ -352,7 +352,9 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
   # Training compute to the pruned model, in forward MACs x training images seen.
   images = data.train.size
   spent = shrunk_epoch * images * before['macs']
-  epoch_macs = images * prune.model_cost(small_model, small_variables, spec['input_shape'])['macs']
+  counts = prune.model_cost(small_model, small_variables, spec['input_shape'])  # (fine-tuning
+  # keeps every shape: the shrunk model's params and MACs are known before it)
+  epoch_macs = images * counts['macs']
   finetune_epochs = (pconfig.finetune_epochs if budget is None else
                      budget_epochs(budget, spent, epoch_macs, pconfig, shrunk_epoch))
   options = common.train_options(config, epochs=finetune_epochs,
@@ -361,7 +363,6 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
                        os.path.join(workdir, 'finetune'), mesh=mesh, label='finetune')
   variables = finetuned.state.variables
   common.save_model(workdir, small_spec, variables)
-  counts = common.model_counts(small_spec, variables, config)
   sizes = prune.group_sizes(groups)
   fired = bool(history and history[-1].get('mask_stable')) and pconfig.stop_rule == 'early_bird'
   train_macs = spent + finetuned.epochs_run * epoch_macs

@@ -220,6 +220,9 @@ class PruneResults(Results):
       'Hamming distance of the chosen masks (after any search) to the last pretraining '
       "epoch's masks of prune.criterion", FRACTION)
   decided_from: str | None = _field('pretraining replayed from (prune.decide_from)')
+  pretrain_seed: int | None = _field(
+      'seed of the pretraining (with prune.decide_from, the replayed run\'s; `seed` then drives '
+      'only what follows the decision)', COUNT)
   shrunk_epoch: int | None = _field(
       'pretraining epoch whose weights were shrunk (prune.shrink_weights)', COUNT)
   train_macs: int | None = _field(

@@ -277,6 +277,15 @@ def test_decisions_replay_a_recorded_pretraining(data_dir, tmp_path):
   assert c['pretrained_test_accuracy'] == f['pretrained_test_accuracy']
   assert c['train_macs'] == images * (3 * f['macs_before'] + f['finetune_epochs'] * f['macs'])
   assert c['pruned_test_accuracy'] != r['pruned_test_accuracy']  # other weights were cut
+  # A second seed of the same decision: the recorded pretraining and masks, its own fine-tuning.
+  reseeded = str(tmp_path / 'reseeded')
+  run_main('mnist_lenet5_prune.py', reseeded, *single, '--config.prune.stop_rule=fixed',
+           '--config.prune.pretrain_epochs=1', f'--config.prune.decide_from={full}',
+           '--config.seed=1')
+  s = json.load(open(os.path.join(reseeded, 'results.json')))
+  assert s['prune_layers'] == r['prune_layers'] and s['pretrain_seed'] == r['pretrain_seed'] == 0
+  assert s['pruned_test_accuracy'] == r['pruned_test_accuracy']
+  assert s['finetune_history'][0]['train_loss'] != r['finetune_history'][0]['train_loss']
   proc = run_main('mnist_lenet5_prune.py', str(tmp_path / 'bad'), *single,
                   '--config.prune.ratio=0.3', f'--config.prune.decide_from={full}', check=False)
   assert proc.returncode == 2 and 'differs in: prune.ratio' in proc.stderr

@@ -291,7 +291,7 @@ def test_full_precision_runs_table_and_the_cifar10_data_note(tmp_path):
 
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',
                fired=False, distance=0.0, train_macs=100, shrunk_epoch=None, finetune_epochs=2,
-               finetune_lr=0.01, train_budget=None, seed=0):
+               finetune_lr=0.01, train_budget=None, seed=0, pretrain_seed=None):
   folder = root / 'cifar10_resnet20' / name
   folder.mkdir(parents=True)
   (folder / 'config.json').write_text(json.dumps({
@@ -306,7 +306,8 @@ def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fi
       'stop_rule_fired': fired, 'final_mask_distance': distance, 'decided_from': decided_from,
       'train_macs': train_macs, 'finetune_epochs': finetune_epochs, 'mask_distance': [None, 0.1],
       'mask_distance_to_final': [0.1, 0.0], 'command': 'python -m qprune.main',
-      'shrunk_epoch': epochs if shrunk_epoch is None else shrunk_epoch}))
+      'shrunk_epoch': epochs if shrunk_epoch is None else shrunk_epoch,
+      **({} if pretrain_seed is None else {'pretrain_seed': pretrain_seed})}))
 
 
 def test_decision_study_table_and_goals(tmp_path):
@@ -407,17 +408,27 @@ def test_early_bird_protocol_table_and_goals(tmp_path):
           '`prune_l1_full`, within 0.3 % of it (or above): **met** (`prune_l1_epoch2_b0.5`: '
           '79.90 %, -0.10 at 0.49x)') in table
   assert ('- the least compute at which an early decision matches it: 0.34x '
-          '(`prune_l1_epoch1_b0.35`, budget 0.35x)') in table
+          '(`prune_l1_epoch1_b0.35`: 79.80 %, budget 0.35x)') in table
   # the first table holds no budgeted run
   assert '_b0' not in text.split("Early-Bird's protocol")[0].split('```')[0]
-  _study_run(tmp_path, 'prune_l1_full_s1', epochs=10, accuracy=0.80, stop_rule='full',
+  # A second seed of what follows the epoch-2 decision (the same pretraining, seed 0): its row
+  # joins this study, and the goal is judged by the mean of the two seeds.
+  _study_run(tmp_path, 'prune_l1_epoch2_b0.5_s1', epochs=2, accuracy=0.803, train_macs=197,
+             train_budget=0.5, finetune_epochs=8, seed=1, pretrain_seed=0, **budget)
+  table = results_lib.render(str(tmp_path)).split("Early-Bird's protocol (You et al. 2020)")[1]
+  assert '| 0.5x | [prune_l1_epoch2_b0.5_s1]' in table
+  assert ('within 0.3 % of it (or above): **met** (`prune_l1_epoch2_b0.5`, mean of 2 seeds: '
+          '80.10 %, +0.10 at 0.49x)') in table
+  # A whole study with another seed (its own pretraining) is its own study.
+  _study_run(tmp_path, 'prune_l1_seed1_full', epochs=10, accuracy=0.80, stop_rule='full',
              train_macs=400, seed=1)
-  _study_run(tmp_path, 'prune_l1_epoch2_b0.5_s1', epochs=2, accuracy=0.79, train_macs=196,
-             train_budget=0.5, finetune_epochs=8, seed=1, **budget)
+  _study_run(tmp_path, 'prune_l1_seed1_epoch2_b0.5', epochs=2, accuracy=0.79, train_macs=196,
+             train_budget=0.5, finetune_epochs=8, seed=1, pretrain_seed=1, **budget)
   text = results_lib.render(str(tmp_path))
   second = text.split('#### Criterion `l1, seed 1`')[1]
-  assert '**missed** (`prune_l1_epoch2_b0.5_s1`: 79.00 %, -1.00 at 0.49x)' in second
+  assert '**missed** (`prune_l1_seed1_epoch2_b0.5`: 79.00 %, -1.00 at 0.49x)' in second
   assert '- the least compute at which an early decision matches it: **none**' in second
+  assert 'prune_l1_epoch2_b0.5_s1' not in second.split('<details>')[0]
   results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
 
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 from reproduce import sweeps
@@ -67,27 +68,44 @@ def test_decision_study_plans_each_decision_from_one_pretraining():
 def test_early_bird_protocol_plan_trains_early_decisions_to_budgets_of_the_reference():
   """cpu40: one pretraining per criterion and seed whose decision after all epochs is the
   reference; decisions at 10 % and 20 % (and by the rule) trained to fractions of its compute,
-  each published as it finishes (a long study is read as it goes), the book after each
-  criterion."""
-  steps = prune_decision.protocol_plan('D', 'O', 40, ['l1', 'bn_gamma'], seed=1)
+  the 0.5x early ones again with other seeds from the same pretraining, each published as it
+  finishes (a long study is read as it goes), the book after each criterion."""
+  steps = prune_decision.protocol_plan('D', 'O', 40, ['l1', 'bn_gamma'], seed=1,
+                                       early_seeds=[2])
   names = [w.split('/')[-1] for w in _workdirs(steps) if w.startswith('O/l1/seed1/')]
-  assert names == ['full', 'epoch4_b0.5', 'epoch8_b0.5', 'early_bird_b0.5', 'epoch4_b0.35',
-                   'epoch8_b0.35', 'epoch4_b1', 'epoch8_b1']
+  assert names == ['full', 'epoch4_b0.5', 'epoch8_b0.5', 'early_bird_b0.5', 'epoch4_b0.5_s2',
+                   'epoch8_b0.5_s2', 'epoch4_b0.35', 'epoch8_b0.35', 'epoch4_b1', 'epoch8_b1']
   full = steps[0].argv
   assert {'--config.epochs=40', '--config.compute_dtype=bfloat16', '--config.seed=1',
           '--config.prune.finetune_epochs=10'} <= set(full)
   epoch8 = next(s for s in steps if '--workdir=O/l1/seed1/epoch8_b0.35' in s.argv).argv
   assert {'--config.prune.train_budget=0.35', '--config.prune.budget_of=O/l1/seed1/full',
           '--config.prune.decide_from=O/l1/seed1/full', '--config.prune.pretrain_epochs=8',
-          '--config.prune.finetune_learning_rate=0.1'} <= set(epoch8)
+          '--config.prune.finetune_learning_rate=0.1', '--config.seed=1'} <= set(epoch8)
   assert not any(a.startswith('--config.prune.finetune_epochs') for a in epoch8)
+  again = next(s for s in steps if '--workdir=O/l1/seed1/epoch8_b0.5_s2' in s.argv).argv
+  assert {'--config.seed=2', '--config.prune.decide_from=O/l1/seed1/full',
+          '--config.prune.train_budget=0.5'} <= set(again) and '--config.seed=1' not in again
   assert steps[0].done == 'O/l1/seed1/full/results.json'  # reruns skip finished runs
-  assert _published(steps[:2]) == ['results/cifar10_resnet20_cpu40/prune_l1_full_s1']
+  assert _published(steps[:2]) == ['results/cifar10_resnet20_cpu40/prune_l1_seed1_full']
+  assert 'results/cifar10_resnet20_cpu40/prune_l1_seed1_epoch8_b0.5_s2' in _published(steps)
   books = [i for i, s in enumerate(steps) if 'reproduce.results' in s.argv]
   assert len(books) == 2 and '--workdir=O/bn_gamma/seed1/full' in steps[books[0] + 1].argv
   assert '--config.prune.slimming_lambda=1e-5' in steps[books[0] + 1].argv
-  assert _published(prune_decision.protocol_plan('D', 'O', 40, ['l1']))[0].endswith(
-      'prune_l1_full')
+  plain = _published(prune_decision.protocol_plan('D', 'O', 40, ['l1']))
+  assert plain[0].endswith('prune_l1_full') and plain[4].endswith('prune_l1_epoch4_b0.5_s1')
+
+
+def test_protocol_seeds_are_checked_before_anything_runs(capsys):
+  """--early_seeds repeating the study's own seed, or given to a kind without the protocol, is
+  one line naming the way out (exit 2), before any run."""
+  with pytest.raises(SystemExit) as exit_info:
+    prune_decision.main(['D', 'O', 'cpu40', '--seed=1', '--early_seeds=1,3', '--dry_run'])
+  assert exit_info.value.code == 2
+  assert "--early_seeds=1 is the study's own --seed; give others" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    prune_decision.main(['D', 'O', 'cpu', '--early_seeds=1', '--dry_run'])
+  assert '--seed and --early_seeds apply to cpu40 only' in capsys.readouterr().err
 
 
 def test_recipe_ablation_changes_one_thing_per_run_and_each_passes_the_binary_check(tmp_path):

@@ -27,7 +27,9 @@ from qprune.train import checkpoint, evaluation, loop, steps
 SEARCH_JSON = 'search.json'
 SNAPSHOTS = 'epochs'  # pretrain/epochs/<E>/: the model after pretraining epoch E (prune.snapshots)
 # What a run replaying another's pretraining (prune.decide_from) may set differently: when to
-# decide, and everything after the decision. Every other field shapes the pretraining trajectory
+# decide, and everything after the decision (so may its `seed`, which then drives only what
+# follows the decision: the fine-tuning's example order and augmentation, a second seed of one
+# decision on one pretraining). Every other field shapes the pretraining trajectory
 # or the masks recorded along it.
 DECISION_FIELDS = ('stop_rule', 'pretrain_epochs', 'snapshots', 'decide_from', 'search_criteria',
                    'search_ratios', 'search_selections', 'search_method', 'max_params', 'max_macs',
@@ -120,10 +122,11 @@ def distances_to_final(history) -> list:
 
 
 def replay_pretraining(config, source: str):
-  """(variables, history, recorded, same_masks) for prune.decide_from=`source`: the snapshot
-  (with prune.se_gates, the SE wrapper's variables) and history up to the epoch this config's
-  stop rule picks on the pretraining that prune run recorded, its whole recorded history, and
-  whether its recorded masks are the ones this config makes; RunError if `source` is not such a
+  """(variables, history, recorded, same_masks, seed) for prune.decide_from=`source`: the
+  snapshot (with prune.se_gates, the SE wrapper's variables) and history up to the epoch this
+  config's stop rule picks on the pretraining that prune run recorded, its whole recorded
+  history, whether its recorded masks are the ones this config makes, and the seed it pretrained
+  with; RunError if `source` is not such a
   run, has not finished pretraining, or pretrained differently from what this config asks for."""
   pconfig = config.prune
   stored = files.read_json(os.path.join(source, common.CONFIG_JSON))
@@ -134,7 +137,7 @@ def replay_pretraining(config, source: str):
   theirs = configs.with_new_defaults(stored)
   ours = configs.semantic_dict(config)
   differ = sorted(k for k in set(theirs) | set(ours)
-                  if k not in ('prune', 'init_from') and theirs.get(k) != ours.get(k))
+                  if k not in ('prune', 'init_from', 'seed') and theirs.get(k) != ours.get(k))
   free = DECISION_FIELDS + (MASK_FIELDS if pconfig.stop_rule == 'fixed' else ())
   differ += sorted('prune.' + k for k in set(theirs['prune']) | set(ours['prune'])
                    if k not in free and theirs['prune'].get(k) != ours['prune'].get(k))
@@ -160,7 +163,8 @@ def replay_pretraining(config, source: str):
   if pconfig.stop_rule == 'fixed' and end < pconfig.pretrain_epochs:
     raise common.RunError(f'prune.decide_from={source!r} recorded {len(recorded)} pretraining '
                           f'epochs, fewer than prune.pretrain_epochs={pconfig.pretrain_epochs}')
-  return load_snapshot(pconfig, source, end), recorded[:end], recorded, same_masks
+  return (load_snapshot(pconfig, source, end), recorded[:end], recorded, same_masks,
+          theirs.get('seed', 0))
 
 
 def load_snapshot(pconfig, source: str, epoch: int):
@@ -321,8 +325,10 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
                                              reduction=pconfig.se_reduction,
                                              example=np.zeros(example.shape, np.uint8))
   if pconfig.decide_from:
-    variables, history, recorded, same_masks = replay_pretraining(config, pconfig.decide_from)
+    variables, history, recorded, same_masks, pretrain_seed = replay_pretraining(
+        config, pconfig.decide_from)
   else:
+    pretrain_seed = config.seed
     variables, history = pretrain(config, workdir, mesh, data, model, spec, variables, groups,
                                   score_data, rng, gated_model=gated_model)
     recorded, same_masks = history, True
@@ -382,7 +388,8 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
       mask_distance_to_final=distances_to_final(history) if same_masks else [],
       final_mask_distance=(prune.mask_distance(masks, decode_masks(recorded[-1]['mask']))
                            if same_masks and recorded and 'mask' in recorded[-1] else None),
-      decided_from=pconfig.decide_from or None, shrunk_epoch=shrunk_epoch,
+      decided_from=pconfig.decide_from or None, pretrain_seed=pretrain_seed,
+      shrunk_epoch=shrunk_epoch,
       train_macs=train_macs,
       criterion=rows[best]['criterion'], prune_ratio=rows[best]['ratio'],
       selection=rows[best]['selection'], search=rows, search_best=best,

@@ -2,7 +2,7 @@ r"""The CIFAR-10 ResNet-20 pruning decision study in one command.
 
   python -m reproduce.sweeps.prune_decision DATA_DIR OUT [gpu|cpu|cpu40|tiny]
       [--criteria=l1,bn_gamma] [--control_epochs=2,4] [--long_finetune=EPOCHS,LR] [--seed=N]
-      [--dry_run]
+      [--early_seeds=1] [--dry_run]
 
 Per criterion, one pretraining run that records the masks and a snapshot of every epoch
 (stop_rule=full), then decisions taken from it at 10 %, 20 % and 50 % of the pretraining epochs
@@ -19,9 +19,9 @@ results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or results/cifar10_
         smoothing 0.1): the decision after all 40 epochs fine-tuned 10 epochs at lr 0.01 is the
         reference; decisions at 10 % and 20 % of the schedule (epochs 4 and 8) and by the
         Early-Bird rule train the pruned network at lr 0.1 to 0.35x, 0.5x and 1.0x of the
-        reference's training compute (prune.train_budget). Each run is published as it
-        finishes, under results/cifar10_resnet20_cpu40/ (about 7-8 hours per criterion and
-        seed on 2 cores)
+        reference's training compute (prune.train_budget), the 0.5x ones at epochs 4 and 8
+        again with each --early_seeds seed. Each run is published as it finishes, under
+        results/cifar10_resnet20_cpu40/ (about 8-9 hours per criterion on 2 cores)
   tiny  a smoke test of the whole command on 1,024 images (minutes on a CPU; not published)
   --criteria        default l1,bn_gamma (bn_gamma pretrains with the Network Slimming penalty on
                     BatchNorm gamma, lambda 1e-5 as Liu et al. 2017 use for ResNets)
@@ -29,8 +29,11 @@ results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or results/cifar10_
                     (prune.shrink_weights=final), named epoch<E>_final_weights
   --long_finetune   EPOCHS,LR: the decisions after all pretraining epochs, at 20 % and by the
                     Early-Bird rule again, fine-tuned for EPOCHS at LR (named <decision>_ft<EPOCHS>)
-  --seed            cpu40: the whole study (its own pretraining) with this seed; run names end
-                    in _s<N> for N > 0
+  --seed            cpu40: the whole study (its own pretraining) with this seed; run names are
+                    prune_<criterion>_seed<N>_<run> for N > 0
+  --early_seeds     cpu40: more seeds of what follows the early decisions at 0.5x, from the
+                    same pretraining (default: the study's seed + 1; run names end in _s<seed>);
+                    '' for none
 
 DATA_DIR holds cifar10/ or cifar10.tar.gz. Run from the checkout's root; reruns resume every run
 and skip finished ones.
@@ -122,16 +125,19 @@ PROTOCOL_BUDGETS = (0.5, 0.35, 1.0)
 
 
 def protocol_plan(data: str, out: str, epochs: int, criteria: Sequence[str] = ('l1', 'bn_gamma'),
-                  seed: int = 0) -> list[Step]:
-  """cpu40: Early-Bird's protocol. Per criterion, the pretraining run with its decision after
-  all `epochs` (the reference), then decisions at 10 % and 20 % of them and by the Early-Bird
-  rule, each trained to PROTOCOL_BUDGETS of the reference's training compute; every run is
-  published as soon as it finishes and the book rewritten after each criterion."""
+                  seed: int = 0, early_seeds: Sequence[int] | None = None) -> list[Step]:
+  """cpu40: Early-Bird's protocol. Per criterion, the pretraining run (with `seed`) with its
+  decision after all `epochs` (the reference), then decisions at 10 % and 20 % of them and by
+  the Early-Bird rule, each trained to PROTOCOL_BUDGETS of the reference's training compute,
+  the first budget's 10 % and 20 % ones again with each of `early_seeds` (default `seed` + 1;
+  what follows the decision only: the same pretraining); every run is published as soon as it
+  finishes and the book rewritten after each criterion."""
   group = 'results/cifar10_resnet20_cpu40'
-  suffix = f'_s{seed}' if seed else ''
+  study = f'seed{seed}_' if seed else ''
+  early_seeds = (seed + 1,) if early_seeds is None else early_seeds
   steps: list[Step] = []
   for criterion in criteria:
-    common = [f'--config.data_dir={data}', *EXTRA['cpu40'], f'--config.seed={seed}',
+    common = [f'--config.data_dir={data}', *EXTRA['cpu40'],
               f'--config.prune.criterion={criterion}']
     if criterion == 'bn_gamma':
       common.append('--config.prune.slimming_lambda=1e-5')
@@ -143,19 +149,24 @@ def protocol_plan(data: str, out: str, epochs: int, criteria: Sequence[str] = ('
       steps.append(qprune_run(CONFIG, workdir, [*common, *overrides],  # noqa: B023
                               log=os.path.join(out, 'logs', f'{criterion}_s{seed}_{name}.log'),  # noqa: B023
                               skip_finished=True))
-      steps.append(publish(workdir, f'{group}/prune_{criterion}_{name}{suffix}'))  # noqa: B023
+      steps.append(publish(workdir, f'{group}/prune_{criterion}_{study}{name}'))  # noqa: B023
 
-    run('full', *PROTOCOL_FINETUNE)
+    run('full', f'--config.seed={seed}', *PROTOCOL_FINETUNE)
     early = sorted({max(1, epochs * pct // 100) for pct in (10, 20)})
     for budget in PROTOCOL_BUDGETS:
       trained = (f'--config.prune.train_budget={budget:g}', f'--config.prune.budget_of={reference}',
                  f'--config.prune.finetune_learning_rate={PROTOCOL_LR:g}',
                  f'--config.prune.decide_from={reference}')
       for e in early:
-        run(f'epoch{e}_b{budget:g}', *trained, '--config.prune.stop_rule=fixed',
-            f'--config.prune.pretrain_epochs={e}')
+        run(f'epoch{e}_b{budget:g}', f'--config.seed={seed}', *trained,
+            '--config.prune.stop_rule=fixed', f'--config.prune.pretrain_epochs={e}')
       if budget == PROTOCOL_BUDGETS[0]:
-        run(f'early_bird_b{budget:g}', *trained, '--config.prune.stop_rule=early_bird')
+        run(f'early_bird_b{budget:g}', f'--config.seed={seed}', *trained,
+            '--config.prune.stop_rule=early_bird')
+        for again in early_seeds:  # (a decision run's seed drives what follows the decision)
+          for e in early:
+            run(f'epoch{e}_b{budget:g}_s{again}', f'--config.seed={again}', *trained,
+                '--config.prune.stop_rule=fixed', f'--config.prune.pretrain_epochs={e}')
     steps.append(write_book())
   return steps
 
@@ -182,6 +193,9 @@ def main(argv=None) -> int:
   parser.add_argument('--control_epochs', type=_ints, default=[])
   parser.add_argument('--long_finetune', help='EPOCHS,LR, e.g. 6,0.1')
   parser.add_argument('--seed', type=int, default=0, help='cpu40: the study\'s seed')
+  parser.add_argument('--early_seeds', type=_ints, default=None,
+                      help='cpu40: seeds of what follows the early decisions at 0.5x '
+                      '(default: the study\'s seed + 1)')
   parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
   long_finetune = None
@@ -193,13 +207,17 @@ def main(argv=None) -> int:
       parser.error(f'--long_finetune={args.long_finetune}: give EPOCHS,LR, e.g. 6,0.1')
   criteria = [c for c in args.criteria.split(',') if c]
   if args.kind == 'cpu40':
+    if args.seed in (args.early_seeds or ()):
+      parser.error(f'--early_seeds={args.seed} is the study\'s own --seed; give others')
     if args.control_epochs or long_finetune:
       parser.error('--control_epochs and --long_finetune do not apply to cpu40 (its decisions '
                    'are trained to budgets of the reference\'s compute)')
-    steps = protocol_plan(args.data, args.out, config_epochs(args.kind), criteria, args.seed)
+    steps = protocol_plan(args.data, args.out, config_epochs(args.kind), criteria, args.seed,
+                          args.early_seeds)
   else:
-    if args.seed:
-      parser.error('--seed applies to cpu40 only (the other kinds use the config\'s seed)')
+    if args.seed or args.early_seeds is not None:
+      parser.error('--seed and --early_seeds apply to cpu40 only (the other kinds use the '
+                   'config\'s seed)')
     steps = plan(args.data, args.out, args.kind, config_epochs(args.kind), criteria,
                  args.control_epochs, long_finetune)
   rc = run_steps(steps, dry_run=args.dry_run)

@@ -3,6 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 
@@ -51,6 +52,39 @@ def test_zoo_model_through_the_jaxpr_builder_matches_the_zoo_graph():
   zoo = _onnx_logits(deploy.to_onnx(model, variables, (28, 28, 1)), images)
   np.testing.assert_allclose(ours, zoo, atol=1e-3)
   np.testing.assert_allclose(ours, model.apply(variables, images, train=False), atol=1e-3)
+
+
+def test_the_traced_graph_takes_any_batch_size():
+  """Exported from a one-image example, the graph runs batches of 1, 3 and 7 (a symbolic batch
+  axis: flatten, pooling and broadcasts read it at run time) and matches JAX on each; a model
+  whose Python computes with the batch size is told to fix it, and then exports fixed."""
+  model = Mixed()
+  variables = model.init(jax.random.PRNGKey(0), X)
+  data = deploy.to_onnx(model, variables, X[:1])
+  proto = onnx.load_from_string(data)
+  batch_dims = [v.type.tensor_type.shape.dim[0] for v in (*proto.graph.input, *proto.graph.output)]
+  assert [d.dim_param for d in batch_dims] == ['batch', 'batch']
+  for n in (1, 3, 7):
+    images = jax.random.normal(jax.random.PRNGKey(n), (n, 12, 12, 3))
+    np.testing.assert_allclose(_onnx_logits(data, images), model.apply(variables, images),
+                               atol=1e-5)
+
+  class PerBatchScale(nn.Module):  # the batch size as a number in the model's arithmetic
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(x) * np.float32(1.0 / x.shape[0])
+
+  scaled = PerBatchScale()
+  scaled_vars = scaled.init(jax.random.PRNGKey(0), jnp.zeros((2, 4)))
+  with pytest.raises(deploy.UnsupportedPrimitiveError, match='dynamic_batch=False'):
+    deploy.to_onnx(scaled, scaled_vars, jnp.ones((2, 4)))
+  fixed = onnx.load_from_string(deploy.to_onnx(scaled, scaled_vars, jnp.ones((2, 4)),
+                                               dynamic_batch=False))
+  assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+  with pytest.raises(deploy.UnsupportedModelError, match="pass builder='jaxpr'"):
+    zoo = qprune.create_model('lenet5', 10)
+    deploy.to_onnx(zoo, qprune.init_variables(zoo, jax.random.PRNGKey(0), (28, 28, 1)),
+                   (28, 28, 1), dynamic_batch=False)
 
 
 def test_an_untranslated_primitive_is_named():

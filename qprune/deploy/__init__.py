@@ -3,7 +3,8 @@
   to_onnx(model, variables, input_shape[, path]) -> bytes   ONNX graph of any zoo model (full,
                                        shrunk, or quantized with weights dequantized), uint8 NHWC
                                        in; of any other Linen model or NNX module from its jaxpr
-                                       (`onnx_jaxpr`; input_shape: an example batch)
+                                       (`onnx_jaxpr`; input_shape: an example batch); the batch
+                                       axis symbolic (dynamic_batch=False: the example's)
   save_codes / qpq_file_to_codes / load_codes              open integer-code .npz (sign, exponent
                                        index, exponent table; numpy-only loader in README)
   shift_conv / shift_dense / shift_apply                   multiplication-free reference: every

@@ -281,15 +281,18 @@ def _is_zoo(model) -> bool:
 
 
 def to_onnx_model(model, variables: Mapping, input_shape, *, fold_bn: bool = True,
-                  opset: int = OPSET, graph_name: str = 'qprune', builder: str = 'auto'):
+                  opset: int = OPSET, graph_name: str = 'qprune', builder: str = 'auto',
+                  dynamic_batch: bool = True):
   """An `onnx.ModelProto` computing `model.apply(variables, images, train=False)`.
 
   model: any Flax model: a zoo model (`qprune.create_model`, `load_model`, `load_quantized`, a
   shrunk one), any Linen model (a `prune.ShrunkModel` too), or an nnx.Module (variables None).
   variables: its {'params', 'batch_stats'} (numpy or jax arrays).
-  input_shape: (H, W, C) of uint8 images (zoo models: a symbolic batch), or an example input
-  with a batch axis (array or ShapeDtypeStruct; its dtype is the graph input's and its batch
-  size the graph's when the jaxpr builder is used).
+  input_shape: (H, W, C) of uint8 images, or an example input with a batch axis (array or
+  ShapeDtypeStruct; its dtype is the graph input's).
+  dynamic_batch: the graph's batch axis is symbolic ('batch'), as the zoo's always is; False
+  (the jaxpr builder only) fixes it to the example's batch size, for a model whose Python
+  computes with the batch size.
   builder: 'zoo' (the zoo's own layer-by-layer graph; fold_bn folds inference BatchNorm into the
   conv), 'jaxpr' (any model, from its jaxpr: `qprune.deploy.onnx_jaxpr`), 'auto' (zoo models
   the first, everything else the second).
@@ -301,7 +304,11 @@ def to_onnx_model(model, variables: Mapping, input_shape, *, fold_bn: bool = Tru
   from qprune.models import interop  # pylint: disable=g-import-not-at-top
   if interop.is_nnx(model):
     model, variables = interop.split(model)
-  if builder == 'jaxpr' or (builder == 'auto' and not _is_zoo(model)):
+  traced = builder == 'jaxpr' or (builder == 'auto' and not _is_zoo(model))
+  if not dynamic_batch and not traced:
+    raise UnsupportedModelError("dynamic_batch=False applies to the jaxpr builder only (the zoo's "
+                                "graph always has a symbolic batch): pass builder='jaxpr'")
+  if traced:
     from qprune.deploy import onnx_jaxpr  # pylint: disable=g-import-not-at-top
     from qprune.models.counting import call_model  # pylint: disable=g-import-not-at-top
     if hasattr(input_shape, 'shape') and hasattr(input_shape, 'dtype'):
@@ -319,7 +326,8 @@ def to_onnx_model(model, variables: Mapping, input_shape, *, fold_bn: bool = Tru
           f'built from its jaxpr): {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
       ) from None
     return onnx_jaxpr.jaxpr_to_onnx(lambda x: call_model(model, frozen, x), example,
-                                    graph_name=graph_name, opset=opset)
+                                    graph_name=graph_name, opset=opset,
+                                    dynamic_batch=dynamic_batch)
   if hasattr(input_shape, 'shape'):
     input_shape = tuple(input_shape.shape[1:])
   if len(input_shape) != 3:

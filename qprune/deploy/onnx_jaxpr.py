@@ -18,9 +18,12 @@ nodes per primitive:
 
 So whatever the model's Python does (Linen or NNX, BatchNorm / LayerNorm / GroupNorm arithmetic,
 GELU, residual adds, concatenation, flatten) arrives as these primitives. The graph computes in
-float32 (bfloat16 values are widened), takes the example input's dtype and shape (the batch size
-is fixed to the example's) and returns the model's output. A primitive outside this list raises
-`UnsupportedModelError` naming it.
+float32 (bfloat16 values are widened), takes the example input's dtype and shape and returns the
+model's output. Its batch axis is symbolic ('batch'): the model is traced with a symbolic batch
+size (JAX's shape polymorphism), and a shape that holds it becomes a Reshape's -1 or the input's
+batch size read at run time. `dynamic_batch=False` fixes the batch to the example's instead (for
+a model whose Python computes with the batch size). A primitive outside this list raises
+`UnsupportedPrimitiveError` naming it.
 """
 import string
 from collections.abc import Callable
@@ -102,15 +105,68 @@ _CALL_PRIMITIVES = {'pjit', 'jit', 'closed_call', 'core_call', 'custom_jvp_call'
                     'named_call'}
 
 
-def _shape(v):
-  return tuple(int(d) for d in v.aval.shape)
+def _shape(v) -> tuple:
+  """A value's shape: ints, and the symbolic batch size (or an expression of it) as is."""
+  return tuple(_known(d) for d in v.aval.shape)
+
+
+def _known(d):
+  return int(d) if isinstance(d, (int, np.integer)) else d
+
+
+def _is_symbolic(d) -> bool:
+  return not isinstance(d, (int, np.integer))
+
+
+def _same_symbol(a, b) -> bool:
+  return _is_symbolic(a) and _is_symbolic(b) and a == b
+
+
+def _ints(dims) -> list[int]:
+  """`dims` as ints; UnsupportedPrimitiveError where one is symbolic."""
+  if any(_is_symbolic(d) for d in dims):
+    raise UnsupportedPrimitiveError(
+        f'ONNX export: an operation whose parameters depend on the batch size ({dims}); export '
+        'with dynamic_batch=False for a graph fixed to the example\'s batch size')
+  return [int(d) for d in dims]
 
 
 class _Emitter:
   """Walks a jaxpr, emitting ONNX nodes (see the module docstring)."""
 
-  def __init__(self, graph: _Graph):
+  def __init__(self, graph: _Graph, input_name: str = 'images', batch=None):
     self.g = graph
+    self.input_name = input_name
+    self.batch = batch  # the symbolic batch size the jaxpr was traced with, or None
+    self._batch_tensor: str | None = None
+
+  def batch_tensor(self) -> str:
+    """The input's batch size at run time, an int64 tensor of shape [1] (emitted once)."""
+    if self._batch_tensor is None:
+      self._batch_tensor = self.g.node('Shape', [self.input_name], start=0, end=1)
+    return self._batch_tensor
+
+  def shape_tensor(self, dims, keep=()) -> str:
+    """An int64 shape tensor for `dims`. A symbolic dim at a position in `keep` becomes 1
+    (Expand keeps the operand's size there); one equal to the batch size, the input's batch
+    size; otherwise (Reshape only: `keep` is None) a single symbolic dim becomes -1."""
+    if not any(_is_symbolic(d) for d in dims):
+      return self.g.ints([int(d) for d in dims])
+    if keep is None and sum(_is_symbolic(d) for d in dims) == 1:
+      return self.g.ints([-1 if _is_symbolic(d) else int(d) for d in dims])
+    pieces = []
+    for i, d in enumerate(dims):
+      if not _is_symbolic(d):
+        pieces.append(self.g.ints([int(d)]))
+      elif keep is not None and i in keep:
+        pieces.append(self.g.ints([1]))
+      elif self.batch is not None and d == self.batch:
+        pieces.append(self.batch_tensor())
+      else:
+        raise UnsupportedPrimitiveError(
+            f'ONNX export: a shape {dims} the graph cannot compute from the batch size; export '
+            'with dynamic_batch=False for a graph fixed to the example\'s batch size')
+    return self.g.node('Concat', pieces, axis=0)
 
   def walk(self, jaxpr, inputs: list[str], consts) -> list[str]:
     from jax.extend import core as jex_core  # pylint: disable=g-import-not-at-top
@@ -213,7 +269,7 @@ class _Emitter:
   # -- shapes --------------------------------------------------------------------------------
 
   def _reshape(self, x, shape):
-    return self.g.node('Reshape', [x, self.g.ints(shape)])
+    return self.g.node('Reshape', [x, self.shape_tensor(shape, keep=None)])
 
   def op_reshape(self, eqn, ins):
     if eqn.params.get('dimensions') is not None:
@@ -235,7 +291,8 @@ class _Emitter:
     x = self._reshape(ins[0], aligned) if tuple(aligned) != in_shape else ins[0]
     if tuple(aligned) == out_shape:
       return self.g.node('Identity', [x])
-    return self.g.node('Expand', [x, self.g.ints(out_shape)])
+    kept = [i for i, d in enumerate(out_shape) if _same_symbol(aligned[i], d)]
+    return self.g.node('Expand', [x, self.shape_tensor(out_shape, keep=kept)])
 
   def op_transpose(self, eqn, ins):
     return self.g.node('Transpose', ins, perm=[int(p) for p in eqn.params['permutation']])
@@ -251,14 +308,17 @@ class _Emitter:
     return self.g.node('Pad', [ins[0], self.g.ints(pads), ins[1]], mode='constant')
 
   def op_slice(self, eqn, ins):
-    starts = [int(s) for s in eqn.params['start_indices']]
-    ends = [int(e) for e in eqn.params['limit_indices']]
+    starts = _ints(eqn.params['start_indices'])
+    full = _shape(eqn.invars[0])  # (a symbolic limit is the whole axis: to its end)
+    ends = [np.iinfo(np.int64).max if _same_symbol(e, full[i]) else e
+            for i, e in enumerate(_known(e) for e in eqn.params['limit_indices'])]
+    ends = _ints(ends)
     steps = [int(s) for s in (eqn.params.get('strides') or (1,) * len(starts))]
     return self.g.node('Slice', [ins[0], self.g.ints(starts), self.g.ints(ends),
                                  self.g.ints(range(len(starts))), self.g.ints(steps)])
 
   def op_iota(self, eqn, ins):
-    shape = _shape(eqn.outvars[0])
+    shape = _ints(_shape(eqn.outvars[0]))
     dim = int(eqn.params['dimension'])
     values = np.broadcast_to(np.arange(shape[dim]).reshape(
         [-1 if i == dim else 1 for i in range(len(shape))]), shape)
@@ -355,7 +415,8 @@ class _Emitter:
     shape = _shape(eqn.invars[0])
     lead = [shape[0]] + [shape[a] for a in rest]
     if rest:  # fold the other axes into the batch: ONNX pools are (N, C, spatial...)
-      x = self._reshape(x, [int(np.prod(lead))] + [shape[channel]] + [shape[a] for a in pooled])
+      folded = -1 if any(_is_symbolic(d) for d in lead) else int(np.prod(lead))
+      x = self._reshape(x, [folded] + [shape[channel]] + [shape[a] for a in pooled])
     pads = [int(p['padding'][a][0]) for a in pooled] + [int(p['padding'][a][1]) for a in pooled]
     attrs = dict(kernel_shape=[dims[a] for a in pooled],
                  strides=[int(p['window_strides'][a]) for a in pooled], pads=pads)
@@ -389,25 +450,43 @@ class _Emitter:
 
 
 def jaxpr_to_onnx(fn: Callable, example_input, *, graph_name: str = 'qprune',
-                  opset: int = OPSET, input_name: str = 'images', output_name: str = 'logits'):
-  """An `onnx.ModelProto` computing `fn(x)` for inputs shaped and typed like `example_input`
-  (an array or ShapeDtypeStruct; the batch size is fixed to its first axis)."""
+                  opset: int = OPSET, input_name: str = 'images', output_name: str = 'logits',
+                  dynamic_batch: bool = True):
+  """An `onnx.ModelProto` computing `fn(x)` for inputs typed like `example_input` (an array or
+  ShapeDtypeStruct) and shaped like it but for the batch axis, which is symbolic ('batch'); with
+  `dynamic_batch=False`, fixed to the example's."""
   import jax  # pylint: disable=g-import-not-at-top
-  x = jax.ShapeDtypeStruct(tuple(example_input.shape), example_input.dtype)
-  closed = jax.make_jaxpr(fn)(x)
+  shape = tuple(int(d) for d in example_input.shape)
+  batch = None
+  if dynamic_batch:
+    (batch,) = jax.export.symbolic_shape('batch')
+    try:
+      closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct((batch, *shape[1:]), example_input.dtype))
+    except Exception as e:  # pylint: disable=broad-except  (whatever the model's Python raised)
+      raise UnsupportedPrimitiveError(
+          'ONNX export: the model does not trace with a symbolic batch size (its Python computes '
+          f'with it: {type(e).__name__}: {(str(e).splitlines() or [""])[0][:160]}); export with '
+          f'dynamic_batch=False for a graph fixed to the example\'s batch of {shape[0]}'
+      ) from None
+  else:
+    closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(shape, example_input.dtype))
   graph = _Graph()
   onnx = graph.onnx
-  (out,) = _Emitter(graph).walk(closed.jaxpr, [input_name], closed.consts)
+  (out,) = _Emitter(graph, input_name, batch).walk(closed.jaxpr, [input_name], closed.consts)
   out_var = closed.jaxpr.outvars[0]
   out = graph.node('Cast', [out], to=graph.tensor_type(out_var.aval.dtype))
   graph.nodes.append(onnx.helper.make_node('Identity', [out], [output_name], name=output_name))
+
+  def dims(values) -> list:
+    return ['batch' if _is_symbolic(d) else int(d) for d in values]
   proto = onnx.helper.make_model(
       onnx.helper.make_graph(
           graph.nodes, graph_name,
-          [onnx.helper.make_tensor_value_info(input_name, graph.tensor_type(x.dtype),
-                                              list(x.shape))],
+          [onnx.helper.make_tensor_value_info(
+              input_name, graph.tensor_type(example_input.dtype),
+              ['batch', *shape[1:]] if dynamic_batch else list(shape))],
           [onnx.helper.make_tensor_value_info(output_name, graph.tensor_type(out_var.aval.dtype),
-                                              list(_shape(out_var)))],
+                                              dims(_shape(out_var)))],
           initializer=graph.initializers),
       producer_name='qprune', opset_imports=[onnx.helper.make_opsetid('', opset)])
   proto.ir_version = min(proto.ir_version, 8)

@@ -239,7 +239,7 @@ def setting_name(run_name: str) -> str:
 def goal_lines(key, runs: list[Run], fp_accuracy: float) -> list[str]:
   """One line per goal of (dataset, model): met or missed, by which setting. A setting run with
   several seeds (`setting_name`) is judged by its mean, not by its best seed."""
-  lines = []
+  lines: list[str] = []
   settings: dict[str, list[Run[records.QuantizeResults]]] = {}
   for run in _of_mode(runs, records.QuantizeResults):
     settings.setdefault(setting_name(run.name), []).append(run)
@@ -249,7 +249,7 @@ def goal_lines(key, runs: list[Run], fp_accuracy: float) -> list[str]:
                        (max_levels is None or (_max_values(r.results) or 0) <= max_levels)
                        for r in members)}
     if not eligible:
-      lines.append(f'- {text}: **not measured**')
+      lines.append(goal_line(text, 'not measured'))
       continue
     mean = {name: statistics.fmean(recorded(r.results.test_accuracy) for r in members)
             for name, members in eligible.items()}
@@ -265,8 +265,8 @@ def goal_lines(key, runs: list[Run], fp_accuracy: float) -> list[str]:
       measured = (f'{100 * accuracy:.2f} ± {100 * std:.2f} % mean over '
                   f'{records.plural(len(members), "seed")} ({_delta(accuracy - fp_accuracy)} vs '
                   f'FP; {each}) by `{best}`')
-    lines.append(f'- {text}: **{"met" if ok else "missed"}**, {measured} '
-                 f'({target_rule(members[0])})')
+    lines.append(goal_line(text, 'met' if ok else 'missed',
+                           f', {measured} ({target_rule(members[0])})'))
   return lines
 
 
@@ -409,36 +409,37 @@ def _decision_goal_lines(methods: list[Run[records.PruneResults]],
   early = [d for d in methods if recorded(d.results.pretrain_epochs) <= 0.2 * total]
   best = max(early, key=lambda d: recorded(d.results.test_accuracy), default=None)
   removed = r0.macs_removed or 0.0
-  lines = [f'- ≥ 40 % of the MACs removed: **{"met" if removed >= 0.4 else "missed"}** '
-           f'({_pct(removed)})']
+  lines: list[str] = [goal_line('≥ 40 % of the MACs removed',
+                                'met' if removed >= 0.4 else 'missed', f' ({_pct(removed)})')]
   if best is None:
-    lines.append('- a decision at ≤ 20 % of pretraining: **not measured**')
+    lines.append(goal_line('a decision at ≤ 20 % of pretraining', 'not measured'))
   else:
     b = best.results
     accuracy = recorded(b.test_accuracy)
     gap = accuracy - recorded(final)
-    lines.append(f'- decision at ≤ 20 % of pretraining within 0.3 % of the full-training '
-                 f'decision: **{"met" if gap >= -0.003 - 1e-12 else "missed"}** (`{best.name}`: '
-                 f'{_delta(gap)})')
+    lines.append(goal_line('decision at ≤ 20 % of pretraining within 0.3 % of the '
+                           'full-training decision', 'met' if gap >= -0.003 - 1e-12 else 'missed',
+                           f' (`{best.name}`: {_delta(gap)})'))
     if unpruned is not None:
-      lines.append(f'- ... and within 1.0 % of the unpruned network after the same pretraining: '
-                   f'**{"met" if accuracy - unpruned >= -0.01 - 1e-12 else "missed"}** '
-                   f'({_delta(accuracy - unpruned)})')
+      lines.append(goal_line('... and within 1.0 % of the unpruned network after the same '
+                             'pretraining',
+                             'met' if accuracy - unpruned >= -0.01 - 1e-12 else 'missed',
+                             f' ({_delta(accuracy - unpruned)})'))
     if fp_accuracy is not None:
       lines.append(f'- ... against the full-precision model of this table ({_pct(fp_accuracy)}): '
                    f'{_delta(accuracy - fp_accuracy)}')
     if b.train_macs and full_compute:
       ratio = b.train_macs / full_compute
-      lines.append(f'- compute to the pruned model ≤ 1/3 of prune-after-full-training: '
-                   f'**{"met" if ratio <= 1 / 3 + 1e-12 else "missed"}** ({ratio:.2f}x)')
+      lines.append(goal_line('compute to the pruned model ≤ 1/3 of prune-after-full-training',
+                             'met' if ratio <= 1 / 3 + 1e-12 else 'missed', f' ({ratio:.2f}x)'))
   rule = [d for d in methods if d.results.stop_rule == 'early_bird']
   if rule:
     d = rule[0].results
     gap = recorded(d.test_accuracy) - recorded(final)
     ok = (d.stop_rule_fired and recorded(d.pretrain_epochs) <= 0.2 * total and
           gap >= -0.003 - 1e-12)
-    lines.append(f'- the stop rule finds such an epoch by itself: **{"met" if ok else "missed"}** '
-                 f'(epoch {d.pretrain_epochs}, {_delta(gap)})')
+    lines.append(goal_line('the stop rule finds such an epoch by itself', 'met' if ok else 'missed',
+                           f' (epoch {d.pretrain_epochs}, {_delta(gap)})'))
   return lines
 
 
@@ -558,19 +559,18 @@ def early_bird_protocol_lines(study: dict, total: int) -> list[str]:
 
   cheap = [setting for setting in early if ratio(setting) <= 0.5 + 1e-12]
   best = max(cheap, key=accuracy, default=None)
-  if best is None:
-    goal = '**not measured**'
-  else:
-    goal = (f'**{"met" if matches(best) else "missed"}** ({named(best)}, '
-            f'{_delta(accuracy(best) - recorded(r0.test_accuracy))} at {ratio(best):.2f}x)')
-  out += ['Goals:', '',
-          f'- a decision at ≤ 20 % of the schedule, at ≤ 0.5x the training compute of '
-          f'`{full.name}`, within 0.3 % of it (or above): {goal}']
+  claim = (f'a decision at ≤ 20 % of the schedule, at ≤ 0.5x the training compute of '
+           f'`{full.name}`, within 0.3 % of it (or above)')
+  out += ['Goals:', '', goal_line(claim, 'not measured') if best is None else goal_line(
+      claim, 'met' if matches(best) else 'missed',
+      f' ({named(best)}, {_delta(accuracy(best) - recorded(r0.test_accuracy))} at '
+      f'{ratio(best):.2f}x)')]
   matching = sorted((setting for setting in early if matches(setting)), key=ratio)
   first = early[matching[0]][0] if matching else None
-  out.append('- the least compute at which an early decision matches it: ' +
-             (f'{ratio(matching[0]):.2f}x ({named(matching[0])}, budget '
-              f'{train_budget(first):g}x)' if first else '**none** of the budgets run'))
+  claim = 'the least compute at which an early decision matches it'
+  out.append(goal_line(claim, 'none', ' of the budgets run') if first is None else
+             f'- {claim}: {ratio(matching[0]):.2f}x ({named(matching[0])}, budget '
+             f'{train_budget(first):g}x)')
   return out + ['']
 
 
@@ -634,13 +634,15 @@ def pruned_model_lines(key, runs: list[Run[records.PruneResults]],
     fits = {name: v for name, v in summaries.items() if v[1] <= params}
     best = max(fits, key=lambda name: fits[name][0], default=None)
     if best is None:
-      out.append(f'- Goal ≥ {_pct(goal)} at ≤ {params:,} params: **not measured**')
+      out.append(goal_line(f'≥ {_pct(goal)} at ≤ {params:,} params', 'not measured',
+                           prefix='Goal '))
     else:
       mean, most, seeds = fits[best]
-      out.append(f'- Goal ≥ {_pct(goal)} at ≤ {params:,} params: '
-                 f'**{"met" if mean >= goal - 1e-12 else "missed"}** by `{best}` '
-                 f'({100 * mean:.2f} % mean of {records.plural(seeds, "seed")}, at most '
-                 f'{most:,} params; {_delta(mean - accuracy)} vs the reference)')
+      out.append(goal_line(f'≥ {_pct(goal)} at ≤ {params:,} params',
+                           'met' if mean >= goal - 1e-12 else 'missed',
+                           f' by `{best}` ({100 * mean:.2f} % mean of '
+                           f'{records.plural(seeds, "seed")}, at most {most:,} params; '
+                           f'{_delta(mean - accuracy)} vs the reference)', prefix='Goal '))
   return out + ['']
 
 
@@ -709,23 +711,32 @@ def quantization_lines(key: str, goal_key: tuple, quantized: list[Run],
   return out
 
 
-_CLAIM = re.compile(r'^- (?:Goal )?(?P<claim>.+?):? '
-                    r'\*\*(?P<verdict>met|missed|not measured|none)\*\*')
+class GoalLine(str):
+  """A goal's line of the book, '- [Goal ]CLAIM: **VERDICT**DETAIL', that keeps its claim and
+  verdict: the claims table is made from these, not parsed back out of the text."""
+  claim: str
+  verdict: str
+
+
+def goal_line(claim: str, verdict: str, detail: str = '', *, prefix: str = '') -> GoalLine:
+  """The line of a goal (`verdict`: met, missed, not measured or none)."""
+  line = GoalLine(f'- {prefix}{claim}: **{verdict}**{detail}')
+  line.claim, line.verdict = claim, verdict
+  return line
 
 
 def claims(lines: list[str], scale: str) -> list[tuple[str, str, str]]:
-  """(scale, claim, verdict) of every goal line ('- [Goal ]CLAIM: **VERDICT** ...') in
-  `lines`; a decision study's later tables (longer fine-tuning, Early-Bird's protocol) get
-  their heading added to the scale."""
+  """(scale, claim, verdict) of every goal line (`goal_line`) in `lines`; a decision study's
+  later tables (longer fine-tuning, Early-Bird's protocol) get their heading added to the
+  scale."""
   out, sub = [], ''
   for line in lines:
     if line.startswith('Longer fine-tuning: '):
       sub = '; ' + line[len('Longer fine-tuning: the same decisions '):].split(',')[0]
     elif line.startswith("Early-Bird's protocol"):
       sub = "; Early-Bird's protocol (trained to a budget)"
-    match = _CLAIM.match(line)
-    if match:
-      out.append((scale + sub, match['claim'], match['verdict']))
+    if isinstance(line, GoalLine):
+      out.append((scale + sub, line.claim, line.verdict))
   return out
 
 
@@ -787,9 +798,9 @@ def render(results_dir: str) -> str:
         text, goal = FP_GOALS[(dataset, model)]
         best = max(trained, key=lambda run: recorded(run.results.test_accuracy))
         reached = recorded(best.results.test_accuracy) >= goal - 1e-12
-        out += note([f'- Goal {text}: **{"met" if reached else "missed"}** (best '
-                     f'{_pct(best.results.test_accuracy)}, `{best.name}`, after '
-                     f'{best.results.epochs_run} epochs)', ''],
+        out += note([goal_line(text, 'met' if reached else 'missed',
+                               f' (best {_pct(best.results.test_accuracy)}, `{best.name}`, '
+                               f'after {best.results.epochs_run} epochs)', prefix='Goal '), ''],
                     f'`{best.name}`: {best.results.epochs_run} epochs, '
                     f'{training_time(best.results)}')
     for start, quantized in quantized_by_start(runs, fp):
@@ -820,8 +831,9 @@ def render(results_dir: str) -> str:
       for text, min_ratio, min_accuracy in PIPELINE_GOALS.get((dataset, model), ()):
         met = [m for m in pipelines if recorded(m.results.compression_ratio) >= min_ratio and
                recorded(m.results.test_accuracy) >= min_accuracy]
-        out += note([f'- Goal {text}: **{"met" if met else "missed"}**' +
-                     (f' by `{met[0].name}`' if met else '')], 'the pipeline runs')
+        out += note([goal_line(text, 'met' if met else 'missed',
+                               f' by `{met[0].name}`' if met else '', prefix='Goal ')],
+                    'the pipeline runs')
       out += [''] + commands_block(pipelines)
     studies = decision_studies(runs)
     if studies:

@@ -1,7 +1,7 @@
 """The studies behind RESULTS.md, each a list of commands planned by a small Python driver.
 
   python -m reproduce.sweeps.cifar10_resnet20 DATA OUT [gpu|cpu|tiny]
-  python -m reproduce.sweeps.prune_decision DATA OUT [gpu|cpu|tiny] [--criteria=l1,bn_gamma]
+  python -m reproduce.sweeps.prune_decision DATA OUT [gpu|cpu|cpu40|tiny] [--criteria=l1,bn_gamma]
   python -m reproduce.sweeps.attention_ablation DATA OUT [mnist|cifar|tiny|tiny_cifar]
   python -m reproduce.sweeps.recipe_ablation DATA OUT [cpu40|tiny] [--changes=ema,linear]
 
@@ -11,6 +11,7 @@ rerun resumes the study; every qprune run also resumes from its own checkpoints)
 stops the study with the path of its log. `--dry_run` prints the commands instead. The launch.sh
 sweep files beside the configs (configs/sweeps/*.txt) are plain command lists.
 """
+import argparse
 import dataclasses
 import os
 import shlex
@@ -88,3 +89,24 @@ def run_steps(steps: Iterable[Step], dry_run: bool = False,
       print(f'qprune: error: step failed (exit {rc}){where}: {step.shown()}', file=sys.stderr)
       return rc
   return 0
+
+
+def driver_parser(module: str, doc: str, kinds: Sequence[str],
+                  default: str) -> argparse.ArgumentParser:
+  """The command line every driver starts from: DATA OUT [KIND] and --dry_run; `doc` is the
+  driver's docstring (its first paragraph is the description)."""
+  parser = argparse.ArgumentParser(prog=f'python -m {module}', description=doc.split('\n\n')[0])
+  parser.add_argument('data')
+  parser.add_argument('out')
+  parser.add_argument('kind', nargs='?', default=default, choices=kinds)
+  parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  return parser
+
+
+def run_driver(steps: Iterable[Step], args: argparse.Namespace) -> int:
+  """Runs a driver's planned steps (`run_steps`); a finished smoke test (a kind starting with
+  'tiny') says where it is, since nothing of it is published."""
+  rc = run_steps(steps, dry_run=args.dry_run)
+  if rc == 0 and args.kind.startswith('tiny') and not args.dry_run:
+    print(f'tiny run finished: {shlex.quote(args.out)} (not published)')
+  return rc

@@ -25,12 +25,11 @@ squeeze-and-excitation gates (prune.se_gates). Every decision replays one of the
 table as soon as it is done (`reproduce.ablation --merge`: a run replaces its own criterion,
 ratio and seed there), so --seeds=3,4 later adds seeds. Run from the checkout's root.
 """
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
-from reproduce.sweeps import PYTHON, Step, qprune_run, run_steps, write_book
+from reproduce.sweeps import PYTHON, Step, driver_parser, qprune_run, run_driver, write_book
 
 KINDS = ('mnist', 'cifar', 'tiny', 'tiny_cifar')
 CONFIGS = {'mnist': 'configs/experiments/mnist_lenet5_prune_ablation.py',
@@ -104,15 +103,10 @@ def _names(text: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m reproduce.sweeps.attention_ablation',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('data')
-  parser.add_argument('out')
-  parser.add_argument('kind', nargs='?', default='mnist', choices=KINDS)
+  parser = driver_parser('reproduce.sweeps.attention_ablation', __doc__, KINDS, default='mnist')
   parser.add_argument('--seeds', default='0,1,2')
   for group in ('plain', 'learned', 'gated'):
     parser.add_argument(f'--{group}', type=_names, help=f'{group} criteria (comma-separated)')
-  parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
   try:
     seeds = [int(s) for s in _names(args.seeds)]
@@ -120,7 +114,7 @@ def main(argv=None) -> int:
     parser.error(f'--seeds={args.seeds}: give integers, e.g. 0,1,2')
   criteria = {g: getattr(args, g) for g in ('plain', 'learned', 'gated')
               if getattr(args, g) is not None}
-  return run_steps(plan(args.data, args.out, args.kind, seeds, criteria), dry_run=args.dry_run)
+  return run_driver(plan(args.data, args.out, args.kind, seeds, criteria), args)
 
 
 if __name__ == '__main__':

@@ -14,12 +14,18 @@ from it (launch.sh, one job per GPU), then the runs published under results/cifa
 DATA_DIR holds cifar10/ or cifar10.tar.gz (image-folder layout). Run from the checkout's root;
 reruns resume every run from its checkpoints and skip finished ones.
 """
-import argparse
 import os
-import shlex
 import sys
 
-from reproduce.sweeps import Step, publish, publish_sweep, qprune_run, run_steps, write_book
+from reproduce.sweeps import (
+  Step,
+  driver_parser,
+  publish,
+  publish_sweep,
+  qprune_run,
+  run_driver,
+  write_book,
+)
 
 KINDS = ('gpu', 'cpu', 'tiny')
 SWEEP = 'configs/sweeps/cifar10_resnet20_quant.txt'
@@ -54,17 +60,9 @@ def plan(data: str, out: str, kind: str) -> list[Step]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m reproduce.sweeps.cifar10_resnet20',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('data')
-  parser.add_argument('out')
-  parser.add_argument('kind', nargs='?', default='gpu', choices=KINDS)
-  parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  parser = driver_parser('reproduce.sweeps.cifar10_resnet20', __doc__, KINDS, default='gpu')
   args = parser.parse_args(argv)
-  rc = run_steps(plan(args.data, args.out, args.kind), dry_run=args.dry_run)
-  if rc == 0 and args.kind == 'tiny' and not args.dry_run:
-    print(f'tiny run finished: {shlex.quote(args.out)} (not published)')
-  return rc
+  return run_driver(plan(args.data, args.out, args.kind), args)
 
 
 if __name__ == '__main__':

@@ -38,14 +38,13 @@ results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or results/cifar10_
 DATA_DIR holds cifar10/ or cifar10.tar.gz. Run from the checkout's root; reruns resume every run
 and skip finished ones.
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 
-from reproduce.sweeps import Step, publish, qprune_run, run_steps, write_book
+from reproduce.sweeps import Step, driver_parser, publish, qprune_run, run_driver, write_book
 
 KINDS = ('gpu', 'cpu', 'cpu40', 'tiny')
 CONFIG = 'configs/experiments/cifar10_resnet20_prune_decision.py'
@@ -184,11 +183,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m reproduce.sweeps.prune_decision',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('data')
-  parser.add_argument('out')
-  parser.add_argument('kind', nargs='?', default='gpu', choices=KINDS)
+  parser = driver_parser('reproduce.sweeps.prune_decision', __doc__, KINDS, default='gpu')
   parser.add_argument('--criteria', default='l1,bn_gamma')
   parser.add_argument('--control_epochs', type=_ints, default=[])
   parser.add_argument('--long_finetune', help='EPOCHS,LR, e.g. 6,0.1')
@@ -196,7 +191,6 @@ def main(argv=None) -> int:
   parser.add_argument('--early_seeds', type=_ints, default=None,
                       help='cpu40: seeds of what follows the early decisions at 0.5x '
                       '(default: the study\'s seed + 1)')
-  parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
   long_finetune = None
   if args.long_finetune:
@@ -220,10 +214,7 @@ def main(argv=None) -> int:
                    'config\'s seed)')
     steps = plan(args.data, args.out, args.kind, config_epochs(args.kind), criteria,
                  args.control_epochs, long_finetune)
-  rc = run_steps(steps, dry_run=args.dry_run)
-  if rc == 0 and args.kind == 'tiny' and not args.dry_run:
-    print(f'tiny run finished: {args.out} (not published)')
-  return rc
+  return run_driver(steps, args)
 
 
 if __name__ == '__main__':

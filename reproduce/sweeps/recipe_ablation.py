@@ -21,11 +21,10 @@ table of full-precision runs puts each change beside it.
 DATA_DIR holds cifar10/ or cifar10.tar.gz. Run from the checkout's root; reruns skip finished
 runs and resume the others from their checkpoints.
 """
-import argparse
 import os
 import sys
 
-from reproduce.sweeps import Step, publish, qprune_run, run_steps, write_book
+from reproduce.sweeps import Step, driver_parser, publish, qprune_run, run_driver, write_book
 
 CONFIG = 'configs/cifar10_resnet20_cpu40.py'
 CHANGES = {
@@ -55,22 +54,14 @@ def plan(data: str, out: str, kind: str, changes=tuple(CHANGES)) -> list[Step]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m reproduce.sweeps.recipe_ablation',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('data')
-  parser.add_argument('out')
-  parser.add_argument('kind', nargs='?', default='cpu40', choices=KINDS)
+  parser = driver_parser('reproduce.sweeps.recipe_ablation', __doc__, KINDS, default='cpu40')
   parser.add_argument('--changes', default=','.join(CHANGES))
-  parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   args = parser.parse_args(argv)
   changes = [c for c in args.changes.split(',') if c]
   unknown = [c for c in changes if c not in CHANGES]
   if unknown:
     parser.error(f'--changes: unknown {", ".join(unknown)}; choose from {", ".join(CHANGES)}')
-  rc = run_steps(plan(args.data, args.out, args.kind, changes), dry_run=args.dry_run)
-  if rc == 0 and args.kind == 'tiny' and not args.dry_run:
-    print(f'tiny run finished: {args.out} (not published)')
-  return rc
+  return run_driver(plan(args.data, args.out, args.kind, changes), args)
 
 
 if __name__ == '__main__':

@@ -29,8 +29,8 @@ SNAPSHOTS = 'epochs'  # pretrain/epochs/<E>/: the model after pretraining epoch 
 # What a run replaying another's pretraining (prune.decide_from) may set differently: when to
 # decide, and everything after the decision (so may its `seed`, which then drives only what
 # follows the decision: the fine-tuning's example order and augmentation, a second seed of one
-# decision on one pretraining). Every other field shapes the pretraining trajectory
-# or the masks recorded along it.
+# decision on one pretraining). Every other field shapes the pretraining trajectory or the masks
+# recorded along it.
 DECISION_FIELDS = ('stop_rule', 'pretrain_epochs', 'snapshots', 'decide_from', 'search_criteria',
                    'search_ratios', 'search_selections', 'search_method', 'max_params', 'max_macs',
                    'bn_batches', 'shrink_weights',
@@ -126,8 +126,8 @@ def replay_pretraining(config, source: str):
   snapshot (with prune.se_gates, the SE wrapper's variables) and history up to the epoch this
   config's stop rule picks on the pretraining that prune run recorded, its whole recorded
   history, whether its recorded masks are the ones this config makes, and the seed it pretrained
-  with; RunError if `source` is not such a
-  run, has not finished pretraining, or pretrained differently from what this config asks for."""
+  with; RunError if `source` is not such a run, has not finished pretraining, or pretrained
+  differently from what this config asks for."""
   pconfig = config.prune
   stored = files.read_json(os.path.join(source, common.CONFIG_JSON))
   if stored is None:

@@ -13,11 +13,11 @@ import shutil
 
 import jax
 
-from qprune import configs, distributed, files
+from qprune import configs, distributed, files, prune
 from qprune.artifacts import MODEL_DIR, MODEL_JSON, load_saved_model, save_model  # noqa: F401 (re-exported)
 from qprune.data import pipeline, sources
 from qprune.errors import UserError
-from qprune.models import count_macs, count_params, init_variables
+from qprune.models import init_variables
 from qprune.models.spec import model_from_spec, model_spec
 from qprune.train import parallel
 from qprune.train.loop import TrainOptions
@@ -90,9 +90,8 @@ def initial_model(config):
 
 
 def model_counts(spec, variables, config) -> dict:
-  model = build(spec, config)
-  return {'params': count_params(variables['params']),
-          'macs': count_macs(model, variables, spec['input_shape'])}
+  """{'params', 'macs'} of the model `spec` describes (`prune.model_cost` of it)."""
+  return prune.model_cost(build(spec, config), variables, spec['input_shape'])
 
 
 def train_options(config, **overrides) -> TrainOptions:

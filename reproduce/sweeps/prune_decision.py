@@ -143,29 +143,29 @@ def protocol_plan(data: str, out: str, epochs: int, criteria: Sequence[str] = ('
     root = os.path.join(out, criterion, f'seed{seed}')
     reference = os.path.join(root, 'full')
 
-    def run(name: str, *overrides: str):  # noqa: B023 (used within this iteration only)
+    def run(name: str, *overrides: str, run_seed: int = seed):  # noqa: B023 (this iteration's)
       workdir = os.path.join(root, name)  # noqa: B023
-      steps.append(qprune_run(CONFIG, workdir, [*common, *overrides],  # noqa: B023
+      steps.append(qprune_run(CONFIG, workdir,  # noqa: B023
+                              [*common, f'--config.seed={run_seed}', *overrides],  # noqa: B023
                               log=os.path.join(out, 'logs', f'{criterion}_s{seed}_{name}.log'),  # noqa: B023
                               skip_finished=True))
       steps.append(publish(workdir, f'{group}/prune_{criterion}_{study}{name}'))  # noqa: B023
 
-    run('full', f'--config.seed={seed}', *PROTOCOL_FINETUNE)
+    run('full', *PROTOCOL_FINETUNE)
     early = sorted({max(1, epochs * pct // 100) for pct in (10, 20)})
     for budget in PROTOCOL_BUDGETS:
       trained = (f'--config.prune.train_budget={budget:g}', f'--config.prune.budget_of={reference}',
                  f'--config.prune.finetune_learning_rate={PROTOCOL_LR:g}',
                  f'--config.prune.decide_from={reference}')
+      fixed = {e: ('--config.prune.stop_rule=fixed', f'--config.prune.pretrain_epochs={e}')
+               for e in early}
       for e in early:
-        run(f'epoch{e}_b{budget:g}', f'--config.seed={seed}', *trained,
-            '--config.prune.stop_rule=fixed', f'--config.prune.pretrain_epochs={e}')
+        run(f'epoch{e}_b{budget:g}', *trained, *fixed[e])
       if budget == PROTOCOL_BUDGETS[0]:
-        run(f'early_bird_b{budget:g}', f'--config.seed={seed}', *trained,
-            '--config.prune.stop_rule=early_bird')
+        run(f'early_bird_b{budget:g}', *trained, '--config.prune.stop_rule=early_bird')
         for again in early_seeds:  # (a decision run's seed drives what follows the decision)
           for e in early:
-            run(f'epoch{e}_b{budget:g}_s{again}', f'--config.seed={again}', *trained,
-                '--config.prune.stop_rule=fixed', f'--config.prune.pretrain_epochs={e}')
+            run(f'epoch{e}_b{budget:g}_s{again}', *trained, *fixed[e], run_seed=again)
     steps.append(write_book())
   return steps
 

@@ -1,12 +1,14 @@
 r"""The research book: RESULTS.md and results/plots/ from the published run folders under results/.
 
   python -m reproduce.results write [--results=results] [--out=RESULTS.md] [--check] [--no_plots]
+  python -m reproduce.results check_replay WORKDIR REFERENCE
 
 Runs get into results/ with `python -m qprune.report.publish` (the library's publisher). `write`
 renders RESULTS.md from every published folder and the goals of `reproduce/goals.py`, and draws
 the book's figures (through `qprune.report.plots`) under results/plots/; the text is a pure
 function of the folders, so a test checks that RESULTS.md is in sync. `--check` exits 1 when it
-is not.
+is not. `check_replay` exits 1 unless a prune run's recorded pretraining epochs are the first
+ones of a published run (the cpu40 decision study replays its reference's first epochs).
 """
 import argparse
 import dataclasses
@@ -307,19 +309,47 @@ def train_budget(run: Run) -> float | None:
   return run.config.get('prune', {}).get('train_budget') or None
 
 
+# What a pretraining epoch records deterministically (not its times): a decision's pretraining
+# is its study's where these are the same, epoch for epoch.
+REPLAYED_FIELDS = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+                   'mask_distance')
+
+
+def pretraining_difference(history: list[dict], reference: list[dict]) -> str | None:
+  """None where the pretraining epochs of `history` are the first ones of `reference`, field by
+  field (REPLAYED_FIELDS); else the first difference, in words."""
+  if len(history) > len(reference):
+    return f'{len(history)} pretraining epochs recorded, the reference has {len(reference)}'
+  for mine, theirs in zip(history, reference):
+    for field in REPLAYED_FIELDS:
+      if mine.get(field) != theirs.get(field):
+        return (f'epoch {mine.get("epoch")}: {field} {mine.get(field)!r}, the reference\'s '
+                f'{theirs.get(field)!r}')
+  return None
+
+
 def decision_studies(runs: list[Run]) -> dict[str, dict]:
   """{label: {'full': run, 'decisions': [run, ...], 'longer': {budget: [run, ...]},
   'budgeted': [run, ...]}} for the pruning decision studies in `runs`: a prune run that kept
   pretraining snapshots, the runs that decided from it (prune.decide_from: the same criterion
   and pretraining seed) with its fine-tuning budget, those fine-tuned with another budget
   (`finetune_budget`), and those trained to a fraction of a run's training compute
-  (prune.train_budget), each list sorted by pretraining epochs. The label is the criterion, with
+  (prune.train_budget), each list sorted by pretraining epochs. A decision is compared with a
+  reference only where their recorded pretraining epochs are the same (`pretraining_difference`;
+  a replay on another machine kind comes out otherwise): one that is not the full run's goes to
+  'excluded' with the reason, except in a longer fine-tuning's group whose own reference (its
+  decision after all epochs) shares its pretraining: 'other_pretraining' {budget: reason} names
+  the groups whose runs are not the full run's pretraining. The label is the criterion, with
   its seed where that is not 0."""
   prunes = _of_mode(runs, records.PruneResults)
 
   def study_key(run: Run) -> tuple:  # a decision's own seed may differ from its pretraining's
     seed = run.results.pretrain_seed
     return (run.results.criterion, (run.config.get('seed') or 0) if seed is None else seed)
+
+  def differs(run: Run, reference: Run) -> str | None:
+    return pretraining_difference(run.results.pretrain_history,
+                                  reference.results.pretrain_history)
 
   fulls = {study_key(r): r for r in prunes
            if r.config.get('prune', {}).get('snapshots') and not r.results.decided_from}
@@ -328,6 +358,7 @@ def decision_studies(runs: list[Run]) -> dict[str, dict]:
     decisions = [r for r in prunes if r.results.decided_from and study_key(r) == key]
     decisions.sort(key=lambda r: (train_budget(r) or 0.0, r.results.pretrain_epochs,
                                   r.results.stop_rule == 'early_bird', is_mask_control(r)))
+    total = full.config.get('epochs') or recorded(full.results.pretrain_epochs)
     own_budget = finetune_budget(full)
     same: list[Run] = []
     longer: dict[tuple, list[Run]] = {}
@@ -340,16 +371,31 @@ def decision_studies(runs: list[Run]) -> dict[str, dict]:
         same.append(run)
       else:
         longer.setdefault(budget, []).append(run)
+    excluded = [(run, why) for run in same + budgeted if (why := differs(run, full))]
+    other_pretraining: dict[tuple, str] = {}
+    for budget, group in list(longer.items()):
+      own = next((run for run in group if recorded(run.results.pretrain_epochs) >= total and
+                  not is_mask_control(run)), full)
+      excluded += [(run, why) for run in group if (why := differs(run, own))]
+      longer[budget] = [run for run in group if not differs(run, own)]
+      if own is not full and (why := differs(own, full)):
+        other_pretraining[budget] = why
+    left_out = {run.path for run, _ in excluded}
     criterion, seed = key
     label = criterion if not seed else f'{criterion}, seed {seed}'
-    studies[label] = {'full': full, 'decisions': same, 'longer': longer, 'budgeted': budgeted}
+    studies[label] = {'full': full, 'decisions': [r for r in same if r.path not in left_out],
+                      'longer': {b: g for b, g in longer.items() if g},
+                      'budgeted': [r for r in budgeted if r.path not in left_out],
+                      'excluded': excluded, 'other_pretraining': other_pretraining}
   return studies
 
 
-def study_runs(study: dict) -> list[Run]:
-  """Every run of one decision study: the full-training one, then the decisions per budget."""
+def study_runs(study: dict, with_excluded: bool = False) -> list[Run]:
+  """Every run of one decision study: the full-training one, then the decisions per budget (and
+  those left out of its tables, `with_excluded`)."""
   return [study['full']] + study['decisions'] + [
-      run for budget in study['longer'].values() for run in budget] + study.get('budgeted', [])
+      run for budget in study['longer'].values() for run in budget] + study.get('budgeted', []) + (
+      [run for run, _ in study.get('excluded', [])] if with_excluded else [])
 
 
 def is_mask_control(run: Run[records.PruneResults]) -> bool:
@@ -386,6 +432,9 @@ def _decision_rows(runs: list[Run[records.PruneResults]], reference: Run[records
     r = run.results
     compute = r.train_macs
     distance = r.final_mask_distance
+    to_final, epoch = reference.results.mask_distance_to_final, r.pretrain_epochs or 0
+    if distance is None and not is_mask_control(run) and 0 < epoch <= len(to_final):
+      distance = to_final[epoch - 1]  # (a replay of the reference's pretraining: its record)
     compute_text = '' if compute is None else f'{compute / 1e12:.1f} TMAC'
     if compute and full_compute:
       compute_text += f' ({compute / full_compute:.2f}x)'
@@ -494,7 +543,12 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None)
     out += _decision_rows(runs, reference or full, unpruned)
     if reference is None:
       continue
-    cheaper = [run for run in runs if run.results.train_macs and r0.train_macs and
+    other = study.get('other_pretraining', {}).get((epochs, lr))
+    if other:
+      out += [f'These runs decided from another run of `{full.name}`\'s pretraining, which came '
+              f'out otherwise ({other}; XLA\'s CPU kernels differ between processor kinds): '
+              f'they are compared with `{reference.name}` only, not with `{full.name}`.', '']
+    cheaper = [run for run in runs if run.results.train_macs and r0.train_macs and not other and
                run.results.train_macs < r0.train_macs and not is_mask_control(run)]
     compared = [f'- `{run.name}`: {_pct(run.results.test_accuracy)} '
                 f'({_delta(run.results.test_accuracy - final)}) at '
@@ -510,6 +564,9 @@ def decision_study_lines(criterion: str, study: dict, fp_accuracy: float | None)
               'compute:', ''] + compared + ['']
   if study.get('budgeted'):
     out += early_bird_protocol_lines(study, total)
+  for run, why in study.get('excluded', []):
+    out += [f'Left out: `{run.name}`, whose recorded pretraining is not `{full.name}`\'s '
+            f'({why}).', '']
   return out
 
 
@@ -853,8 +910,10 @@ def render(results_dir: str) -> str:
         out += note(decision_study_lines(criterion, study, fp_accuracy), scale)
       out += [f'![mask distance per epoch](results/{PLOTS_DIR}/{key}_prune_mask_distance.png)',
               f'![accuracy vs MACs](results/{PLOTS_DIR}/{key}_prune_accuracy_vs_macs.png)', '']
-      out += commands_block([run for study in studies.values() for run in study_runs(study)])
-    in_studies = {run.path for study in studies.values() for run in study_runs(study)}
+      out += commands_block([run for study in studies.values()
+                             for run in study_runs(study, with_excluded=True)])
+    in_studies = {run.path for study in studies.values()
+                  for run in study_runs(study, with_excluded=True)}
     pruned = [run for run in _of_mode(runs, records.PruneResults) if run.path not in in_studies]
     if pruned:
       start_name = PRUNE_REFERENCES.get((dataset, model), (None,))[0]
@@ -927,6 +986,29 @@ def plot_decision_studies(groups: dict[str, list[Run]], plots_dir: str):
                    if fp else None))
 
 
+def check_replay(workdir: str, reference: str) -> int:
+  """0 where the pretraining epochs `workdir` recorded are the first ones of the published run
+  `reference` (`pretraining_difference`), else 1, with one line saying how they differ."""
+  history = files.read_jsonl(os.path.join(workdir, 'pretrain', 'metrics.jsonl')) or []
+  theirs = files.read_json(os.path.join(reference, RESULTS_JSON)) or {}
+  if not history or not theirs.get('pretrain_history'):
+    print(f'qprune: error: nothing to compare: {workdir} has no recorded pretraining epoch or '
+          f'{reference} no pretrain_history in its {RESULTS_JSON}', file=sys.stderr)
+    return 1
+  differs = pretraining_difference(history, theirs['pretrain_history'])
+  if differs:
+    ours = (files.read_json(os.path.join(workdir, RESULTS_JSON)) or {}).get('machine')
+    machines = (f'; it ran on {ours}, the reference on {theirs.get("machine")}'
+                if ours and ours != theirs.get('machine') else '')
+    print(f'qprune: error: the pretraining in {workdir} is not the one {reference} recorded '
+          f'({differs}{machines}); decisions from it would not be that study\'s: replay it on '
+          'the reference\'s kind of machine (XLA\'s CPU kernels differ between processor kinds) '
+          'and jax version, or start a study of its own', file=sys.stderr)
+    return 1
+  print(f'{workdir}: pretraining epochs 1-{len(history)} are {reference}\'s')
+  return 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m reproduce.results',
                                    description=__doc__.split('\n\n')[0])
@@ -936,8 +1018,14 @@ def main(argv=None) -> int:
   w.add_argument('--out', default='RESULTS.md')
   w.add_argument('--check', action='store_true', help='exit 1 if --out is out of date')
   w.add_argument('--no_plots', action='store_true')
+  c = sub.add_parser('check_replay', help="exit 1 unless a prune run's recorded pretraining "
+                     "epochs are a published run's first ones (a replay for prune.decide_from)")
+  c.add_argument('workdir', help='the prune run (its pretrain/metrics.jsonl)')
+  c.add_argument('reference', help='the published run (its results.json pretrain_history)')
   args = parser.parse_args(argv)
   try:
+    if args.action == 'check_replay':
+      return check_replay(args.workdir, args.reference)
     text = render(args.results)
     if args.check:
       current = open(args.out).read() if os.path.exists(args.out) else ''

@@ -286,6 +286,24 @@ def test_decisions_replay_a_recorded_pretraining(data_dir, tmp_path):
   assert s['prune_layers'] == r['prune_layers'] and s['pretrain_seed'] == r['pretrain_seed'] == 0
   assert s['pruned_test_accuracy'] == r['pruned_test_accuracy']
   assert s['finetune_history'][0]['train_loss'] != r['finetune_history'][0]['train_loss']
+  # The first 2 epochs pretrained again (stopped by the fixed rule, nothing fine-tuned) are the
+  # recorded ones (what `check_replay` checks), and a decision from them is the one from `full`,
+  # without a distance to final masks (this pretraining stopped before its end).
+  again = str(tmp_path / 'again')
+  run_main('mnist_lenet5_prune.py', again, *single, '--config.prune.stop_rule=fixed',
+           '--config.prune.pretrain_epochs=2', '--config.prune.snapshots=True',
+           '--config.prune.finetune_epochs=0')
+  checked = subprocess.run([sys.executable, '-m', 'reproduce.results', 'check_replay', again,
+                            full], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+  assert checked.returncode == 0, checked.stderr
+  from_again = str(tmp_path / 'from_again')
+  run_main('mnist_lenet5_prune.py', from_again, *single, '--config.prune.stop_rule=fixed',
+           '--config.prune.pretrain_epochs=1', f'--config.prune.decide_from={again}')
+  g = json.load(open(os.path.join(from_again, 'results.json')))
+  assert g['prune_layers'] == r['prune_layers'] and g['test_accuracy'] == r['test_accuracy']
+  untimed = [[{k: v for k, v in h.items() if k != 'epoch_time_s'} for h in run['pretrain_history']]
+             for run in (g, r)]
+  assert untimed[0] == untimed[1] and g['final_mask_distance'] is None
   proc = run_main('mnist_lenet5_prune.py', str(tmp_path / 'bad'), *single,
                   '--config.prune.ratio=0.3', f'--config.prune.decide_from={full}', check=False)
   assert proc.returncode == 2 and 'differs in: prune.ratio' in proc.stderr

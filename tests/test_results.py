@@ -3,6 +3,8 @@ re-measures to its recorded accuracy, no machine-local paths."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -291,7 +293,8 @@ def test_full_precision_runs_table_and_the_cifar10_data_note(tmp_path):
 
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',
                fired=False, distance=0.0, train_macs=100, shrunk_epoch=None, finetune_epochs=2,
-               finetune_lr=0.01, train_budget=None, seed=0, pretrain_seed=None):
+               finetune_lr=0.01, train_budget=None, seed=0, pretrain_seed=None,
+               pretrain_history=(), to_final=(0.1, 0.0)):
   folder = root / 'cifar10_resnet20' / name
   folder.mkdir(parents=True)
   (folder / 'config.json').write_text(json.dumps({
@@ -305,7 +308,8 @@ def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fi
       'pruned_test_accuracy': 0.5, 'pretrain_epochs': epochs, 'stop_rule': stop_rule,
       'stop_rule_fired': fired, 'final_mask_distance': distance, 'decided_from': decided_from,
       'train_macs': train_macs, 'finetune_epochs': finetune_epochs, 'mask_distance': [None, 0.1],
-      'mask_distance_to_final': [0.1, 0.0], 'command': 'python -m qprune.main',
+      'mask_distance_to_final': list(to_final), 'command': 'python -m qprune.main',
+      'pretrain_history': list(pretrain_history),
       'shrunk_epoch': epochs if shrunk_epoch is None else shrunk_epoch,
       **({} if pretrain_seed is None else {'pretrain_seed': pretrain_seed})}))
 
@@ -430,6 +434,62 @@ def test_early_bird_protocol_table_and_goals(tmp_path):
   assert '- the least compute at which an early decision matches it: **none**' in second
   assert 'prune_l1_epoch2_b0.5_s1' not in second.split('<details>')[0]
   results_lib.plot_decision_studies(results_lib.read_runs(str(tmp_path)), str(tmp_path / 'plots'))
+
+
+def test_a_decision_from_a_replayed_pretraining_joins_its_study_only_if_it_is_the_same(tmp_path):
+  """A decision replayed from a re-run of the reference's first epochs joins the study where its
+  recorded epochs are the reference's (its distance to the final masks is then the reference's
+  record); one whose epochs differ is left out, with the first difference. `check_replay` is
+  the same test on a workdir against a published run, before any decision is trained."""
+  history = [{'epoch': e, 'step': 10 * e, 'train_loss': 2.0 / e, 'test_accuracy': 0.3 * e,
+              'mask_distance': None if e == 1 else 0.2 / e, 'epoch_time_s': 100.0 + e}
+             for e in (1, 2, 3)]
+  _study_run(tmp_path, 'prune_l1_full', epochs=3, accuracy=0.80, stop_rule='full',
+             train_macs=400, pretrain_history=history, to_final=(0.4, 0.25, 0.0))
+  budget = {'decided_from': 'w', 'finetune_lr': 0.1, 'train_budget': 0.5, 'train_macs': 196}
+  timed_otherwise = [dict(h, epoch_time_s=1.0) for h in history[:2]]
+  _study_run(tmp_path, 'prune_l1_epoch2_b0.5', epochs=2, accuracy=0.799, distance=None,
+             pretrain_history=timed_otherwise, **budget)
+  drifted = [history[0], dict(history[1], test_loss=1.5)]
+  _study_run(tmp_path, 'prune_l1_epoch2_b0.5_s1', epochs=2, accuracy=0.9, seed=1,
+             pretrain_seed=0, pretrain_history=drifted, **budget)
+  text = results_lib.render(str(tmp_path))
+  protocol = text.split("Early-Bird's protocol (You et al. 2020)")[1]
+  row = next(line for line in protocol.splitlines() if '[prune_l1_epoch2_b0.5]' in line)
+  assert row.split(' | ')[3] == '0.250'  # the reference's record at epoch 2
+  assert '[prune_l1_epoch2_b0.5_s1]' not in protocol
+  assert ("Left out: `prune_l1_epoch2_b0.5_s1`, whose recorded pretraining is not "
+          "`prune_l1_full`'s (epoch 2: test_loss 1.5, the reference's None).") in text
+  assert '(`prune_l1_epoch2_b0.5`: 79.90 %, -0.10 at 0.49x)' in protocol
+  # A longer fine-tuning's group from another run of the pretraining is compared with its own
+  # decision after all epochs, not with the full run.
+  other = [dict(h, test_loss=1.5) for h in history]
+  longer = {'decided_from': 'w', 'finetune_lr': 0.1, 'finetune_epochs': 6, 'train_macs': 100}
+  _study_run(tmp_path, 'prune_l1_full_ft6', epochs=10, accuracy=0.82, pretrain_history=other,
+             **longer)
+  _study_run(tmp_path, 'prune_l1_epoch2_ft6', epochs=2, accuracy=0.83,
+             pretrain_history=other[:2], **longer)
+  text = results_lib.render(str(tmp_path))
+  assert '| [prune_l1_epoch2_ft6]' in text and 'Left out: `prune_l1_epoch2_ft6`' not in text
+  assert ("These runs decided from another run of `prune_l1_full`'s pretraining, which came out "
+          "otherwise (epoch 1: test_loss 1.5") in text
+  assert 'they are compared with `prune_l1_full_ft6` only' in text
+  assert 'Against `prune_l1_full`' not in text
+
+  workdir = tmp_path / 'replay'
+  (workdir / 'pretrain').mkdir(parents=True)
+  def check(records):
+    (workdir / 'pretrain' / 'metrics.jsonl').write_text(
+        ''.join(json.dumps(dict(r, mask={'a': '101'})) + '\n' for r in records))
+    return subprocess.run([sys.executable, '-m', 'reproduce.results', 'check_replay',
+                           str(workdir), str(tmp_path / 'cifar10_resnet20' / 'prune_l1_full')],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+  same = check(timed_otherwise)
+  assert same.returncode == 0 and 'pretraining epochs 1-2 are' in same.stdout, same.stderr
+  differs = check(drifted)
+  assert differs.returncode == 1 and len(differs.stderr.splitlines()) == 1
+  assert 'is not the one' in differs.stderr and '(epoch 2: test_loss 1.5' in differs.stderr
+  assert check(history + [dict(history[-1], epoch=4)]).returncode == 1
 
 
 def test_longer_finetuning_tables_in_numeric_order(tmp_path):

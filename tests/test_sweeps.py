@@ -65,35 +65,75 @@ def test_decision_study_plans_each_decision_from_one_pretraining():
   assert not _published(tiny) and 'reproduce.results' not in tiny[-1].argv
 
 
-def test_early_bird_protocol_plan_trains_early_decisions_to_budgets_of_the_reference():
+def test_early_bird_protocol_plan_trains_early_decisions_to_budgets_of_the_reference(tmp_path):
   """cpu40: one pretraining per criterion and seed whose decision after all epochs is the
-  reference; decisions at 10 % and 20 % (and by the rule) trained to fractions of its compute,
-  the 0.5x early ones again with other seeds from the same pretraining, each published as it
-  finishes (a long study is read as it goes), the book after each criterion."""
+  reference; its first 20 % replayed and checked against the published reference; decisions at
+  10 % and 20 % from the replay, trained to fractions of the reference's compute, the 0.5x ones
+  again with other seeds; every run published as it finishes and skipped once published (the
+  study goes on from a fresh checkout), the book after each criterion. Every planned command
+  passes the binary's own check."""
   steps = prune_decision.protocol_plan('D', 'O', 40, ['l1', 'bn_gamma'], seed=1,
                                        early_seeds=[2])
   names = [w.split('/')[-1] for w in _workdirs(steps) if w.startswith('O/l1/seed1/')]
-  assert names == ['full', 'epoch4_b0.5', 'epoch8_b0.5', 'early_bird_b0.5', 'epoch4_b0.5_s2',
+  assert names == ['full', 'pretrain8', 'epoch4_b0.5', 'epoch8_b0.5', 'epoch4_b0.5_s2',
                    'epoch8_b0.5_s2', 'epoch4_b0.35', 'epoch8_b0.35', 'epoch4_b1', 'epoch8_b1']
   full = steps[0].argv
   assert {'--config.epochs=40', '--config.compute_dtype=bfloat16', '--config.seed=1',
           '--config.prune.finetune_epochs=10'} <= set(full)
+  reference = 'results/cifar10_resnet20_cpu40/prune_l1_seed1_full'
+  assert steps[0].done == steps[1].done == (f'{reference}/results.json',)
+  assert _published(steps[:2]) == [reference]
+  replay, check = steps[2], steps[3]
+  assert {'--workdir=O/l1/seed1/pretrain8', '--config.seed=1', '--config.prune.stop_rule=fixed',
+          '--config.prune.pretrain_epochs=8',
+          '--config.prune.finetune_epochs=0'} <= set(replay.argv)
+  assert check.argv[1:] == ('-m', 'reproduce.results', 'check_replay', 'O/l1/seed1/pretrain8',
+                            reference)
+  # the replay runs while any decision of its study is unpublished
+  pending = {f'results/cifar10_resnet20_cpu40/prune_l1_seed1_{name}/results.json'
+             for name in names[2:]}
+  assert set(replay.done) == set(check.done) == pending
   epoch8 = next(s for s in steps if '--workdir=O/l1/seed1/epoch8_b0.35' in s.argv).argv
-  assert {'--config.prune.train_budget=0.35', '--config.prune.budget_of=O/l1/seed1/full',
-          '--config.prune.decide_from=O/l1/seed1/full', '--config.prune.pretrain_epochs=8',
+  assert {'--config.prune.train_budget=0.35', f'--config.prune.budget_of={reference}',
+          '--config.prune.decide_from=O/l1/seed1/pretrain8', '--config.prune.pretrain_epochs=8',
           '--config.prune.finetune_learning_rate=0.1', '--config.seed=1'} <= set(epoch8)
   assert not any(a.startswith('--config.prune.finetune_epochs') for a in epoch8)
   again = next(s for s in steps if '--workdir=O/l1/seed1/epoch8_b0.5_s2' in s.argv).argv
-  assert {'--config.seed=2', '--config.prune.decide_from=O/l1/seed1/full',
+  assert {'--config.seed=2', '--config.prune.decide_from=O/l1/seed1/pretrain8',
           '--config.prune.train_budget=0.5'} <= set(again) and '--config.seed=1' not in again
-  assert steps[0].done == 'O/l1/seed1/full/results.json'  # reruns skip finished runs
-  assert _published(steps[:2]) == ['results/cifar10_resnet20_cpu40/prune_l1_seed1_full']
   assert 'results/cifar10_resnet20_cpu40/prune_l1_seed1_epoch8_b0.5_s2' in _published(steps)
-  books = [i for i, s in enumerate(steps) if 'reproduce.results' in s.argv]
+  books = [i for i, s in enumerate(steps) if s.argv[-2:] == ('reproduce.results', 'write')]
   assert len(books) == 2 and '--workdir=O/bn_gamma/seed1/full' in steps[books[0] + 1].argv
   assert '--config.prune.slimming_lambda=1e-5' in steps[books[0] + 1].argv
   plain = _published(prune_decision.protocol_plan('D', 'O', 40, ['l1']))
-  assert plain[0].endswith('prune_l1_full') and plain[4].endswith('prune_l1_epoch4_b0.5_s1')
+  assert plain[0].endswith('prune_l1_full') and plain[3].endswith('prune_l1_epoch4_b0.5_s1')
+  # The commands pass the binary's check once the paths they read exist (the published
+  # reference, the replay's workdir), as they do when the study reaches them.
+  out = tmp_path / 'O'
+  (tmp_path / reference).mkdir(parents=True)
+  (out / 'l1/seed1/pretrain8').mkdir(parents=True)
+  for step in steps[:books[0]]:
+    if 'qprune.main' not in step.argv:
+      continue
+    argv = [a.replace('--workdir=O/', f'--workdir={out}/').replace('decide_from=O/',
+                                                                     f'decide_from={out}/')
+            for a in step.argv[1:]]
+    argv[2] = f'--config={os.path.join(REPO_ROOT, prune_decision.CONFIG)}'
+    checked = subprocess.run([sys.executable, *argv, '--only_check_args'], capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert checked.returncode == 0, (step.shown(), checked.stderr)
+
+
+def test_a_study_step_is_skipped_once_all_its_done_files_exist(tmp_path):
+  """A step with `done` files runs until every one exists (the cpu40 replay: until every
+  decision from it is published)."""
+  marker = tmp_path / 'ran'
+  touch = sweeps.Step(('python', '-c', f'open({str(marker)!r}, "a").write("x")'),
+                      done=(str(tmp_path / 'a'), str(tmp_path / 'b')))
+  (tmp_path / 'a').write_text('')
+  assert sweeps.run_steps([touch]) == 0 and marker.read_text() == 'x'
+  (tmp_path / 'b').write_text('')
+  assert sweeps.run_steps([touch]) == 0 and marker.read_text() == 'x'
 
 
 def test_protocol_seeds_are_checked_before_anything_runs(capsys):
@@ -127,7 +167,7 @@ def test_recipe_ablation_changes_one_thing_per_run_and_each_passes_the_binary_ch
 def test_attention_ablation_tabulates_after_each_ratio_and_skips_finished_runs():
   steps = attention_ablation.plan('D', 'O', 'cifar', seeds=[0])
   assert _workdirs(steps)[:2] == ['O/seed0/pretrain', 'O/seed0/pretrain_se']
-  assert all(s.done == os.path.join(w, 'results.json')
+  assert all(s.done == (os.path.join(w, 'results.json'),)
              for s, w in zip([s for s in steps if 'qprune.main' in s.argv], _workdirs(steps)))
   tables = [i for i, s in enumerate(steps) if 'reproduce.ablation' in s.argv]
   assert len(tables) == 2  # one per ratio
@@ -150,7 +190,7 @@ def test_runner_skips_finished_steps_and_stops_at_the_first_failure(tmp_path, ca
   done = tmp_path / 'done'
   done.write_text('')
   marker = tmp_path / 'ran'
-  steps = [sweeps.Step(('python', '-c', 'raise SystemExit(9)'), done=str(done)),  # skipped
+  steps = [sweeps.Step(('python', '-c', 'raise SystemExit(9)'), done=(str(done),)),  # skipped
            sweeps.Step(('python', '-c', f'open({str(marker)!r}, "w").write("x"); print("hi")'),
                        log=str(tmp_path / 'logs' / 'a.log')),
            sweeps.Step(('python', '-c', 'raise SystemExit(3)'), log=str(tmp_path / 'b.log')),

@@ -386,8 +386,11 @@ def prune_model(config, workdir, mesh, data, spec, variables) -> PruneResults:
       mask_distance=[h.get('mask_distance') for h in history] if same_masks else [],
       mask_window_max=[h.get('mask_window_max') for h in history] if same_masks else [],
       mask_distance_to_final=distances_to_final(history) if same_masks else [],
+      # (to the masks after the source's whole schedule: none where its pretraining stopped
+      # early, e.g. a replay of a longer run's first epochs)
       final_mask_distance=(prune.mask_distance(masks, decode_masks(recorded[-1]['mask']))
-                           if same_masks and recorded and 'mask' in recorded[-1] else None),
+                           if same_masks and recorded and 'mask' in recorded[-1] and
+                           not recorded[-1].get('stopped_early') else None),
       decided_from=pconfig.decide_from or None, pretrain_seed=pretrain_seed,
       shrunk_epoch=shrunk_epoch,
       train_macs=train_macs,

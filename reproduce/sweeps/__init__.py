@@ -6,7 +6,7 @@
   python -m reproduce.sweeps.recipe_ablation DATA OUT [cpu40|tiny] [--changes=ema,linear]
 
 Every driver's `plan(...)` is a pure function from its arguments to `Step`s (the tests check
-them); `run_steps` runs them one after another: a step whose `done` file exists is skipped (a
+them); `run_steps` runs them one after another: a step whose `done` files exist is skipped (a
 rerun resumes the study; every qprune run also resumes from its own checkpoints), a failing step
 stops the study with the path of its log. `--dry_run` prints the commands instead. The launch.sh
 sweep files beside the configs (configs/sweeps/*.txt) are plain command lists.
@@ -26,10 +26,11 @@ PYTHON = 'python'  # argv[0] of a step: replaced by $QPRUNE_PYTHON or this inter
 @dataclasses.dataclass(frozen=True)
 class Step:
   """One command of a study: `argv` (argv[0] 'python' is the interpreter), where its output goes
-  (`log`; None: the console), and the file that marks it finished (`done`; None: always run)."""
+  (`log`; None: the console), and the files that mark it finished (`done`: skipped once every
+  one exists; none: always run)."""
   argv: tuple[str, ...]
   log: str | None = None
-  done: str | None = None
+  done: tuple[str, ...] = ()
   env: tuple[tuple[str, str], ...] = ()
 
   def shown(self) -> str:
@@ -38,16 +39,20 @@ class Step:
 
 
 def qprune_run(config: str, workdir: str, overrides: Sequence[str], log: str | None = None,
-               skip_finished: bool = False) -> Step:
+               skip_finished: bool = False, done: Sequence[str] = ()) -> Step:
   """`python -m qprune.main --config=CONFIG --workdir=WORKDIR OVERRIDES...`; with
-  `skip_finished`, skipped once WORKDIR/results.json exists."""
+  `skip_finished`, skipped once WORKDIR/results.json exists, else once every file of `done`
+  does."""
   return Step((PYTHON, '-m', 'qprune.main', f'--config={config}', f'--workdir={workdir}',
                *overrides), log=log,
-              done=os.path.join(workdir, 'results.json') if skip_finished else None)
+              done=(os.path.join(workdir, 'results.json'),) if skip_finished else tuple(done))
 
 
-def publish(workdir: str, dest: str) -> Step:
-  return Step((PYTHON, '-m', 'qprune.report.publish', f'--workdir={workdir}', f'--to={dest}'))
+def publish(workdir: str, dest: str, skip_published: bool = False) -> Step:
+  """`python -m qprune.report.publish --workdir=WORKDIR --to=DEST`; with `skip_published`,
+  skipped once DEST/results.json exists (a study resumed from a fresh checkout)."""
+  return Step((PYTHON, '-m', 'qprune.report.publish', f'--workdir={workdir}', f'--to={dest}'),
+              done=(os.path.join(dest, 'results.json'),) if skip_published else ())
 
 
 def publish_sweep(sweep: str, group: str) -> Step:
@@ -71,7 +76,7 @@ def run_steps(steps: Iterable[Step], dry_run: bool = False,
     if dry_run:
       print(step.shown())
       continue
-    if step.done and os.path.exists(step.done):
+    if step.done and all(os.path.exists(path) for path in step.done):
       print(f'== finished, skipped: {step.shown()}', file=sys.stderr, flush=True)
       continue
     print(f'== {step.shown()}', file=sys.stderr, flush=True)

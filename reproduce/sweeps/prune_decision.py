@@ -17,11 +17,14 @@ results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or results/cifar10_
   cpu40 Early-Bird's own protocol (You et al. 2020: find the masks early, then train the pruned
         network) at the 40-epoch CPU recipe (configs/cifar10_resnet20_cpu40.py: bfloat16, label
         smoothing 0.1): the decision after all 40 epochs fine-tuned 10 epochs at lr 0.01 is the
-        reference; decisions at 10 % and 20 % of the schedule (epochs 4 and 8) and by the
-        Early-Bird rule train the pruned network at lr 0.1 to 0.35x, 0.5x and 1.0x of the
-        reference's training compute (prune.train_budget), the 0.5x ones at epochs 4 and 8
-        again with each --early_seeds seed. Each run is published as it finishes, under
-        results/cifar10_resnet20_cpu40/ (about 8-9 hours per criterion on 2 cores)
+        reference; decisions at 10 % and 20 % of the schedule (epochs 4 and 8) train the
+        pruned network at lr 0.1 to 0.5x, 0.35x and 1.0x of the reference's training compute
+        (prune.train_budget), the 0.5x ones again with each --early_seeds seed. They decide
+        from a replay of the reference's first 8 epochs (pretrain8, checked epoch for epoch
+        against the published reference), so no step needs the reference's workdir: each run
+        is published under results/cifar10_resnet20_cpu40/ as it finishes and skipped once
+        published, and the study goes on from a fresh checkout (per criterion on 2 cores: the
+        reference ~1.7 h, the replay ~20 min, each decision 20-50 min)
   tiny  a smoke test of the whole command on 1,024 images (minutes on a CPU; not published)
   --criteria        default l1,bn_gamma (bn_gamma pretrains with the Network Slimming penalty on
                     BatchNorm gamma, lambda 1e-5 as Liu et al. 2017 use for ResNets)
@@ -44,7 +47,15 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from reproduce.sweeps import Step, driver_parser, publish, qprune_run, run_driver, write_book
+from reproduce.sweeps import (
+  PYTHON,
+  Step,
+  driver_parser,
+  publish,
+  qprune_run,
+  run_driver,
+  write_book,
+)
 
 KINDS = ('gpu', 'cpu', 'cpu40', 'tiny')
 CONFIG = 'configs/experiments/cifar10_resnet20_prune_decision.py'
@@ -126,14 +137,18 @@ PROTOCOL_BUDGETS = (0.5, 0.35, 1.0)
 def protocol_plan(data: str, out: str, epochs: int, criteria: Sequence[str] = ('l1', 'bn_gamma'),
                   seed: int = 0, early_seeds: Sequence[int] | None = None) -> list[Step]:
   """cpu40: Early-Bird's protocol. Per criterion, the pretraining run (with `seed`) with its
-  decision after all `epochs` (the reference), then decisions at 10 % and 20 % of them and by
-  the Early-Bird rule, each trained to PROTOCOL_BUDGETS of the reference's training compute,
-  the first budget's 10 % and 20 % ones again with each of `early_seeds` (default `seed` + 1;
-  what follows the decision only: the same pretraining); every run is published as soon as it
-  finishes and the book rewritten after each criterion."""
+  decision after all `epochs` (the reference); then that pretraining's first 20 % again, with a
+  snapshot per epoch (`pretrain<E>`), checked to be the reference's epoch for epoch (a training
+  run is deterministic on a machine); decisions at 10 % and 20 % from it, each trained to
+  PROTOCOL_BUDGETS of the reference's training compute, the first budget's again with each of
+  `early_seeds` (default `seed` + 1; what follows the decision only). Every run is published as
+  soon as it finishes and skipped once published, so the study goes on from a fresh checkout
+  in steps that fit a working session (the reference ~1.7 h on 2 cores; the replayed
+  pretraining ~20 min; a decision 20-50 min); the book is rewritten after each criterion."""
   group = 'results/cifar10_resnet20_cpu40'
   study = f'seed{seed}_' if seed else ''
   early_seeds = (seed + 1,) if early_seeds is None else early_seeds
+  early = sorted({max(1, epochs * pct // 100) for pct in (10, 20)})
   steps: list[Step] = []
   for criterion in criteria:
     common = [f'--config.data_dir={data}', *EXTRA['cpu40'],
@@ -141,31 +156,45 @@ def protocol_plan(data: str, out: str, epochs: int, criteria: Sequence[str] = ('
     if criterion == 'bn_gamma':
       common.append('--config.prune.slimming_lambda=1e-5')
     root = os.path.join(out, criterion, f'seed{seed}')
-    reference = os.path.join(root, 'full')
 
-    def run(name: str, *overrides: str, run_seed: int = seed):  # noqa: B023 (this iteration's)
+    def published(name: str) -> str:
+      return f'{group}/prune_{criterion}_{study}{name}'  # noqa: B023 (this iteration's)
+
+    def run(name: str, *overrides: str, run_seed: int = seed, done: Sequence[str] = (),
+            publishes: bool = True) -> list[Step]:
+      """The qprune run `name` (skipped once published, or once every file of `done` exists)
+      and, if it `publishes`, its publication."""
       workdir = os.path.join(root, name)  # noqa: B023
-      steps.append(qprune_run(CONFIG, workdir,  # noqa: B023
-                              [*common, f'--config.seed={run_seed}', *overrides],  # noqa: B023
-                              log=os.path.join(out, 'logs', f'{criterion}_s{seed}_{name}.log'),  # noqa: B023
-                              skip_finished=True))
-      steps.append(publish(workdir, f'{group}/prune_{criterion}_{study}{name}'))  # noqa: B023
+      log = os.path.join(out, 'logs', f'{criterion}_s{seed}_{name}.log')  # noqa: B023
+      config = [*common, f'--config.seed={run_seed}', *overrides]  # noqa: B023
+      if not publishes:
+        return [qprune_run(CONFIG, workdir, config, log=log, done=done)]
+      return [qprune_run(CONFIG, workdir, config, log=log,
+                         done=[os.path.join(published(name), 'results.json')]),
+              publish(workdir, published(name), skip_published=True)]
 
-    run('full', *PROTOCOL_FINETUNE)
-    early = sorted({max(1, epochs * pct // 100) for pct in (10, 20)})
+    reference = published('full')
+    steps += run('full', *PROTOCOL_FINETUNE)
+    source = os.path.join(root, f'pretrain{early[-1]}')
+    decisions: list[Step] = []
     for budget in PROTOCOL_BUDGETS:
       trained = (f'--config.prune.train_budget={budget:g}', f'--config.prune.budget_of={reference}',
                  f'--config.prune.finetune_learning_rate={PROTOCOL_LR:g}',
-                 f'--config.prune.decide_from={reference}')
-      fixed = {e: ('--config.prune.stop_rule=fixed', f'--config.prune.pretrain_epochs={e}')
-               for e in early}
-      for e in early:
-        run(f'epoch{e}_b{budget:g}', *trained, *fixed[e])
-      if budget == PROTOCOL_BUDGETS[0]:
-        run(f'early_bird_b{budget:g}', *trained, '--config.prune.stop_rule=early_bird')
-        for again in early_seeds:  # (a decision run's seed drives what follows the decision)
-          for e in early:
-            run(f'epoch{e}_b{budget:g}_s{again}', *trained, *fixed[e], run_seed=again)
+                 f'--config.prune.decide_from={source}', '--config.prune.stop_rule=fixed')
+      again = early_seeds if budget == PROTOCOL_BUDGETS[0] else ()
+      for run_seed in (seed, *again):  # (a decision run's seed drives what follows the decision)
+        for e in early:
+          name = f'epoch{e}_b{budget:g}' + ('' if run_seed == seed else f'_s{run_seed}')
+          decisions += run(name, *trained, f'--config.prune.pretrain_epochs={e}',
+                           run_seed=run_seed)
+    # The replayed pretraining (not published) runs while any decision from it is unpublished.
+    pending = tuple(done for step in decisions for done in step.done)
+    steps += run(os.path.basename(source), '--config.prune.stop_rule=fixed',
+                 f'--config.prune.pretrain_epochs={early[-1]}', '--config.prune.finetune_epochs=0',
+                 done=pending, publishes=False)
+    steps.append(Step((PYTHON, '-m', 'reproduce.results', 'check_replay', source, reference),
+                      done=pending))
+    steps += decisions
     steps.append(write_book())
   return steps
 

@@ -14,6 +14,10 @@ def test_docs_nnx_library_example_runs(tmp_path, monkeypatch, capsys):
   exec(compile(code, 'docs/library.md', 'exec'), {})  # pylint: disable=exec-used
   assert (tmp_path / 'tinynet.qpq').exists()
   printed = capsys.readouterr().out.strip().splitlines()[-1]
-  assert printed == shown
-  nbytes = int(re.search(r'export (\d+) bytes', printed).group(1))
+  # The structure is exact; the compressed export's size follows the trained weights, which
+  # differ in their last bits between processor kinds (4628 bytes on AMD, 4630 on Intel).
+  size = r'export (\d+) bytes'
+  assert re.sub(size, '', printed) == re.sub(size, '', shown)
+  nbytes = int(re.search(size, printed).group(1))
+  assert abs(nbytes - int(re.search(size, shown).group(1))) <= 0.01 * nbytes
   assert nbytes == os.path.getsize(tmp_path / 'tinynet.qpq')

@@ -24,7 +24,7 @@ results/cifar10_resnet20/prune_<criterion>_<decision>/ (cpu) or results/cifar10_
         against the published reference), so no step needs the reference's workdir: each run
         is published under results/cifar10_resnet20_cpu40/ as it finishes and skipped once
         published, and the study goes on from a fresh checkout (per criterion on 2 cores: the
-        reference ~1.7 h, the replay ~20 min, each decision 20-50 min)
+        reference ~2 h, the replay ~20 min, a decision 0.5-1.5 h, 2.5 h at 1.0x)
   tiny  a smoke test of the whole command on 1,024 images (minutes on a CPU; not published)
   --criteria        default l1,bn_gamma (bn_gamma pretrains with the Network Slimming penalty on
                     BatchNorm gamma, lambda 1e-5 as Liu et al. 2017 use for ResNets)
@@ -143,8 +143,8 @@ def protocol_plan(data: str, out: str, epochs: int, criteria: Sequence[str] = ('
   PROTOCOL_BUDGETS of the reference's training compute, the first budget's again with each of
   `early_seeds` (default `seed` + 1; what follows the decision only). Every run is published as
   soon as it finishes and skipped once published, so the study goes on from a fresh checkout
-  in steps that fit a working session (the reference ~1.7 h on 2 cores; the replayed
-  pretraining ~20 min; a decision 20-50 min); the book is rewritten after each criterion."""
+  in steps that fit a working session (the reference ~2 h on 2 cores; the replayed
+  pretraining ~20 min; a decision 0.5-2.5 h); the book is rewritten after each criterion."""
   group = 'results/cifar10_resnet20_cpu40'
   study = f'seed{seed}_' if seed else ''
   early_seeds = (seed + 1,) if early_seeds is None else early_seeds

@@ -371,21 +371,31 @@ def decision_studies(runs: list[Run]) -> dict[str, dict]:
         same.append(run)
       else:
         longer.setdefault(budget, []).append(run)
-    excluded = [(run, why) for run in same + budgeted if (why := differs(run, full))]
+    excluded: list[tuple[Run, str]] = []
+
+    def kept(group: list[Run], reference: Run) -> list[Run]:
+      """`group`'s runs on `reference`'s pretraining; the others go to `excluded`."""
+      out = []
+      for run in group:
+        why = differs(run, reference)
+        if why:
+          excluded.append((run, why))  # noqa: B023 (this iteration's)
+        else:
+          out.append(run)
+      return out
+
     other_pretraining: dict[tuple, str] = {}
     for budget, group in list(longer.items()):
       own = next((run for run in group if recorded(run.results.pretrain_epochs) >= total and
                   not is_mask_control(run)), full)
-      excluded += [(run, why) for run in group if (why := differs(run, own))]
-      longer[budget] = [run for run in group if not differs(run, own)]
+      longer[budget] = kept(group, own)
       if own is not full and (why := differs(own, full)):
         other_pretraining[budget] = why
-    left_out = {run.path for run, _ in excluded}
     criterion, seed = key
     label = criterion if not seed else f'{criterion}, seed {seed}'
-    studies[label] = {'full': full, 'decisions': [r for r in same if r.path not in left_out],
+    studies[label] = {'full': full, 'decisions': kept(same, full),
                       'longer': {b: g for b, g in longer.items() if g},
-                      'budgeted': [r for r in budgeted if r.path not in left_out],
+                      'budgeted': kept(budgeted, full),
                       'excluded': excluded, 'other_pretraining': other_pretraining}
   return studies
 

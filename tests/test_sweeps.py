@@ -68,15 +68,15 @@ def test_decision_study_plans_each_decision_from_one_pretraining():
 def test_early_bird_protocol_plan_trains_early_decisions_to_budgets_of_the_reference(tmp_path):
   """cpu40: one pretraining per criterion and seed whose decision after all epochs is the
   reference; its first 20 % replayed and checked against the published reference; decisions at
-  10 % and 20 % from the replay, trained to fractions of the reference's compute, the 0.5x ones
+  10 % and 20 % from the replay, trained to fractions of the reference's compute, the 0.35x ones
   again with other seeds; every run published as it finishes and skipped once published (the
   study goes on from a fresh checkout), the book after each criterion. Every planned command
   passes the binary's own check."""
   steps = prune_decision.protocol_plan('D', 'O', 40, ['l1', 'bn_gamma'], seed=1,
                                        early_seeds=[2])
   names = [w.split('/')[-1] for w in _workdirs(steps) if w.startswith('O/l1/seed1/')]
-  assert names == ['full', 'pretrain8', 'epoch4_b0.5', 'epoch8_b0.5', 'epoch4_b0.5_s2',
-                   'epoch8_b0.5_s2', 'epoch4_b0.35', 'epoch8_b0.35', 'epoch4_b1', 'epoch8_b1']
+  assert names == ['full', 'pretrain8', 'epoch4_b0.35', 'epoch8_b0.35', 'epoch4_b0.35_s2',
+                   'epoch8_b0.35_s2', 'epoch4_b0.5', 'epoch8_b0.5', 'epoch4_b1', 'epoch8_b1']
   full = steps[0].argv
   assert {'--config.epochs=40', '--config.compute_dtype=bfloat16', '--config.seed=1',
           '--config.prune.finetune_epochs=10'} <= set(full)
@@ -98,15 +98,15 @@ def test_early_bird_protocol_plan_trains_early_decisions_to_budgets_of_the_refer
           '--config.prune.decide_from=O/l1/seed1/pretrain8', '--config.prune.pretrain_epochs=8',
           '--config.prune.finetune_learning_rate=0.1', '--config.seed=1'} <= set(epoch8)
   assert not any(a.startswith('--config.prune.finetune_epochs') for a in epoch8)
-  again = next(s for s in steps if '--workdir=O/l1/seed1/epoch8_b0.5_s2' in s.argv).argv
+  again = next(s for s in steps if '--workdir=O/l1/seed1/epoch8_b0.35_s2' in s.argv).argv
   assert {'--config.seed=2', '--config.prune.decide_from=O/l1/seed1/pretrain8',
-          '--config.prune.train_budget=0.5'} <= set(again) and '--config.seed=1' not in again
-  assert 'results/cifar10_resnet20_cpu40/prune_l1_seed1_epoch8_b0.5_s2' in _published(steps)
+          '--config.prune.train_budget=0.35'} <= set(again) and '--config.seed=1' not in again
+  assert 'results/cifar10_resnet20_cpu40/prune_l1_seed1_epoch8_b0.35_s2' in _published(steps)
   books = [i for i, s in enumerate(steps) if s.argv[-2:] == ('reproduce.results', 'write')]
   assert len(books) == 2 and '--workdir=O/bn_gamma/seed1/full' in steps[books[0] + 1].argv
   assert '--config.prune.slimming_lambda=1e-5' in steps[books[0] + 1].argv
   plain = _published(prune_decision.protocol_plan('D', 'O', 40, ['l1']))
-  assert plain[0].endswith('prune_l1_full') and plain[3].endswith('prune_l1_epoch4_b0.5_s1')
+  assert plain[0].endswith('prune_l1_full') and plain[3].endswith('prune_l1_epoch4_b0.35_s1')
   # The commands pass the binary's check once the paths they read exist (the published
   # reference, the replay's workdir), as they do when the study reaches them.
   out = tmp_path / 'O'

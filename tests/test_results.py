@@ -294,7 +294,7 @@ def test_full_precision_runs_table_and_the_cifar10_data_note(tmp_path):
 def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fixed',
                fired=False, distance=0.0, train_macs=100, shrunk_epoch=None, finetune_epochs=2,
                finetune_lr=0.01, train_budget=None, seed=0, pretrain_seed=None,
-               pretrain_history=(), to_final=(0.1, 0.0)):
+               pretrain_history=(), to_final=(0.1, 0.0), macs=20):
   folder = root / 'cifar10_resnet20' / name
   folder.mkdir(parents=True)
   (folder / 'config.json').write_text(json.dumps({
@@ -304,7 +304,7 @@ def _study_run(root, name, *, epochs, accuracy, decided_from=None, stop_rule='fi
   (folder / 'results.json').write_text(json.dumps({
       'mode': 'prune', 'dataset': 'cifar10', 'model': 'resnet20', 'criterion': 'l1',
       'prune_ratio': 0.3, 'selection': 'uniform', 'macs_removed': 0.45, 'params': 10,
-      'macs': 20, 'macs_before': 40, 'test_accuracy': accuracy, 'pretrained_test_accuracy': 0.85,
+      'macs': macs, 'macs_before': 40, 'test_accuracy': accuracy, 'pretrained_test_accuracy': 0.85,
       'pruned_test_accuracy': 0.5, 'pretrain_epochs': epochs, 'stop_rule': stop_rule,
       'stop_rule_fired': fired, 'final_mask_distance': distance, 'decided_from': decided_from,
       'train_macs': train_macs, 'finetune_epochs': finetune_epochs, 'mask_distance': [None, 0.1],
@@ -393,7 +393,7 @@ def test_early_bird_protocol_table_and_goals(tmp_path):
   _study_run(tmp_path, 'prune_l1_epoch1_b0.35', epochs=1, accuracy=0.798, train_macs=138,
              train_budget=0.35, finetune_epochs=6, **budget)
   _study_run(tmp_path, 'prune_l1_epoch2_b0.5', epochs=2, accuracy=0.799, train_macs=196,
-             train_budget=0.5, finetune_epochs=8, **budget)
+             train_budget=0.5, finetune_epochs=8, macs=23, **budget)
   _study_run(tmp_path, 'prune_l1_epoch5_b0.5', epochs=5, accuracy=0.81, train_macs=198,
              train_budget=0.5, finetune_epochs=4, **budget)
   _study_run(tmp_path, 'prune_l1_epoch2_b1', epochs=2, accuracy=0.806, train_macs=398,
@@ -411,6 +411,10 @@ def test_early_bird_protocol_table_and_goals(tmp_path):
   assert ('- a decision at ≤ 20 % of the schedule, at ≤ 0.5x the training compute of '
           '`prune_l1_full`, within 0.3 % of it (or above): **met** (`prune_l1_epoch2_b0.5`: '
           '79.90 %, -0.10 at 0.49x)') in table
+  # its network is larger than the reference's (the same ratio, other channels kept)
+  assert ('  - at equal training compute, not equal size: it keeps 23 MACs per image, '
+          '`prune_l1_full` 20') in table
+  assert table.count('not equal size') == 1
   assert ('- the least compute at which an early decision matches it: 0.34x '
           '(`prune_l1_epoch1_b0.35`: 79.80 %, budget 0.35x)') in table
   # the first table holds no budgeted run

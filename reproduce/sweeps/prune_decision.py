@@ -128,8 +128,8 @@ def plan(data: str, out: str, kind: str, epochs: int, criteria: Sequence[str] = 
 
 # cpu40: the reference's fine-tuning, the early decisions' learning rate and budgets (fractions
 # of the reference's training compute), most telling first: a long study is read as it goes.
-# 0.35x comes first and gets the second seed: it is the least compute at which an early decision
-# matched the reference (L1, epoch 8, seed 0: +0.38 at 0.35x).
+# 0.35x comes first and gets the second seed: it is the least compute at which an early L1
+# decision matched the reference (RESULTS.md, the cpu40 section).
 PROTOCOL_FINETUNE = ('--config.prune.finetune_epochs=10',
                      '--config.prune.finetune_learning_rate=0.01')
 PROTOCOL_LR = 0.1

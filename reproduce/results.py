@@ -632,12 +632,12 @@ def early_bird_protocol_lines(study: dict, total: int) -> list[str]:
       claim, 'met' if matches(best) else 'missed',
       f' ({named(best)}, {_delta(accuracy(best) - recorded(r0.test_accuracy))} at '
       f'{ratio(best):.2f}x)')]
-  if best is not None and recorded(early[best][0].results.macs) > recorded(r0.macs):
+  best_macs = None if best is None else recorded(early[best][0].results.macs)
+  if best_macs is not None and best_macs > recorded(r0.macs):
     # The same ratio can keep channels of wider stages (the residual stream is one group across
     # stages), so an early network may be larger: equal compute is then not equal size.
-    out.append(f'  - at equal training compute, not equal size: it keeps '
-               f'{recorded(early[best][0].results.macs):,} MACs per image, `{full.name}` '
-               f'{recorded(r0.macs):,}')
+    out.append(f'  - at equal training compute, not equal size: it keeps {best_macs:,} MACs '
+               f'per image, `{full.name}` {recorded(r0.macs):,}')
   matching = sorted((setting for setting in early if matches(setting)), key=ratio)
   first = early[matching[0]][0] if matching else None
   claim = 'the least compute at which an early decision matches it'
